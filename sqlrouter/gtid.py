@@ -1,0 +1,141 @@
+"""GTID positions and causal tokens.
+
+A MariaDB GTID is ``domain-server_id-sequence``.  Within one replication domain the
+sequence number only grows, so a position is, per domain, the highest sequence number
+applied.  A :class:`CausalToken` is such a position: the highest GTID per domain that a
+client session has written or read.  ``str(token)`` is a MariaDB GTID list
+(``0-1-15,1-2-7``), which ``MASTER_GTID_WAIT()`` accepts as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+__all__ = ["CausalToken"]
+
+_GTID_RE = re.compile(r"\s*(\d{1,10})-(\d{1,10})-(\d{1,20})\s*\Z")
+_MAX_U32 = 2**32 - 1
+_MAX_U64 = 2**64 - 1
+
+
+class CausalToken:
+    """An immutable GTID position: for each replication domain, ``(server_id, seq)``.
+
+    Tokens merge (:meth:`merge`, ``|``: the highest sequence per domain) and compare
+    (:meth:`covers`: every domain of the other token is reached).  The empty token
+    covers nothing but the empty token and is covered by everything.
+    """
+
+    __slots__ = ("_by_domain", "_hash", "_text")
+    __module__ = "sqlrouter"
+
+    _by_domain: Mapping[int, tuple[int, int]]
+    _text: str
+    _hash: int
+
+    def __init__(self, gtids: Iterable[tuple[int, int, int]] = ()) -> None:
+        by_domain: dict[int, tuple[int, int]] = {}
+        for domain, server_id, seq in gtids:
+            if not (0 <= domain <= _MAX_U32 and 0 <= server_id <= _MAX_U32):
+                raise ValueError(f"GTID {domain}-{server_id}-{seq}: domain and server id are 32-bit")
+            if not 0 <= seq <= _MAX_U64:
+                raise ValueError(f"GTID {domain}-{server_id}-{seq}: sequence is 64-bit")
+            current = by_domain.get(domain)
+            if current is None or seq > current[1]:
+                by_domain[domain] = (server_id, seq)
+        object.__setattr__(self, "_by_domain", dict(sorted(by_domain.items())))
+        text = ",".join(f"{d}-{s}-{n}" for d, (s, n) in self._by_domain.items())
+        object.__setattr__(self, "_text", text)
+        object.__setattr__(self, "_hash", hash(text))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("CausalToken is immutable")
+
+    @classmethod
+    def parse(cls, text: str | None) -> CausalToken:
+        """Read a token from its ``str()`` form (a MariaDB GTID list).
+
+        An empty string or ``None`` gives the empty token.  Anything else that is not a
+        comma-separated list of ``domain-server_id-sequence`` raises :class:`ValueError`.
+        """
+        if text is None or not text.strip():
+            return EMPTY
+        gtids = []
+        for part in text.split(","):
+            m = _GTID_RE.match(part)
+            if m is None:
+                raise ValueError(
+                    f"invalid causal token {text!r}: {part.strip()!r} is not a GTID; "
+                    "expected a comma-separated list of domain-server_id-sequence, "
+                    "for example '0-1-15,1-2-7'"
+                )
+            gtids.append((int(m[1]), int(m[2]), int(m[3])))
+        try:
+            return cls(gtids)
+        except ValueError as exc:
+            raise ValueError(f"invalid causal token {text!r}: {exc}") from None
+
+    # A MariaDB GTID list (@@gtid_binlog_pos, @@gtid_slave_pos) has the same syntax.
+    from_gtid_list = parse
+
+    @property
+    def domains(self) -> Mapping[int, tuple[int, int]]:
+        """``{domain: (server_id, seq)}``, read-only."""
+        return self._by_domain
+
+    def seq(self, domain: int) -> int:
+        """The sequence number reached in ``domain``, 0 when the domain is absent."""
+        entry = self._by_domain.get(domain)
+        return 0 if entry is None else entry[1]
+
+    def merge(self, *others: CausalToken) -> CausalToken:
+        """The smallest token that covers this one and every one of ``others``."""
+        merged = self
+        for other in others:
+            if merged.covers(other):
+                continue
+            if other.covers(merged):
+                merged = other
+                continue
+            merged = CausalToken(
+                (d, s, n) for t in (merged, other) for d, (s, n) in t._by_domain.items()
+            )
+        return merged
+
+    __or__ = merge
+
+    def covers(self, other: CausalToken) -> bool:
+        """True when, in every domain of ``other``, this token's sequence is as high."""
+        mine = self._by_domain
+        for domain, (_, seq) in other._by_domain.items():
+            entry = mine.get(domain)
+            if entry is None or entry[1] < seq:
+                return False
+        return True
+
+    def is_covered_by(self, other: CausalToken) -> bool:
+        return other.covers(self)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_domain)
+
+    def __str__(self) -> str:
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"CausalToken({self._text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CausalToken):
+            return NotImplemented
+        return self._text == other._text
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (CausalToken.parse, (self._text,))
+
+
+EMPTY = CausalToken()

@@ -1,0 +1,93 @@
+"""What the monitor observed of each datasource, as immutable snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .gtid import EMPTY, CausalToken
+from .topology import DataSource, Role, Service
+
+__all__ = ["Health", "Snapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """One observation of one datasource by the monitor.
+
+    ``observed_at`` is a ``time.monotonic()`` reading of the monitoring process.
+    Fields that could not be observed are ``None``.
+    """
+
+    name: str
+    reachable: bool
+    observed_at: float
+    read_only: bool | None = None
+    server_id: int | None = None
+    #: Replication is configured on this server (it has a master).
+    replicating: bool = False
+    io_running: bool | None = None
+    sql_running: bool | None = None
+    #: Replication lag in seconds measured by the heartbeat (or Seconds_Behind_Master
+    #: as a fallback); ``None`` when unknown, which routing treats as too lagged.
+    lag: float | None = None
+    #: How ``lag`` was measured: ``"heartbeat"``, ``"gtid"``, ``"seconds_behind_master"``
+    #: or ``""`` when it is unknown.
+    lag_source: str = ""
+    #: The GTID position applied on this server (binlog and slave positions merged).
+    position: CausalToken = EMPTY
+    gtid_binlog_pos: str = ""
+    gtid_slave_pos: str = ""
+    #: The last error seen while probing, without credentials.
+    error: str | None = None
+
+    @property
+    def writable(self) -> bool:
+        return self.reachable and self.read_only is False
+
+    @property
+    def threads_running(self) -> bool:
+        return bool(self.io_running) and bool(self.sql_running)
+
+
+def unknown(name: str) -> Health:
+    """The health of a datasource not probed yet."""
+    return Health(name=name, reachable=False, observed_at=0.0, error="not probed yet")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The monitor's immutable view of one service at one moment.
+
+    Routing reads snapshots and never blocks the monitor, which publishes a new one
+    after each round.
+    """
+
+    service: Service
+    health: Mapping[str, Health]
+    #: Datasources an operator took offline: routing gives them no new connection.
+    offline: frozenset[str] = frozenset()
+    #: A datasource an operator promoted at routing level (``promote DS``), if any.
+    promoted: str | None = None
+    #: ``time.monotonic()`` at the end of the round that produced this snapshot.
+    taken_at: float = 0.0
+    #: Increases by one with each published snapshot.
+    generation: int = 0
+    #: Names of datasources that are writable while another one is the observed master.
+    split_brain: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.health, MappingProxyType):
+            object.__setattr__(self, "health", MappingProxyType(dict(self.health)))
+
+    @property
+    def datasources(self) -> tuple[DataSource, ...]:
+        return self.service.datasources
+
+    def health_of(self, name: str) -> Health:
+        h = self.health.get(name)
+        return h if h is not None else unknown(name)
+
+    def declared(self, role: Role) -> tuple[DataSource, ...]:
+        return tuple(ds for ds in self.service.datasources if ds.role is role)

@@ -1,0 +1,867 @@
+"""A real local replicated MariaDB cluster, for trying and testing sqlrouter.
+
+``sqlrouter sandbox up --dir DIR`` builds it from the MariaDB server installed on the
+machine (``mariadbd`` and ``mariadb-install-db``): one master and N replicas bound to
+127.0.0.1, GTID replication (``MASTER_USE_GTID=slave_pos``, ``gtid_strict_mode``,
+``log_slave_updates``, a binlog on every node, ``read_only=1`` on replicas),
+semi-synchronous replication, an application user and database, a monitoring user, an
+administrative user, the heartbeat table, and ``DIR/sqlrouter.toml``: the registry
+describing service ``sandbox``.
+
+The same :class:`Sandbox` class is the Python API the test fixtures use.  The sandbox
+trades durability for speed (``innodb_flush_log_at_trx_commit=2``, ``sync_binlog=0``):
+it is for development and tests, never for data that matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from .registry import write_registry_file
+from .topology import Credentials, DataSource, HeartbeatSettings, Role, Service
+
+__all__ = [
+    "FAULTS",
+    "NodeStatus",
+    "Sandbox",
+    "SandboxError",
+    "find_server_binaries",
+]
+
+logger = logging.getLogger("sqlrouter.sandbox")
+
+SERVICE_NAME = "sandbox"
+DATABASE = "appdb"
+STATE_FILE = "sandbox.json"
+REGISTRY_FILE = "sqlrouter.toml"
+HEARTBEAT_TABLE = "sqlrouter.heartbeat"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+#: Fault actions of ``sqlrouter sandbox fault`` (``delay`` takes SECONDS).
+FAULTS = ("delay", "stop-io", "stop-sql", "resume", "kill", "freeze", "thaw", "restart")
+
+_SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/usr/libexec")
+_INSTALL_HINT = "install it with: apt-get install mariadb-server (Debian/Ubuntu)"
+
+
+class SandboxError(Exception):
+    """A sandbox operation failed; the message says what and what to do."""
+
+    __module__ = "sqlrouter.sandbox"
+
+
+@dataclass(frozen=True, slots=True)
+class Binaries:
+    server: Path
+    install_db: Path
+
+
+def _which(names: Sequence[str]) -> Path | None:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+        for d in _SEARCH_DIRS:
+            candidate = Path(d) / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return candidate
+    return None
+
+
+def find_server_binaries() -> Binaries:
+    """Locate ``mariadbd`` (or ``mysqld``) and ``mariadb-install-db``.
+
+    Raises :class:`SandboxError` saying what to install when either is missing.
+    """
+    server = _which(("mariadbd", "mysqld"))
+    install_db = _which(("mariadb-install-db", "mysql_install_db"))
+    if server is None or install_db is None:
+        missing = "mariadbd" if server is None else "mariadb-install-db"
+        raise SandboxError(
+            f"the MariaDB server is not installed: {missing} was not found on PATH "
+            f"nor in {', '.join(_SEARCH_DIRS)}; {_INSTALL_HINT}"
+        )
+    return Binaries(server=server, install_db=install_db)
+
+
+@dataclass(slots=True)
+class NodeSpec:
+    name: str
+    port: int
+    server_id: int
+    #: The role given at creation; topology operations may change the real one.
+    initial_role: str
+
+
+@dataclass(slots=True)
+class SandboxState:
+    """What ``DIR/sandbox.json`` holds (mode 0600: it has the passwords)."""
+
+    nodes: list[NodeSpec]
+    app: Credentials
+    monitor: Credentials
+    admin: Credentials
+    repl: Credentials
+    database: str = DATABASE
+    service: str = SERVICE_NAME
+    version: int = 1
+
+    def to_json(self) -> str:
+        def cred(c: Credentials) -> dict[str, str]:
+            return {"user": c.user, "password": c.password}
+
+        return json.dumps(
+            {
+                "version": self.version,
+                "service": self.service,
+                "database": self.database,
+                "nodes": [asdict(n) for n in self.nodes],
+                "app": cred(self.app),
+                "monitor": cred(self.monitor),
+                "admin": cred(self.admin),
+                "repl": cred(self.repl),
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> SandboxState:
+        data = json.loads(text)
+
+        def cred(key: str) -> Credentials:
+            return Credentials(data[key]["user"], data[key]["password"])
+
+        return cls(
+            nodes=[NodeSpec(**n) for n in data["nodes"]],
+            app=cred("app"),
+            monitor=cred("monitor"),
+            admin=cred("admin"),
+            repl=cred("repl"),
+            database=data["database"],
+            service=data["service"],
+            version=data["version"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One row of ``sqlrouter sandbox status``."""
+
+    name: str
+    port: int
+    pid: int | None
+    state: str  # running, stopped, frozen, unresponsive
+    role: str  # master, replica, or the initial role when it cannot be asked
+    read_only: bool | None = None
+    io_running: str | None = None
+    sql_running: str | None = None
+    gtid_pos: str | None = None
+    seconds_behind_master: int | None = None
+    sql_delay: int | None = None
+    error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGKILL the child when the thread that started it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As mariadbd does: connections in TIME_WAIT must not count as "in use".
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own child that nobody reaped yet) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pid_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "?"
+
+
+#: Servers this process started, by pid: reaped when they exit, whichever Sandbox
+#: object (several may describe one directory) stops them.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+class Sandbox:
+    """A local MariaDB cluster living in one directory.
+
+    ``Sandbox(DIR).up(replicas=2)`` creates (or restarts) it; ``down()`` stops the
+    servers and keeps the data; ``destroy()`` stops them and deletes ``DIR``.
+
+    With ``ephemeral=True`` (what the test fixtures use) every server is started with
+    ``PR_SET_PDEATHSIG``: the kernel kills it when the process that started it dies,
+    so an interrupted test run leaves no server behind.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        ephemeral: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.dir = Path(directory).absolute()
+        self.ephemeral = ephemeral
+        self._progress = progress or (lambda msg: logger.info("%s", msg))
+        self._state: SandboxState | None = None
+
+    def __repr__(self) -> str:
+        nodes = len(self._state.nodes) if self._state else 0
+        return f"<Sandbox {str(self.dir)!r} nodes={nodes}>"
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def exists(self) -> bool:
+        return (self.dir / STATE_FILE).is_file()
+
+    @property
+    def state(self) -> SandboxState:
+        if self._state is None:
+            path = self.dir / STATE_FILE
+            if not path.is_file():
+                if not self.dir.exists():
+                    raise SandboxError(f"{self.dir} does not exist: no sandbox there")
+                raise SandboxError(
+                    f"{self.dir} is not a sandbox (no {STATE_FILE}); "
+                    f"create one with: sqlrouter sandbox up --dir {self.dir}"
+                )
+            try:
+                self._state = SandboxState.from_json(path.read_text(encoding="utf-8"))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise SandboxError(f"{path} is damaged ({exc}); destroy and recreate it") from None
+        return self._state
+
+    @property
+    def nodes(self) -> list[NodeSpec]:
+        return self.state.nodes
+
+    @property
+    def registry_path(self) -> Path:
+        return self.dir / REGISTRY_FILE
+
+    def node(self, name: str) -> NodeSpec:
+        for n in self.state.nodes:
+            if n.name == name:
+                return n
+        known = ", ".join(n.name for n in self.state.nodes)
+        raise SandboxError(f"sandbox {self.dir} has no node {name!r} (nodes: {known})")
+
+    def node_dir(self, name: str) -> Path:
+        return self.dir / "nodes" / name
+
+    def socket_path(self, name: str) -> Path:
+        return self.node_dir(name) / "mariadbd.sock"
+
+    def pid(self, name: str) -> int | None:
+        try:
+            pid = int((self.node_dir(name) / "mariadbd.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    @property
+    def master(self) -> NodeSpec:
+        """The node created as master (topology operations may since have moved it)."""
+        return next(n for n in self.state.nodes if n.initial_role == "master")
+
+    @property
+    def replicas(self) -> list[NodeSpec]:
+        return [n for n in self.state.nodes if n.initial_role != "master"]
+
+    def url(
+        self,
+        qos: str = "RW_STRICT",
+        *,
+        hide_password: bool = False,
+        **params: str | float | int,
+    ) -> str:
+        """The service URL of the application user, with this sandbox's registry."""
+        from urllib.parse import quote, urlencode
+
+        st = self.state
+        pw = "***" if hide_password else quote(st.app.password, safe="")
+        query = {"qos": qos, "registry": str(self.registry_path), **params}
+        return (
+            f"sqlrouter://{quote(st.app.user, safe='')}:{pw}@{st.service}/{st.database}"
+            f"?{urlencode(query, safe='/')}"
+        )
+
+    def service(self) -> Service:
+        """The :class:`~sqlrouter.topology.Service` this sandbox describes."""
+        st = self.state
+        return Service(
+            name=st.service,
+            datasources=tuple(
+                DataSource(
+                    name=n.name,
+                    host="127.0.0.1",
+                    port=n.port,
+                    role=Role.MASTER if n.initial_role == "master" else Role.REPLICA,
+                )
+                for n in st.nodes
+            ),
+            max_lag=1.0,
+            monitor_interval=0.5,
+            probe_timeout=1.0,
+            heartbeat=HeartbeatSettings(enabled=True, table=HEARTBEAT_TABLE),
+            monitor_credentials=st.monitor,
+            admin_credentials=st.admin,
+            source=str(self.registry_path),
+        )
+
+    # -- connections ---------------------------------------------------------------
+
+    def connect(
+        self, name: str, *, timeout: float = 5.0, database: str | None = None
+    ) -> pymysql.connections.Connection[Any]:
+        """A root connection to node ``name`` through its Unix socket."""
+        path = str(self.socket_path(name))
+        # PyMySQL leaks its socket when connecting to a Unix socket fails: check first.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(timeout)
+            try:
+                probe.connect(path)
+            except OSError as exc:
+                raise pymysql.err.OperationalError(
+                    2002, f"cannot connect to {name} through {path} ({exc.strerror or exc})"
+                ) from None
+        return pymysql.connect(
+            unix_socket=path,
+            user="root",
+            database=database,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            write_timeout=timeout,
+            autocommit=True,
+        )
+
+    @contextlib.contextmanager
+    def cursor(
+        self, name: str, *, timeout: float = 5.0
+    ) -> Iterator[pymysql.cursors.Cursor]:
+        conn = self.connect(name, timeout=timeout)
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        finally:
+            conn.close()
+
+    def query(self, name: str, sql: str, *, timeout: float = 5.0) -> list[tuple[Any, ...]]:
+        with self.cursor(name, timeout=timeout) as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def up(self, *, replicas: int = 2, base_port: int | None = None) -> bool:
+        """Create and start the cluster, or start the servers of an existing one.
+
+        Returns False when everything was already running (nothing changed).
+        """
+        if self.exists:
+            return self._start_existing()
+        if self.dir.exists() and any(self.dir.iterdir()):
+            raise SandboxError(
+                f"{self.dir} exists and is not empty, and it is not a sandbox "
+                f"(no {STATE_FILE}): choose an empty or new directory"
+            )
+        if replicas < 0 or replicas > 9:
+            raise SandboxError(f"--replicas must be between 0 and 9, got {replicas}")
+        binaries = find_server_binaries()
+        count = replicas + 1
+        if base_port is not None:
+            if not 1024 <= base_port <= 65535 - count:
+                raise SandboxError(f"--base-port must be between 1024 and {65535 - count}")
+            ports = list(range(base_port, base_port + count))
+            for p in ports:
+                if not _port_free(p):
+                    raise SandboxError(
+                        f"port {p} on 127.0.0.1 is already in use; choose another "
+                        f"--base-port (the sandbox needs {count} consecutive free ports) "
+                        "or leave it out to pick free ports"
+                    )
+        else:
+            ports = _free_ports(count)
+        nodes = [
+            NodeSpec(
+                name=f"db{i + 1}",
+                port=ports[i],
+                server_id=i + 1,
+                initial_role="master" if i == 0 else "replica",
+            )
+            for i in range(count)
+        ]
+        state = SandboxState(
+            nodes=nodes,
+            app=Credentials("app", _password()),
+            monitor=Credentials("sqlrouter_monitor", _password()),
+            admin=Credentials("sqlrouter_admin", _password()),
+            repl=Credentials("repl", _password()),
+        )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        try:
+            self._create(state, binaries)
+        except BaseException:
+            self._progress("creation failed: stopping what was started")
+            self._stop_all(graceful=False)
+            raise
+        return True
+
+    def _create(self, state: SandboxState, binaries: Binaries) -> None:
+        started = time.monotonic()
+        self._progress(
+            f"creating sandbox in {self.dir}: 1 master + {len(state.nodes) - 1} replicas "
+            f"({binaries.server})"
+        )
+        template = self.dir / "nodes" / ".template"
+        for spec in state.nodes:
+            self._write_config(spec)
+        # Initialise one data directory and copy it: much faster than one install each.
+        first = state.nodes[0]
+        self._run_install_db(binaries, first, template)
+        for spec in state.nodes:
+            shutil.copytree(template, self.node_dir(spec.name) / "data", symlinks=True)
+        shutil.rmtree(template)
+        # The state is written before starting so that a failed start can be cleaned up.
+        self._state = state
+        self._write_state()
+        for spec in state.nodes:
+            self._start_node(spec, binaries)
+        master = state.nodes[0]
+        self._progress(f"configuring master {master.name}: users, database, heartbeat table")
+        self._setup_master(state, master)
+        for spec in state.nodes[1:]:
+            self._progress(f"configuring replica {spec.name}: GTID replication from {master.name}")
+            self._setup_replica(state, spec, master)
+        for spec in state.nodes[1:]:
+            self.wait_caught_up(spec.name, timeout=30)
+        self._write_registry()
+        self._progress(f"sandbox ready in {time.monotonic() - started:.1f}s")
+
+    def _run_install_db(self, binaries: Binaries, spec: NodeSpec, datadir: Path) -> None:
+        self._progress("initialising data directory (mariadb-install-db)")
+        cmd = [
+            str(binaries.install_db),
+            f"--defaults-file={self.node_dir(spec.name) / 'my.cnf'}",
+            f"--datadir={datadir}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *self._user_args(),
+        ]
+        res = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+        if res.returncode != 0:
+            out = (res.stdout + res.stderr).decode(errors="replace").strip().splitlines()
+            raise SandboxError(
+                f"mariadb-install-db failed (exit {res.returncode}): " + " | ".join(out[-5:])
+            )
+
+    @staticmethod
+    def _user_args() -> list[str]:
+        # mariadbd refuses to run as root unless told to; elsewhere it runs as the caller.
+        if os.geteuid() == 0:
+            return ["--user=root"]
+        return [f"--user={pwd.getpwuid(os.geteuid()).pw_name}"]
+
+    def _write_config(self, spec: NodeSpec) -> None:
+        d = self.node_dir(spec.name)
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        is_master = spec.initial_role == "master"
+        lines = [
+            "# written by sqlrouter sandbox: a development server, not tuned for durability",
+            "[mariadbd]",
+            f"datadir = {d / 'data'}",
+            f"port = {spec.port}",
+            "bind-address = 127.0.0.1",
+            f"socket = {d / 'mariadbd.sock'}",
+            f"pid-file = {d / 'mariadbd.pid'}",
+            f"log-error = {d / 'error.log'}",
+            f"server-id = {spec.server_id}",
+            f"report-host = 127.0.0.1",
+            f"report-port = {spec.port}",
+            "log-bin = mariadb-bin",
+            "relay-log = relay-bin",
+            "log-slave-updates = 1",
+            "gtid-strict-mode = 1",
+            "binlog-format = ROW",
+            f"read-only = {0 if is_master else 1}",
+            "rpl-semi-sync-master-enabled = " + ("1" if is_master else "0"),
+            "rpl-semi-sync-slave-enabled = 1",
+            "rpl-semi-sync-master-wait-point = AFTER_SYNC",
+            "rpl-semi-sync-master-timeout = 2000",
+            "skip-name-resolve",
+            "skip-host-cache",
+            "performance-schema = 0",
+            "innodb-buffer-pool-size = 64M",
+            "innodb-log-file-size = 16M",
+            "innodb-flush-log-at-trx-commit = 2",
+            "sync-binlog = 0",
+            "max-connections = 500",
+            "character-set-server = utf8mb4",
+            "collation-server = utf8mb4_general_ci",
+        ]
+        (d / "my.cnf").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def _write_state(self) -> None:
+        path = self.dir / STATE_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(self.state.to_json())
+
+    def _write_registry(self) -> None:
+        write_registry_file(self.registry_path, [self.service()])
+
+    def _start_node(self, spec: NodeSpec, binaries: Binaries | None = None) -> None:
+        binaries = binaries or find_server_binaries()
+        if self.pid(spec.name) is not None:
+            return
+        if not _port_free(spec.port):
+            raise SandboxError(
+                f"cannot start {spec.name}: port {spec.port} on 127.0.0.1 is in use by "
+                "another process"
+            )
+        self._progress(f"starting {spec.name} ({spec.initial_role}) on 127.0.0.1:{spec.port}")
+        d = self.node_dir(spec.name)
+        cmd = [str(binaries.server), f"--defaults-file={d / 'my.cnf'}", *self._user_args()]
+        log = open(d / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_pdeathsig if self.ephemeral else None,  # noqa: PLW1509
+            )
+        finally:
+            log.close()
+        _CHILDREN[proc.pid] = proc
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                _CHILDREN.pop(proc.pid, None)
+                raise SandboxError(
+                    f"{spec.name} exited at start (code {proc.returncode}): "
+                    f"{self._log_tail(spec.name)}"
+                )
+            try:
+                self.connect(spec.name, timeout=2).close()
+                return
+            except pymysql.err.MySQLError as exc:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    _CHILDREN.pop(proc.pid, None)
+                    raise SandboxError(
+                        f"{spec.name} did not accept connections within {START_TIMEOUT:.0f}s "
+                        f"({exc}); {self._log_tail(spec.name)}"
+                    ) from None
+            time.sleep(0.05)
+
+    def _log_tail(self, name: str, lines: int = 5) -> str:
+        path = self.node_dir(name) / "error.log"
+        try:
+            tail = path.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return f"no log at {path}"
+        return f"last lines of {path}: " + " | ".join(tail)
+
+    def _setup_master(self, state: SandboxState, spec: NodeSpec) -> None:
+        app, mon, adm, repl = state.app, state.monitor, state.admin, state.repl
+        db = state.database
+        statements = [
+            f"CREATE DATABASE IF NOT EXISTS `{db}`",
+            "CREATE DATABASE IF NOT EXISTS sqlrouter",
+            "CREATE TABLE IF NOT EXISTS sqlrouter.heartbeat ("
+            " server_id INT UNSIGNED NOT NULL PRIMARY KEY,"
+            " ts DATETIME(6) NOT NULL) ENGINE=InnoDB",
+            f"CREATE USER '{app.user}'@'127.0.0.1' IDENTIFIED BY %(app)s",
+            f"GRANT ALL PRIVILEGES ON `{db}`.* TO '{app.user}'@'127.0.0.1'",
+            f"CREATE USER '{mon.user}'@'127.0.0.1' IDENTIFIED BY %(mon)s",
+            f"GRANT SLAVE MONITOR, BINLOG MONITOR ON *.* TO '{mon.user}'@'127.0.0.1'",
+            f"GRANT SELECT, INSERT, UPDATE ON sqlrouter.heartbeat TO '{mon.user}'@'127.0.0.1'",
+            f"CREATE USER '{adm.user}'@'127.0.0.1' IDENTIFIED BY %(adm)s",
+            f"GRANT ALL PRIVILEGES ON *.* TO '{adm.user}'@'127.0.0.1' WITH GRANT OPTION",
+            f"CREATE USER '{repl.user}'@'127.0.0.1' IDENTIFIED BY %(repl)s",
+            f"GRANT REPLICATION SLAVE ON *.* TO '{repl.user}'@'127.0.0.1'",
+        ]
+        params = {"app": app.password, "mon": mon.password, "adm": adm.password,
+                  "repl": repl.password}
+        with self.cursor(spec.name, timeout=30) as cur:
+            for sql in statements:
+                cur.execute(sql, params if "%(" in sql else None)
+
+    def _setup_replica(self, state: SandboxState, spec: NodeSpec, master: NodeSpec) -> None:
+        with self.cursor(spec.name, timeout=30) as cur:
+            cur.execute("SET GLOBAL gtid_slave_pos = ''")
+            cur.execute(
+                "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, "
+                "MASTER_USER=%s, MASTER_PASSWORD=%s, MASTER_USE_GTID=slave_pos, "
+                "MASTER_CONNECT_RETRY=1",
+                (master.port, state.repl.user, state.repl.password),
+            )
+            cur.execute("START SLAVE")
+
+    def _start_existing(self) -> bool:
+        state = self.state
+        stopped = [n for n in state.nodes if self.pid(n.name) is None]
+        if not stopped:
+            self._progress(f"sandbox in {self.dir} is already running; nothing changed")
+            return False
+        binaries = find_server_binaries()
+        for spec in stopped:
+            self._start_node(spec, binaries)
+        self._progress(f"started {', '.join(n.name for n in stopped)}")
+        return True
+
+    def down(self) -> list[str]:
+        """Stop every server (data kept).  Returns the names of the nodes stopped."""
+        _ = self.state  # a clear error when DIR is not a sandbox
+        return self._stop_all(graceful=True)
+
+    def _stop_all(self, *, graceful: bool) -> list[str]:
+        names = [n.name for n in self.state.nodes] if self.exists or self._state else []
+        return [name for name in names if self._stop_node(name, graceful=graceful)]
+
+    def _stop_node(self, name: str, *, graceful: bool = True) -> bool:
+        pid = self.pid(name)
+        if pid is None:
+            return False
+        if graceful:
+            self._progress(f"stopping {name} (pid {pid})")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)  # a frozen server cannot shut down
+                os.kill(pid, signal.SIGTERM)
+            if self._wait_exit(name, pid, STOP_TIMEOUT):
+                return True
+            self._progress(f"{name} did not stop within {STOP_TIMEOUT:.0f}s: killing it")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self._wait_exit(name, pid, 10)
+        return True
+
+    def _wait_exit(self, name: str, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        child = _CHILDREN.get(pid)
+        while time.monotonic() < deadline:
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=0.05)
+            if not _pid_alive(pid):
+                _CHILDREN.pop(pid, None)
+                return True
+            time.sleep(0.02)
+        return False
+
+    def destroy(self) -> None:
+        """Stop every server and delete the sandbox directory."""
+        if not self.exists:
+            if not self.dir.exists():
+                return
+            raise SandboxError(
+                f"{self.dir} is not a sandbox (no {STATE_FILE}): refusing to delete it"
+            )
+        self._stop_all(graceful=False)
+        shutil.rmtree(self.dir)
+        self._state = None
+
+    # -- status --------------------------------------------------------------------
+
+    def status(self) -> list[NodeStatus]:
+        return [self._node_status(n) for n in self.state.nodes]
+
+    def _node_status(self, spec: NodeSpec) -> NodeStatus:
+        pid = self.pid(spec.name)
+        if pid is None:
+            return NodeStatus(spec.name, spec.port, None, "stopped", spec.initial_role)
+        if _pid_state(pid) == "T":
+            return NodeStatus(spec.name, spec.port, pid, "frozen", spec.initial_role)
+        try:
+            conn = self.connect(spec.name, timeout=2)
+        except pymysql.err.MySQLError as exc:
+            return NodeStatus(
+                spec.name, spec.port, pid, "unresponsive", spec.initial_role, error=str(exc)
+            )
+        try:
+            with conn.cursor(pymysql.cursors.DictCursor) as cur:
+                cur.execute("SELECT @@read_only AS ro, @@gtid_current_pos AS pos")
+                top = cur.fetchone()
+                cur.execute("SHOW SLAVE STATUS")
+                slave = cur.fetchone()
+        except pymysql.err.MySQLError as exc:
+            return NodeStatus(
+                spec.name, spec.port, pid, "unresponsive", spec.initial_role, error=str(exc)
+            )
+        finally:
+            conn.close()
+        assert top is not None
+        read_only = bool(top["ro"])
+        if slave:
+            return NodeStatus(
+                spec.name,
+                spec.port,
+                pid,
+                "running",
+                "replica",
+                read_only=read_only,
+                io_running=slave["Slave_IO_Running"],
+                sql_running=slave["Slave_SQL_Running"],
+                gtid_pos=top["pos"],
+                seconds_behind_master=slave["Seconds_Behind_Master"],
+                sql_delay=slave["SQL_Delay"],
+                error=slave["Last_IO_Error"] or slave["Last_SQL_Error"] or None,
+            )
+        return NodeStatus(
+            spec.name,
+            spec.port,
+            pid,
+            "running",
+            "master" if not read_only else "standalone (read-only)",
+            read_only=read_only,
+            gtid_pos=top["pos"],
+        )
+
+    def wait_caught_up(self, name: str, *, timeout: float = 30.0) -> None:
+        """Wait until replica ``name`` has applied everything the master has written."""
+        master = self.master
+        for n in self.state.nodes:
+            rows = self.query(n.name, "SELECT @@read_only")
+            if rows and not rows[0][0]:
+                master = n
+                break
+        pos = self.query(master.name, "SELECT @@gtid_binlog_pos")[0][0]
+        if not pos:
+            return
+        rows = self.query(
+            name,
+            f"SELECT MASTER_GTID_WAIT('{pos}', {timeout:.3f})",
+            timeout=timeout + 5,
+        )
+        if rows[0][0] != 0:
+            raise SandboxError(f"{name} did not reach the master's position {pos} in {timeout}s")
+
+    # -- faults --------------------------------------------------------------------
+
+    def fault(self, name: str, action: str, seconds: float | None = None) -> str:
+        """Inject a fault into node ``name``; returns a one-line description."""
+        spec = self.node(name)
+        if action not in FAULTS:
+            raise SandboxError(f"unknown fault {action!r}; expected one of: {', '.join(FAULTS)}")
+        if action == "delay":
+            if seconds is None or seconds < 0:
+                raise SandboxError("delay needs a number of seconds >= 0, e.g. 'delay 3'")
+            secs = round(seconds)
+            self._replication(
+                spec,
+                ["STOP SLAVE", f"CHANGE MASTER TO MASTER_DELAY={secs}", "START SLAVE"],
+            )
+            return f"{name}: replication delayed by {secs}s (MASTER_DELAY)"
+        if action == "stop-io":
+            self._replication(spec, ["STOP SLAVE IO_THREAD"])
+            return f"{name}: replication IO thread stopped"
+        if action == "stop-sql":
+            self._replication(spec, ["STOP SLAVE SQL_THREAD"])
+            return f"{name}: replication SQL thread stopped"
+        if action == "resume":
+            self._replication(
+                spec, ["STOP SLAVE", "CHANGE MASTER TO MASTER_DELAY=0", "START SLAVE"]
+            )
+            return f"{name}: replication resumed (no delay, both threads running)"
+        pid = self.pid(name)
+        if action == "restart":
+            if pid is not None:
+                self._stop_node(name, graceful=True)
+            self._start_node(spec)
+            return f"{name}: restarted"
+        if pid is None:
+            raise SandboxError(f"{name} is not running; start it with 'restart' or 'sandbox up'")
+        sig = {"kill": signal.SIGKILL, "freeze": signal.SIGSTOP, "thaw": signal.SIGCONT}[action]
+        os.kill(pid, sig)
+        if action == "kill":
+            self._wait_exit(name, pid, 10)
+            return f"{name}: killed (SIGKILL, pid {pid})"
+        if action == "freeze":
+            return f"{name}: frozen (SIGSTOP, pid {pid}); undo with 'thaw'"
+        return f"{name}: thawed (SIGCONT, pid {pid})"
+
+    def _replication(self, spec: NodeSpec, statements: list[str]) -> None:
+        pid = self.pid(spec.name)
+        if pid is None:
+            raise SandboxError(f"{spec.name} is not running")
+        try:
+            with self.cursor(spec.name, timeout=10) as cur:
+                cur.execute("SHOW SLAVE STATUS")
+                if cur.fetchone() is None:
+                    raise SandboxError(
+                        f"{spec.name} is not a replica (it has no replication to change)"
+                    )
+                for sql in statements:
+                    cur.execute(sql)
+        except pymysql.err.MySQLError as exc:
+            raise SandboxError(f"{spec.name}: {exc.args[-1]}") from None
+

@@ -1,0 +1,87 @@
+"""What a service is made of, as configured: datasources, roles and service settings.
+
+These are immutable values produced by a registry (a TOML file, DNS, or code).  What
+the servers really are at run time is observed by the monitor (see :mod:`health`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Role(enum.Enum):
+    """The role a registry *declares* for a datasource.  The monitor verifies it."""
+
+    MASTER = "master"
+    REPLICA = "replica"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A user and password.  The password never appears in ``repr`` or ``str``."""
+
+    user: str
+    password: str = field(default="", repr=False)
+
+    def __str__(self) -> str:
+        return self.user
+
+
+@dataclass(frozen=True, slots=True)
+class DataSource:
+    """One server of a service."""
+
+    name: str
+    host: str
+    port: int = 3306
+    role: Role = Role.REPLICA
+    weight: int = 1
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.host}:{self.port})"
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatSettings:
+    """Where the pt-heartbeat style heartbeat row lives, and whether to write it."""
+
+    enabled: bool = True
+    #: ``schema.table`` of the heartbeat table; created by ``sqlrouter sandbox`` and
+    #: documented in docs/registry.md for other clusters.
+    table: str = "sqlrouter.heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A named group of datasources replicating the same data, and its settings."""
+
+    name: str
+    datasources: tuple[DataSource, ...]
+    #: Default ``max_lag`` (seconds) for RO_RELAXED when the URL does not give one.
+    max_lag: float = 1.0
+    #: Seconds between two monitor rounds (jittered by +-10%).
+    monitor_interval: float = 0.5
+    #: Timeout (seconds) of each monitor probe: connect, read and write.
+    probe_timeout: float = 1.0
+    heartbeat: HeartbeatSettings = HeartbeatSettings()
+    #: Credentials the monitor uses; ``None`` means the application's own.
+    monitor_credentials: Credentials | None = None
+    #: Credentials for topology operations (switchover, failover).
+    admin_credentials: Credentials | None = None
+    #: Where this service was defined (a file path, ``dns:DOMAIN``), for error messages.
+    source: str = "<code>"
+
+    def datasource(self, name: str) -> DataSource:
+        for ds in self.datasources:
+            if ds.name == name:
+                return ds
+        known = ", ".join(ds.name for ds in self.datasources)
+        raise KeyError(f"service {self.name!r} has no datasource {name!r} (known: {known})")

@@ -1,0 +1,5 @@
+"""Shared fixtures: a real MariaDB sandbox cluster for the integration tests."""
+
+from __future__ import annotations
+
+pytest_plugins = ["tests.fixtures.cluster"]
