@@ -6,42 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .sandbox import FAULTS, NodeStatus, Sandbox, SandboxError
+from .demo import run_demo
+from .errors import Error
+from .explain import explain_url
+from .sandbox import FAULTS, Sandbox, SandboxError, format_status
 
 __all__ = ["main"]
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*row) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def format_status(rows: Sequence[NodeStatus]) -> str:
-    return _table(
-        ["node", "role", "port", "pid", "state", "io", "sql", "behind", "delay", "gtid", "error"],
-        [
-            (
-                r.name,
-                r.role,
-                r.port,
-                r.pid,
-                r.state,
-                r.io_running,
-                r.sql_running,
-                r.seconds_behind_master,
-                r.sql_delay,
-                r.gtid_pos,
-                r.error,
-            )
-            for r in rows
-        ],
-    )
 
 
 def _print(msg: str) -> None:
@@ -118,8 +88,10 @@ def _run_sandbox(args: argparse.Namespace) -> int:
         _print(f"registry: {sb.registry_path}")
         _print(f"read-write:  {sb.url('RW_STRICT', hide_password=True)}")
         _print(f"read-only:   {sb.url('RO_RELAXED', hide_password=True)}")
-        _print(f"(the password is in {sb.dir / 'sandbox.json'}; "
-               f"'sqlrouter sandbox url --dir {sb.dir}' prints the full URL)")
+        _print(
+            f"(the password is in {sb.dir / 'sandbox.json'}; "
+            f"'sqlrouter sandbox url --dir {sb.dir}' prints the full URL)"
+        )
     elif args.action == "status":
         _print(format_status(sb.status()))
     elif args.action == "down":
@@ -144,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _sandbox_parser(sub)
+    route = sub.add_parser(
+        "route",
+        help="print which datasource a service URL would get now, and why",
+        description=(
+            "Ask the monitor for a snapshot of the URL's service and print, per "
+            "datasource, what it observed and the router's verdict, then the decision."
+        ),
+    )
+    route.add_argument("url", metavar="URL", help="a service URL, e.g. sqlrouter://app@shop/db")
     demo = sub.add_parser(
         "demo",
         help="show sqlrouter at work on a local sandbox cluster",
@@ -163,9 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sandbox":
             return _run_sandbox(args)
+        if args.command == "route":
+            _print(explain_url(args.url))
+            return 0
         if args.command == "demo":
-            from .demo import run_demo
-
             run_demo(args.dir, keep=args.keep, out=_print)
             return 0
     except SandboxError as exc:
@@ -175,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Output piped into a command that stopped reading (e.g. head): not an error.
         sys.stderr.close()
         return 0
+    except Error as exc:
+        print(f"sqlrouter {args.command}: error: {exc.args[-1]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .sandbox import Sandbox
+from .sandbox import Sandbox, format_status
 
 __all__ = ["run_demo"]
 
@@ -29,8 +29,6 @@ def run_demo(
     out("== 1. a local replicated cluster (sqlrouter sandbox up)")
     sb.up()
     try:
-        from .cli import format_status
-
         out(format_status(sb.status()))
     finally:
         if keep or existed:

@@ -19,7 +19,7 @@ from pymysql.err import (
     NotSupportedError,
     OperationalError,
     ProgrammingError,
-    Warning,  # noqa: A004  (PEP 249 requires this name)
+    Warning,
 )
 
 __all__ = [

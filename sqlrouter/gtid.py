@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 __all__ = ["CausalToken"]
 
-_GTID_RE = re.compile(r"\s*(\d{1,10})-(\d{1,10})-(\d{1,20})\s*\Z")
+_GTID_RE = re.compile(r"\s*(\d{1,10})-(\d{1,10})-(\d{1,20})\s*\Z", re.ASCII)
 _MAX_U32 = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 
@@ -37,19 +38,27 @@ class CausalToken:
     def __init__(self, gtids: Iterable[tuple[int, int, int]] = ()) -> None:
         by_domain: dict[int, tuple[int, int]] = {}
         for domain, server_id, seq in gtids:
+            if not all(type(v) is int for v in (domain, server_id, seq)):
+                raise ValueError(f"GTID {domain}-{server_id}-{seq}: parts must be integers")
             if not (0 <= domain <= _MAX_U32 and 0 <= server_id <= _MAX_U32):
-                raise ValueError(f"GTID {domain}-{server_id}-{seq}: domain and server id are 32-bit")
+                raise ValueError(
+                    f"GTID {domain}-{server_id}-{seq}: domain and server id are 32-bit"
+                )
             if not 0 <= seq <= _MAX_U64:
                 raise ValueError(f"GTID {domain}-{server_id}-{seq}: sequence is 64-bit")
             current = by_domain.get(domain)
-            if current is None or seq > current[1]:
+            # Ties on the sequence keep the highest server id, so merging is symmetric.
+            if current is None or (seq, server_id) > (current[1], current[0]):
                 by_domain[domain] = (server_id, seq)
-        object.__setattr__(self, "_by_domain", dict(sorted(by_domain.items())))
+        object.__setattr__(self, "_by_domain", MappingProxyType(dict(sorted(by_domain.items()))))
         text = ",".join(f"{d}-{s}-{n}" for d, (s, n) in self._by_domain.items())
         object.__setattr__(self, "_text", text)
         object.__setattr__(self, "_hash", hash(text))
 
     def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("CausalToken is immutable")
+
+    def __delattr__(self, name: str) -> None:
         raise AttributeError("CausalToken is immutable")
 
     @classmethod
@@ -93,9 +102,9 @@ class CausalToken:
         """The smallest token that covers this one and every one of ``others``."""
         merged = self
         for other in others:
-            if merged.covers(other):
+            if merged.covers(other) and (other == merged or not other.covers(merged)):
                 continue
-            if other.covers(merged):
+            if other.covers(merged) and not merged.covers(other):
                 merged = other
                 continue
             merged = CausalToken(

@@ -31,9 +31,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import pymysql
 
+from ._table import format_table
 from .registry import write_registry_file
 from .topology import Credentials, DataSource, HeartbeatSettings, Role, Service
 
@@ -43,6 +45,7 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "find_server_binaries",
+    "format_status",
 ]
 
 logger = logging.getLogger("sqlrouter.sandbox")
@@ -340,8 +343,6 @@ class Sandbox:
         **params: str | float | int,
     ) -> str:
         """The service URL of the application user, with this sandbox's registry."""
-        from urllib.parse import quote, urlencode
-
         st = self.state
         pw = "***" if hide_password else quote(st.app.password, safe="")
         query = {"qos": qos, "registry": str(self.registry_path), **params}
@@ -400,9 +401,7 @@ class Sandbox:
         )
 
     @contextlib.contextmanager
-    def cursor(
-        self, name: str, *, timeout: float = 5.0
-    ) -> Iterator[pymysql.cursors.Cursor]:
+    def cursor(self, name: str, *, timeout: float = 5.0) -> Iterator[pymysql.cursors.Cursor]:
         conn = self.connect(name, timeout=timeout)
         try:
             with conn.cursor() as cur:
@@ -542,7 +541,7 @@ class Sandbox:
             f"pid-file = {d / 'mariadbd.pid'}",
             f"log-error = {d / 'error.log'}",
             f"server-id = {spec.server_id}",
-            f"report-host = 127.0.0.1",
+            "report-host = 127.0.0.1",
             f"report-port = {spec.port}",
             "log-bin = mariadb-bin",
             "relay-log = relay-bin",
@@ -611,7 +610,6 @@ class Sandbox:
                 )
             try:
                 self.connect(spec.name, timeout=2).close()
-                return
             except pymysql.err.MySQLError as exc:
                 if time.monotonic() > deadline:
                     proc.kill()
@@ -621,6 +619,8 @@ class Sandbox:
                         f"{spec.name} did not accept connections within {START_TIMEOUT:.0f}s "
                         f"({exc}); {self._log_tail(spec.name)}"
                     ) from None
+            else:
+                return
             time.sleep(0.05)
 
     def _log_tail(self, name: str, lines: int = 5) -> str:
@@ -650,8 +650,12 @@ class Sandbox:
             f"CREATE USER '{repl.user}'@'127.0.0.1' IDENTIFIED BY %(repl)s",
             f"GRANT REPLICATION SLAVE ON *.* TO '{repl.user}'@'127.0.0.1'",
         ]
-        params = {"app": app.password, "mon": mon.password, "adm": adm.password,
-                  "repl": repl.password}
+        params = {
+            "app": app.password,
+            "mon": mon.password,
+            "adm": adm.password,
+            "repl": repl.password,
+        }
         with self.cursor(spec.name, timeout=30) as cur:
             for sql in statements:
                 cur.execute(sql, params if "%(" in sql else None)
@@ -759,8 +763,8 @@ class Sandbox:
             )
         finally:
             conn.close()
-        assert top is not None
-        read_only = bool(top["ro"])
+        read_only = bool(top and top["ro"])
+        gtid_pos = top["pos"] if top else None
         if slave:
             return NodeStatus(
                 spec.name,
@@ -771,7 +775,7 @@ class Sandbox:
                 read_only=read_only,
                 io_running=slave["Slave_IO_Running"],
                 sql_running=slave["Slave_SQL_Running"],
-                gtid_pos=top["pos"],
+                gtid_pos=gtid_pos,
                 seconds_behind_master=slave["Seconds_Behind_Master"],
                 sql_delay=slave["SQL_Delay"],
                 error=slave["Last_IO_Error"] or slave["Last_SQL_Error"] or None,
@@ -783,7 +787,7 @@ class Sandbox:
             "running",
             "master" if not read_only else "standalone (read-only)",
             read_only=read_only,
-            gtid_pos=top["pos"],
+            gtid_pos=gtid_pos,
         )
 
     def wait_caught_up(self, name: str, *, timeout: float = 30.0) -> None:
@@ -865,3 +869,24 @@ class Sandbox:
         except pymysql.err.MySQLError as exc:
             raise SandboxError(f"{spec.name}: {exc.args[-1]}") from None
 
+
+def format_status(rows: Sequence[NodeStatus]) -> str:
+    return format_table(
+        ["node", "role", "port", "pid", "state", "io", "sql", "behind", "delay", "gtid", "error"],
+        [
+            (
+                r.name,
+                r.role,
+                r.port,
+                r.pid,
+                r.state,
+                r.io_running,
+                r.sql_running,
+                r.seconds_behind_master,
+                r.sql_delay,
+                r.gtid_pos,
+                r.error,
+            )
+            for r in rows
+        ],
+    )

@@ -53,7 +53,7 @@ def has_row(sb: Sandbox, node: str, table: str, marker: str) -> bool:
 
 
 def seconds_until_seen(
-    sb: Sandbox, node: str, table: str, marker: str, start: float, limit: float
+    sb: Sandbox, node: str, table: str, marker: str, *, start: float, limit: float
 ) -> float | None:
     while time.monotonic() - start < limit:
         if has_row(sb, node, table, marker):
@@ -88,7 +88,7 @@ def test_cluster_topology_and_replication(cluster: Sandbox) -> None:
     marker = write_row(cluster, "flow")
     start = time.monotonic()
     for name in ("db2", "db3"):
-        assert seconds_until_seen(cluster, name, "flow", marker, start, 10) is not None
+        assert seconds_until_seen(cluster, name, "flow", marker, start=start, limit=10) is not None
 
 
 def test_users_registry_and_urls(cluster: Sandbox) -> None:
@@ -148,8 +148,8 @@ def test_delay_fault(fresh_cluster: Sandbox) -> None:
     time.sleep(1.02 - time.time() % 1)
     start = time.monotonic()
     marker = write_row(sb, "delay")
-    assert seconds_until_seen(sb, "db3", "delay", marker, start, 5) is not None
-    seen = seconds_until_seen(sb, "db2", "delay", marker, start, 10)
+    assert seconds_until_seen(sb, "db3", "delay", marker, start=start, limit=5) is not None
+    seen = seconds_until_seen(sb, "db2", "delay", marker, start=start, limit=10)
     assert seen is not None
     assert seen >= 2.9, f"delayed replica had the row after {seen:.2f}s"
     rows = {r.name: r for r in sb.status()}
@@ -172,10 +172,12 @@ def test_stopped_thread_faults_and_resume(fresh_cluster: Sandbox, action: str) -
         assert (row.io_running, row.sql_running) == ("Yes", "No")
     start = time.monotonic()
     marker = write_row(sb, "stop")
-    assert seconds_until_seen(sb, "db2", "stop", marker, start, 5) is not None
-    assert seconds_until_seen(sb, "db3", "stop", marker, time.monotonic(), 1.5) is None
+    assert seconds_until_seen(sb, "db2", "stop", marker, start=start, limit=5) is not None
+    assert seconds_until_seen(sb, "db3", "stop", marker, start=time.monotonic(), limit=1.5) is None
     sb.fault("db3", "resume")
-    assert seconds_until_seen(sb, "db3", "stop", marker, time.monotonic(), 10) is not None
+    assert (
+        seconds_until_seen(sb, "db3", "stop", marker, start=time.monotonic(), limit=10) is not None
+    )
 
 
 def test_kill_restart_freeze_thaw(fresh_cluster: Sandbox) -> None:
@@ -189,7 +191,9 @@ def test_kill_restart_freeze_thaw(fresh_cluster: Sandbox) -> None:
     marker = write_row(sb, "kill")
     sb.fault("db2", "restart")
     assert {r.name: r.state for r in sb.status()}["db2"] == "running"
-    assert seconds_until_seen(sb, "db2", "kill", marker, time.monotonic(), 15) is not None
+    assert (
+        seconds_until_seen(sb, "db2", "kill", marker, start=time.monotonic(), limit=15) is not None
+    )
 
     sb.fault("db3", "freeze")
     assert {r.name: r.state for r in sb.status()}["db3"] == "frozen"

@@ -1,0 +1,565 @@
+"""The monitor: one background thread per service, probing every datasource.
+
+Each round (every ``monitor_interval`` seconds, jittered by +-10%) probes every
+datasource in parallel on a persistent monitoring connection, in one round trip (a
+multi-statement query: ``@@server_id``, ``@@read_only``, the GTID positions, the
+server's clock, the freshest heartbeat, then ``SHOW SLAVE STATUS``), computes each
+replica's lag, and publishes an immutable :class:`~sqlrouter.health.Snapshot`.
+
+Lag is measured from a heartbeat row (pt-heartbeat style) that the monitor writes on
+the writable master every round, on its own connection so that a slow write (semi-sync
+waiting for a replica) never delays a probe.  All timestamps compared are written or
+read by the reference server, so the clocks of the machines do not matter:
+
+- a replica whose IO or SQL thread is not running lags by the age of the last heartbeat
+  it applied (reference ``NOW()`` minus its heartbeat): it grows while it is stopped,
+  where ``Seconds_Behind_Master`` reads NULL or 0;
+- a replica whose GTID position covers the reference's position has lag 0;
+- otherwise lag is the reference's freshest heartbeat minus the replica's;
+- without a usable heartbeat, ``Seconds_Behind_Master`` (NULL counts as unknown).
+
+The reference is the observed writable master.  While no master is reachable it is the
+most advanced replica: replicas keep serving reads, their lag measured against the best
+copy of the data that exists.
+
+A probe that does not answer within ``probe_timeout`` marks its datasource unreachable
+for that round; it never delays the probes of the other datasources.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import pymysql
+from pymysql.constants import CLIENT
+
+from .gtid import EMPTY, CausalToken
+from .health import Health, Snapshot, unknown
+from .topology import Credentials, DataSource, Service
+
+__all__ = ["Monitor", "Observation", "compute_health"]
+
+logger = logging.getLogger("sqlrouter.monitor")
+
+#: Error numbers meaning "the heartbeat table is not there or not readable".
+_NO_HEARTBEAT_ERRNOS = frozenset({1049, 1142, 1146})
+_HEARTBEAT_STALE_ROUNDS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one probe read from one server (before lag is computed)."""
+
+    name: str
+    observed_at: float
+    reachable: bool
+    error: str | None = None
+    server_id: int | None = None
+    read_only: bool | None = None
+    gtid_binlog_pos: str = ""
+    gtid_slave_pos: str = ""
+    #: The server's ``NOW(6)`` and freshest heartbeat, as seconds since the epoch.
+    now: float | None = None
+    heartbeat: float | None = None
+    replicating: bool = False
+    io_running: bool | None = None
+    sql_running: bool | None = None
+    io_state: str = ""
+    seconds_behind_master: int | None = None
+
+
+def _epoch(value: object) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return None
+
+
+def _position(obs: Observation) -> CausalToken:
+    try:
+        return CausalToken.parse(obs.gtid_binlog_pos).merge(CausalToken.parse(obs.gtid_slave_pos))
+    except ValueError:
+        return EMPTY
+
+
+def compute_health(
+    observations: Sequence[Observation], *, master_hint: str | None = None
+) -> dict[str, Health]:
+    """Turn one round of observations into Health values, computing each lag.
+
+    Pure: all the times it uses come from the observations.  ``master_hint`` names the
+    datasource to take as the reference when several are writable.
+    """
+    positions = {o.name: _position(o) for o in observations}
+    writable = [o for o in observations if o.reachable and o.read_only is False]
+    reference: Observation | None = None
+    if len(writable) == 1:
+        reference = writable[0]
+    elif writable:
+        reference = next((o for o in writable if o.name == master_hint), None)
+    if reference is None:
+        # No master: measure against the most advanced reachable replica (the freshest
+        # heartbeat, then the furthest GTID position).
+        replicas = [o for o in observations if o.reachable and o.replicating]
+        if replicas:
+            reference = max(
+                replicas,
+                key=lambda o: (
+                    o.heartbeat or 0.0,
+                    sum(seq for _, seq in positions[o.name].domains.values()),
+                ),
+            )
+    health: dict[str, Health] = {}
+    for obs in observations:
+        if not obs.reachable:
+            health[obs.name] = Health(
+                name=obs.name,
+                reachable=False,
+                observed_at=obs.observed_at,
+                error=obs.error,
+                position=positions[obs.name],
+            )
+            continue
+        lag, source = _lag(obs, reference, positions)
+        health[obs.name] = Health(
+            name=obs.name,
+            reachable=True,
+            observed_at=obs.observed_at,
+            read_only=obs.read_only,
+            server_id=obs.server_id,
+            replicating=obs.replicating,
+            io_running=obs.io_running,
+            sql_running=obs.sql_running,
+            lag=lag,
+            lag_source=source,
+            position=positions[obs.name],
+            gtid_binlog_pos=obs.gtid_binlog_pos,
+            gtid_slave_pos=obs.gtid_slave_pos,
+            error=obs.error,
+        )
+    return health
+
+
+def _lag(
+    obs: Observation, ref: Observation | None, positions: Mapping[str, CausalToken]
+) -> tuple[float | None, str]:
+    if not obs.replicating:
+        return (0.0, "master") if obs.read_only is False else (None, "")
+    master_alive = ref is not None and ref.read_only is False
+    threads_ok = bool(obs.io_running) and bool(obs.sql_running)
+    if ref is not None and ref.name == obs.name:
+        return 0.0, "heartbeat"
+    if not threads_ok and master_alive:
+        if ref is not None and ref.now is not None and obs.heartbeat is not None:
+            return max(0.0, ref.now - obs.heartbeat), "heartbeat"
+        return None, ""
+    if ref is not None and positions[obs.name].covers(positions[ref.name]):
+        return 0.0, "gtid"
+    if ref is not None and ref.heartbeat is not None and obs.heartbeat is not None:
+        fresh = ref.now is not None and ref.now - ref.heartbeat < _HEARTBEAT_STALE_ROUNDS * 2.0
+        if fresh or not master_alive:
+            return max(0.0, ref.heartbeat - obs.heartbeat), "heartbeat"
+    if obs.sql_running and obs.seconds_behind_master is not None:
+        return float(obs.seconds_behind_master), "seconds_behind_master"
+    return None, ""
+
+
+Connect = Callable[..., Any]
+Clock = Callable[[], float]
+
+
+class _Prober:
+    """The monitoring connection of one datasource, used by one worker at a time."""
+
+    def __init__(
+        self,
+        ds: DataSource,
+        service: Service,
+        credentials: Credentials,
+        connect: Connect,
+        clock: Clock,
+    ) -> None:
+        self.ds = ds
+        self.service = service
+        self.credentials = credentials
+        self._connect = connect
+        self._clock = clock
+        self._conn: Any = None
+        self._hb_conn: Any = None
+        self._heartbeat_ok = service.heartbeat.enabled
+
+    def _open(self) -> Any:
+        timeout = self.service.probe_timeout
+        return self._connect(
+            host=self.ds.host,
+            port=self.ds.port,
+            user=self.credentials.user,
+            password=self.credentials.password,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            write_timeout=timeout,
+            autocommit=True,
+            client_flag=CLIENT.MULTI_STATEMENTS,
+            program_name="sqlrouter-monitor",
+        )
+
+    def _close_probe(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        for attr in ("_conn", "_hb_conn"):
+            conn = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def probe(self) -> Observation:
+        try:
+            if self._conn is None:
+                self._conn = self._open()
+            return self._query()
+        except pymysql.err.MySQLError as exc:
+            self._close_probe()
+            return Observation(
+                self.ds.name, self._clock(), reachable=False, error=_describe_error(exc)
+            )
+        except OSError as exc:
+            self._close_probe()
+            return Observation(self.ds.name, self._clock(), reachable=False, error=str(exc))
+
+    def _query(self) -> Observation:
+        hb = self.service.heartbeat.table
+        heartbeat = f"(SELECT MAX(ts) FROM {hb})" if self._heartbeat_ok else "NULL"
+        sql = (
+            "SELECT @@server_id, @@read_only, @@gtid_binlog_pos, @@gtid_slave_pos, "
+            f"NOW(6), {heartbeat}; SHOW SLAVE STATUS"
+        )
+        with self._conn.cursor() as cur:
+            try:
+                cur.execute(sql)
+            except pymysql.err.MySQLError as exc:
+                if self._heartbeat_ok and exc.args and exc.args[0] in _NO_HEARTBEAT_ERRNOS:
+                    logger.warning(
+                        "service %r: %s: heartbeat table %s unusable (%s); measuring lag "
+                        "with Seconds_Behind_Master",
+                        self.service.name,
+                        self.ds.name,
+                        hb,
+                        exc.args[-1],
+                    )
+                    self._heartbeat_ok = False
+                    return self._query()
+                raise
+            server_id, read_only, binlog_pos, slave_pos, now, beat = cur.fetchone()
+            cur.nextset()
+            slave = cur.fetchone()
+            cols = [d[0] for d in cur.description] if cur.description else []
+        observed_at = self._clock()
+        base = Observation(
+            name=self.ds.name,
+            observed_at=observed_at,
+            reachable=True,
+            server_id=int(server_id),
+            read_only=bool(read_only),
+            gtid_binlog_pos=binlog_pos or "",
+            gtid_slave_pos=slave_pos or "",
+            now=_epoch(now),
+            heartbeat=_epoch(beat),
+        )
+        if slave is None:
+            return base
+        st = dict(zip(cols, slave, strict=False))
+        sbm = st.get("Seconds_Behind_Master")
+        error = st.get("Last_IO_Error") or st.get("Last_SQL_Error") or None
+        return replace(
+            base,
+            replicating=True,
+            io_running=st.get("Slave_IO_Running") == "Yes",
+            sql_running=st.get("Slave_SQL_Running") == "Yes",
+            io_state=str(st.get("Slave_IO_State") or ""),
+            seconds_behind_master=None if sbm is None else int(sbm),
+            error=str(error) if error else None,
+        )
+
+    def write_heartbeat(self) -> None:
+        """Write the heartbeat row, on a connection of its own: the write may wait for a
+        semi-sync acknowledgement, which must not delay the probes."""
+        if self._hb_conn is None:
+            self._hb_conn = self._connect(
+                host=self.ds.host,
+                port=self.ds.port,
+                user=self.credentials.user,
+                password=self.credentials.password,
+                connect_timeout=self.service.probe_timeout,
+                read_timeout=max(5.0, self.service.probe_timeout),
+                write_timeout=self.service.probe_timeout,
+                autocommit=True,
+                program_name="sqlrouter-heartbeat",
+            )
+        try:
+            with self._hb_conn.cursor() as cur:
+                cur.execute(
+                    f"INSERT INTO {self.service.heartbeat.table} (server_id, ts) "
+                    "VALUES (@@server_id, NOW(6)) ON DUPLICATE KEY UPDATE ts = VALUES(ts)"
+                )
+        except BaseException:
+            conn, self._hb_conn = self._hb_conn, None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+
+
+def _describe_error(exc: BaseException) -> str:
+    """An error as a short line, without credentials (PyMySQL never includes them)."""
+    args: tuple[object, ...] = exc.args
+    if len(args) >= 2 and isinstance(args[0], int):
+        return f"({args[0]}) {args[1]}"
+    return str(exc) or type(exc).__name__
+
+
+class Monitor:
+    """Watches one service in a background thread and publishes snapshots.
+
+    ``start()`` launches the thread; ``stop()`` stops and joins it (and the probe
+    workers) within a bounded time.  ``snapshot`` is the latest published value;
+    :meth:`wait_for_round` blocks (with a timeout) until a round completes.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        credentials: Credentials | None = None,
+        connect: Connect = pymysql.connect,
+        clock: Clock = time.monotonic,
+        on_snapshot: Callable[[Snapshot, Snapshot], None] | None = None,
+    ) -> None:
+        self._service = service
+        creds = service.monitor_credentials or credentials
+        if creds is None:
+            raise ValueError(
+                f"service {service.name!r}: the monitor needs credentials: give "
+                "[services.NAME.monitor] in the registry or a user in the URL"
+            )
+        self._credentials: Credentials = creds
+        self._connect = connect
+        self._clock = clock
+        self._on_snapshot = on_snapshot
+        self._lock = threading.Lock()
+        self._round_done = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._probers: dict[str, _Prober] = {}
+        self._inflight: dict[str, concurrent.futures.Future[Observation]] = {}
+        self._heartbeat_future: concurrent.futures.Future[None] | None = None
+        self._offline: frozenset[str] = frozenset()
+        self._promoted: str | None = None
+        self._snapshot = Snapshot(
+            service=service,
+            health={ds.name: unknown(ds.name) for ds in service.datasources},
+        )
+        self.rounds = 0
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"<Monitor service={self._service.name!r} {state} rounds={self.rounds} "
+            f"datasources={len(self._service.datasources)}>"
+        )
+
+    @property
+    def service(self) -> Service:
+        return self._service
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stop.clear()
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=len(self._service.datasources) + 1,
+                thread_name_prefix=f"sqlrouter-probe-{self._service.name}",
+            )
+            self._thread = threading.Thread(
+                target=self._run, name=f"sqlrouter-monitor-{self._service.name}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and close the monitoring connections; never hangs."""
+        self._stop.set()
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._round_done.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # Probes have their own timeouts: do not wait for a frozen server.
+            pool.shutdown(wait=False, cancel_futures=True)
+        for prober in self._probers.values():
+            prober.close()
+        self._probers.clear()
+        self._inflight.clear()
+
+    def wait_for_round(self, after: int | None = None, timeout: float = 5.0) -> Snapshot:
+        """Wait until a round newer than generation ``after`` (default: current) ends."""
+        deadline = self._clock() + timeout
+        with self._lock:
+            target = self._snapshot.generation if after is None else after
+            while self._snapshot.generation <= target and not self._stop.is_set():
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._round_done.wait(remaining)
+            return self._snapshot
+
+    # -- operator state (routing-level, this process only) --------------------------
+
+    def set_offline(self, name: str, offline: bool) -> None:
+        self._service.datasource(name)  # KeyError names the known ones
+        with self._lock:
+            names = set(self._offline)
+            (names.add if offline else names.discard)(name)
+            self._offline = frozenset(names)
+            self._snapshot = replace(self._snapshot, offline=self._offline)
+
+    def promote(self, name: str | None) -> None:
+        if name is not None:
+            self._service.datasource(name)
+        with self._lock:
+            self._promoted = name
+            self._snapshot = replace(self._snapshot, promoted=name)
+
+    def update_service(self, service: Service) -> None:
+        """Use a new definition of the service (registry reloaded) from the next round."""
+        with self._lock:
+            old = {ds.name: ds for ds in self._service.datasources}
+            self._service = service
+            for ds in service.datasources:
+                if old.get(ds.name) != ds:
+                    prober = self._probers.pop(ds.name, None)
+                    if prober is not None:
+                        prober.close()
+            names = {ds.name for ds in service.datasources}
+            for gone in set(self._probers) - names:
+                self._probers.pop(gone).close()
+            self._offline = self._offline & names
+            health = {n: self._snapshot.health_of(n) for n in names}
+            self._snapshot = replace(self._snapshot, service=service, health=health)
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = self._clock()
+            try:
+                self.run_round()
+            except Exception:  # a bug must not kill the monitor silently
+                logger.exception("service %r: monitor round failed", self._service.name)
+            interval = self._service.monitor_interval * random.uniform(0.9, 1.1)  # noqa: S311
+            self._stop.wait(max(0.0, interval - (self._clock() - started)))
+
+    def _prober(self, ds: DataSource) -> _Prober:
+        prober = self._probers.get(ds.name)
+        if prober is None:
+            prober = _Prober(ds, self._service, self._credentials, self._connect, self._clock)
+            self._probers[ds.name] = prober
+        return prober
+
+    def run_round(self) -> Snapshot:
+        """Probe every datasource once (in parallel) and publish a new snapshot."""
+        service = self._service
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("monitor is not started")
+        for ds in service.datasources:
+            if ds.name not in self._inflight:
+                self._inflight[ds.name] = pool.submit(self._prober(ds).probe)
+        futures = [self._inflight[ds.name] for ds in service.datasources]
+        concurrent.futures.wait(futures, timeout=service.probe_timeout + 0.2)
+        observations = []
+        for ds in service.datasources:
+            fut = self._inflight[ds.name]
+            if fut.done():
+                del self._inflight[ds.name]
+                observations.append(fut.result())
+            else:
+                observations.append(
+                    Observation(
+                        ds.name,
+                        self._clock(),
+                        reachable=False,
+                        error=f"probe timed out after {service.probe_timeout:g}s",
+                    )
+                )
+        health = compute_health(
+            observations,
+            master_hint=self._promoted
+            or next((d.name for d in service.datasources if d.role.value == "master"), None),
+        )
+        self._maybe_write_heartbeat(service, health)
+        with self._lock:
+            previous = self._snapshot
+            snap = Snapshot(
+                service=service,
+                health=health,
+                offline=self._offline,
+                promoted=self._promoted,
+                taken_at=self._clock(),
+                generation=previous.generation + 1,
+            )
+            self._snapshot = snap
+            self.rounds += 1
+            self._round_done.notify_all()
+        if self._on_snapshot is not None:
+            try:
+                self._on_snapshot(previous, snap)
+            except Exception:
+                logger.exception("service %r: snapshot listener failed", service.name)
+        return snap
+
+    def _maybe_write_heartbeat(self, service: Service, health: Mapping[str, Health]) -> None:
+        if not service.heartbeat.enabled or self._pool is None:
+            return
+        if self._heartbeat_future is not None and not self._heartbeat_future.done():
+            return
+        writable = [n for n, h in health.items() if h.writable]
+        if len(writable) != 1:
+            return
+        prober = self._probers.get(writable[0])
+        if prober is None or not prober._heartbeat_ok:
+            return
+        self._heartbeat_future = self._pool.submit(self._write_heartbeat, prober)
+
+    def _write_heartbeat(self, prober: _Prober) -> None:
+        try:
+            prober.write_heartbeat()
+        except (pymysql.err.MySQLError, OSError) as exc:
+            logger.debug(
+                "service %r: heartbeat write on %s failed: %s",
+                self._service.name,
+                prober.ds.name,
+                _describe_error(exc),
+            )

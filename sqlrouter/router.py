@@ -1,0 +1,509 @@
+"""The routing decision: which datasource of a service serves a new connection.
+
+:func:`choose` is a pure function of a monitor :class:`~sqlrouter.health.Snapshot`, a
+:class:`Policy` and a caller-side counter: no I/O, no clock, no randomness, no lock.
+It returns a :class:`Decision` or raises :class:`~sqlrouter.errors.NoMasterAvailable` /
+:class:`~sqlrouter.errors.NoReplicaAvailable` with a message that names the service and
+every datasource with the reason it was rejected.
+
+Roles are observed, not configured:
+
+- The *master* is the one server that is reachable with ``read_only`` off.  When
+  several are writable (split brain), the operator's routing-level promotion breaks
+  the tie, else the declared master does, else nobody is the master and writes are
+  refused: sqlrouter never writes to an ambiguous master.
+- A *replica* is a reachable server with ``read_only`` on that replicates and whose
+  measured lag is known and at most ``max_lag``.  A stopped IO or SQL thread counts
+  through the lag, which the monitor measures as the age of the last heartbeat the
+  replica applied.  The declared role does not matter: a demoted master that
+  replicates is a replica.  A writable server is never a replica.
+- Datasources an operator took offline, and those the caller already tried in this
+  connect (:attr:`Policy.exclude`), are never chosen.
+
+Causal tokens (session consistency) for RO_RELAXED:
+
+- A replica serves the read only if its observed position covers the token.  The
+  monitor's position is a past reading of a position that only grows, so "covers" in
+  the snapshot means covers now.
+- If replicas are within ``max_lag`` but none covers the token and
+  :attr:`Policy.allow_wait` is true, the decision is the replica closest to the token
+  with ``needs_wait=token``: the caller runs ``MASTER_GTID_WAIT(token, timeout)`` on
+  it.  On timeout the caller calls :func:`choose` again, either with that replica
+  added to ``exclude`` (try the next one) or with ``allow_wait=False`` (stop waiting).
+- Otherwise the read falls back like any other: to the master with
+  ``fallback=master``.  The master is taken to cover every token, since the writes
+  the token records were made there.
+- With ``fallback=error`` the master never serves a RO_RELAXED read, token or not: a
+  read that cannot be served consistently by a replica fails with
+  :class:`~sqlrouter.errors.NoReplicaAvailable`.  Read-your-writes holds either way;
+  ``fallback`` only chooses between loading the master and failing, and the user
+  asked not to load the master.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .errors import ER_NO_MASTER, ER_NO_REPLICA, NoMasterAvailable, NoReplicaAvailable
+from .gtid import EMPTY, CausalToken
+from .health import Health, Snapshot, unknown
+from .qos import Fallback, QoS
+from .topology import DataSource, Role
+
+__all__ = ["Decision", "Fallback", "Policy", "QoS", "choose", "explain", "observed_master"]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What one connect asks of the router."""
+
+    qos: QoS
+    #: RO_RELAXED: the largest replica lag (seconds) accepted.
+    max_lag: float = 1.0
+    #: RO_RELAXED: what to do when no replica qualifies.
+    fallback: Fallback = Fallback.MASTER
+    #: Session consistency: a RO_RELAXED read must come from a server that applied this.
+    token: CausalToken = EMPTY
+    #: RO_RELAXED with a token: may the caller wait (``MASTER_GTID_WAIT``) for a replica
+    #: to catch up?  ``False`` means "go to the fallback now".
+    allow_wait: bool = True
+    #: Datasources already tried in this connect: the next decision skips them.
+    exclude: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.max_lag) or self.max_lag < 0:
+            raise ValueError(f"max_lag must be a number of seconds >= 0, not {self.max_lag!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a connection goes, and why."""
+
+    datasource: DataSource
+    #: Human-readable, for logs and ``sqlrouter route``: ``"replica db2 lag 0.12s <= 1.0s"``.
+    reason: str
+    #: A RO_RELAXED request served by the master because no replica qualified.
+    is_fallback: bool = False
+    #: Set when the replica is not known to cover the session's token: the caller must
+    #: ``MASTER_GTID_WAIT`` for this token on it before using it (see module docstring).
+    needs_wait: CausalToken | None = None
+
+
+def choose(snapshot: Snapshot, policy: Policy, *, turn: int = 0) -> Decision:
+    """Pick the datasource for a new connection.
+
+    ``turn`` is a caller-side counter (one increment per connect) that spreads
+    RO_RELAXED connections over the qualifying replicas by weight: over any ``W``
+    consecutive turns, where ``W`` is the sum of their weights, each replica is chosen
+    exactly ``weight`` times, interleaved.  Replicas of weight 0 or less are used only
+    when no replica of positive weight qualifies.
+
+    Raises :class:`~sqlrouter.errors.NoMasterAvailable` (RW_STRICT) or
+    :class:`~sqlrouter.errors.NoReplicaAvailable` (RO_RELAXED) and nothing else.
+    """
+    if policy.qos is QoS.RW_STRICT:
+        return _choose_master(snapshot, policy)
+    return _choose_replica(snapshot, policy, turn)
+
+
+def observed_master(snapshot: Snapshot) -> DataSource | None:
+    """The server that writes go to, ignoring admin state; ``None`` if none or ambiguous.
+
+    The one writable (reachable, ``read_only`` off) server; among several, the promoted
+    one if it is writable, else the declared master if exactly one is writable.
+    """
+    return _resolve_master(snapshot)[0]
+
+
+def explain(snapshot: Snapshot, policy: Policy) -> list[tuple[str, str]]:
+    """``(datasource name, verdict)`` for every datasource, as :func:`choose` sees it.
+
+    For ``sqlrouter route`` tables.  The verdicts are the texts the refusal messages use.
+    """
+    master, writable = _resolve_master(snapshot)
+    if policy.qos is QoS.RW_STRICT:
+        return [
+            (ds.name, _rw_verdict(ds, snapshot, policy, master, writable))
+            for ds in snapshot.service.datasources
+        ]
+    rows: list[tuple[str, str]] = []
+    for ds in snapshot.service.datasources:
+        h = snapshot.health_of(ds.name)
+        if master is not None and ds.name == master.name:
+            verdict = _ro_master_verdict(ds, snapshot, policy)
+        else:
+            why = _reject(ds.name, h, snapshot.offline, policy.exclude, policy.max_lag)
+            if why is not None:
+                verdict = _describe(why, ds, h, policy, master=master, writable=writable)
+            else:
+                verdict = f"replica, lag {_secs(h.lag)} <= {_secs(policy.max_lag)}"
+                if ds.weight != 1:
+                    verdict += f", weight {ds.weight}"
+                if policy.token:
+                    if h.position.covers(policy.token):
+                        verdict += f", covers token {policy.token}"
+                    else:
+                        verdict += f", {_not_covered(h, policy.token)}"
+                        if policy.allow_wait:
+                            verdict += " (can wait for it)"
+        rows.append((ds.name, verdict))
+    return rows
+
+
+# --- RW_STRICT -------------------------------------------------------------------------
+
+
+def _resolve_master(snapshot: Snapshot) -> tuple[DataSource | None, Sequence[DataSource]]:
+    """``(master or None, every writable datasource)``; admin state is not considered."""
+    health = snapshot.health
+    writable = [ds for ds in snapshot.service.datasources if _is_writable(health.get(ds.name))]
+    if len(writable) == 1:
+        return writable[0], writable
+    if not writable:
+        return None, writable
+    promoted = snapshot.promoted
+    for ds in writable:
+        if ds.name == promoted:
+            return ds, writable
+    declared = [ds for ds in writable if ds.role is Role.MASTER]
+    if len(declared) == 1:
+        return declared[0], writable
+    return None, writable
+
+
+def _is_writable(h: Health | None) -> bool:
+    return h is not None and h.reachable and h.read_only is False
+
+
+def _choose_master(snapshot: Snapshot, policy: Policy) -> Decision:
+    master, writable = _resolve_master(snapshot)
+    if master is None or master.name in snapshot.offline or master.name in policy.exclude:
+        raise NoMasterAvailable(
+            ER_NO_MASTER,
+            _no_master_message(snapshot, policy, master, writable),
+            service=snapshot.service.name,
+        )
+    return Decision(master, _master_reason(snapshot, master, writable))
+
+
+def _master_reason(snapshot: Snapshot, master: DataSource, writable: Sequence[DataSource]) -> str:
+    promoted = snapshot.promoted
+    kind = "promoted master" if master.name == promoted else "master"
+    if len(writable) > 1:
+        others = ", ".join(ds.name for ds in writable if ds.name != master.name)
+        if master.name != promoted:
+            kind = "declared master"
+        return f"{kind} {master.name} (writable; split brain: {others} also writable)"
+    if promoted is not None and promoted != master.name and _knows(snapshot, promoted):
+        return f"master {master.name} (writable; promoted {promoted} is not writable)"
+    return f"{kind} {master.name} (writable)"
+
+
+def _knows(snapshot: Snapshot, name: str) -> bool:
+    return any(ds.name == name for ds in snapshot.service.datasources)
+
+
+def _no_master_message(
+    snapshot: Snapshot,
+    policy: Policy,
+    master: DataSource | None,
+    writable: Sequence[DataSource],
+) -> str:
+    if master is not None:
+        head = f"master {master.name} is not available"
+    elif writable:
+        names = ", ".join(ds.name for ds in writable)
+        head = (
+            f"split brain: {names} are writable and neither a writable promoted datasource "
+            "nor a single writable declared master tells which is the master; refusing to "
+            "write (promote one with `sqlrouter promote`)"
+        )
+    else:
+        head = "no writable master"
+    details = _join(
+        (ds.name, _rw_verdict(ds, snapshot, policy, master, writable))
+        for ds in snapshot.service.datasources
+    )
+    return f"service {snapshot.service.name!r}: {head}: {details}"
+
+
+def _rw_verdict(
+    ds: DataSource,
+    snapshot: Snapshot,
+    policy: Policy,
+    master: DataSource | None,
+    writable: Sequence[DataSource],
+) -> str:
+    h = snapshot.health_of(ds.name)
+    is_master = master is not None and ds.name == master.name
+    prefix = "writable master, " if is_master else ""
+    if ds.name in snapshot.offline:
+        return f"{prefix}offline (operator)"
+    if ds.name in policy.exclude:
+        return f"{prefix}excluded (failed this attempt)"
+    if not h.reachable:
+        return _unreachable(h)
+    if h.read_only is None:
+        return _read_only_unknown(h)
+    if h.read_only:
+        if ds.name == snapshot.promoted:
+            return "read_only=1 (promoted master is not writable)"
+        if ds.role is Role.MASTER:
+            return "read_only=1 (declared master is not writable)"
+        return "read_only=1"
+    if is_master:
+        return "writable master"
+    return _writable_not_master(master, writable)
+
+
+# --- RO_RELAXED ------------------------------------------------------------------------
+
+
+class _Why(enum.Enum):
+    """Why a datasource is not a replica for this request (formatted by _describe)."""
+
+    OFFLINE = enum.auto()
+    EXCLUDED = enum.auto()
+    UNREACHABLE = enum.auto()
+    WRITABLE = enum.auto()
+    READ_ONLY_UNKNOWN = enum.auto()
+    NOT_REPLICATING = enum.auto()
+    IO_STOPPED = enum.auto()
+    SQL_STOPPED = enum.auto()
+    LAG_UNKNOWN = enum.auto()
+    LAG_HIGH = enum.auto()
+
+
+def _reject(
+    name: str, h: Health, offline: frozenset[str], exclude: frozenset[str], max_lag: float
+) -> _Why | None:
+    """Why ``h`` is not a replica within ``max_lag``; ``None`` when it is one."""
+    if name in offline:
+        return _Why.OFFLINE
+    if name in exclude:
+        return _Why.EXCLUDED
+    if not h.reachable:
+        return _Why.UNREACHABLE
+    if h.read_only is not True:
+        return _Why.WRITABLE if h.read_only is False else _Why.READ_ONLY_UNKNOWN
+    if not h.replicating:
+        return _Why.NOT_REPLICATING
+    # A stopped thread does not disqualify by itself: the monitor already counts it in
+    # the lag (the age of the last applied heartbeat while the master writes; against
+    # the most advanced replica while no master is reachable).  It explains an unknown lag.
+    lag = h.lag
+    if lag is None or math.isnan(lag):
+        if h.io_running is False:
+            return _Why.IO_STOPPED
+        if h.sql_running is False:
+            return _Why.SQL_STOPPED
+        return _Why.LAG_UNKNOWN
+    if lag > max_lag:
+        return _Why.LAG_HIGH
+    return None
+
+
+def _choose_replica(snapshot: Snapshot, policy: Policy, turn: int) -> Decision:
+    token = policy.token
+    health = snapshot.health
+    offline = snapshot.offline
+    exclude = policy.exclude
+    max_lag = policy.max_lag
+    ready: list[DataSource] = []
+    behind: list[DataSource] = []  # within max_lag, but not known to cover the token
+    for ds in snapshot.service.datasources:
+        h = health.get(ds.name)
+        if h is None or _reject(ds.name, h, offline, exclude, max_lag) is not None:
+            continue
+        if token and not h.position.covers(token):
+            behind.append(ds)
+        else:
+            ready.append(ds)
+
+    if ready:
+        ds = _spread(ready, turn)
+        h = health[ds.name]
+        reason = f"replica {ds.name} lag {_secs(h.lag)} <= {_secs(max_lag)}"
+        if token:
+            reason += f", covers token {token}"
+        return Decision(ds, reason)
+
+    if behind and policy.allow_wait:
+        ds = _closest(behind, health, token)
+        h = health[ds.name]
+        reason = (
+            f"replica {ds.name} lag {_secs(h.lag)} <= {_secs(max_lag)}, "
+            f"{_not_covered(h, token)} yet: wait for it"
+        )
+        return Decision(ds, reason, needs_wait=token)
+
+    head = (
+        f"no replica covers token {token}"
+        if behind
+        else f"no replica within max_lag {_secs(max_lag)}"
+    )
+    master, writable = _resolve_master(snapshot)
+    if (
+        policy.fallback is Fallback.MASTER
+        and master is not None
+        and master.name not in offline
+        and master.name not in exclude
+    ):
+        details = _ro_details(snapshot, policy, master, writable, skip=master)
+        reason = f"fallback to master {master.name}: {head}: {details}"
+        return Decision(master, reason, is_fallback=True)
+
+    if policy.fallback is Fallback.ERROR:
+        head += ", and fallback=error"
+    else:
+        head += " and no master to fall back to"
+    details = _ro_details(snapshot, policy, master, writable, skip=None)
+    raise NoReplicaAvailable(
+        ER_NO_REPLICA,
+        f"service {snapshot.service.name!r}: {head}: {details}",
+        service=snapshot.service.name,
+    )
+
+
+def _spread(candidates: Sequence[DataSource], turn: int) -> DataSource:
+    """Deterministic, interleaved weighted round-robin over ``candidates``.
+
+    Slot ``k`` of ``0..total-1`` belongs to the candidate whose cumulative weight range
+    holds it.  Turn ``t`` takes slot ``t * stride % total`` with ``stride`` coprime to
+    ``total``, a bijection over any ``total`` consecutive turns (so each candidate gets
+    exactly its weight), and with ``stride`` near ``total / golden ratio`` consecutive
+    turns land far apart, so a burst of connects is spread rather than sent in blocks.
+    """
+    if len(candidates) == 1:
+        return candidates[0]
+    total = sum(ds.weight for ds in candidates if ds.weight > 0)
+    if total == 0:
+        return candidates[turn % len(candidates)]
+    stride = max(1, round(total * 0.618))
+    while math.gcd(stride, total) != 1:
+        stride += 1
+    slot = turn * stride % total
+    for ds in candidates:
+        if ds.weight > 0:
+            if slot < ds.weight:
+                return ds
+            slot -= ds.weight
+    raise AssertionError("unreachable: slot < total")
+
+
+def _closest(
+    candidates: Sequence[DataSource], health: Mapping[str, Health], token: CausalToken
+) -> DataSource:
+    """The candidate likely to cover ``token`` first: fewest missing transactions
+    (summed over the token's domains), then lowest lag, then declaration order."""
+
+    def distance(ds: DataSource) -> tuple[int, float]:
+        h = health[ds.name]
+        position = h.position
+        missing = sum(max(0, seq - position.seq(d)) for d, (_, seq) in token.domains.items())
+        return missing, h.lag if h.lag is not None else math.inf
+
+    return min(candidates, key=distance)
+
+
+def _ro_master_verdict(ds: DataSource, snapshot: Snapshot, policy: Policy) -> str:
+    if ds.name in snapshot.offline:
+        return "master, offline (operator)"
+    if ds.name in policy.exclude:
+        return "master, excluded (failed this attempt)"
+    if policy.fallback is Fallback.ERROR:
+        return "master (not used: fallback=error)"
+    return "master (fallback)"
+
+
+def _ro_details(
+    snapshot: Snapshot,
+    policy: Policy,
+    master: DataSource | None,
+    writable: Sequence[DataSource],
+    *,
+    skip: DataSource | None,
+) -> str:
+    """``"db2 lag 3.2s > 1.0s; db3 unreachable (...)"``: every datasource but ``skip``."""
+    items: list[tuple[str, str]] = []
+    for ds in snapshot.service.datasources:
+        if skip is not None and ds.name == skip.name:
+            continue
+        if master is not None and ds.name == master.name:
+            items.append((ds.name, _ro_master_verdict(ds, snapshot, policy)))
+            continue
+        h = snapshot.health_of(ds.name)
+        why = _reject(ds.name, h, snapshot.offline, policy.exclude, policy.max_lag)
+        if why is None:
+            items.append((ds.name, _not_covered(h, policy.token)))
+        else:
+            items.append((ds.name, _describe(why, ds, h, policy, master=master, writable=writable)))
+    return _join(items)
+
+
+def _describe(
+    why: _Why,
+    ds: DataSource,
+    h: Health,
+    policy: Policy,
+    *,
+    master: DataSource | None,
+    writable: Sequence[DataSource],
+) -> str:
+    if why is _Why.OFFLINE:
+        return "offline (operator)"
+    if why is _Why.EXCLUDED:
+        return "excluded (failed this attempt)"
+    if why is _Why.UNREACHABLE:
+        return _unreachable(h)
+    if why is _Why.WRITABLE:
+        return _writable_not_master(master, writable)
+    if why is _Why.READ_ONLY_UNKNOWN:
+        return _read_only_unknown(h)
+    if why is _Why.NOT_REPLICATING:
+        if ds.role is Role.MASTER:
+            return "read_only=1 (declared master is not writable), not replicating"
+        return "read_only=1, not replicating"
+    if why is _Why.IO_STOPPED or why is _Why.SQL_STOPPED:
+        thread = "io thread" if why is _Why.IO_STOPPED else "sql thread"
+        return f"lag unknown ({thread} stopped)"
+    if why is _Why.LAG_UNKNOWN:
+        return f"lag unknown ({h.error})" if h.error else "lag unknown"
+    return f"lag {_secs(h.lag)} > {_secs(policy.max_lag)}"
+
+
+# --- shared wording ----------------------------------------------------------------------
+
+
+def _unreachable(h: Health) -> str:
+    if h.error == unknown(h.name).error:
+        return "not probed yet"
+    return f"unreachable ({h.error})" if h.error else "unreachable"
+
+
+def _read_only_unknown(h: Health) -> str:
+    return f"read_only unknown ({h.error})" if h.error else "read_only unknown"
+
+
+def _writable_not_master(master: DataSource | None, writable: Sequence[DataSource]) -> str:
+    if master is None:
+        names = ", ".join(ds.name for ds in writable)
+        return f"writable (split brain: {names} are writable, none is the master)"
+    return f"writable, but {master.name} is the master (split brain)"
+
+
+def _not_covered(h: Health, token: CausalToken) -> str:
+    return f"position {h.position or '(empty)'} does not cover token {token}"
+
+
+def _secs(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return f"{seconds}s"
+    return f"{round(seconds, 3)!r}s"
+
+
+def _join(items: Iterable[tuple[str, str]]) -> str:
+    return "; ".join(f"{name} {verdict}" for name, verdict in items)

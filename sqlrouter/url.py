@@ -1,0 +1,908 @@
+"""Service URLs: what an application asks sqlrouter for.
+
+A service URL names a *service* (a replicated cluster), not a host::
+
+    sqlrouter://[user[:password]@]SERVICE[/DATABASE][?param=value&...]
+
+``mysql+sqlrouter://`` means the same (it is the form SQLAlchemy passes on), and the
+Tungsten SQL Router form ``jdbc:t-router://SERVICE/DATABASE?qos=RO_RELAXED&
+maxAppliedLatency=2`` is read too, with ``maxAppliedLatency`` as ``max_lag`` and
+``user``/``password`` accepted as query parameters.
+
+:func:`parse_url` turns a URL and/or keyword arguments into a :class:`ServiceURL`, an
+immutable, validated and typed value.  User, password and database are percent-decoded;
+query parameters are either routing parameters (``qos``, ``max_lag``, ``fallback``,
+timeouts, session consistency, ``registry``) or PyMySQL ``connect()`` options
+(``charset``, ``autocommit``, ``ssl_ca``...), converted to the type PyMySQL expects
+and kept in :attr:`ServiceURL.connect_args`.  Options that are Python objects
+(``cursorclass``, ``conv``, ``ssl``, ``auth_plugin_map``) are accepted as keywords
+only.
+
+Bad input raises :class:`sqlrouter.errors.ProgrammingError` with a message naming the
+parameter, the value and what is accepted.  No message, ``repr`` or ``str`` ever shows
+the password (nor ``ssl_key_password``).
+
+This module is pure: no I/O, no environment reads.  A ``registry`` left as ``None`` is
+resolved later, by the registry layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import math
+import os
+import re
+import ssl
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from pymysql.cursors import Cursor
+
+from .errors import ProgrammingError
+from .gtid import CausalToken
+from .qos import Fallback, QoS
+
+__all__ = [
+    "KNOWN_PARAMETERS",
+    "URL_PARAMETERS",
+    "Consistency",
+    "Fallback",
+    "QoS",
+    "ServiceURL",
+    "parse_url",
+]
+
+
+class Consistency(enum.Enum):
+    """Whether a session reads its own writes (``session``) or not (``none``)."""
+
+    SESSION = "session"
+    NONE = "none"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# --------------------------------------------------------------------------------------
+# Parameter tables
+
+#: The password stands in for itself in rendered URLs and reprs.
+_HIDDEN: Final = "***"
+
+#: Routing parameters accepted in a URL query and as keywords (ServiceURL fields).
+_ROUTING_PARAMETERS: Final = (
+    "qos",
+    "max_lag",
+    "fallback",
+    "registry",
+    "connect_timeout",
+    "read_timeout",
+    "write_timeout",
+    "failover_timeout",
+    "consistency",
+    "consistency_wait",
+    "causal_token",
+)
+
+#: The parts of the URL outside the query (ServiceURL fields).
+_LOCATION_PARAMETERS: Final = ("service", "database", "user", "password")
+
+# PyMySQL Connection.__init__ keywords passed through in connect_args, by type.
+_BOOL_ARGS: Final = frozenset(
+    {
+        "autocommit",
+        "local_infile",
+        "use_unicode",
+        "binary_prefix",
+        "ssl_disabled",
+        "ssl_verify_cert",
+        "ssl_verify_identity",
+    }
+)
+_INT_ARGS: Final[Mapping[str, int]] = MappingProxyType(  # name -> smallest value
+    {"client_flag": 0, "max_allowed_packet": 1}
+)
+_STR_ARGS: Final = frozenset(
+    {
+        "charset",
+        "collation",
+        "sql_mode",
+        "init_command",
+        "program_name",
+        "bind_address",
+        "ssl_ca",
+        "ssl_cert",
+        "ssl_key",
+        "ssl_key_password",
+    }
+)
+#: PyMySQL hands this to ``load_pem_public_key``, which wants bytes.
+_BYTES_ARGS: Final = frozenset({"server_public_key"})
+#: Python objects: keywords only, never in a URL string.
+_OBJECT_ARGS: Final = frozenset({"cursorclass", "conv", "ssl", "auth_plugin_map"})
+#: Connect arguments whose values are secrets.
+_SECRET_ARGS: Final = frozenset({"ssl_key_password"})
+
+_TEXT_ARGS: Final = _BOOL_ARGS | frozenset(_INT_ARGS) | _STR_ARGS | _BYTES_ARGS
+_CONNECT_ARGS: Final = _TEXT_ARGS | _OBJECT_ARGS
+
+_ROUTES_BY_SERVICE: Final = "sqlrouter routes by service"
+#: PyMySQL keywords that must not reach PyMySQL from a service URL, and why.
+_REJECTED: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "host": f"{_ROUTES_BY_SERVICE}; pass service=... (a host is chosen by the router)",
+        "port": f"{_ROUTES_BY_SERVICE}; the port of each server comes from the registry",
+        "unix_socket": (
+            f"{_ROUTES_BY_SERVICE}; how to reach each server (host and port) comes from "
+            "the registry"
+        ),
+        "defer_connect": "the router opens the connection to the server it chooses",
+        "read_default_file": (
+            "an option file can set the host, socket, user and password behind the "
+            "router's back; give the options in the URL or as keywords instead"
+        ),
+        "read_default_group": (
+            "an option file can set the host, socket, user and password behind the "
+            "router's back; give the options in the URL or as keywords instead"
+        ),
+        "compress": "PyMySQL does not support compression",
+        "named_pipe": "PyMySQL does not support named pipes",
+        "sessionId": (
+            "Tungsten's sessionId is not supported; sqlrouter keeps a session's reads "
+            "consistent with its writes by causal tokens (consistency=session)"
+        ),
+    }
+)
+
+#: Keyword aliases, as PyMySQL accepts them.
+_ALIASES: Final[Mapping[str, str]] = MappingProxyType({"db": "database", "passwd": "password"})
+
+#: Every keyword :func:`parse_url` and :meth:`ServiceURL.set` accept (besides the
+#: aliases ``db`` and ``passwd``, and ``connect_args``): the URL parts, the routing
+#: parameters and the PyMySQL ``connect()`` options passed through.
+KNOWN_PARAMETERS: Final[frozenset[str]] = frozenset(
+    _LOCATION_PARAMETERS + _ROUTING_PARAMETERS
+) | frozenset(_CONNECT_ARGS)
+
+#: The parameter names accepted in the query of a ``sqlrouter://`` URL.
+URL_PARAMETERS: Final[frozenset[str]] = frozenset(_ROUTING_PARAMETERS) | _TEXT_ARGS
+
+#: In ``jdbc:t-router://`` URLs: Tungsten's names for ours.
+_TUNGSTEN_NAMES: Final[Mapping[str, str]] = MappingProxyType(
+    {"maxAppliedLatency": "max_lag", "user": "user", "password": "password"}
+)
+
+_SCHEMES: Final = ("sqlrouter", "mysql+sqlrouter")
+_TUNGSTEN_PREFIX: Final = "jdbc:t-router://"
+_ACCEPTED_SCHEMES: Final = "sqlrouter://, mysql+sqlrouter:// or jdbc:t-router://"
+_URL_FORM: Final = "sqlrouter://[user[:password]@]SERVICE[/DATABASE][?param=value&...]"
+
+_SERVICE_RE: Final = re.compile(r"[A-Za-z0-9_.\-]+\Z")
+_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE: Final = frozenset({"false", "0", "no", "off"})
+_MAX_CONNECT_TIMEOUT: Final = 31536000.0  # PyMySQL's upper bound
+
+
+# --------------------------------------------------------------------------------------
+# Value conversion.  Every function takes the parameter name (for the message) and a
+# value that is either text from a URL or a keyword value, and returns the typed value.
+
+
+#: The passwords of the URL being parsed.  Messages never quote a password on purpose;
+#: this catches one that is also the (bad) value of another parameter, or a piece of a
+#: URL that an unencoded character cut in the wrong place.
+_SECRETS: ContextVar[tuple[str, ...]] = ContextVar("sqlrouter.url._SECRETS", default=())
+
+#: Secrets shorter than this are not looked for: they would hide ordinary values.
+_MIN_HIDDEN: Final = 3
+
+
+@contextmanager
+def _hiding(secrets: Iterable[object]) -> Iterator[None]:
+    """While parsing: :func:`_show` hides ``secrets`` (the strings among them) too."""
+    found = tuple(s for s in secrets if isinstance(s, str) and len(s) >= _MIN_HIDDEN)
+    token = _SECRETS.set(_SECRETS.get() + found)
+    try:
+        yield
+    finally:
+        _SECRETS.reset(token)
+
+
+def _conceal(text: str) -> str:
+    """``text`` with every secret of the current :func:`_hiding` block as ``***``."""
+    for secret in sorted(_SECRETS.get(), key=len, reverse=True):
+        for form in (secret, repr(secret)[1:-1], quote(secret, safe="")):
+            text = text.replace(form, _HIDDEN)
+    return text
+
+
+def _show(value: object) -> str:
+    """How a message quotes a value the user gave: ``repr``, without secrets, cut short."""
+    text = _conceal(repr(value))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _enum_converter(cls: type[_E]) -> Callable[[str, object], _E]:
+    by_value = {member.value.lower(): member for member in cls}
+    expected = " or ".join(member.value for member in cls)
+
+    def convert(name: str, value: object) -> _E:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            member = by_value.get(value.strip().lower())
+            if member is not None:
+                return member
+        raise ProgrammingError(f"invalid {name} {_show(value)}: expected {expected}")
+
+    return convert
+
+
+def _seconds(
+    *, optional: bool = False, positive: bool = False, maximum: float | None = None
+) -> Callable[[str, object], float | None]:
+    bound = "> 0" if positive else ">= 0"
+    if maximum is not None:
+        bound += f" and <= {maximum:.0f}"
+    expected = f"a finite number of seconds {bound}"
+    if optional:
+        expected += ", or None"
+
+    def convert(name: str, value: object) -> float | None:
+        if value is None and optional:
+            return None
+        number: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                number = None
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if (
+            number is None
+            or not math.isfinite(number)
+            or number < 0
+            or (positive and number == 0)
+            or (maximum is not None and number > maximum)
+        ):
+            raise ProgrammingError(f"invalid {name} {_show(value)}: expected {expected}")
+        return number
+
+    return convert
+
+
+def _to_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ProgrammingError(
+        f"invalid {name} {_show(value)}: expected true or false (or 1/0, yes/no, on/off)"
+    )
+
+
+def _to_int(name: str, value: object) -> int:
+    minimum = _INT_ARGS[name]
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else int(text)
+        except ValueError:
+            number = None
+    if number is None or number < minimum:
+        raise ProgrammingError(f"invalid {name} {_show(value)}: expected an integer >= {minimum}")
+    return number
+
+
+def _to_str(name: str, value: object) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str):
+        return value
+    shown = _HIDDEN if name in _SECRET_ARGS else f"{type(value).__name__} value"
+    raise ProgrammingError(f"invalid {name} ({shown}): expected a string")
+
+
+def _to_bytes(name: str, value: object) -> bytes:
+    try:
+        if isinstance(value, bytes):
+            value.decode("ascii")
+            return value
+        if isinstance(value, str):
+            return value.encode("ascii")
+    except UnicodeError:
+        pass
+    raise ProgrammingError(
+        f"invalid {name} {_show(value)}: expected a PEM-encoded public key (ASCII text)"
+    )
+
+
+def _to_cursorclass(name: str, value: object) -> type[Cursor]:
+    if isinstance(value, type) and issubclass(value, Cursor):
+        return value
+    raise ProgrammingError(
+        f"invalid {name} {_show(value)}: expected a PyMySQL cursor class such as "
+        "pymysql.cursors.DictCursor or SSCursor (as a keyword, not in a URL)"
+    )
+
+
+def _to_mapping(name: str, value: object) -> Mapping[Any, Any]:
+    if isinstance(value, Mapping):
+        return value
+    raise ProgrammingError(f"invalid {name} {_show(value)}: expected a dict (as a keyword)")
+
+
+def _to_ssl(name: str, value: object) -> ssl.SSLContext | Mapping[str, Any]:
+    if isinstance(value, ssl.SSLContext | Mapping):
+        return value
+    raise ProgrammingError(
+        f"invalid {name} ({type(value).__name__} value): expected an ssl.SSLContext "
+        "(as a keyword), or the ssl_ca, ssl_cert, ssl_key... parameters"
+    )
+
+
+_CONNECT_ARG_CONVERTERS: Final[Mapping[str, Callable[[str, object], Any]]] = MappingProxyType(
+    {
+        **dict.fromkeys(_BOOL_ARGS, _to_bool),
+        **dict.fromkeys(_INT_ARGS, _to_int),
+        **dict.fromkeys(_STR_ARGS, _to_str),
+        **dict.fromkeys(_BYTES_ARGS, _to_bytes),
+        "cursorclass": _to_cursorclass,
+        "conv": _to_mapping,
+        "auth_plugin_map": _to_mapping,
+        "ssl": _to_ssl,
+    }
+)
+
+
+def _check_text(name: str, value: object, *, secret: bool = False) -> str | None:
+    """User, password and database: any text PyMySQL can send (no NUL, valid UTF-8)."""
+    if value is None:
+        return None
+    shown = "" if secret else f" {_show(value)}"
+    if not isinstance(value, str):
+        raise ProgrammingError(f"invalid {name} ({type(value).__name__} value): expected a string")
+    if "\0" in value:
+        raise ProgrammingError(f"invalid {name}{shown}: it contains a NUL character")
+    if not value.isascii() and any(0xD800 <= ord(char) <= 0xDFFF for char in value):
+        raise ProgrammingError(f"invalid {name}{shown}: it holds a lone surrogate, not text")
+    return value
+
+
+def _check_service(name: str, value: object) -> str:
+    if value is None or value == "":
+        raise ProgrammingError(
+            f"missing service: give it in the URL ({_URL_FORM}) or as service=..."
+        )
+    if not isinstance(value, str) or _SERVICE_RE.match(value) is None:
+        raise ProgrammingError(
+            f"invalid service {_show(value)}: expected a service name made of letters, "
+            "digits, '_', '.' and '-'"
+        )
+    return value
+
+
+def _check_database(name: str, value: object) -> str | None:
+    return _check_text(name, value) or None
+
+
+def _check_user(name: str, value: object) -> str | None:
+    return _check_text(name, value)
+
+
+def _check_password(name: str, value: object) -> str | None:
+    return _check_text(name, value, secret=True)
+
+
+def _check_registry(name: str, value: object) -> str | None:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ProgrammingError(
+            f"invalid {name} {_show(value)}: expected the path of a registry file or a registry URL"
+        )
+    return value
+
+
+def _check_causal_token(name: str, value: object) -> str | None:
+    if isinstance(value, CausalToken):
+        return str(value) or None
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return str(CausalToken.parse(value)) or None
+        except ValueError:
+            pass
+    raise ProgrammingError(
+        f"invalid {name} {_show(value)}: expected a causal token, a comma-separated list "
+        "of GTIDs domain-server_id-sequence such as '0-1-15,1-2-7' (32-bit domain and "
+        "server id, 64-bit sequence)"
+    )
+
+
+_FIELD_CHECKS: Final[Mapping[str, Callable[[str, object], Any]]] = MappingProxyType(
+    {
+        "service": _check_service,
+        "database": _check_database,
+        "user": _check_user,
+        "password": _check_password,
+        "qos": _enum_converter(QoS),
+        "max_lag": _seconds(optional=True),
+        "fallback": _enum_converter(Fallback),
+        "registry": _check_registry,
+        "connect_timeout": _seconds(positive=True, maximum=_MAX_CONNECT_TIMEOUT),
+        "read_timeout": _seconds(optional=True, positive=True),
+        "write_timeout": _seconds(optional=True, positive=True),
+        "failover_timeout": _seconds(),
+        "consistency": _enum_converter(Consistency),
+        "consistency_wait": _seconds(),
+        "causal_token": _check_causal_token,
+    }
+)
+
+
+def _unknown(name: str, candidates: Iterable[str], *, in_url: bool) -> ProgrammingError:
+    """The error for a parameter nobody knows, with the closest known name if any."""
+    where = " in the URL" if in_url else ""
+    hint = _REJECTED.get(name)
+    if hint is not None:
+        return ProgrammingError(f"parameter {_show(name)}{where} is not accepted: {hint}")
+    names = sorted(candidates)
+    by_lower = {candidate.lower(): candidate for candidate in names}
+    close = by_lower.get(name.lower()) or next(
+        iter(difflib.get_close_matches(name, names, n=1)), None
+    )
+    if close is not None:
+        return ProgrammingError(f"unknown parameter {_show(name)}{where}: did you mean {close!r}?")
+    routing = ", ".join(_ROUTING_PARAMETERS)
+    options = ", ".join(sorted(_TEXT_ARGS if in_url else _CONNECT_ARGS))
+    return ProgrammingError(
+        f"unknown parameter {_show(name)}{where}: expected a routing parameter ({routing}) "
+        f"or a PyMySQL connect() option ({options})"
+    )
+
+
+def _check_connect_args(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ProgrammingError(
+            f"invalid connect_args ({type(value).__name__} value): expected a mapping of "
+            "PyMySQL connect() options"
+        )
+    checked: dict[str, Any] = {}
+    for name, arg in value.items():
+        if not isinstance(name, str) or name not in _CONNECT_ARGS:
+            raise _unknown(str(name), _CONNECT_ARGS, in_url=False)
+        if arg is None and name != "autocommit":
+            continue  # PyMySQL's default; autocommit=None means "the server's default"
+        checked[name] = None if arg is None else _CONNECT_ARG_CONVERTERS[name](name, arg)
+    return MappingProxyType(checked)
+
+
+# --------------------------------------------------------------------------------------
+# Rendering
+
+
+def _render_number(value: float) -> str:
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _render_value(value: object) -> str:
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _render_number(value)
+    if isinstance(value, bytes):
+        return value.decode("ascii")
+    return str(value)
+
+
+def _repr_connect_arg(name: str, value: object) -> object:
+    if name in _SECRET_ARGS:
+        return _HIDDEN
+    if name == "ssl" and isinstance(value, Mapping) and "password" in value:
+        return {**value, "password": _HIDDEN}
+    return value
+
+
+#: Parameters whose values are secrets, wherever they come from.
+_SECRET_NAMES: Final = frozenset({"password", "passwd"}) | _SECRET_ARGS
+
+
+def _secrets_of(fields: Mapping[str, Any], connect_args: object) -> list[object]:
+    found = [fields.get("password")]
+    if isinstance(connect_args, Mapping):
+        found += [connect_args.get(name) for name in _SECRET_ARGS]
+    return found
+
+
+def _empty_connect_args() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+# --------------------------------------------------------------------------------------
+# The value
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ServiceURL:
+    """A parsed, validated service URL.  Immutable: :meth:`set` makes a changed copy.
+
+    Build one with :func:`parse_url`.  The constructor validates and converts its
+    arguments the same way (so ``ServiceURL(service="shop", qos="ro_relaxed")`` holds
+    ``QoS.RO_RELAXED``).
+
+    ``max_lag`` ``None`` means the registry's default (1 second when it has none).
+    ``registry`` ``None`` means: ``$SQLROUTER_REGISTRY``, then ``./sqlrouter.toml``,
+    resolved by the registry layer.  ``read_timeout``/``write_timeout`` ``None``
+    mean no timeout.  ``connect_args`` holds the PyMySQL ``connect()`` options to
+    pass on, typed; ``None`` given for one removes it (PyMySQL's default applies),
+    except ``autocommit=None``, which PyMySQL reads as "the server's default".
+    """
+
+    service: str
+    database: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    qos: QoS = QoS.RW_STRICT
+    max_lag: float | None = None
+    fallback: Fallback = Fallback.MASTER
+    registry: str | None = None
+    connect_timeout: float = 10.0
+    read_timeout: float | None = None
+    write_timeout: float | None = None
+    failover_timeout: float = 0.0
+    consistency: Consistency = Consistency.SESSION
+    consistency_wait: float = 0.1
+    causal_token: str | None = None
+    connect_args: Mapping[str, Any] = field(default_factory=_empty_connect_args)
+
+    def __post_init__(self) -> None:
+        with _hiding(_secrets_of({"password": self.password}, self.connect_args)):
+            for name, check in _FIELD_CHECKS.items():
+                object.__setattr__(self, name, check(name, getattr(self, name)))
+            object.__setattr__(self, "connect_args", _check_connect_args(self.connect_args))
+
+    def set(self, **changes: Any) -> ServiceURL:
+        """A copy with ``changes`` applied, validated as :func:`parse_url` validates.
+
+        Takes the keywords :func:`parse_url` takes: fields, aliases (``db``,
+        ``passwd``) and PyMySQL ``connect()`` options, which are merged into
+        ``connect_args``.
+        """
+        return parse_url(self, **changes)
+
+    def render(self, *, hide_password: bool = True) -> str:
+        """This URL as a ``sqlrouter://`` string that :func:`parse_url` reads back.
+
+        User, password and database are percent-encoded; only parameters that differ
+        from their defaults are written.  With ``hide_password`` (the default) the
+        password and ``ssl_key_password`` are written as ``***``.  Options that are
+        Python objects (``cursorclass``, ``conv``, ``ssl``, ``auth_plugin_map``) have
+        no text form and are left out.
+        """
+        if not hide_password:
+            return self._render(hide=False)
+        # A password that is also (part of) another value is hidden there too.
+        with _hiding(self._secrets()):
+            return self._render(hide=True)
+
+    def _render(self, *, hide: bool) -> str:
+        def text(value: str) -> str:
+            return quote(_conceal(value) if hide else value, safe="*")
+
+        netloc = ""
+        if self.user is not None or self.password is not None:
+            netloc = text(self.user or "")
+            if self.password is not None:
+                netloc += ":" + (_HIDDEN if hide else text(self.password))
+            netloc += "@"
+        netloc += _conceal(self.service) if hide else self.service
+        path = "" if self.database is None else "/" + text(self.database)
+        pairs: list[str] = []
+        for name in _ROUTING_PARAMETERS:
+            value = getattr(self, name)
+            if value != _DEFAULTS[name]:
+                pairs.append(f"{name}={text(_render_value(value))}")
+        for name, value in self.connect_args.items():
+            if name in _OBJECT_ARGS or value is None:
+                continue
+            shown = _HIDDEN if name in _SECRET_ARGS and hide else text(_render_value(value))
+            pairs.append(f"{name}={shown}")
+        query = "?" + "&".join(pairs) if pairs else ""
+        return f"sqlrouter://{netloc}{path}{query}"
+
+    def _secrets(self) -> list[object]:
+        return _secrets_of({"password": self.password}, self.connect_args)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:
+        parts = []
+        with _hiding(self._secrets()):
+            for name in _FIELD_CHECKS:
+                value = getattr(self, name)
+                if name != "service" and value == _DEFAULTS[name]:
+                    continue
+                if name == "password":
+                    parts.append(f"password={_HIDDEN!r}")
+                elif isinstance(value, enum.Enum):
+                    parts.append(f"{name}={type(value).__name__}.{value.name}")
+                else:
+                    parts.append(f"{name}={_conceal(repr(value))}")
+            if self.connect_args:
+                shown = {k: _repr_connect_arg(k, v) for k, v in self.connect_args.items()}
+                parts.append(f"connect_args={_conceal(repr(shown))}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def __hash__(self) -> int:
+        # connect_args may hold unhashable objects (conv, ssl): hash its keys only.
+        scalars = tuple(getattr(self, name) for name in _FIELD_CHECKS)
+        return hash((scalars, frozenset(self.connect_args)))
+
+    def __reduce__(self) -> tuple[Callable[[dict[str, Any]], ServiceURL], tuple[dict[str, Any]]]:
+        # A mappingproxy does not pickle: rebuild from plain values.
+        state = {name: getattr(self, name) for name in _FIELD_CHECKS}
+        state["connect_args"] = dict(self.connect_args)
+        return (_rebuild, (state,))
+
+
+def _rebuild(state: dict[str, Any]) -> ServiceURL:
+    return ServiceURL(**state)
+
+
+_DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        f.name: f.default
+        for f in dataclasses.fields(ServiceURL)
+        if f.default is not dataclasses.MISSING
+    }
+)
+
+
+# --------------------------------------------------------------------------------------
+# Parsing
+
+
+class _Collected:
+    """Raw values gathered from a URL and keywords, before ServiceURL validates them."""
+
+    __slots__ = ("connect_args", "fields", "sources")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+        self.connect_args: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}  # canonical name -> the name it was given as
+
+    def claim(self, canonical: str, given: str, where: str) -> None:
+        """Note that ``canonical`` was given (as ``given``); it may be given only once."""
+        previous = self.sources.get(canonical)
+        if previous is not None:
+            both = f" (as {previous!r} and {given!r})" if previous != given else ""
+            raise ProgrammingError(f"parameter {canonical!r} is given twice{where}{both}")
+        self.sources[canonical] = given
+
+
+def _split_url(url: str) -> _Collected:
+    """The raw values of a URL string's parts and query parameters."""
+    tungsten = url.lstrip()[: len(_TUNGSTEN_PREFIX)].lower() == _TUNGSTEN_PREFIX
+    text = url.lstrip()[len("jdbc:") :] if tungsten else url
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        parts = None
+    if parts is None:
+        # urlsplit's message quotes the netloc, which holds the password: neither it nor
+        # (raising outside the handler) the ValueError as __context__ is shown.
+        raise ProgrammingError(
+            "malformed service URL (not shown: it may contain a password): unbalanced "
+            "'[' or ']', or a character that must be percent-encoded; expected "
+            f"{_URL_FORM}"
+        )
+    if not tungsten and parts.scheme not in _SCHEMES:
+        if not parts.scheme:
+            raise ProgrammingError(f"missing URL scheme: expected a {_ACCEPTED_SCHEMES} URL")
+        raise ProgrammingError(
+            f"unsupported URL scheme {_show(parts.scheme)}: expected {_ACCEPTED_SCHEMES}"
+        )
+    if not parts.netloc and parts.path and not parts.path.startswith("/"):
+        raise ProgrammingError(f"expected '//' after '{parts.scheme}:': {_URL_FORM}")
+    if "#" in text:
+        raise ProgrammingError(
+            "a service URL has no '#fragment': percent-encode '#' as %23 (in a password, "
+            "for example)"
+        )
+
+    collected = _Collected()
+    where = " in the URL"
+    # urlsplit splits user info from host at the *last* '@' (netloc.rpartition), so a
+    # password may hold an '@', encoded or not.
+    host_part = parts.netloc.rpartition("@")[2]
+    if host_part.startswith("["):
+        raise ProgrammingError(
+            f"invalid service {_show(host_part)}: a service is a name, not an IP address; "
+            "the registry gives each server's address"
+        )
+    if ":" in host_part:
+        name = host_part.partition(":")[0]
+        # The text after ':' is not shown: without an '@' it may be a password.
+        shown = f" after service {_show(name)}" if _SERVICE_RE.match(name) else ""
+        raise ProgrammingError(
+            f"a port is not accepted{shown}: a service is a name, not host:port; the "
+            "registry gives each server's host and port.  If this is user:password, "
+            "the password holds a '/', '?', '#' or '@' that must be percent-encoded"
+        )
+    if host_part:
+        collected.fields["service"] = host_part
+        collected.claim("service", "service", where)
+    if parts.username is not None:
+        collected.fields["user"] = unquote(parts.username)
+        collected.claim("user", "user", where)
+    if parts.password is not None:
+        collected.fields["password"] = unquote(parts.password)
+        collected.claim("password", "password", where)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secrets = [value for name, value in pairs if name in _SECRET_NAMES]
+    with _hiding([parts.password, collected.fields.get("password"), *secrets]):
+        _read_path_and_query(collected, parts.path, parts.query, pairs, tungsten=tungsten)
+    return collected
+
+
+def _read_path_and_query(
+    collected: _Collected,
+    path: str,
+    query: str,
+    pairs: list[tuple[str, str]],
+    *,
+    tungsten: bool,
+) -> None:
+    where = " in the URL"
+    if path not in ("", "/"):
+        database = path[1:]
+        if "/" in database:
+            raise ProgrammingError(
+                f"invalid database path {_show(path)}: a service URL has one path "
+                "segment, the database; percent-encode '/' as %2F"
+            )
+        collected.fields["database"] = unquote(database)
+        collected.claim("database", "database", where)
+
+    # A Tungsten URL may hold the password in its query: if an unencoded '&' cut it,
+    # the names that follow are pieces of the password, so they are not quoted.
+    hidden = tungsten and any(name == "password" for name, _ in pairs)
+
+    def label(name: str) -> str:
+        if hidden:
+            return "(not shown: the query holds a password; percent-encode '&' in it as %26)"
+        return _show(name)
+
+    for item in query.split("&"):
+        if item and "=" not in item:
+            raise ProgrammingError(
+                f"query parameter {label(unquote(item))}{where} has no value: expected name=value"
+            )
+    for name, value in pairs:
+        canonical = _TUNGSTEN_NAMES.get(name, name) if tungsten else name
+        if canonical in _LOCATION_PARAMETERS or canonical in _ALIASES:
+            if not (tungsten and name in ("user", "password")):
+                raise ProgrammingError(
+                    f"parameter {name!r} is not accepted in the query: give it in the URL "
+                    f"itself, {_URL_FORM}"
+                )
+        elif canonical in _OBJECT_ARGS:
+            raise ProgrammingError(
+                f"parameter {name!r} cannot be given in a URL: its value is a Python "
+                f"object; pass {name}=... as a keyword to sqlrouter.connect() or parse_url()"
+            )
+        elif canonical == "maxAppliedLatency":
+            raise ProgrammingError(
+                "parameter 'maxAppliedLatency' is the Tungsten SQL Router name, read in "
+                "jdbc:t-router:// URLs; in a sqlrouter:// URL use max_lag (seconds)"
+            )
+        elif canonical not in URL_PARAMETERS:
+            if hidden:
+                raise ProgrammingError(f"unknown parameter {label(name)}{where}")
+            candidates = URL_PARAMETERS | (frozenset(_TUNGSTEN_NAMES) if tungsten else set())
+            raise _unknown(name, candidates, in_url=True)
+        collected.claim(canonical, name, where)
+        if canonical in _TEXT_ARGS:
+            collected.connect_args[canonical] = value
+        else:
+            collected.fields[canonical] = value
+
+
+def parse_url(url: str | ServiceURL | None = None, /, **overrides: Any) -> ServiceURL:
+    """Parse a service URL, apply keyword ``overrides``, validate, return a ServiceURL.
+
+    ``url`` is a ``sqlrouter://``, ``mysql+sqlrouter://`` or ``jdbc:t-router://``
+    string, a :class:`ServiceURL`, or ``None`` (everything from keywords).  Keywords
+    override the URL: ``service``, ``database`` (alias ``db``), ``user``,
+    ``password`` (alias ``passwd``), the routing parameters (``qos``, ``max_lag``,
+    ...), any PyMySQL ``connect()`` option (``charset="utf8mb4"``,
+    ``cursorclass=DictCursor``...), and ``connect_args`` (a mapping of such options).
+    Values may be strings, converted as URL values are, or already typed
+    (``qos=QoS.RO_RELAXED``, ``max_lag=2``, ``autocommit=True``).
+
+    Raises :class:`~sqlrouter.errors.ProgrammingError` naming the parameter, the value
+    and what is accepted.  Never shows the password.
+    """
+    given: list[tuple[str, Any]] = []
+    if "connect_args" in overrides:
+        extra = overrides["connect_args"]
+        if not isinstance(extra, Mapping):
+            raise ProgrammingError(
+                f"invalid connect_args ({type(extra).__name__} value): expected a mapping of "
+                "PyMySQL connect() options"
+            )
+        given.extend((str(name), value) for name, value in extra.items())
+    given.extend((name, value) for name, value in overrides.items() if name != "connect_args")
+    secrets = [value for name, value in given if name in _SECRET_NAMES]
+    if isinstance(url, ServiceURL):
+        secrets.append(url.password)
+    with _hiding(secrets):
+        return _parse(url, given)
+
+
+def _parse(url: object, given: list[tuple[str, Any]]) -> ServiceURL:
+    if isinstance(url, ServiceURL):
+        if not given:
+            return url
+        collected = _Collected()
+        collected.fields = {name: getattr(url, name) for name in _FIELD_CHECKS}
+        collected.connect_args = dict(url.connect_args)
+    elif isinstance(url, str):
+        collected = _split_url(url)
+    elif url is None:
+        collected = _Collected()
+    else:
+        raise ProgrammingError(
+            f"invalid service URL ({type(url).__name__} value): expected a string such as "
+            f"{_URL_FORM}, a ServiceURL or None"
+        )
+
+    keywords = _Collected()
+    for name, value in given:
+        canonical = _ALIASES.get(name, name)
+        if canonical in _FIELD_CHECKS:
+            keywords.claim(canonical, name, "")
+            collected.fields[canonical] = value
+        elif canonical in _CONNECT_ARGS:
+            keywords.claim(canonical, name, "")
+            collected.connect_args[canonical] = value
+        else:
+            raise _unknown(name, KNOWN_PARAMETERS | {*_ALIASES, "connect_args"}, in_url=False)
+
+    if collected.fields.get("service") in (None, ""):
+        # Checked here, before the other fields, so that it is the error reported.
+        _check_service("service", None)
+    return ServiceURL(**collected.fields, connect_args=collected.connect_args)
