@@ -30,6 +30,7 @@ from pymysql import (
 
 from ._services import shutdown
 from .connection import Connection, connect
+from .consistency import Session, session
 from .errors import (
     ConnectionInvalidated,
     DatabaseError,
@@ -95,6 +96,7 @@ __all__ = [
     "RegistryNotSupported",
     "RoutingError",
     "ServiceURL",
+    "Session",
     "Time",
     "TimeFromTicks",
     "Timestamp",
@@ -107,6 +109,7 @@ __all__ = [
     "cursors",
     "paramstyle",
     "parse_url",
+    "session",
     "shutdown",
     "threadsafety",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import Final
@@ -34,7 +35,7 @@ class ServiceHandle:
     def __init__(self, registry: Registry, service: Service, credentials: Credentials) -> None:
         self.registry = registry
         self.name = service.name
-        self.monitor = Monitor(service, credentials=credentials)
+        self.monitor = Monitor(service, credentials=credentials, refresh=self.current_service)
         self._turn = itertools.count()
         self._lock = threading.Lock()
 
@@ -57,21 +58,32 @@ class ServiceHandle:
             snap = self.monitor.wait_for_round(after=0, timeout=FIRST_ROUND_TIMEOUT)
         return snap
 
-    def refresh(self) -> None:
-        """Follow a changed registry file (cheap: a throttled stat)."""
-        if self.registry.refresh():
-            try:
-                service = self.registry.lookup(self.name)
-            except ProgrammingError:
+    def current_service(self) -> Service | None:
+        """The service as the registry defines it now; ``None`` if it no longer does.
+
+        Cheap (a throttled stat, or a DNS answer kept for its TTL); called on every
+        connect and by the monitor before each round.  It compares values rather than
+        trusting ``registry.refresh()``'s flag, which only the first of several callers
+        sees.
+        """
+        changed = self.registry.refresh()
+        try:
+            return self.registry.lookup(self.name)
+        except ProgrammingError:
+            if changed:
                 logger.warning(
                     "service %r disappeared from %s; keeping its last definition",
                     self.name,
                     self.registry.describe(),
                 )
-                return
-            if service != self.monitor.service:
-                logger.info("service %r: registry changed, following it", self.name)
-                self.monitor.update_service(service)
+            return None
+
+    def refresh(self) -> None:
+        """Follow a changed registry (cheap: see :meth:`current_service`)."""
+        service = self.current_service()
+        if service is not None and service != self.monitor.service:
+            logger.info("service %r: registry changed, following it", self.name)
+            self.monitor.update_service(service)
 
     def close(self) -> None:
         self.monitor.stop()
@@ -114,12 +126,16 @@ def handles() -> list[ServiceHandle]:
 
 
 def shutdown() -> None:
-    """Stop every monitor of this process and forget the services (bounded time)."""
+    """Stop every monitor and DNS registry thread, and forget them (bounded time)."""
     with _lock:
         items = list(_handles.values())
         _handles.clear()
     for handle in items:
         handle.close()
+    # DNS registries (and dnspython, ~0.15 s to import) are loaded only when one is used.
+    dns_registry = sys.modules.get(f"{__package__}.dns_registry")
+    if dns_registry is not None:
+        dns_registry.close_dns_registries()
 
 
 atexit.register(shutdown)

@@ -18,18 +18,26 @@ from typing import TYPE_CHECKING, Any
 import pymysql
 import pymysql.connections
 import pymysql.cursors
+from pymysql.constants import COMMAND, SERVER_STATUS
 
 from ._services import ServiceHandle, handle_for
-from .errors import NoMasterAvailable, OperationalError, RoutingError
+from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED, last_gtid_from_ok
+from .consistency import Session, current_session
+from .errors import InterfaceError, NoMasterAvailable, OperationalError, RoutingError
+from .gtid import EMPTY, CausalToken
 from .health import Snapshot
 from .qos import QoS
 from .router import Decision, Policy, choose
 from .topology import Credentials, DataSource
-from .url import ServiceURL, parse_url
+from .url import Consistency, ServiceURL, parse_url
 
 __all__ = ["Connection", "connect"]
 
 logger = logging.getLogger("sqlrouter.connection")
+
+_IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
+#: PyMySQL's affected_rows of an unbuffered result set (not a write).
+_UNBUFFERED = 18446744073709551615
 
 #: How often a RW_STRICT connect re-reads the snapshot while waiting for a master.
 _FAILOVER_POLL = 0.05
@@ -37,6 +45,8 @@ _FAILOVER_POLL = 0.05
 
 if TYPE_CHECKING:
     _PyMySQLConnection = pymysql.connections.Connection[pymysql.cursors.Cursor]
+    from pymysql.connections import MySQLResult
+    from pymysql.protocol import OKPacketWrapper
 else:  # generic in the type stubs only
     _PyMySQLConnection = pymysql.connections.Connection
 
@@ -53,6 +63,14 @@ class Connection(_PyMySQLConnection):
     datasource: DataSource | None
     decision: Decision | None
 
+    if TYPE_CHECKING:  # PyMySQL internals that its type stubs leave out
+        server_status: int
+        _result: MySQLResult | None
+
+        def _execute_command(self, command: int, sql: str | bytes) -> None: ...
+        def _read_ok_packet(self) -> OKPacketWrapper: ...
+        def _force_close(self) -> None: ...
+
     def __init__(self, url: ServiceURL, handle: ServiceHandle) -> None:
         self._url = url
         self._handle = handle
@@ -60,6 +78,23 @@ class Connection(_PyMySQLConnection):
         self.datasource = None
         self.decision = None
         args: dict[str, Any] = dict(url.connect_args)
+        # Session consistency (see sqlrouter.session): the session this connection
+        # belongs to, whether it is on the master (capture GTIDs) or on a replica
+        # (check the token at each transaction start), and what it last checked.
+        self._session: Session | None = None
+        self._on_master = False
+        self._relaxed = url.qos is QoS.RO_RELAXED
+        self._checked_version = -1
+        self._checked_generation = -1
+        self._merged_generation = -1
+        self._gtid_by_select = False
+        self._wrote = False
+        self._allow_wait = True
+        if url.consistency is Consistency.SESSION:
+            self._session = current_session() or Session()
+            if url.causal_token:
+                self._session.advance(CausalToken.parse(url.causal_token))
+            args["client_flag"] = args.get("client_flag", 0) | CLIENT_SESSION_TRACK
         super().__init__(
             user=url.user,
             password=url.password or "",
@@ -95,10 +130,30 @@ class Connection(_PyMySQLConnection):
             f"datasource={where} {state}>"
         )
 
-    def _policy(self, snapshot: Snapshot, exclude: frozenset[str]) -> Policy:
+    @property
+    def causal_token(self) -> CausalToken:
+        """The causal token of this connection's session (``str()`` it to carry it on)."""
+        return self._session.token if self._session is not None else EMPTY
+
+    @property
+    def session(self) -> Session | None:
+        """The session this connection shares its causal token with (None: consistency=none)."""
+        return self._session
+
+    def _policy(
+        self, snapshot: Snapshot, exclude: frozenset[str], *, allow_wait: bool = True
+    ) -> Policy:
         url = self._url
         max_lag = url.max_lag if url.max_lag is not None else snapshot.service.max_lag
-        return Policy(qos=url.qos, max_lag=max_lag, fallback=url.fallback, exclude=exclude)
+        token = self._session.token if self._session is not None else EMPTY
+        return Policy(
+            qos=url.qos,
+            max_lag=max_lag,
+            fallback=url.fallback,
+            token=token,
+            allow_wait=allow_wait,
+            exclude=exclude,
+        )
 
     def connect(self, sock: Any = None) -> None:
         """Route, then open the connection on the chosen datasource.
@@ -120,9 +175,11 @@ class Connection(_PyMySQLConnection):
         grace = min(1.0, url.connect_timeout)
         exclude: frozenset[str] = frozenset()
         failures: list[str] = []
+        # A connection moving because its replica did not catch up waits no more.
+        allow_wait, self._allow_wait = self._allow_wait, True
         while True:
             snapshot = handle.snapshot()
-            policy = self._policy(snapshot, exclude)
+            policy = self._policy(snapshot, exclude, allow_wait=allow_wait)
             try:
                 decision = choose(snapshot, policy, turn=handle.next_turn())
             except NoMasterAvailable as exc:
@@ -166,7 +223,226 @@ class Connection(_PyMySQLConnection):
                 continue
             self.datasource = ds
             self.decision = decision
+            if self._session is not None and not self._after_connect(snapshot, decision):
+                allow_wait = False  # the replica did not catch up in time: stop waiting
+                continue
             return
+
+    # -- session consistency -------------------------------------------------------
+
+    def _after_connect(self, snapshot: Snapshot, decision: Decision) -> bool:
+        """Set up session consistency on a new connection; False: go elsewhere."""
+        session = self._session
+        if session is None:
+            return True
+        ds = decision.datasource
+        health = snapshot.health_of(ds.name)
+        self._on_master = health.writable
+        if self._on_master:
+            self._checked_version = session.version
+            self._checked_generation = snapshot.generation
+            if not health.tracks_last_gtid:
+                self._enable_gtid_tracking()
+            return True
+        if decision.needs_wait is not None:
+            if not self._gtid_wait(decision.needs_wait):
+                logger.debug(
+                    "service %r: %s did not reach %s within consistency_wait %gs",
+                    self._url.service,
+                    ds.name,
+                    decision.needs_wait,
+                    self._url.consistency_wait,
+                )
+                self._force_close()
+                return False
+            self._checked_version = session.version
+        else:
+            # Monotonic reads: later reads of the session require what this one may see.
+            session.advance(health.position)
+            self._merged_generation = snapshot.generation
+            self._checked_version = session.version
+        return True
+
+    def _enable_gtid_tracking(self) -> None:
+        """Ask the server to report ``last_gtid`` in OK packets (one round trip).
+
+        Only when the server's global ``session_track_system_variables`` lacks it;
+        where the variable cannot be set, fall back to ``SELECT @@last_gtid`` after
+        each commit that wrote.
+        """
+        try:
+            super().query(
+                "SET SESSION session_track_system_variables = "
+                "CONCAT(@@session.session_track_system_variables, ',last_gtid')"
+            )
+        except pymysql.err.MySQLError as exc:
+            logger.debug(
+                "service %r: %s: cannot track last_gtid (%s); using SELECT @@last_gtid",
+                self._url.service,
+                self.datasource,
+                exc.args[-1],
+            )
+            self._gtid_by_select = True
+
+    def _gtid_wait(self, token: CausalToken) -> bool:
+        """``MASTER_GTID_WAIT(token, consistency_wait)`` in one round trip."""
+        wait = self._url.consistency_wait
+        read_timeout = self._read_timeout
+        bound = wait + self.connect_timeout if self.connect_timeout else wait + 10
+        self._read_timeout = bound if read_timeout is None else min(read_timeout, bound)
+        try:
+            # The token's text is digits, dashes and commas only (CausalToken validates).
+            super().query(f"SELECT MASTER_GTID_WAIT('{token}', {wait:.6f})")
+        finally:
+            self._read_timeout = read_timeout
+        rows = self._result.rows if self._result is not None else None
+        if not rows:
+            return False
+        return bool(rows[0][0] == 0)
+
+    def _at_transaction_start(self, session: Session) -> None:
+        """Keep the session's guarantee on a relaxed connection, at a transaction start.
+
+        Runs only when the session's token advanced since this connection last checked
+        (or, on a master fallback, once per monitor round):
+
+        - on a replica the monitor last saw at or past the token: nothing to do;
+        - else, if this replica is as close to the token as any qualifying one: one
+          ``MASTER_GTID_WAIT(token, consistency_wait)`` round trip;
+        - else, or when the wait times out: the connection moves (reconnects through
+          the router, which picks a replica known to have the token, waits on the
+          closest one, or falls back to the master).
+
+        A relaxed connection on the master because no replica qualified tries a replica
+        again once one qualifies (at most once per monitor round).
+        """
+        handle = self._handle
+        snapshot = handle.monitor.snapshot
+        ds = self.datasource
+        if ds is None:
+            raise InterfaceError(0, "connection is not open")
+        version = session.version
+        if self._on_master:
+            self._checked_generation = snapshot.generation
+            self._checked_version = version
+            try:
+                back = choose(
+                    snapshot, self._policy(snapshot, frozenset()), turn=handle.next_turn()
+                )
+            except RoutingError:
+                return
+            if not back.is_fallback and back.datasource.name != ds.name:
+                self._move("a replica qualifies again")
+            return
+        health = snapshot.health_of(ds.name)
+        if snapshot.generation != self._merged_generation:
+            # Monotonic reads: what this replica had is now required of later reads.
+            session.advance(health.position)
+            self._merged_generation = snapshot.generation
+            version = session.version
+        token = session.token
+        if health.position.covers(token):
+            self._checked_version = version
+            return
+        try:
+            decision: Decision | None = choose(
+                snapshot, self._policy(snapshot, frozenset()), turn=handle.next_turn()
+            )
+        except RoutingError:
+            decision = None
+        here_is_best = (
+            decision is not None
+            and decision.needs_wait is not None
+            and health.lag is not None
+            and health.lag <= self._policy(snapshot, frozenset()).max_lag
+            and _missing(health.position, token)
+            <= _missing(snapshot.health_of(decision.datasource.name).position, token)
+        )
+        if here_is_best:
+            if self._gtid_wait(token):
+                self._checked_version = version
+                return
+            self._allow_wait = False
+        self._move(f"{ds.name} has not applied {token}")
+
+    def _move(self, why: str) -> None:
+        logger.debug(
+            "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
+        )
+        self._force_close()
+        self.connect()
+
+    def _capture(self, status: int, message: bytes | str | None) -> None:
+        if isinstance(message, bytes) and status & SERVER_SESSION_STATE_CHANGED:
+            gtid = last_gtid_from_ok(status, message)
+            if gtid and self._session is not None:
+                self._session.advance_gtid(gtid)
+
+    def _select_last_gtid(self) -> None:
+        super().query("SELECT @@last_gtid")
+        rows = self._result.rows if self._result is not None else None
+        if rows and rows[0][0] and self._session is not None:
+            self._session.advance_gtid(str(rows[0][0]))
+
+    # PyMySQL calls query() for every statement a cursor executes: keep this cheap.
+    def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
+        session = self._session
+        if session is None:
+            return super().query(sql, unbuffered)
+        if (
+            self._relaxed
+            and not self.server_status & _IN_TRANS
+            and (
+                session.version != self._checked_version
+                or (
+                    self._on_master
+                    and self._handle.monitor.snapshot.generation != self._checked_generation
+                )
+            )
+        ):
+            self._at_transaction_start(session)
+        if not self._on_master:
+            return super().query(sql, unbuffered)
+        rows = super().query(sql, unbuffered)
+        result = self._result
+        if result is not None:
+            if self._gtid_by_select:
+                self._after_write_by_select(result.affected_rows)
+            else:
+                self._capture(self.server_status, result.message)
+        return rows
+
+    def next_result(self, unbuffered: bool = False) -> int:
+        rows = super().next_result(unbuffered)
+        if self._on_master and self._result is not None and not self._gtid_by_select:
+            self._capture(self.server_status, self._result.message)
+        return rows
+
+    def _after_write_by_select(self, affected: int | None) -> None:
+        if affected and affected != _UNBUFFERED:
+            self._wrote = True
+        if self._wrote and not self.server_status & _IN_TRANS:
+            self._wrote = False
+            self._select_last_gtid()
+
+    def begin(self) -> None:
+        session = self._session
+        if session is not None and self._relaxed and not self.server_status & _IN_TRANS:
+            self._at_transaction_start(session)
+        super().begin()
+
+    def commit(self) -> None:
+        if self._session is None or not self._on_master:
+            super().commit()
+            return
+        self._execute_command(COMMAND.COM_QUERY, "COMMIT")
+        ok = self._read_ok_packet()
+        if self._gtid_by_select:
+            if self._wrote:
+                self._wrote = False
+                self._select_last_gtid()
+        else:
+            self._capture(ok.server_status, ok.message)
 
     def _connect_bounded(self, timeout: float) -> None:
         """PyMySQL's connect, with the TCP connect and the handshake bounded by ``timeout``.
@@ -184,6 +460,11 @@ class Connection(_PyMySQLConnection):
             # PyMySQL re-applies _read_timeout to the socket at the next read.
             self._read_timeout = read_timeout
             self.connect_timeout = connect_timeout
+
+
+def _missing(position: CausalToken, token: CausalToken) -> int:
+    """How many transactions of ``token`` ``position`` lacks (summed over domains)."""
+    return sum(max(0, seq - position.seq(d)) for d, (_, seq) in token.domains.items())
 
 
 def _with_failures(exc: RoutingError, failures: list[str]) -> RoutingError:

@@ -39,6 +39,9 @@ class Health:
     position: CausalToken = EMPTY
     gtid_binlog_pos: str = ""
     gtid_slave_pos: str = ""
+    #: The server's global ``session_track_system_variables`` includes ``last_gtid``
+    #: (then new sessions report the GTID of each write in their OK packets).
+    tracks_last_gtid: bool | None = None
     #: The last error seen while probing, without credentials.
     error: str | None = None
 

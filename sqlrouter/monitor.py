@@ -75,6 +75,7 @@ class Observation:
     sql_running: bool | None = None
     io_state: str = ""
     seconds_behind_master: int | None = None
+    tracks_last_gtid: bool | None = None
 
 
 def _epoch(value: object) -> float | None:
@@ -143,6 +144,7 @@ def compute_health(
             position=positions[obs.name],
             gtid_binlog_pos=obs.gtid_binlog_pos,
             gtid_slave_pos=obs.gtid_slave_pos,
+            tracks_last_gtid=obs.tracks_last_gtid,
             error=obs.error,
         )
     return health
@@ -244,7 +246,8 @@ class _Prober:
         heartbeat = f"(SELECT MAX(ts) FROM {hb})" if self._heartbeat_ok else "NULL"
         sql = (
             "SELECT @@server_id, @@read_only, @@gtid_binlog_pos, @@gtid_slave_pos, "
-            f"NOW(6), {heartbeat}; SHOW SLAVE STATUS"
+            f"NOW(6), {heartbeat}, @@global.session_track_system_variables; "
+            "SHOW SLAVE STATUS"
         )
         with self._conn.cursor() as cur:
             try:
@@ -262,7 +265,7 @@ class _Prober:
                     self._heartbeat_ok = False
                     return self._query()
                 raise
-            server_id, read_only, binlog_pos, slave_pos, now, beat = cur.fetchone()
+            server_id, read_only, binlog_pos, slave_pos, now, beat, tracked = cur.fetchone()
             cur.nextset()
             slave = cur.fetchone()
             cols = [d[0] for d in cur.description] if cur.description else []
@@ -277,6 +280,7 @@ class _Prober:
             gtid_slave_pos=slave_pos or "",
             now=_epoch(now),
             heartbeat=_epoch(beat),
+            tracks_last_gtid="last_gtid" in str(tracked or "").split(","),
         )
         if slave is None:
             return base
@@ -345,8 +349,13 @@ class Monitor:
         connect: Connect = pymysql.connect,
         clock: Clock = time.monotonic,
         on_snapshot: Callable[[Snapshot, Snapshot], None] | None = None,
+        refresh: Callable[[], Service | None] | None = None,
     ) -> None:
         self._service = service
+        #: Called before each round: the service as the registry defines it now
+        #: (``None``: keep the current one).  Lets a registry change (a DNS TTL
+        #: expiring) reach the monitor without any connect().
+        self._refresh = refresh
         creds = service.monitor_credentials or credentials
         if creds is None:
             raise ValueError(
@@ -474,12 +483,25 @@ class Monitor:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = self._clock()
+            self._follow_registry()
             try:
                 self.run_round()
             except Exception:  # a bug must not kill the monitor silently
                 logger.exception("service %r: monitor round failed", self._service.name)
             interval = self._service.monitor_interval * random.uniform(0.9, 1.1)  # noqa: S311
             self._stop.wait(max(0.0, interval - (self._clock() - started)))
+
+    def _follow_registry(self) -> None:
+        if self._refresh is None:
+            return
+        try:
+            service = self._refresh()
+        except Exception:  # a broken registry must not stop the probes
+            logger.exception("service %r: reading the registry failed", self._service.name)
+            return
+        if service is not None and service != self._service:
+            logger.info("service %r: registry changed, following it", service.name)
+            self.update_service(service)
 
     def _prober(self, ds: DataSource) -> _Prober:
         prober = self._probers.get(ds.name)

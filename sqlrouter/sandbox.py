@@ -371,6 +371,7 @@ class Sandbox:
             heartbeat=HeartbeatSettings(enabled=True, table=HEARTBEAT_TABLE),
             monitor_credentials=st.monitor,
             admin_credentials=st.admin,
+            replication_credentials=st.repl,
             source=str(self.registry_path),
         )
 
@@ -553,6 +554,10 @@ class Sandbox:
             "rpl-semi-sync-slave-enabled = 1",
             "rpl-semi-sync-master-wait-point = AFTER_SYNC",
             "rpl-semi-sync-master-timeout = 2000",
+            # Every session reports the GTID of its writes in OK packets (sqlrouter's
+            # session consistency then needs no SET at connect).
+            "session-track-system-variables = autocommit,character_set_client,"
+            "character_set_connection,character_set_results,time_zone,last_gtid",
             "skip-name-resolve",
             "skip-host-cache",
             "performance-schema = 0",

@@ -76,6 +76,9 @@ class Service:
     monitor_credentials: Credentials | None = None
     #: Credentials for topology operations (switchover, failover).
     admin_credentials: Credentials | None = None
+    #: The replication account (``REPLICATION SLAVE``) that a demoted master uses to
+    #: replicate from the new master in a switchover; ``None`` when not configured.
+    replication_credentials: Credentials | None = None
     #: Where this service was defined (a file path, ``dns:DOMAIN``), for error messages.
     source: str = "<code>"
 

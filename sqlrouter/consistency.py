@@ -1,0 +1,88 @@
+"""Session consistency: one causal token shared by the connections of a session.
+
+A :class:`Session` holds the causal token of a client session: the highest GTID per
+replication domain that the session has written (captured from the master's OK
+packets) or read (the position of the replica it read from, as the monitor observed
+it).  Every connection of the session reads it; a relaxed connection makes sure its
+replica has applied it before each transaction starts.
+
+``with sqlrouter.session() as s:`` makes every connection opened inside the block share
+one session.  The current session lives in a :mod:`contextvars` variable: a new thread
+starts outside any session (each thread its own, unless its context is passed), and an
+asyncio task shares the session of the code that created it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Iterator
+
+from .gtid import CausalToken
+
+__all__ = ["Session", "current_session", "session"]
+
+
+class Session:
+    """The causal token of one client session, safe to share between threads.
+
+    :attr:`token` only grows.  :attr:`version` increases each time it does, so a
+    connection can tell with one integer comparison whether it must check again.
+    """
+
+    __module__ = "sqlrouter"
+    __slots__ = ("__weakref__", "_lock", "token", "version")
+
+    def __init__(self, token: CausalToken | str | None = None) -> None:
+        if isinstance(token, str) or token is None:
+            token = CausalToken.parse(token)
+        self.token: CausalToken = token
+        self.version = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<sqlrouter.Session token={str(self.token)!r} version={self.version}>"
+
+    def advance(self, token: CausalToken) -> bool:
+        """Merge ``token`` in; returns True when the session's token grew."""
+        if self.token.covers(token):
+            return False
+        with self._lock:
+            merged = self.token.merge(token)
+            if merged == self.token:
+                return False
+            self.token = merged
+            self.version += 1
+        return True
+
+    def advance_gtid(self, gtid: str) -> None:
+        """Merge one GTID (``domain-server-seq``, as ``last_gtid`` reports it)."""
+        self.advance(CausalToken.parse(gtid))
+
+
+_current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "sqlrouter.session", default=None
+)
+
+
+def current_session() -> Session | None:
+    """The session of the current context, if a ``with sqlrouter.session()`` is open."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def session(token: CausalToken | str | Session | None = None) -> Iterator[Session]:
+    """Share one causal token between every connection opened in the block.
+
+    ``token`` continues a session begun elsewhere (``str(conn.causal_token)`` from
+    another process, the previous web request, a job): reads in the block see
+    everything that token covers.  Pass a :class:`Session` to re-enter it (in another
+    thread, say).
+    """
+    s = token if isinstance(token, Session) else Session(token)
+    reset = _current.set(s)
+    try:
+        yield s
+    finally:
+        _current.reset(reset)
