@@ -44,13 +44,14 @@ from .errors import (
     NoReplicaAvailable,
     NotSupportedError,
     OperationalError,
+    OutcomeUnknown,
     ProgrammingError,
     RoutingError,
     Warning,
 )
 from .gtid import CausalToken
 from .qos import Fallback, QoS
-from .registry import RegistryError, RegistryNotSupported
+from .registry import RegistryError, RegistryNotSupported, ServiceNotFound
 from .url import ServiceURL, parse_url
 
 #: PEP 249 module globals.
@@ -90,11 +91,13 @@ __all__ = [
     "NoReplicaAvailable",
     "NotSupportedError",
     "OperationalError",
+    "OutcomeUnknown",
     "ProgrammingError",
     "QoS",
     "RegistryError",
     "RegistryNotSupported",
     "RoutingError",
+    "ServiceNotFound",
     "ServiceURL",
     "Session",
     "Time",

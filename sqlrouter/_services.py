@@ -8,13 +8,17 @@ registered with :mod:`atexit`, and it never hangs (every join has a timeout).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import itertools
 import logging
+import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final, Protocol
 
+from . import events
 from .errors import ProgrammingError
 from .health import Snapshot
 from .monitor import Monitor
@@ -24,6 +28,27 @@ from .topology import Credentials, Service
 __all__ = ["ServiceHandle", "handle_for", "handles", "shutdown"]
 
 logger = logging.getLogger("sqlrouter.services")
+
+
+class Invalidatable(Protocol):
+    """What the service table needs of a connection."""
+
+    @property
+    def datasource_name(self) -> str | None: ...
+
+    @property
+    def writes_to_master(self) -> bool: ...
+
+    def invalidate(self, reason: str, *, at_transaction_boundary: bool) -> None: ...
+
+
+#: Events that invalidate the connections bound to a datasource: (reason, wait for
+#: the transaction boundary).  A demoted master's connections fail at their next use.
+_INVALIDATING: Final[dict[str, tuple[str, bool]]] = {
+    "master_changed": ("{ds} is no longer the master (now: {new})", False),
+    "datasource_down": ("{ds} went down ({detail})", False),
+    "datasource_offline": ("{ds} was taken offline by an operator", True),
+}
 
 #: How long the first connect to a service waits for the monitor's first round.
 FIRST_ROUND_TIMEOUT: Final = 5.0
@@ -35,9 +60,66 @@ class ServiceHandle:
     def __init__(self, registry: Registry, service: Service, credentials: Credentials) -> None:
         self.registry = registry
         self.name = service.name
-        self.monitor = Monitor(service, credentials=credentials, refresh=self.current_service)
+        self.monitor = Monitor(
+            service,
+            credentials=credentials,
+            refresh=self._follow_registry,
+            on_snapshot=self._on_snapshot,
+        )
         self._turn = itertools.count()
         self._lock = threading.Lock()
+        # Settings an operator changed in this process (`sqlrouter admin set`), with the
+        # registry's definition of the service they were made against.
+        self._overrides: tuple[Service, dict[str, Any]] | None = None
+        # Serializes changes of the monitor's service (registry followers, override());
+        # the version tells a follower that override() ran while it read the registry.
+        self._follow_lock = threading.Lock()
+        self._settings_version = 0
+        # The open connections of this process to this service (weakly held: a
+        # connection dropped without close() simply disappears).
+        self._connections: weakref.WeakSet[Invalidatable] = weakref.WeakSet()
+
+    # -- open connections ------------------------------------------------------------
+
+    def opened(self, conn: Invalidatable) -> None:
+        """Register an open connection (called by the connection after it connects)."""
+        with self._lock:
+            self._connections.add(conn)
+
+    def closed(self, conn: Invalidatable) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+    def open_connections(self) -> dict[str, int]:
+        """How many open connections this process has per datasource."""
+        with self._lock:
+            conns = list(self._connections)
+        counts: dict[str, int] = {}
+        for conn in conns:
+            name = conn.datasource_name
+            if name is not None:
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def _on_snapshot(self, previous: Snapshot, current: Snapshot) -> None:
+        """Runs in the monitor's thread after each change: invalidate, then publish."""
+        found = events.diff(previous, current)
+        if not found:
+            return
+        with self._lock:
+            conns = list(self._connections)
+        for event in found:
+            reason, at_boundary = _INVALIDATING.get(event.name, (None, False))
+            target = event.previous if event.name == "master_changed" else event.datasource
+            if reason is None or target is None:
+                continue
+            why = reason.format(ds=target, detail=event.detail, new=event.datasource or "none")
+            for conn in conns:
+                if conn.datasource_name == target and (
+                    event.name != "master_changed" or conn.writes_to_master
+                ):
+                    conn.invalidate(why, at_transaction_boundary=at_boundary)
+        events.publish(found)
 
     def __repr__(self) -> str:
         return f"<ServiceHandle {self.name!r} from {self.registry.describe()} {self.monitor!r}>"
@@ -68,7 +150,7 @@ class ServiceHandle:
         """
         changed = self.registry.refresh()
         try:
-            return self.registry.lookup(self.name)
+            return self._overridden(self.registry.lookup(self.name))
         except ProgrammingError:
             if changed:
                 logger.warning(
@@ -80,13 +162,72 @@ class ServiceHandle:
 
     def refresh(self) -> None:
         """Follow a changed registry (cheap: see :meth:`current_service`)."""
+        version = self._settings_version
         service = self.current_service()
-        if service is not None and service != self.monitor.service:
+        if service is None or service == self.monitor.service:
+            return
+        with self._follow_lock:
+            if version != self._settings_version or service == self.monitor.service:
+                return  # an operator changed a setting meanwhile: override() applied it
             logger.info("service %r: registry changed, following it", self.name)
             self.monitor.update_service(service)
 
+    def _follow_registry(self) -> Service | None:
+        """The monitor's registry hook: follow it here, under the lock (None: applied)."""
+        self.refresh()
+        return None
+
     def close(self) -> None:
         self.monitor.stop()
+
+    # -- settings changed by an operator (control socket) ----------------------------
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The settings an operator changed in this process (``{}``: none)."""
+        current = self._overrides
+        return dict(current[1]) if current is not None else {}
+
+    def override(self, **changes: Any) -> Service:
+        """Change settings of the service (``max_lag=2.0``) in this process only.
+
+        ``None`` gives a setting back to the registry.  The changes hold until the
+        registry's definition of the service changes.  Returns the service as the
+        monitor now uses it; :class:`ProgrammingError` if the registry lost the service.
+        """
+        base = self.registry.lookup(self.name)
+        with self._follow_lock:
+            current = self._overrides
+            merged = dict(current[1]) if current is not None and current[0] == base else {}
+            for key, value in changes.items():
+                if value is None:
+                    merged.pop(key, None)
+                else:
+                    merged[key] = value
+            with self._lock:
+                self._overrides = (base, merged) if merged else None
+            self._settings_version += 1
+            service = dataclasses.replace(base, **merged)
+            self.monitor.update_service(service)
+        return service
+
+    def _overridden(self, service: Service) -> Service:
+        current = self._overrides
+        if current is None:
+            return service
+        base, changes = current
+        if base is not service and base != service:
+            with self._lock:
+                if self._overrides is current:
+                    self._overrides = None
+            logger.info(
+                "service %r: the registry changed its definition; the operator's %s "
+                "no longer applies",
+                self.name,
+                ", ".join(f"{k}={v!r}" for k, v in changes.items()),
+            )
+            return service
+        return dataclasses.replace(service, **changes)
 
 
 _lock = threading.Lock()
@@ -112,11 +253,18 @@ def handle_for(
         handle.refresh()
         return handle
     service = registry.lookup(service_name)
+    created = False
     with _lock:
         handle = _handles.get(key)
         if handle is None:
             handle = ServiceHandle(registry, service, credentials)
             _handles[key] = handle
+            created = True
+    if created and (os.environ.get("SQLROUTER_CONTROL") or registry.control):
+        # The control socket (docs/control.md) is opt-in: loaded only when configured.
+        from . import control  # noqa: PLC0415 - control builds on this module
+
+        control.on_handle_created(handle)
     return handle
 
 
@@ -127,6 +275,9 @@ def handles() -> list[ServiceHandle]:
 
 def shutdown() -> None:
     """Stop every monitor and DNS registry thread, and forget them (bounded time)."""
+    control = sys.modules.get(f"{__package__}.control")
+    if control is not None:
+        control.stop()
     with _lock:
         items = list(_handles.values())
         _handles.clear()

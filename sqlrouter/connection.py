@@ -23,7 +23,16 @@ from pymysql.constants import COMMAND, SERVER_STATUS
 from ._services import ServiceHandle, handle_for
 from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED, last_gtid_from_ok
 from .consistency import Session, current_session
-from .errors import InterfaceError, NoMasterAvailable, OperationalError, RoutingError
+from .errors import (
+    ER_CONNECTION_INVALIDATED,
+    ConnectionInvalidated,
+    Error,
+    InterfaceError,
+    NoMasterAvailable,
+    OperationalError,
+    OutcomeUnknown,
+    RoutingError,
+)
 from .gtid import EMPTY, CausalToken
 from .health import Snapshot
 from .qos import QoS
@@ -36,6 +45,9 @@ __all__ = ["Connection", "connect"]
 logger = logging.getLogger("sqlrouter.connection")
 
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
+_AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
+#: PyMySQL's errors for a connection that died under a statement.
+_LOST = frozenset({2006, 2013, 2055})
 #: PyMySQL's affected_rows of an unbuffered result set (not a write).
 _UNBUFFERED = 18446744073709551615
 
@@ -71,6 +83,8 @@ class Connection(_PyMySQLConnection):
         def _read_ok_packet(self) -> OKPacketWrapper: ...
         def _force_close(self) -> None: ...
 
+        _sock: object
+
     def __init__(self, url: ServiceURL, handle: ServiceHandle) -> None:
         self._url = url
         self._handle = handle
@@ -90,6 +104,10 @@ class Connection(_PyMySQLConnection):
         self._gtid_by_select = False
         self._wrote = False
         self._allow_wait = True
+        # Set by the service table when this connection's datasource was demoted, went
+        # down or was taken offline: (reason, wait for the transaction boundary).
+        self._invalid: tuple[str, bool] | None = None
+        self._exclude_next: frozenset[str] = frozenset()
         if url.consistency is Consistency.SESSION:
             self._session = current_session() or Session()
             if url.causal_token:
@@ -140,6 +158,32 @@ class Connection(_PyMySQLConnection):
         """The session this connection shares its causal token with (None: consistency=none)."""
         return self._session
 
+    # Added for sqlrouter.contrib.django (pooled connections serve one request after
+    # another): an additive public method, nothing else in this class depends on it.
+    def use_session(self, session: Session) -> None:
+        """Share ``session``'s causal token from now on, instead of the current session's.
+
+        For connections that outlive the session they were opened in (a framework's
+        persistent connections, serving one request after another).  The GTIDs of
+        later writes go to ``session``; a relaxed connection checks ``session``'s token
+        at its next transaction start, exactly as a new connection would, and moves if
+        its server has not applied it.  Raises :class:`sqlrouter.ProgrammingError` on a
+        connection opened with ``consistency=none`` (it does not track its writes).
+        """
+        if self._session is None:
+            raise pymysql.err.ProgrammingError(
+                0,
+                f"service {self._url.service!r}: this connection was opened with "
+                "consistency=none and has no session; open it with consistency=session "
+                "to share a causal token"
+            )
+        if session is self._session:
+            return
+        self._session = session
+        self._checked_version = -1
+        self._checked_generation = -1
+        self._merged_generation = -1
+
     def _policy(
         self, snapshot: Snapshot, exclude: frozenset[str], *, allow_wait: bool = True
     ) -> Policy:
@@ -173,7 +217,7 @@ class Connection(_PyMySQLConnection):
         master_deadline = start + url.failover_timeout
         deadline = start + url.connect_timeout
         grace = min(1.0, url.connect_timeout)
-        exclude: frozenset[str] = frozenset()
+        exclude, self._exclude_next = self._exclude_next, frozenset()
         failures: list[str] = []
         # A connection moving because its replica did not catch up waits no more.
         allow_wait, self._allow_wait = self._allow_wait, True
@@ -226,6 +270,8 @@ class Connection(_PyMySQLConnection):
             if self._session is not None and not self._after_connect(snapshot, decision):
                 allow_wait = False  # the replica did not catch up in time: stop waiting
                 continue
+            self._invalid = None
+            handle.opened(self)
             return
 
     # -- session consistency -------------------------------------------------------
@@ -369,6 +415,7 @@ class Connection(_PyMySQLConnection):
         logger.debug(
             "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
         )
+        self._handle.closed(self)
         self._force_close()
         self.connect()
 
@@ -384,32 +431,48 @@ class Connection(_PyMySQLConnection):
         if rows and rows[0][0] and self._session is not None:
             self._session.advance_gtid(str(rows[0][0]))
 
+    def _needs_check(self, session: Session) -> bool:
+        """A relaxed connection must check its session's token before this transaction."""
+        return not self.server_status & _IN_TRANS and (
+            session.version != self._checked_version
+            or (
+                self._on_master
+                and self._handle.monitor.snapshot.generation != self._checked_generation
+            )
+        )
+
     # PyMySQL calls query() for every statement a cursor executes: keep this cheap.
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
+        if self._invalid is not None:
+            self._raise_if_invalid()
         session = self._session
-        if session is None:
-            return super().query(sql, unbuffered)
-        if (
-            self._relaxed
-            and not self.server_status & _IN_TRANS
-            and (
-                session.version != self._checked_version
-                or (
-                    self._on_master
-                    and self._handle.monitor.snapshot.generation != self._checked_generation
-                )
-            )
-        ):
-            self._at_transaction_start(session)
-        if not self._on_master:
-            return super().query(sql, unbuffered)
-        rows = super().query(sql, unbuffered)
-        result = self._result
-        if result is not None:
-            if self._gtid_by_select:
-                self._after_write_by_select(result.affected_rows)
-            else:
-                self._capture(self.server_status, result.message)
+        if self._relaxed:
+            if session is not None and self._needs_check(session):
+                self._at_transaction_start(session)
+            status = self.server_status
+            try:
+                rows = super().query(sql, unbuffered)
+            except pymysql.err.OperationalError as exc:
+                # A read in autocommit that failed because its server went away returned
+                # nothing yet: it is safe to run it once more elsewhere.
+                if exc.args[0] not in _LOST or status & _IN_TRANS or not status & _AUTOCOMMIT:
+                    raise
+                rows = self._read_elsewhere(sql, unbuffered, exc)
+        else:
+            status = self.server_status
+            try:
+                rows = super().query(sql, unbuffered)
+            except pymysql.err.OperationalError as exc:
+                if exc.args[0] in _LOST:
+                    raise self._lost(exc, status, "a statement") from exc
+                raise
+        if self._on_master and session is not None:
+            result = self._result
+            if result is not None:
+                if self._gtid_by_select:
+                    self._after_write_by_select(result.affected_rows)
+                else:
+                    self._capture(self.server_status, result.message)
         return rows
 
     def next_result(self, unbuffered: bool = False) -> int:
@@ -426,23 +489,137 @@ class Connection(_PyMySQLConnection):
             self._select_last_gtid()
 
     def begin(self) -> None:
+        if self._invalid is not None:
+            self._raise_if_invalid()
         session = self._session
-        if session is not None and self._relaxed and not self.server_status & _IN_TRANS:
+        if session is not None and self._relaxed and self._needs_check(session):
             self._at_transaction_start(session)
         super().begin()
 
     def commit(self) -> None:
+        if self._invalid is not None and not self._invalid[1]:
+            self._raise_if_invalid()
+        status = self.server_status
+        try:
+            self._execute_command(COMMAND.COM_QUERY, "COMMIT")
+            ok = self._read_ok_packet()
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] in _LOST and status & _IN_TRANS:
+                raise self._lost(exc, status, "COMMIT") from exc
+            raise
         if self._session is None or not self._on_master:
-            super().commit()
             return
-        self._execute_command(COMMAND.COM_QUERY, "COMMIT")
-        ok = self._read_ok_packet()
         if self._gtid_by_select:
             if self._wrote:
                 self._wrote = False
                 self._select_last_gtid()
         else:
             self._capture(ok.server_status, ok.message)
+
+    def ping(self, reconnect: bool | None = False) -> None:
+        """PyMySQL's ping; an invalidated connection raises ConnectionInvalidated
+        (``reconnect=True`` routes again instead)."""
+        if self._invalid is not None:
+            if reconnect:
+                self._invalid = None
+                self._force_close()
+            else:
+                self._raise_if_invalid()
+        if reconnect:
+            super().ping(True)  # PyMySQL warns that reconnecting this way is deprecated
+        else:
+            super().ping(False)
+
+    def close(self) -> None:
+        self._handle.closed(self)
+        super().close()
+
+    # -- invalidation and faults ---------------------------------------------------
+
+    @property
+    def datasource_name(self) -> str | None:
+        """The datasource this connection is open on (None when closed)."""
+        ds = self.datasource
+        return ds.name if ds is not None and self._sock is not None else None
+
+    @property
+    def writes_to_master(self) -> bool:
+        return self._url.qos is QoS.RW_STRICT
+
+    def invalidate(self, reason: str, *, at_transaction_boundary: bool = False) -> None:
+        """Make the next use raise :class:`ConnectionInvalidated` (thread-safe: a flag).
+
+        With ``at_transaction_boundary`` the current transaction may finish first.
+        """
+        self._invalid = (reason, at_transaction_boundary)
+
+    def _raise_if_invalid(self) -> None:
+        invalid = self._invalid
+        if invalid is None:
+            return
+        reason, at_boundary = invalid
+        status = self.server_status
+        if at_boundary and status & _IN_TRANS:
+            return
+        self._invalid = None
+        if self._relaxed and status & _AUTOCOMMIT and not status & _IN_TRANS:
+            # A relaxed autocommit connection between statements holds nothing: it
+            # moves to another server instead of failing the read.
+            self._move(reason)
+            return
+        where = self.datasource
+        self._handle.closed(self)
+        self._force_close()
+        raise ConnectionInvalidated(
+            ER_CONNECTION_INVALIDATED,
+            f"service {self._url.service!r}: connection to {where} invalidated: {reason}; "
+            "open a new connection",
+        )
+
+    def _lost(self, exc: pymysql.err.OperationalError, status: int, what: str) -> Error:
+        """The error for a connection lost while a write may have been running.
+
+        sqlrouter never re-sends such a statement: it says what may have happened.
+        """
+        where = f"service {self._url.service!r}: connection to {self.datasource} lost"
+        self._handle.closed(self)
+        if what == "COMMIT":
+            return OutcomeUnknown(
+                exc.args[0],
+                f"{where} during COMMIT: the transaction's outcome is unknown (it may or "
+                f"may not have been committed); it was not re-sent ({exc.args[-1]})",
+            )
+        if status & _IN_TRANS or not status & _AUTOCOMMIT:
+            return OperationalError(
+                exc.args[0],
+                f"{where} inside a transaction: the server rolls it back, nothing of it "
+                f"was committed; it was not re-sent ({exc.args[-1]})",
+            )
+        return OutcomeUnknown(
+            exc.args[0],
+            f"{where} during {what} in autocommit mode: its outcome is unknown (it may "
+            f"or may not have been executed); it was not re-sent ({exc.args[-1]})",
+        )
+
+    def _read_elsewhere(
+        self, sql: str | bytes, unbuffered: bool, exc: pymysql.err.OperationalError
+    ) -> int:
+        failed = self.datasource
+        logger.debug(
+            "service %r: read on %s failed (%s); running it once on another server",
+            self._url.service,
+            failed,
+            exc.args[-1],
+        )
+        self._handle.closed(self)
+        self._force_close()
+        if failed is not None:
+            self._exclude_next = frozenset({failed.name})
+        try:
+            self.connect()
+        except Error as again:
+            raise again from exc
+        return super().query(sql, unbuffered)
 
     def _connect_bounded(self, timeout: float) -> None:
         """PyMySQL's connect, with the TCP connect and the handshake bounded by ``timeout``.

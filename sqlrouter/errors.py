@@ -26,7 +26,6 @@ __all__ = [
     "ER_CONNECTION_INVALIDATED",
     "ER_NO_MASTER",
     "ER_NO_REPLICA",
-    "ER_OUTCOME_UNKNOWN",
     "ConnectionInvalidated",
     "DataError",
     "DatabaseError",
@@ -39,6 +38,7 @@ __all__ = [
     "NoReplicaAvailable",
     "NotSupportedError",
     "OperationalError",
+    "OutcomeUnknown",
     "ProgrammingError",
     "RoutingError",
     "Warning",
@@ -50,7 +50,6 @@ __all__ = [
 ER_NO_MASTER = 3900
 ER_NO_REPLICA = 3901
 ER_CONNECTION_INVALIDATED = 3902
-ER_OUTCOME_UNKNOWN = 3903
 
 
 class RoutingError(OperationalError):
@@ -83,6 +82,17 @@ class ConnectionInvalidated(OperationalError):
     """The connection's datasource was demoted, taken offline or went down.
 
     Raised at the next use of the connection; pools treat it as a disconnect.
+    """
+
+    __module__ = "sqlrouter"
+
+
+class OutcomeUnknown(OperationalError):
+    """The connection died while a write or a COMMIT was in flight.
+
+    The statement may or may not have taken effect; sqlrouter never re-sends it.
+    ``args[0]`` keeps the client's errno (2013, 2006...), so pools treat the connection
+    as disconnected.
     """
 
     __module__ = "sqlrouter"

@@ -77,6 +77,9 @@ class Snapshot:
     taken_at: float = 0.0
     #: Increases by one with each published snapshot.
     generation: int = 0
+    #: The master observed in the previous rounds (the one writable server, kept while
+    #: it stays writable); it wins over the declared master when several are writable.
+    incumbent: str | None = None
     #: Names of datasources that are writable while another one is the observed master.
     split_brain: frozenset[str] = field(default_factory=frozenset)
 

@@ -375,6 +375,7 @@ class Monitor:
         self._inflight: dict[str, concurrent.futures.Future[Observation]] = {}
         self._heartbeat_future: concurrent.futures.Future[None] | None = None
         self._offline: frozenset[str] = frozenset()
+        self._pending_service: Service | None = None
         self._promoted: str | None = None
         self._snapshot = Snapshot(
             service=service,
@@ -407,7 +408,9 @@ class Monitor:
                 return
             self._stop.clear()
             self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=len(self._service.datasources) + 1,
+                # Threads start lazily; the margin covers datasources added later and
+                # probes still stuck on a frozen server.
+                max_workers=2 * len(self._service.datasources) + 8,
                 thread_name_prefix=f"sqlrouter-probe-{self._service.name}",
             )
             self._thread = threading.Thread(
@@ -452,19 +455,39 @@ class Monitor:
             names = set(self._offline)
             (names.add if offline else names.discard)(name)
             self._offline = frozenset(names)
-            self._snapshot = replace(self._snapshot, offline=self._offline)
+            previous = self._snapshot
+            self._snapshot = replace(previous, offline=self._offline)
+        self._notify(previous, self._snapshot)
 
     def promote(self, name: str | None) -> None:
         if name is not None:
             self._service.datasource(name)
         with self._lock:
             self._promoted = name
-            self._snapshot = replace(self._snapshot, promoted=name)
+            previous = self._snapshot
+            self._snapshot = replace(previous, promoted=name)
+        self._notify(previous, self._snapshot)
 
     def update_service(self, service: Service) -> None:
-        """Use a new definition of the service (registry reloaded) from the next round."""
+        """Use a new definition of the service (registry reloaded) from the next round.
+
+        While the monitor runs, the change waits for the start of the next round (in
+        the monitor's thread), so a round never mixes two definitions.
+        """
         with self._lock:
+            if self._thread is not None:
+                self._pending_service = service
+                return
+        self._apply_service(service)
+
+    def _apply_service(self, service: Service) -> None:
+        with self._lock:
+            self._pending_service = None
             old = {ds.name: ds for ds in self._service.datasources}
+            if service.monitor_credentials not in (None, self._credentials):
+                # New monitoring credentials: every prober reconnects with them.
+                self._credentials = service.monitor_credentials
+                old = {}
             self._service = service
             for ds in service.datasources:
                 if old.get(ds.name) != ds:
@@ -512,6 +535,9 @@ class Monitor:
 
     def run_round(self) -> Snapshot:
         """Probe every datasource once (in parallel) and publish a new snapshot."""
+        pending = self._pending_service
+        if pending is not None:
+            self._apply_service(pending)
         service = self._service
         pool = self._pool
         if pool is None:
@@ -536,12 +562,27 @@ class Monitor:
                         error=f"probe timed out after {service.probe_timeout:g}s",
                     )
                 )
+        incumbent = self._snapshot.incumbent
         health = compute_health(
             observations,
             master_hint=self._promoted
+            or incumbent
             or next((d.name for d in service.datasources if d.role.value == "master"), None),
         )
         self._maybe_write_heartbeat(service, health)
+        writable = [ds.name for ds in service.datasources if health[ds.name].writable]
+        if len(writable) == 1:
+            incumbent = writable[0]
+        elif incumbent not in writable:
+            incumbent = None
+        split = frozenset(writable) - {self._promoted or incumbent} if len(writable) > 1 else None
+        if split:
+            logger.warning(
+                "service %r: several writable servers (%s); writes go to %s only",
+                service.name,
+                ", ".join(writable),
+                self._promoted or incumbent or "none of them",
+            )
         with self._lock:
             previous = self._snapshot
             snap = Snapshot(
@@ -551,16 +592,21 @@ class Monitor:
                 promoted=self._promoted,
                 taken_at=self._clock(),
                 generation=previous.generation + 1,
+                incumbent=incumbent,
+                split_brain=split or frozenset(),
             )
             self._snapshot = snap
             self.rounds += 1
             self._round_done.notify_all()
+        self._notify(previous, snap)
+        return snap
+
+    def _notify(self, previous: Snapshot, snap: Snapshot) -> None:
         if self._on_snapshot is not None:
             try:
                 self._on_snapshot(previous, snap)
             except Exception:
-                logger.exception("service %r: snapshot listener failed", service.name)
-        return snap
+                logger.exception("service %r: snapshot listener failed", snap.service.name)
 
     def _maybe_write_heartbeat(self, service: Service, health: Mapping[str, Health]) -> None:
         if not service.heartbeat.enabled or self._pool is None:

@@ -3,7 +3,8 @@
 A registry maps a service name (the host part of a ``sqlrouter://`` URL) to a
 :class:`~sqlrouter.topology.Service`.  :class:`Registry` is the interface; this module
 implements it for a TOML file (:class:`FileRegistry`) and for services given in code
-(:class:`StaticRegistry`).  A DNS SRV registry can be added later as another subclass.
+(:class:`StaticRegistry`); :mod:`sqlrouter.dns_registry` implements it for DNS SRV records
+(``dns:DOMAIN``) and for lists of registries (``file:PATH,dns:DOMAIN``).
 
 The file format, every key, how the file is found and how it is reloaded are described
 in ``docs/registry.md``.  In short::
@@ -60,6 +61,7 @@ __all__ = [
     "RegistryError",
     "RegistryNotSupported",
     "RegistrySpec",
+    "ServiceNotFound",
     "StaticRegistry",
     "find_registry",
     "get_registry",
@@ -104,7 +106,17 @@ class RegistryError(ProgrammingError):
 
 
 class RegistryNotSupported(RegistryError, NotSupportedError):
-    """The registry names a kind of registry that is not available (``dns:`` for now)."""
+    """The registry names a kind of registry that cannot be used where it is given."""
+
+    __module__ = "sqlrouter"
+
+
+class ServiceNotFound(RegistryError):
+    """The registry works, and does not define the service asked for.
+
+    A list of registries (``file:PATH,dns:DOMAIN``) asks the next one only after this
+    error; any other :class:`RegistryError` stops the search.
+    """
 
     __module__ = "sqlrouter"
 
@@ -157,7 +169,7 @@ class Registry(abc.ABC):
         del force
         return False
 
-    def _unknown_service(self, name: str, known: Sequence[str]) -> RegistryError:
+    def _unknown_service(self, name: str, known: Sequence[str]) -> ServiceNotFound:
         where = self.describe()
         if not known:
             detail = "the registry defines no services"
@@ -166,7 +178,7 @@ class Registry(abc.ABC):
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             detail = f"{hint}known services: {', '.join(ranked)}"
-        return RegistryError(
+        return ServiceNotFound(
             ER_REGISTRY, f"registry {where}: no service {name!r} ({detail})", service=name
         )
 
@@ -220,6 +232,7 @@ _SERVICE_KEYS: Final = (
     "heartbeat",
     "monitor",
     "admin",
+    "replication",
     "datasources",
 )
 _HEARTBEAT_KEYS: Final = ("enabled", "table")
@@ -358,6 +371,7 @@ def _parse_service(name: str, table: object, path: Path) -> Service:
     heartbeat = _parse_heartbeat(where, svc.get("heartbeat", {}))
     monitor = _parse_credentials(where, "monitor", svc.get("monitor"), path.parent)
     admin = _parse_credentials(where, "admin", svc.get("admin"), path.parent)
+    replication = _parse_credentials(where, "replication", svc.get("replication"), path.parent)
     datasources = _parse_datasources(where, svc.get("datasources"))
     return Service(
         name=name,
@@ -368,6 +382,7 @@ def _parse_service(name: str, table: object, path: Path) -> Service:
         heartbeat=heartbeat,
         monitor_credentials=monitor,
         admin_credentials=admin,
+        replication_credentials=replication,
         source=str(path),
     )
 
@@ -793,8 +808,8 @@ def _file_of(spec: str, origin: str) -> str:
     if dns:
         raise RegistryNotSupported(
             ER_REGISTRY,
-            f"{origin}{spec}: DNS registries are not available yet ({dns[0]}); "
-            "use a registry file (file:PATH)",
+            f"{origin}{spec}: {dns[0]} is a DNS registry, which has no file path; "
+            "find_registry() reads DNS registries and lists of registries",
         )
     if len(entries) > 1:
         raise RegistryError(
@@ -832,7 +847,8 @@ def resolve_registry_path(
     3. ``./sqlrouter.toml``.
 
     :class:`RegistryError` says every place it looked when the chosen file does not
-    exist; :class:`RegistryNotSupported` when a ``dns:`` registry is named.
+    exist; :class:`RegistryNotSupported` when a ``dns:`` registry is named (it has no
+    path: :func:`find_registry` reads it).
     """
     base = Path(cwd) if cwd is not None else Path.cwd()
 
@@ -880,9 +896,42 @@ def find_registry(
 ) -> Registry:
     """The shared registry named by ``registry=``, the environment or the directory.
 
-    :func:`resolve_registry_path` then :func:`get_registry`: what ``connect()`` calls.
+    What ``connect()`` calls.  One file: :func:`resolve_registry_path` then
+    :func:`get_registry`.  A ``dns:`` entry or a list (``file:PATH,dns:DOMAIN``): the
+    shared :class:`~sqlrouter.dns_registry.DnsRegistry` of each ``dns:`` entry and the
+    shared :class:`FileRegistry` of each file (which must exist), in a shared
+    :class:`~sqlrouter.dns_registry.ChainRegistry` when there are several.  The same
+    text gives the same registry object, so that every ``connect()`` to a service
+    shares one monitor.
     """
-    return get_registry(resolve_registry_path(explicit, environ=environ, cwd=cwd))
+    text, origin = explicit, "registry="
+    if text is None:
+        env = environ.get(ENV_VAR, "")
+        text, origin = (env, f"${ENV_VAR}=") if env.strip() else (None, "")
+    if text is None:
+        return get_registry(resolve_registry_path(explicit, environ=environ, cwd=cwd))
+    entries = parse_registry_spec(text, origin=origin)
+    if len(entries) == 1 and entries[0].kind == "file":
+        return get_registry(resolve_registry_path(explicit, environ=environ, cwd=cwd))
+    # dns_registry builds on this module: imported here, when a DNS registry is named.
+    from . import dns_registry  # noqa: PLC0415 - a module-level import would be circular
+
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    members: list[Registry] = []
+    for entry in entries:
+        if entry.kind == "dns":
+            members.append(
+                dns_registry.get_dns_registry(entry.value, origin=f"{origin}{text}", base=base)
+            )
+            continue
+        path = Path(os.path.abspath(base / Path(entry.value).expanduser()))
+        why = _why_not_a_file(path)
+        if why is not None:
+            raise RegistryError(
+                ER_REGISTRY, f"no registry file: {origin}{text}: {entry} = {path} ({why})"
+            )
+        members.append(get_registry(path))
+    return members[0] if len(members) == 1 else dns_registry.get_chain_registry(members)
 
 
 # --------------------------------------------------------------------------- writing
@@ -992,6 +1041,8 @@ def render_registry(
             _render_credentials(f"{prefix}.monitor", service.monitor_credentials, lines)
         if service.admin_credentials is not None:
             _render_credentials(f"{prefix}.admin", service.admin_credentials, lines)
+        if service.replication_credentials is not None:
+            _render_credentials(f"{prefix}.replication", service.replication_credentials, lines)
         for ds in service.datasources:
             lines += [
                 "",

@@ -11,7 +11,9 @@ Roles are observed, not configured:
 - The *master* is the one server that is reachable with ``read_only`` off.  When
   several are writable (split brain), the operator's routing-level promotion breaks
   the tie, else the declared master does, else nobody is the master and writes are
-  refused: sqlrouter never writes to an ambiguous master.
+  refused: sqlrouter never writes to an ambiguous master.  The master observed in the
+  previous rounds (the incumbent) wins over the declared one, so a server that comes
+  back believing it is the master is fenced off.
 - A *replica* is a reachable server with ``read_only`` on that replicates and whose
   measured lag is known and at most ``max_lag``.  A stopped IO or SQL thread counts
   through the lag, which the monitor measures as the age of the last heartbeat the
@@ -167,6 +169,11 @@ def _resolve_master(snapshot: Snapshot) -> tuple[DataSource | None, Sequence[Dat
     promoted = snapshot.promoted
     for ds in writable:
         if ds.name == promoted:
+            return ds, writable
+    # Fencing: a server that comes back writable never displaces the master the monitor
+    # has been observing (after a failover, the old declared master restarts writable).
+    for ds in writable:
+        if ds.name == snapshot.incumbent:
             return ds, writable
     declared = [ds for ds in writable if ds.role is Role.MASTER]
     if len(declared) == 1:

@@ -516,8 +516,11 @@ class Sandbox:
         res = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
         if res.returncode != 0:
             out = (res.stdout + res.stderr).decode(errors="replace").strip().splitlines()
+            errors = [line for line in out if "ERROR" in line.upper()][-3:] or out[-3:]
             raise SandboxError(
-                f"mariadb-install-db failed (exit {res.returncode}): " + " | ".join(out[-5:])
+                f"mariadb-install-db failed (exit {res.returncode}): "
+                + " | ".join(errors)
+                + f"; {self._log_tail(spec.name)}"
             )
 
     @staticmethod
@@ -531,6 +534,7 @@ class Sandbox:
         d = self.node_dir(spec.name)
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o700)
+        (d / "tmp").mkdir(exist_ok=True)
         is_master = spec.initial_role == "master"
         lines = [
             "# written by sqlrouter sandbox: a development server, not tuned for durability",
@@ -541,6 +545,8 @@ class Sandbox:
             f"socket = {d / 'mariadbd.sock'}",
             f"pid-file = {d / 'mariadbd.pid'}",
             f"log-error = {d / 'error.log'}",
+            # A private tmpdir: servers sharing /tmp can trip over each other's files.
+            f"tmpdir = {d / 'tmp'}",
             f"server-id = {spec.server_id}",
             "report-host = 127.0.0.1",
             f"report-port = {spec.port}",

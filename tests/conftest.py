@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.fixtures.cluster"]
+pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.dns"]

@@ -252,7 +252,8 @@ INVALID: list[tuple[str, str]] = [
     (
         "[services.shop]\nmax_lagg = 2\n" + DS1,
         "service 'shop': unknown key 'max_lagg' (did you mean 'max_lag'? known keys: "
-        "max_lag, monitor_interval, probe_timeout, heartbeat, monitor, admin, datasources)",
+        "max_lag, monitor_interval, probe_timeout, heartbeat, monitor, admin, replication, "
+        "datasources)",
     ),
     (
         DS1 + "prot = 3307\n",
@@ -941,13 +942,13 @@ def test_resolve_does_not_fall_back_when_the_explicit_file_is_missing(tree: Path
     )
 
 
-def test_resolve_refuses_dns_registries_for_now(tree: Path) -> None:
+def test_resolve_refuses_dns_registries(tree: Path) -> None:
     for spec in ("dns:example.com", "file:etc/explicit.toml,dns:example.com"):
         with pytest.raises(RegistryNotSupported) as exc:
             resolve_registry_path(spec, environ={}, cwd=tree)
         assert message(exc) == (
-            f"registry={spec}: DNS registries are not available yet (dns:example.com); "
-            "use a registry file (file:PATH)"
+            f"registry={spec}: dns:example.com is a DNS registry, which has no file path; "
+            "find_registry() reads DNS registries and lists of registries"
         )
         assert isinstance(exc.value, ProgrammingError)
         assert isinstance(exc.value, NotSupportedError)

@@ -1,0 +1,185 @@
+"""Events for connection pools: the master changed, a datasource went down or came back.
+
+The monitor publishes a snapshot after each round; :func:`diff` compares two snapshots
+(a pure function) and the events are delivered to the subscribers of this process::
+
+    import sqlrouter.events
+
+    def on_master_changed(event: sqlrouter.events.Event) -> None:
+        pool.dispose_connections_to(event.previous)
+
+    sub = sqlrouter.events.subscribe("master_changed", on_master_changed)
+    ...
+    sub.cancel()
+
+Callbacks run in the monitor's thread: keep them short, and do not block.  An exception
+in a callback is logged and does not reach the monitor or the other subscribers.
+
+Connections of sqlrouter follow these events by themselves (see
+:class:`sqlrouter.ConnectionInvalidated`); the events are for code that keeps its own
+connections or state per server (pools, caches).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from .health import Snapshot
+from .router import observed_master
+
+__all__ = [
+    "EVENT_NAMES",
+    "Event",
+    "Subscription",
+    "diff",
+    "publish",
+    "subscribe",
+]
+
+logger = logging.getLogger("sqlrouter.events")
+
+EventName = Literal[
+    "master_changed",
+    "datasource_down",
+    "datasource_up",
+    "datasource_offline",
+    "datasource_online",
+    "lag_exceeded",
+    "lag_recovered",
+]
+EVENT_NAMES: Final[tuple[EventName, ...]] = (
+    "master_changed",
+    "datasource_down",
+    "datasource_up",
+    "datasource_offline",
+    "datasource_online",
+    "lag_exceeded",
+    "lag_recovered",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that changed between two snapshots of one service."""
+
+    name: EventName
+    service: str
+    #: The datasource concerned (for master_changed: the new master, or None).
+    datasource: str | None
+    #: master_changed: the previous master (None if there was none).
+    previous: str | None = None
+    detail: str = ""
+
+    def __str__(self) -> str:
+        subject = self.datasource or "none"
+        if self.name == "master_changed":
+            subject = f"{self.previous or 'none'} -> {self.datasource or 'none'}"
+        text = f"{self.name} {self.service}/{subject}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+def diff(previous: Snapshot, current: Snapshot) -> list[Event]:
+    """The events that lead from ``previous`` to ``current`` (pure).
+
+    A first snapshot (``previous.generation == 0``, nothing observed yet) yields no
+    ``down``/``up`` events, only what a pool needs: nothing.
+    """
+    if previous.generation == 0:
+        return []
+    service = current.service.name
+    events: list[Event] = []
+    old_master = observed_master(previous)
+    new_master = observed_master(current)
+    old_name = old_master.name if old_master else None
+    new_name = new_master.name if new_master else None
+    if old_name != new_name:
+        events.append(Event("master_changed", service, new_name, previous=old_name))
+    max_lag = current.service.max_lag
+    for ds in current.service.datasources:
+        before = previous.health.get(ds.name)
+        after = current.health_of(ds.name)
+        if before is None:
+            continue
+        if before.reachable and not after.reachable:
+            events.append(Event("datasource_down", service, ds.name, detail=after.error or ""))
+        elif not before.reachable and after.reachable and before.observed_at > 0:
+            events.append(Event("datasource_up", service, ds.name))
+        if after.reachable and after.replicating:
+            was_over = before.lag is None or before.lag > max_lag
+            is_over = after.lag is None or after.lag > max_lag
+            if is_over and not was_over:
+                lag = "unknown" if after.lag is None else f"{after.lag:.2f}s"
+                events.append(
+                    Event("lag_exceeded", service, ds.name, detail=f"lag {lag} > {max_lag:g}s")
+                )
+            elif was_over and not is_over and before.reachable:
+                events.append(Event("lag_recovered", service, ds.name))
+    for name in sorted(current.offline - previous.offline):
+        events.append(Event("datasource_offline", service, name, detail="operator"))
+    for name in sorted(previous.offline - current.offline):
+        events.append(Event("datasource_online", service, name, detail="operator"))
+    return events
+
+
+Callback = Callable[[Event], object]
+
+
+class Subscription:
+    """A subscription; :meth:`cancel` ends it (also usable as a context manager)."""
+
+    __slots__ = ("callback", "names")
+
+    def __init__(self, names: frozenset[EventName], callback: Callback) -> None:
+        self.names = names
+        self.callback = callback
+
+    def cancel(self) -> None:
+        with _lock:
+            if self in _subscriptions:
+                _subscriptions.remove(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def __repr__(self) -> str:
+        return f"<Subscription {sorted(self.names)} -> {self.callback!r}>"
+
+
+_lock = threading.Lock()
+_subscriptions: list[Subscription] = []
+
+
+def subscribe(names: EventName | Iterable[EventName], callback: Callback) -> Subscription:
+    """Call ``callback(event)`` for each event named in ``names``, for every service."""
+    wanted = frozenset([names] if isinstance(names, str) else names)
+    unknown = sorted(n for n in wanted if n not in EVENT_NAMES)
+    if unknown or not wanted:
+        raise ValueError(
+            f"unknown event name(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"expected some of: {', '.join(EVENT_NAMES)}"
+        )
+    sub = Subscription(wanted, callback)
+    with _lock:
+        _subscriptions.append(sub)
+    return sub
+
+
+def publish(events: Iterable[Event]) -> None:
+    """Deliver ``events`` to their subscribers (in the caller's thread)."""
+    with _lock:
+        subs = list(_subscriptions)
+    for event in events:
+        logger.info("%s", event)
+        for sub in subs:
+            if event.name in sub.names:
+                try:
+                    sub.callback(event)
+                except Exception:
+                    logger.exception("event subscriber %r failed on %s", sub.callback, event)

@@ -1,0 +1,242 @@
+"""Faults on a real cluster: events, invalidation, retries, clear errors, fencing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pymysql
+import pytest
+
+import sqlrouter
+from sqlrouter import events
+from sqlrouter._services import ServiceHandle, handles
+from sqlrouter.sandbox import Sandbox
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture(autouse=True)
+def _stop_monitors() -> Iterator[None]:
+    yield
+    sqlrouter.shutdown()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def handle() -> ServiceHandle:
+    (h,) = handles()
+    return h
+
+
+def server_id(conn: sqlrouter.Connection) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@server_id")
+        row = cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def rw(sb: Sandbox, **params: Any) -> sqlrouter.Connection:
+    return sqlrouter.connect(sb.url("RW_STRICT", autocommit="true", **params))
+
+
+def ro(sb: Sandbox, **params: Any) -> sqlrouter.Connection:
+    return sqlrouter.connect(sb.url("RO_RELAXED", autocommit="true", **params))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[events.Event] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: events.Event) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def seen(self, name: str, ds: str | None = None) -> bool:
+        with self.lock:
+            return any(e.name == name and (ds is None or e.datasource == ds) for e in self.events)
+
+
+def test_events_follow_the_cluster(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    rec = Recorder()
+    with events.subscribe(events.EVENT_NAMES, rec):
+        ro(sb).close()  # starts the monitor
+        sb.fault("db3", "kill")
+        wait_until(lambda: rec.seen("datasource_down", "db3"), 5)
+        sb.fault("db3", "restart")
+        wait_until(lambda: rec.seen("datasource_up", "db3"), 10)
+        sb.fault("db2", "delay", 3)
+        wait_until(lambda: rec.seen("lag_exceeded", "db2"), 10)
+        sb.fault("db2", "resume")
+        wait_until(lambda: rec.seen("lag_recovered", "db2"), 10)
+        handle().monitor.set_offline("db2", True)
+        assert rec.seen("datasource_offline", "db2")
+        handle().monitor.set_offline("db2", False)
+        assert rec.seen("datasource_online", "db2")
+    assert not rec.seen("master_changed")
+
+
+def test_offline_invalidates_at_the_transaction_boundary(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    conn = rw(sb)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE appdb.inv (id INT PRIMARY KEY)")
+        conn.begin()
+        cur.execute("INSERT INTO inv VALUES (1)")
+        handle().monitor.set_offline("db1", True)
+        cur.execute("INSERT INTO inv VALUES (2)")  # the transaction may finish
+        conn.commit()
+        with pytest.raises(sqlrouter.ConnectionInvalidated) as info:
+            cur.execute("SELECT 1")
+    assert info.value.args[0] == sqlrouter.errors.ER_CONNECTION_INVALIDATED
+    assert isinstance(info.value, pymysql.err.OperationalError)
+    assert "db1" in str(info.value) and "offline" in str(info.value)
+    assert not conn.open
+    handle().monitor.set_offline("db1", False)
+    assert sb.query("db1", "SELECT COUNT(*) FROM appdb.inv") == [(2,)]
+
+
+def test_ping_reports_an_invalidated_connection(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    conn = rw(sb)
+    conn.ping()
+    handle().monitor.set_offline("db1", True)
+    with pytest.raises(sqlrouter.ConnectionInvalidated):
+        conn.ping()
+    handle().monitor.set_offline("db1", False)
+
+
+def test_relaxed_connection_moves_when_its_replica_goes_offline(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    conn = ro(sb)
+    assert conn.datasource is not None
+    first = conn.datasource.name
+    handle().monitor.set_offline(first, True)
+    assert server_id(conn) != int(first[2:])  # moved, the read did not fail
+    assert conn.datasource.name != first
+    assert handle().open_connections().get(first, 0) == 0
+
+
+def test_master_killed_in_autocommit_and_mid_transaction(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    with rw(sb) as setup, setup.cursor() as cur:
+        cur.execute("CREATE TABLE appdb.k (id INT PRIMARY KEY)")
+    auto = rw(sb, read_timeout=2)
+    tx = rw(sb, read_timeout=2)
+    tx.begin()
+    with tx.cursor() as cur:
+        cur.execute("INSERT INTO k VALUES (100)")
+    with auto.cursor() as cur:
+        cur.execute("INSERT INTO k VALUES (1)")
+    sb.fault("db1", "kill")
+    with pytest.raises(sqlrouter.OperationalError) as auto_err, auto.cursor() as cur:
+        cur.execute("INSERT INTO k VALUES (2)")
+    with pytest.raises(sqlrouter.OperationalError) as tx_err, tx.cursor() as cur:
+        cur.execute("INSERT INTO k VALUES (101)")
+    for err in (auto_err.value, tx_err.value):
+        text = str(err)
+        assert "db1" in text and "sandbox" in text
+        assert "Traceback" not in text
+    # Whichever noticed first (the monitor or the socket), the message says what happened.
+    assert isinstance(auto_err.value, sqlrouter.OutcomeUnknown | sqlrouter.ConnectionInvalidated)
+    if isinstance(tx_err.value, sqlrouter.ConnectionInvalidated):
+        assert "went down" in str(tx_err.value)
+    else:
+        assert "nothing of it was committed" in str(tx_err.value)
+    sb.fault("db1", "restart")
+    rows = sb.query("db1", "SELECT id FROM appdb.k ORDER BY id")
+    assert (1,) in rows and (100,) not in rows and (101,) not in rows
+
+
+def test_commit_in_flight_is_reported_as_outcome_unknown(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    with rw(sb) as setup, setup.cursor() as cur:
+        cur.execute("CREATE TABLE appdb.c (id INT PRIMARY KEY)")
+    conn = rw(sb, read_timeout=1)
+    conn.begin()
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO c VALUES (1)")
+    sb.fault("db1", "freeze")
+    try:
+        with pytest.raises(sqlrouter.OutcomeUnknown) as info:
+            conn.commit()
+    finally:
+        sb.fault("db1", "thaw")
+    assert "during COMMIT" in str(info.value) and "outcome is unknown" in str(info.value)
+    assert info.value.args[0] == 2013
+
+
+def test_relaxed_autocommit_read_is_retried_once_elsewhere(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    conn = ro(sb, read_timeout=1)
+    assert conn.datasource is not None
+    first = conn.datasource.name
+    sb.fault(first, "freeze")
+    try:
+        start = time.monotonic()
+        sid = server_id(conn)  # times out on the frozen replica, then runs elsewhere
+        took = time.monotonic() - start
+    finally:
+        sb.fault(first, "thaw")
+    assert conn.datasource.name != first and sid != int(first[2:])
+    assert took < 1 + 2  # read_timeout, then one more connect and query
+
+
+def test_frozen_master_for_half_a_second_is_not_a_failover(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    rec = Recorder()
+    with events.subscribe(events.EVENT_NAMES, rec):
+        conn = rw(sb)
+        h = handle()
+        h.monitor.wait_for_round()
+        sb.fault("db1", "freeze")
+        time.sleep(0.5)
+        sb.fault("db1", "thaw")
+        for _ in range(4):
+            h.monitor.wait_for_round()
+        assert server_id(conn) == 1
+    assert not rec.seen("master_changed") and not rec.seen("datasource_down", "db1")
+
+
+def test_fencing_a_server_that_comes_back_writable(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    rec = Recorder()
+    with events.subscribe("master_changed", rec):
+        with rw(sb) as conn:
+            assert server_id(conn) == 1
+        h = handle()
+        # A second server turns writable: the observed master keeps the writes.
+        sb.query("db2", "SET GLOBAL read_only = 0")
+        h.monitor.wait_for_round()
+        h.monitor.wait_for_round()
+        assert h.monitor.snapshot.split_brain == frozenset({"db2"})
+        with rw(sb) as conn:
+            assert server_id(conn) == 1
+        # The master is demoted by a tool sqlrouter cannot see; db2 is the only writer.
+        old = rw(sb)
+        sb.query("db1", "SET GLOBAL read_only = 1")
+        wait_until(lambda: rec.seen("master_changed"), 5)
+        with pytest.raises(sqlrouter.ConnectionInvalidated, match="no longer the master"):
+            server_id(old)
+        with rw(sb) as conn:
+            assert server_id(conn) == 2
+        # The old declared master comes back believing it is the master: fenced off.
+        sb.query("db1", "SET GLOBAL read_only = 0")
+        h.monitor.wait_for_round()
+        h.monitor.wait_for_round()
+        assert h.monitor.snapshot.split_brain == frozenset({"db1"})
+        for _ in range(5):
+            with rw(sb) as conn:
+                assert server_id(conn) == 2

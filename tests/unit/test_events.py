@@ -1,0 +1,107 @@
+"""events.diff: what changed between two snapshots (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from sqlrouter import events
+from sqlrouter.health import Health, Snapshot
+from sqlrouter.topology import DataSource, Role, Service
+
+SERVICE = Service(
+    name="shop",
+    datasources=(
+        DataSource("db1", "127.0.0.1", 3306, Role.MASTER),
+        DataSource("db2", "127.0.0.1", 3307),
+        DataSource("db3", "127.0.0.1", 3308),
+    ),
+    max_lag=1.0,
+)
+
+
+def up(name: str, *, read_only: bool = True, lag: float | None = 0.0) -> Health:
+    return Health(
+        name=name,
+        reachable=True,
+        observed_at=1.0,
+        read_only=read_only,
+        replicating=read_only,
+        io_running=True,
+        sql_running=True,
+        lag=lag,
+    )
+
+
+def down(name: str) -> Health:
+    return Health(name=name, reachable=False, observed_at=1.0, error="(2003) refused")
+
+
+def snap(gen: int, *health: Health, offline: frozenset[str] = frozenset()) -> Snapshot:
+    return Snapshot(
+        service=SERVICE, health={h.name: h for h in health}, generation=gen, offline=offline
+    )
+
+
+HEALTHY = snap(1, up("db1", read_only=False), up("db2"), up("db3"))
+
+
+def names(previous: Snapshot, current: Snapshot) -> list[str]:
+    return [str(e) for e in events.diff(previous, current)]
+
+
+def test_nothing_changed() -> None:
+    assert events.diff(HEALTHY, replace(HEALTHY, generation=2)) == []
+
+
+def test_first_snapshot_yields_nothing() -> None:
+    assert events.diff(snap(0), HEALTHY) == []
+
+
+def test_master_changed_and_down() -> None:
+    after = snap(2, down("db1"), up("db2", read_only=False), up("db3"))
+    assert names(HEALTHY, after) == [
+        "master_changed shop/db1 -> db2",
+        "datasource_down shop/db1: (2003) refused",
+    ]
+    (first, _) = events.diff(HEALTHY, after)
+    assert first.previous == "db1" and first.datasource == "db2"
+
+
+def test_up_again_and_lag() -> None:
+    before = snap(1, up("db1", read_only=False), down("db2"), up("db3", lag=0.2))
+    after = snap(2, up("db1", read_only=False), up("db2"), up("db3", lag=3.0))
+    assert names(before, after) == [
+        "datasource_up shop/db2",
+        "lag_exceeded shop/db3: lag 3.00s > 1s",
+    ]
+    recovered = snap(3, up("db1", read_only=False), up("db2"), up("db3", lag=0.1))
+    assert names(after, recovered) == ["lag_recovered shop/db3"]
+
+
+def test_offline_and_online() -> None:
+    off = replace(HEALTHY, generation=2, offline=frozenset({"db2"}))
+    assert names(HEALTHY, off) == ["datasource_offline shop/db2: operator"]
+    assert names(off, HEALTHY) == ["datasource_online shop/db2: operator"]
+
+
+def test_subscribe_publish_cancel() -> None:
+    seen: list[events.Event] = []
+    sub = events.subscribe(["datasource_down", "datasource_up"], seen.append)
+    boom = events.subscribe("datasource_down", lambda e: 1 / 0)  # logged, not raised
+    try:
+        events.publish(
+            events.diff(HEALTHY, snap(2, up("db1", read_only=False), down("db2"), up("db3")))
+        )
+    finally:
+        sub.cancel()
+        boom.cancel()
+    assert [e.name for e in seen] == ["datasource_down"]
+    events.publish([events.Event("datasource_down", "shop", "db3")])
+    assert len(seen) == 1  # cancelled
+
+
+def test_subscribe_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="unknown event name.*'master_moved'.*master_changed"):
+        events.subscribe("master_moved", print)  # type: ignore[arg-type]
