@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -75,6 +76,8 @@ class ServiceHandle:
         # the version tells a follower that override() ran while it read the registry.
         self._follow_lock = threading.Lock()
         self._settings_version = 0
+        #: The service last given to the monitor (which applies it at its next round).
+        self.wanted: Service = service
         # The open connections of this process to this service (weakly held: a
         # connection dropped without close() simply disappears).
         self._connections: weakref.WeakSet[Invalidatable] = weakref.WeakSet()
@@ -164,12 +167,13 @@ class ServiceHandle:
         """Follow a changed registry (cheap: see :meth:`current_service`)."""
         version = self._settings_version
         service = self.current_service()
-        if service is None or service == self.monitor.service:
+        if service is None or service == self.wanted:
             return
         with self._follow_lock:
-            if version != self._settings_version or service == self.monitor.service:
+            if version != self._settings_version or service == self.wanted:
                 return  # an operator changed a setting meanwhile: override() applied it
             logger.info("service %r: registry changed, following it", self.name)
+            self.wanted = service
             self.monitor.update_service(service)
 
     def _follow_registry(self) -> Service | None:
@@ -192,8 +196,8 @@ class ServiceHandle:
         """Change settings of the service (``max_lag=2.0``) in this process only.
 
         ``None`` gives a setting back to the registry.  The changes hold until the
-        registry's definition of the service changes.  Returns the service as the
-        monitor now uses it; :class:`ProgrammingError` if the registry lost the service.
+        registry's definition of the service changes.  Returns the service the monitor
+        uses from its next round; :class:`ProgrammingError` if the registry lost it.
         """
         base = self.registry.lookup(self.name)
         with self._follow_lock:
@@ -208,6 +212,7 @@ class ServiceHandle:
                 self._overrides = (base, merged) if merged else None
             self._settings_version += 1
             service = dataclasses.replace(base, **merged)
+            self.wanted = service
             self.monitor.update_service(service)
         return service
 
@@ -232,6 +237,9 @@ class ServiceHandle:
 
 _lock = threading.Lock()
 _handles: dict[tuple[int, str], ServiceHandle] = {}
+#: Registries found per (spec, $SQLROUTER_REGISTRY, cwd, finder).
+_found: dict[tuple[object, ...], Registry] = {}
+_next_refresh: dict[tuple[int, str], float] = {}
 
 
 def handle_for(
@@ -246,11 +254,28 @@ def handle_for(
     Unknown services and missing registries raise :class:`ProgrammingError` (from the
     registry layer) with the known services or the places looked at.
     """
-    registry = find(registry_spec)
+    # Which registry a spec names depends on the environment and the directory only
+    # when the spec is not given; the registry itself follows changes to its file.
+    relative = registry_spec is None or not os.path.isabs(registry_spec)
+    where = (
+        registry_spec,
+        os.environ.get("SQLROUTER_REGISTRY"),
+        os.getcwd() if relative else "",
+        find,
+    )
+    registry = _found.get(where)
+    if registry is None:
+        registry = find(registry_spec)
+        _found[where] = registry
     key = (id(registry), service_name)
     handle = _handles.get(key)
     if handle is not None:
-        handle.refresh()
+        # The monitor follows the registry every round; a connect looks at most twice
+        # a second, so that a process that connects a lot does not stat for each one.
+        now = time.monotonic()
+        if now >= _next_refresh.get(key, 0.0):
+            _next_refresh[key] = now + 0.5
+            handle.refresh()
         return handle
     service = registry.lookup(service_name)
     created = False
@@ -281,6 +306,8 @@ def shutdown() -> None:
     with _lock:
         items = list(_handles.values())
         _handles.clear()
+        _found.clear()
+        _next_refresh.clear()
     for handle in items:
         handle.close()
     # DNS registries (and dnspython, ~0.15 s to import) are loaded only when one is used.

@@ -11,13 +11,16 @@ again, so a reconnected RW_STRICT connection follows the master.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pymysql
 import pymysql.connections
 import pymysql.cursors
+import tenacity
 from pymysql.constants import COMMAND, SERVER_STATUS
 
 from ._services import ServiceHandle, handle_for
@@ -25,10 +28,12 @@ from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED, 
 from .consistency import Session, current_session
 from .errors import (
     ER_CONNECTION_INVALIDATED,
+    ER_NO_REPLICA,
     ConnectionInvalidated,
     Error,
     InterfaceError,
     NoMasterAvailable,
+    NoReplicaAvailable,
     OperationalError,
     OutcomeUnknown,
     RoutingError,
@@ -44,6 +49,7 @@ __all__ = ["Connection", "connect"]
 
 logger = logging.getLogger("sqlrouter.connection")
 
+_pymysql_query = pymysql.connections.Connection.query
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 #: PyMySQL's errors for a connection that died under a statement.
@@ -112,7 +118,10 @@ class Connection(_PyMySQLConnection):
             self._session = current_session() or Session()
             if url.causal_token:
                 self._session.advance(CausalToken.parse(url.causal_token))
-            args["client_flag"] = args.get("client_flag", 0) | CLIENT_SESSION_TRACK
+            if url.qos is QoS.RW_STRICT:
+                # Only writers need the GTID in OK packets; readers leave the server
+                # the work of tracking.
+                args["client_flag"] = args.get("client_flag", 0) | CLIENT_SESSION_TRACK
         super().__init__(
             user=url.user,
             password=url.password or "",
@@ -175,7 +184,7 @@ class Connection(_PyMySQLConnection):
                 0,
                 f"service {self._url.service!r}: this connection was opened with "
                 "consistency=none and has no session; open it with consistency=session "
-                "to share a causal token"
+                "to share a causal token",
             )
         if session is self._session:
             return
@@ -202,77 +211,111 @@ class Connection(_PyMySQLConnection):
     def connect(self, sock: Any = None) -> None:
         """Route, then open the connection on the chosen datasource.
 
-        RW_STRICT waits up to ``failover_timeout`` for a writable master.  RO_RELAXED
-        moves to the next qualifying datasource (then the master, with
-        ``fallback=master``) when one does not answer: each attempt is bounded by what
-        is left of ``connect_timeout``, and by at least ``min(1, connect_timeout)``
-        seconds, so one frozen server costs at most ``connect_timeout + 1`` seconds.
+        Attempts are driven by a tenacity policy:
+
+        - RW_STRICT retries while no writable master exists or it refuses connections,
+          every 50 ms, for up to ``failover_timeout`` seconds (0: one attempt).
+        - RO_RELAXED moves to the next qualifying datasource (then the master, with
+          ``fallback=master``) when one does not answer, with no pause; each attempt
+          is bounded by what is left of ``connect_timeout`` and by at least
+          ``min(1, connect_timeout)`` seconds, so one frozen server costs at most
+          ``connect_timeout + 1`` seconds.
         """
         if sock is not None:  # a caller-provided socket: no routing possible
             super().connect(sock)
             return
+        url = self._url
+        attempt = _Attempt(
+            deadline=time.monotonic() + url.connect_timeout,
+            grace=min(1.0, url.connect_timeout),
+            exclude=self._exclude_next,
+            # A connection moving because its replica did not catch up waits no more.
+            allow_wait=self._allow_wait,
+        )
+        self._exclude_next, self._allow_wait = frozenset(), True
+        started = time.monotonic()
+        try:
+            self._connect_once(attempt)  # the common case: no policy to build
+        except _TryAgain:
+            pass
+        else:
+            return
+        spent = time.monotonic() - started
+        if url.qos is QoS.RW_STRICT:
+            policy = tenacity.Retrying(
+                stop=tenacity.stop_after_delay(max(0.0, url.failover_timeout - spent)),
+                wait=tenacity.wait_fixed(_FAILOVER_POLL),
+                retry=tenacity.retry_if_exception_type(_TryAgain),
+                reraise=True,
+            )
+        else:
+            policy = tenacity.Retrying(
+                stop=tenacity.stop_after_delay(
+                    max(0.0, url.connect_timeout + attempt.grace - spent)
+                )
+                | tenacity.stop_after_attempt(2 * len(self._handle.service.datasources) + 2),
+                retry=tenacity.retry_if_exception_type(_TryAgain),
+                reraise=True,
+            )
+        try:
+            policy(self._connect_once, attempt)
+        except _TryAgain as exc:
+            raise exc.error from exc.__cause__
+
+    def _connect_once(self, attempt: _Attempt) -> None:
+        """One routing decision and one connection attempt; _TryAgain to go on."""
         handle = self._handle
         url = self._url
-        start = time.monotonic()
-        master_deadline = start + url.failover_timeout
-        deadline = start + url.connect_timeout
-        grace = min(1.0, url.connect_timeout)
-        exclude, self._exclude_next = self._exclude_next, frozenset()
-        failures: list[str] = []
-        # A connection moving because its replica did not catch up waits no more.
-        allow_wait, self._allow_wait = self._allow_wait, True
-        while True:
-            snapshot = handle.snapshot()
-            policy = self._policy(snapshot, exclude, allow_wait=allow_wait)
-            try:
-                decision = choose(snapshot, policy, turn=handle.next_turn())
-            except NoMasterAvailable as exc:
-                if time.monotonic() < master_deadline:
-                    time.sleep(_FAILOVER_POLL)
-                    continue
-                raise _with_failures(exc, failures) from None
-            except RoutingError as exc:
-                raise _with_failures(exc, failures) from None
-            ds = decision.datasource
-            now = time.monotonic()
-            if failures and now >= max(deadline, master_deadline) + grace:
-                raise OperationalError(
-                    2003,
-                    f"service {url.service!r}: no connection within connect_timeout "
-                    f"{url.connect_timeout:g}s: {'; '.join(failures)}",
+        snapshot = handle.snapshot()
+        policy = self._policy(snapshot, attempt.exclude, allow_wait=attempt.allow_wait)
+        try:
+            decision = choose(snapshot, policy, turn=handle.next_turn())
+        except NoMasterAvailable as exc:
+            raise _TryAgain(_with_failures(exc, attempt.failures)) from None
+        except RoutingError as exc:
+            raise _with_failures(exc, attempt.failures) from None
+        ds = decision.datasource
+        logger.debug(
+            "service %r qos=%s: connecting to %s: %s",
+            url.service,
+            url.qos.value,
+            ds,
+            decision.reason,
+        )
+        self.host, self.port = ds.host, ds.port
+        try:
+            self._connect_bounded(max(attempt.deadline - time.monotonic(), attempt.grace))
+        except pymysql.err.OperationalError as exc:
+            attempt.failures.append(f"{ds.name} ({ds.host}:{ds.port}): {exc.args[-1]}")
+            logger.debug("service %r: connection to %s failed: %s", url.service, ds, exc)
+            if url.qos is QoS.RW_STRICT:
+                error = OperationalError(
+                    exc.args[0],
+                    f"service {url.service!r}: cannot connect to the master "
+                    f"{ds.name} ({ds.host}:{ds.port}): {exc.args[-1]}",
                 )
-            logger.debug(
-                "service %r qos=%s: connecting to %s: %s",
-                url.service,
-                url.qos.value,
-                ds,
-                decision.reason,
+            else:
+                attempt.exclude = attempt.exclude | {ds.name}
+                error = OperationalError(
+                    exc.args[0],
+                    f"service {url.service!r}: no connection within connect_timeout "
+                    f"{url.connect_timeout:g}s: {'; '.join(attempt.failures)}",
+                )
+            raise _TryAgain(error) from exc
+        self.datasource = ds
+        self.decision = decision
+        if self._session is not None and not self._after_connect(snapshot, decision):
+            attempt.allow_wait = False  # the replica did not catch up in time: stop waiting
+            raise _TryAgain(
+                NoReplicaAvailable(
+                    ER_NO_REPLICA,
+                    f"service {url.service!r}: {ds.name} did not reach the session's "
+                    f"token within consistency_wait {url.consistency_wait:g}s",
+                    service=url.service,
+                )
             )
-            self.host, self.port = ds.host, ds.port
-            try:
-                self._connect_bounded(max(deadline - now, grace))
-            except pymysql.err.OperationalError as exc:
-                failures.append(f"{ds.name} ({ds.host}:{ds.port}): {exc.args[-1]}")
-                logger.debug("service %r: connection to %s failed: %s", url.service, ds, exc)
-                if url.qos is QoS.RW_STRICT:
-                    if time.monotonic() >= master_deadline:
-                        raise OperationalError(
-                            exc.args[0],
-                            f"service {url.service!r}: cannot connect to the master "
-                            f"{ds.name} ({ds.host}:{ds.port}): {exc.args[-1]}",
-                        ) from exc
-                    time.sleep(_FAILOVER_POLL)
-                else:
-                    exclude = exclude | {ds.name}
-                continue
-            self.datasource = ds
-            self.decision = decision
-            if self._session is not None and not self._after_connect(snapshot, decision):
-                allow_wait = False  # the replica did not catch up in time: stop waiting
-                continue
-            self._invalid = None
-            handle.opened(self)
-            return
+        self._invalid = None
+        handle.opened(self)
 
     # -- session consistency -------------------------------------------------------
 
@@ -287,7 +330,7 @@ class Connection(_PyMySQLConnection):
         if self._on_master:
             self._checked_version = session.version
             self._checked_generation = snapshot.generation
-            if not health.tracks_last_gtid:
+            if not health.tracks_last_gtid and not self._relaxed:
                 self._enable_gtid_tracking()
             return True
         if decision.needs_wait is not None:
@@ -443,6 +486,22 @@ class Connection(_PyMySQLConnection):
 
     # PyMySQL calls query() for every statement a cursor executes: keep this cheap.
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
+        # The fast path: a relaxed connection on a replica whose session's token has not
+        # moved since its last check (reads, the common case).  A few attribute reads,
+        # then PyMySQL's own query().
+        if self._invalid is None and self._relaxed and not self._on_master:
+            session = self._session
+            if session is None or session.version == self._checked_version:
+                status = self.server_status
+                try:
+                    return _pymysql_query(self, sql, unbuffered)
+                except pymysql.err.OperationalError as exc:
+                    if exc.args[0] not in _LOST or status & _IN_TRANS or not status & _AUTOCOMMIT:
+                        raise
+                    return self._read_elsewhere(sql, unbuffered, exc)
+        return self._query(sql, unbuffered)
+
+    def _query(self, sql: str | bytes, unbuffered: bool) -> int:
         if self._invalid is not None:
             self._raise_if_invalid()
         session = self._session
@@ -639,6 +698,25 @@ class Connection(_PyMySQLConnection):
             self.connect_timeout = connect_timeout
 
 
+class _TryAgain(Exception):
+    """An attempt failed in a way another attempt may fix; ``error`` if none does."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """The state one connect() carries from attempt to attempt."""
+
+    deadline: float
+    grace: float
+    exclude: frozenset[str]
+    allow_wait: bool
+    failures: list[str] = field(default_factory=list)
+
+
 def _missing(position: CausalToken, token: CausalToken) -> int:
     """How many transactions of ``token`` ``position`` lacks (summed over domains)."""
     return sum(max(0, seq - position.seq(d)) for d, (_, seq) in token.domains.items())
@@ -655,6 +733,22 @@ def _with_failures(exc: RoutingError, failures: list[str]) -> RoutingError:
     )
 
 
+@functools.lru_cache(maxsize=128)
+def _parse_cached(url: str | None, items: tuple[tuple[str, Any], ...]) -> ServiceURL:
+    return parse_url(url, **dict(items))
+
+
+def _parse(url: str | ServiceURL | None, kwargs: dict[str, Any]) -> ServiceURL:
+    """parse_url, remembered for the URLs a process uses again and again (a ServiceURL
+    is immutable, so sharing one is safe)."""
+    if isinstance(url, ServiceURL):
+        return parse_url(url, **kwargs)
+    try:
+        return _parse_cached(url, tuple(sorted(kwargs.items())))
+    except TypeError:  # an unhashable keyword value (an ssl dict, say)
+        return parse_url(url, **kwargs)
+
+
 def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> Connection:
     """Open a connection to a service.
 
@@ -666,7 +760,7 @@ def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> Connection
     :class:`sqlrouter.NoReplicaAvailable`, whose message lists every candidate and why
     it was rejected.
     """
-    parsed = parse_url(url, **kwargs)
+    parsed = _parse(url, kwargs)
     creds = Credentials(parsed.user or "", parsed.password or "")
     handle = handle_for(parsed.registry, parsed.service, creds)
     return Connection(parsed, handle)

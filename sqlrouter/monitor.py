@@ -542,9 +542,12 @@ class Monitor:
         pool = self._pool
         if pool is None:
             raise RuntimeError("monitor is not started")
-        for ds in service.datasources:
-            if ds.name not in self._inflight:
-                self._inflight[ds.name] = pool.submit(self._prober(ds).probe)
+        try:
+            for ds in service.datasources:
+                if ds.name not in self._inflight:
+                    self._inflight[ds.name] = pool.submit(self._prober(ds).probe)
+        except RuntimeError:  # stop() shut the pool down under this round
+            return self._snapshot
         futures = [self._inflight[ds.name] for ds in service.datasources]
         concurrent.futures.wait(futures, timeout=service.probe_timeout + 0.2)
         observations = []
@@ -619,7 +622,10 @@ class Monitor:
         prober = self._probers.get(writable[0])
         if prober is None or not prober._heartbeat_ok:
             return
-        self._heartbeat_future = self._pool.submit(self._write_heartbeat, prober)
+        try:
+            self._heartbeat_future = self._pool.submit(self._write_heartbeat, prober)
+        except RuntimeError:  # stop() shut the pool down under this round
+            return
 
     def _write_heartbeat(self, prober: _Prober) -> None:
         try:

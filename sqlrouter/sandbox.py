@@ -125,6 +125,9 @@ class SandboxState:
     database: str = DATABASE
     service: str = SERVICE_NAME
     version: int = 1
+    #: The node last seen as the writable master (the one made writable again when
+    #: the sandbox starts): topology operations move it.
+    master: str = "db1"
 
     def to_json(self) -> str:
         def cred(c: Credentials) -> dict[str, str]:
@@ -133,6 +136,7 @@ class SandboxState:
         return json.dumps(
             {
                 "version": self.version,
+                "master": self.master,
                 "service": self.service,
                 "database": self.database,
                 "nodes": [asdict(n) for n in self.nodes],
@@ -160,6 +164,7 @@ class SandboxState:
             database=data["database"],
             service=data["service"],
             version=data["version"],
+            master=data.get("master", data["nodes"][0]["name"]),
         )
 
 
@@ -328,8 +333,9 @@ class Sandbox:
 
     @property
     def master(self) -> NodeSpec:
-        """The node created as master (topology operations may since have moved it)."""
-        return next(n for n in self.state.nodes if n.initial_role == "master")
+        """The node recorded as master: the one created as master, until a restart or
+        ``down`` finds that topology operations moved the role."""
+        return self.node(self.state.master)
 
     @property
     def replicas(self) -> list[NodeSpec]:
@@ -555,7 +561,9 @@ class Sandbox:
             "log-slave-updates = 1",
             "gtid-strict-mode = 1",
             "binlog-format = ROW",
-            f"read-only = {0 if is_master else 1}",
+            # Every server starts read-only; the sandbox makes the master writable, so
+            # that a master that restarts after losing its role stays fenced off.
+            "read-only = 1",
             "rpl-semi-sync-master-enabled = " + ("1" if is_master else "0"),
             "rpl-semi-sync-slave-enabled = 1",
             "rpl-semi-sync-master-wait-point = AFTER_SYNC",
@@ -668,6 +676,7 @@ class Sandbox:
             "repl": repl.password,
         }
         with self.cursor(spec.name, timeout=30) as cur:
+            cur.execute("SET GLOBAL read_only = 0")
             for sql in statements:
                 cur.execute(sql, params if "%(" in sql else None)
 
@@ -691,12 +700,41 @@ class Sandbox:
         binaries = find_server_binaries()
         for spec in stopped:
             self._start_node(spec, binaries)
+        self._restore_master()
         self._progress(f"started {', '.join(n.name for n in stopped)}")
         return True
+
+    def _writable_nodes(self) -> list[str]:
+        writable = []
+        for n in self.state.nodes:
+            if self.pid(n.name) is None:
+                continue
+            try:
+                rows = self.query(n.name, "SELECT @@read_only", timeout=2)
+            except pymysql.err.MySQLError:
+                continue
+            if rows and not rows[0][0]:
+                writable.append(n.name)
+        return writable
+
+    def _remember_master(self) -> None:
+        """Record which node is the master now (before stopping servers)."""
+        writable = self._writable_nodes()
+        if len(writable) == 1 and writable[0] != self.state.master:
+            self.state.master = writable[0]
+            self._write_state()
+
+    def _restore_master(self) -> None:
+        """Make the recorded master writable again, unless another node already is."""
+        name = self.state.master
+        if self.pid(name) is None or self._writable_nodes():
+            return
+        self.query(name, "SET GLOBAL read_only = 0")
 
     def down(self) -> list[str]:
         """Stop every server (data kept).  Returns the names of the nodes stopped."""
         _ = self.state  # a clear error when DIR is not a sandbox
+        self._remember_master()
         return self._stop_all(graceful=True)
 
     def _stop_all(self, *, graceful: bool) -> list[str]:
@@ -803,13 +841,9 @@ class Sandbox:
 
     def wait_caught_up(self, name: str, *, timeout: float = 30.0) -> None:
         """Wait until replica ``name`` has applied everything the master has written."""
-        master = self.master
-        for n in self.state.nodes:
-            rows = self.query(n.name, "SELECT @@read_only")
-            if rows and not rows[0][0]:
-                master = n
-                break
-        pos = self.query(master.name, "SELECT @@gtid_binlog_pos")[0][0]
+        writable = self._writable_nodes()
+        source = writable[0] if len(writable) == 1 else self.state.master
+        pos = self.query(source, "SELECT @@gtid_binlog_pos")[0][0]
         if not pos:
             return
         rows = self.query(
@@ -849,9 +883,11 @@ class Sandbox:
             return f"{name}: replication resumed (no delay, both threads running)"
         pid = self.pid(name)
         if action == "restart":
+            self._remember_master()
             if pid is not None:
                 self._stop_node(name, graceful=True)
             self._start_node(spec)
+            self._restore_master()
             return f"{name}: restarted"
         if pid is None:
             raise SandboxError(f"{name} is not running; start it with 'restart' or 'sandbox up'")

@@ -1,5 +1,12 @@
-"""Shared fixtures: a real MariaDB sandbox cluster for the integration tests."""
+"""Shared fixtures: real MariaDB sandbox clusters and a real DNS server on loopback."""
 
 from __future__ import annotations
 
+from hypothesis import HealthCheck, settings
+
 pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.dns"]
+
+# The machine is shared and the integration tests load it: a property test must not fail
+# because one example was slow (no timing thresholds in tests).
+settings.register_profile("sqlrouter", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("sqlrouter")

@@ -1,0 +1,1 @@
+"""Integrations of sqlrouter with other libraries: :mod:`sqlrouter.contrib.sqlalchemy`."""
