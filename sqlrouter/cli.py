@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .admin import add_admin_parser, run_admin
 from .demo import run_demo
 from .errors import Error
 from .explain import explain_url
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dir", default=None, help="sandbox directory (created if needed)")
     demo.add_argument("--keep", action="store_true", help="leave the sandbox running")
+    add_admin_parser(sub)
     return parser
 
 
@@ -150,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             run_demo(args.dir, keep=args.keep, out=_print)
             return 0
+        if args.command == "admin":
+            return run_admin(args, out=_print)
     except SandboxError as exc:
         print(f"sqlrouter {args.command}: error: {exc}", file=sys.stderr)
         return 1

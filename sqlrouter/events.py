@@ -12,7 +12,9 @@ The monitor publishes a snapshot after each round; :func:`diff` compares two sna
     ...
     sub.cancel()
 
-Callbacks run in the monitor's thread: keep them short, and do not block.  An exception
+Callbacks run in the monitor's thread (or, for ``datasource_offline``/``online`` and a
+promotion, in the thread of the operator command that made the change): keep them
+short, and do not block.  An exception
 in a callback is logged and does not reach the monitor or the other subscribers.
 
 Connections of sqlrouter follow these events by themselves (see

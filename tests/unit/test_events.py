@@ -103,5 +103,5 @@ def test_subscribe_publish_cancel() -> None:
 
 
 def test_subscribe_rejects_unknown_names() -> None:
-    with pytest.raises(ValueError, match="unknown event name.*'master_moved'.*master_changed"):
+    with pytest.raises(ValueError, match=r"unknown event name.*'master_moved'.*master_changed"):
         events.subscribe("master_moved", print)  # type: ignore[arg-type]
