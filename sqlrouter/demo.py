@@ -10,9 +10,11 @@ from pathlib import Path
 
 from . import _services
 from .connection import connect
+from .errors import Error
 from .explain import explain_url
 from .health import Health
 from .sandbox import Sandbox, format_status
+from .switchover import switchover
 
 __all__ = ["run_demo"]
 
@@ -91,6 +93,26 @@ def _steps(sb: Sandbox, out: Out) -> None:
     out(f"   20 connections -> {dict(_spread(sb, ro, 20))}")
     out("   " + sb.fault("db3", "resume"))
     _wait_for("db3 caught up", lambda: _lag_within("db3", 1), out)
+
+    out("\n== 6. a planned switchover to db2 (sqlrouter admin switchover sandbox --to db2)")
+    out("   A writer keeps a RW_STRICT connection open; roles are observed, not configured.")
+    writer = connect(rw)
+    with writer.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS demo (id INT AUTO_INCREMENT PRIMARY KEY)")
+        cur.execute("INSERT INTO demo VALUES ()")
+    writer.commit()
+    for step in switchover(sb.service(), "db2", timeout=30):
+        out(f"   {step}")
+    try:
+        with writer.cursor() as cur:
+            cur.execute("INSERT INTO demo VALUES ()")
+    except Error as exc:
+        out(f"   the old connection fails clearly: {type(exc).__name__}: {exc.args[-1]}")
+    finally:
+        writer.close()
+    _wait_for("this process routes writes to db2", lambda: _server_of(sb, rw) == "db2", out)
+    out(f"   10 RW_STRICT connections -> {dict(_spread(sb, rw, 10))}")
+    out(f"   20 RO_RELAXED connections -> {dict(_spread(sb, ro, 20))}  (db1 is a replica now)")
 
 
 def run_demo(directory: str | None = None, *, keep: bool = False, out: Out = print) -> None:

@@ -65,4 +65,5 @@ def test_demo_shows_routing_and_faults(tmp_path: object) -> None:
     assert "10 connections -> {'db1': 10}" in text
     assert "(db2 is left out)" in text and "20 connections -> {'db3': 20}" in text
     assert "20 connections -> {'db2': 20}" in text  # db3 excluded after stop-io
+    assert "[ok] writable db2" in text and "10 RW_STRICT connections -> {'db2': 10}" in text
     assert "cleaning up" in text
