@@ -21,7 +21,9 @@ import pymysql
 import pymysql.connections
 import pymysql.cursors
 import tenacity
+from pymysql.connections import MySQLResult
 from pymysql.constants import COMMAND, SERVER_STATUS
+from pymysql.protocol import EOFPacketWrapper
 
 from ._services import ServiceHandle, handle_for
 from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED, last_gtid_from_ok
@@ -63,7 +65,6 @@ _FAILOVER_POLL = 0.05
 
 if TYPE_CHECKING:
     _PyMySQLConnection = pymysql.connections.Connection[pymysql.cursors.Cursor]
-    from pymysql.connections import MySQLResult
     from pymysql.protocol import OKPacketWrapper
 else:  # generic in the type stubs only
     _PyMySQLConnection = pymysql.connections.Connection
@@ -84,6 +85,7 @@ class Connection(_PyMySQLConnection):
     if TYPE_CHECKING:  # PyMySQL internals that its type stubs leave out
         server_status: int
         _result: MySQLResult | None
+        _affected_rows: int
 
         def _execute_command(self, command: int, sql: str | bytes) -> None: ...
         def _read_ok_packet(self) -> OKPacketWrapper: ...
@@ -114,6 +116,7 @@ class Connection(_PyMySQLConnection):
         # down or was taken offline: (reason, wait for the transaction boundary).
         self._invalid: tuple[str, bool] | None = None
         self._exclude_next: frozenset[str] = frozenset()
+        self._in_connect = False
         if url.consistency is Consistency.SESSION:
             self._session = current_session() or Session()
             if url.causal_token:
@@ -469,10 +472,28 @@ class Connection(_PyMySQLConnection):
                 self._session.advance_gtid(gtid)
 
     def _select_last_gtid(self) -> None:
-        super().query("SELECT @@last_gtid")
-        rows = self._result.rows if self._result is not None else None
+        """``SELECT @@last_gtid`` (one round trip), keeping the caller's result."""
+        result, affected = self._result, self._affected_rows
+        try:
+            super().query("SELECT @@last_gtid")
+            rows = self._result.rows if self._result is not None else None
+        finally:
+            self._result, self._affected_rows = result, affected
         if rows and rows[0][0] and self._session is not None:
             self._session.advance_gtid(str(rows[0][0]))
+
+    def _read_query_result(self, unbuffered: bool = False) -> int:
+        # PyMySQL's, with a result that keeps the final EOF packet's server status.
+        self._result = None
+        result = _Result(self)
+        if unbuffered:
+            result.init_unbuffered_query()
+        else:
+            result.read()
+        self._result = result
+        if result.server_status is not None:
+            self.server_status = result.server_status
+        return result.affected_rows  # type: ignore[return-value]  # None as in PyMySQL
 
     def _needs_check(self, session: Session) -> bool:
         """A relaxed connection must check its session's token before this transaction."""
@@ -502,6 +523,8 @@ class Connection(_PyMySQLConnection):
         return self._query(sql, unbuffered)
 
     def _query(self, sql: str | bytes, unbuffered: bool) -> int:
+        if self._in_connect:  # PyMySQL's own set-up statements (init_command, sql_mode)
+            return super().query(sql, unbuffered)
         if self._invalid is not None:
             self._raise_if_invalid()
         session = self._session
@@ -530,8 +553,12 @@ class Connection(_PyMySQLConnection):
             if result is not None:
                 if self._gtid_by_select:
                     self._after_write_by_select(result.affected_rows)
-                else:
+                elif result.message is not None:
                     self._capture(self.server_status, result.message)
+                elif self.server_status & SERVER_SESSION_STATE_CHANGED and result.field_count:
+                    # A statement that wrote and returned rows (INSERT ... RETURNING):
+                    # its final EOF packet has no room for the GTID; ask for it.
+                    self._select_last_gtid()
         return rows
 
     def next_result(self, unbuffered: bool = False) -> int:
@@ -690,12 +717,29 @@ class Connection(_PyMySQLConnection):
         connect_timeout = self.connect_timeout
         self.connect_timeout = timeout
         self._read_timeout = timeout if read_timeout is None else min(timeout, read_timeout)
+        self._in_connect = True
         try:
             super().connect()
         finally:
+            self._in_connect = False
             # PyMySQL re-applies _read_timeout to the socket at the next read.
             self._read_timeout = read_timeout
             self.connect_timeout = connect_timeout
+
+
+class _Result(MySQLResult):
+    """PyMySQL's query result, keeping the server status of a result set's final EOF
+    packet, which PyMySQL drops.  It tells whether a transaction is open after a
+    SELECT, and whether a statement that returned rows also wrote."""
+
+    def _check_packet_is_eof(self, packet: Any) -> bool:
+        if not packet.is_eof_packet():
+            return False
+        wp = EOFPacketWrapper(packet)
+        self.warning_count = wp.warning_count
+        self.has_next = wp.has_next
+        self.server_status = wp.server_status
+        return True
 
 
 class _TryAgain(Exception):

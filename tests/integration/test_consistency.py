@@ -215,3 +215,49 @@ def test_relaxed_connection_waits_then_falls_back_to_master(lagging_cluster: San
         ro.close()
     assert ro_url_db2
     sb.fault("db3", "resume")
+
+
+def test_writes_that_return_rows_advance_the_token(cluster: Sandbox) -> None:
+    """INSERT ... RETURNING ends with an EOF packet (no room for the GTID): still captured."""
+    with sqlrouter.session() as s, sqlrouter.connect(cluster.url(), autocommit=True) as rw:
+        with rw.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS ret (id INT AUTO_INCREMENT PRIMARY KEY)")
+            before = s.token
+            cur.execute("INSERT INTO ret VALUES () RETURNING id")
+            (new_id,) = cur.fetchone() or (None,)
+            assert new_id is not None
+        assert s.token.covers(before) and s.token != before
+        with rw.cursor() as cur:
+            cur.execute("SELECT @@last_gtid")
+            row = cur.fetchone()
+        assert row is not None and s.token.covers(sqlrouter.CausalToken.parse(row[0]))
+
+
+def test_init_command_and_sql_mode_work_on_relaxed_connections(cluster: Sandbox) -> None:
+    url = cluster.url("RO_RELAXED")
+    with (
+        sqlrouter.connect(url, init_command="SET @x = 42", sql_mode="ANSI_QUOTES") as ro,
+        ro.cursor() as cur,
+    ):
+        cur.execute("SELECT @x, @@sql_mode")
+        assert cur.fetchone() == (42, "ANSI_QUOTES")
+
+
+def test_a_select_that_opens_a_transaction_is_seen_as_one(cluster: Sandbox) -> None:
+    """After a SELECT in a non-autocommit session the server is in a transaction: the
+    connection must not move (or wait) before the next statement of that transaction."""
+    with cluster.cursor("db1") as root:
+        root.execute("CREATE TABLE IF NOT EXISTS appdb.tx_probe (id INT PRIMARY KEY)")
+    for replica in cluster.replicas:
+        cluster.wait_caught_up(replica.name)
+    with sqlrouter.session() as s:
+        ro = sqlrouter.connect(cluster.url("RO_RELAXED"))
+        with ro.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM tx_probe")  # InnoDB: opens a transaction
+            assert ro.server_status & 1  # SERVER_STATUS_IN_TRANS, from the EOF packet
+            where = ro.datasource
+            s.advance_gtid("0-1-999999999")  # a token no replica has
+            cur.execute("SELECT 2")  # same transaction: no check, no move
+            assert ro.datasource is where
+        ro.rollback()
+        ro.close()

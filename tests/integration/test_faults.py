@@ -240,3 +240,52 @@ def test_fencing_a_server_that_comes_back_writable(fresh_cluster: Sandbox) -> No
         for _ in range(5):
             with rw(sb) as conn:
                 assert server_id(conn) == 2
+
+
+def test_failover_writes_resume_and_relaxed_reads_never_fail(fresh_cluster: Sandbox) -> None:
+    from sqlrouter.switchover import failover
+
+    sb = fresh_cluster
+    with rw(sb) as setup, setup.cursor() as cur:
+        cur.execute("CREATE TABLE appdb.f (id INT AUTO_INCREMENT PRIMARY KEY)")
+        cur.execute("INSERT INTO f VALUES ()")
+    stop = threading.Event()
+    reads = [0]
+    failures: list[str] = []
+
+    def reader() -> None:
+        conn = ro(sb, read_timeout=2)
+        try:
+            while not stop.is_set():
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT COUNT(*) FROM f")
+                    reads[0] += 1
+                except sqlrouter.Error as exc:  # the test fails on any of these
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    conn = ro(sb, read_timeout=2)
+                time.sleep(0.005)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        sb.fault("db1", "kill")
+        wait_until(lambda: not handle().monitor.snapshot.health_of("db1").reachable, 5)
+        steps = failover(sb.service(), timeout=30)
+        assert steps[-1].ok
+        with rw(sb, failover_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO f VALUES ()")
+            cur.execute("SELECT @@server_id")
+            row = cur.fetchone()
+        assert row is not None and row[0] in (2, 3)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert failures == []
+    assert reads[0] > 50
