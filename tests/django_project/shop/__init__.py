@@ -1,0 +1,1 @@
+"""The test project's app: authors and their notes."""
