@@ -15,6 +15,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import TYPE_CHECKING, Any
 
 import pymysql
@@ -85,6 +86,9 @@ class Connection(_PyMySQLConnection):
     if TYPE_CHECKING:  # PyMySQL internals that its type stubs leave out
         server_status: int
         _result: MySQLResult | None
+        ssl: bool
+        _ssl_required: bool
+        ctx: SSLContext
         _affected_rows: int
 
         def _execute_command(self, command: int, sql: str | bytes) -> None: ...
@@ -125,6 +129,12 @@ class Connection(_PyMySQLConnection):
                 # Only writers need the GTID in OK packets; readers leave the server
                 # the work of tracking.
                 args["client_flag"] = args.get("client_flag", 0) | CLIENT_SESSION_TRACK
+        # TLS: PyMySQL's default is PREFERRED, with a new SSL context built at every
+        # connection (it loads the system's CA bundle: tens of milliseconds).  sqlrouter
+        # keeps PREFERRED and builds that same context once per process.
+        preferred_tls = _SSL_ENABLED and not any(k == "ssl" or k.startswith("ssl_") for k in args)
+        if preferred_tls:
+            args["ssl_disabled"] = True
         super().__init__(
             user=url.user,
             password=url.password or "",
@@ -135,6 +145,10 @@ class Connection(_PyMySQLConnection):
             defer_connect=True,
             **args,
         )
+        if preferred_tls:
+            self.ssl = True
+            self._ssl_required = False
+            self.ctx = _preferred_ssl_context()
         self.connect()
 
     # -- what sqlrouter adds -------------------------------------------------------
@@ -759,6 +773,17 @@ class _Attempt:
     exclude: frozenset[str]
     allow_wait: bool
     failures: list[str] = field(default_factory=list)
+
+
+_SSL_ENABLED: bool = getattr(pymysql.connections, "SSL_ENABLED", False)
+
+
+@functools.cache
+def _preferred_ssl_context() -> SSLContext:
+    """The SSL context PyMySQL builds for TLS PREFERRED (no ssl option given), once."""
+    build: Any = getattr(pymysql.connections.Connection, "_create_ssl_ctx")  # noqa: B009
+    context: SSLContext = build(None, {})  # it does not use its instance
+    return context
 
 
 def _missing(position: CausalToken, token: CausalToken) -> int:

@@ -88,7 +88,7 @@ def _steps(sb: Sandbox, out: Out) -> None:
     out("\n== 5. replica db3's IO thread stopped (sqlrouter sandbox fault db3 stop-io)")
     out("   Seconds_Behind_Master reads NULL or 0 now; the heartbeat sees the gap grow.")
     out("   " + sb.fault("db3", "stop-io"))
-    _wait_for("db3 excluded", lambda: _lag_over("db3", 1), out)
+    _wait_for("db3 excluded", lambda: not _lag_within("db3", 1), out)
     out(f"   {_lag_text('db3')}")
     out(f"   20 connections -> {dict(_spread(sb, ro, 20))}")
     out("   " + sb.fault("db3", "resume"))
