@@ -450,21 +450,18 @@ class Connection(_PyMySQLConnection):
         if health.position.covers(token):
             self._checked_version = version
             return
-        try:
-            decision: Decision | None = choose(
-                snapshot, self._policy(snapshot, frozenset()), turn=handle.next_turn()
-            )
-        except RoutingError:
-            decision = None
-        here_is_best = (
-            decision is not None
-            and decision.needs_wait is not None
+        # Not known to have the token.  Wait for it here (one round trip) while this
+        # replica still qualifies and no other one is clearly closer to the token:
+        # moving costs a new connection.
+        max_lag = self._url.max_lag if self._url.max_lag is not None else snapshot.service.max_lag
+        if (
+            ds.name not in snapshot.offline
+            and health.reachable
             and health.lag is not None
-            and health.lag <= self._policy(snapshot, frozenset()).max_lag
+            and health.lag <= max_lag
             and _missing(health.position, token)
-            <= _missing(snapshot.health_of(decision.datasource.name).position, token)
-        )
-        if here_is_best:
+            <= _closest_other(snapshot, ds.name, token, max_lag) + _MOVE_TOLERANCE
+        ):
             if self._gtid_wait(token):
                 self._checked_version = version
                 return
@@ -784,6 +781,28 @@ def _preferred_ssl_context() -> SSLContext:
     build: Any = getattr(pymysql.connections.Connection, "_create_ssl_ctx")  # noqa: B009
     context: SSLContext = build(None, {})  # it does not use its instance
     return context
+
+
+#: How many more transactions of the token a replica may lack than another qualifying
+#: one before a relaxed connection moves instead of waiting where it is.
+_MOVE_TOLERANCE = 2
+
+
+def _closest_other(snapshot: Snapshot, name: str, token: CausalToken, max_lag: float) -> int:
+    """The fewest transactions of ``token`` that any other qualifying replica lacks."""
+    best = 1 << 62
+    for other, h in snapshot.health.items():
+        if (
+            other != name
+            and other not in snapshot.offline
+            and h.reachable
+            and h.read_only is True
+            and h.replicating
+            and h.lag is not None
+            and h.lag <= max_lag
+        ):
+            best = min(best, _missing(h.position, token))
+    return best
 
 
 def _missing(position: CausalToken, token: CausalToken) -> int:

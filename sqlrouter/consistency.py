@@ -57,8 +57,27 @@ class Session:
         return True
 
     def advance_gtid(self, gtid: str) -> None:
-        """Merge one GTID (``domain-server-seq``, as ``last_gtid`` reports it)."""
-        self.advance(CausalToken.parse(gtid))
+        """Merge one GTID (``domain-server-seq``, as ``last_gtid`` reports it).
+
+        Runs after every write: when the token already has this domain at this sequence
+        or later, it returns without building anything.
+        """
+        parts = gtid.split("-")
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+            self.advance(CausalToken.parse(gtid))  # raises the parser's clear error
+            return
+        domain, server_id, seq = int(parts[0]), int(parts[1]), int(parts[2])
+        entry = self.token.domains.get(domain)
+        if entry is not None and (entry[1], entry[0]) >= (seq, server_id):
+            return
+        with self._lock:
+            by_domain = dict(self.token.domains)
+            entry = by_domain.get(domain)
+            if entry is not None and (entry[1], entry[0]) >= (seq, server_id):
+                return
+            by_domain[domain] = (server_id, seq)
+            self.token = CausalToken((d, s, n) for d, (s, n) in by_domain.items())
+            self.version += 1
 
 
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
