@@ -49,6 +49,9 @@ _INVALIDATING: Final[dict[str, tuple[str, bool]]] = {
     "master_changed": ("{ds} is no longer the master (now: {new})", False),
     "datasource_down": ("{ds} went down ({detail})", False),
     "datasource_offline": ("{ds} was taken offline by an operator", True),
+    # A relaxed connection in autocommit moves at its next statement; in a transaction,
+    # at its end.  (Connections to the master never see this event.)
+    "lag_exceeded": ("{ds} lags more than the service's max_lag ({detail})", True),
 }
 
 #: How long the first connect to a service waits for the monitor's first round.

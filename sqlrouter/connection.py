@@ -44,7 +44,7 @@ from .errors import (
 from .gtid import EMPTY, CausalToken
 from .health import Snapshot
 from .qos import QoS
-from .router import Decision, Policy, choose
+from .router import Decision, Policy, choose, observed_master
 from .topology import Credentials, DataSource
 from .url import Consistency, ServiceURL, parse_url
 
@@ -333,6 +333,13 @@ class Connection(_PyMySQLConnection):
             )
         self._invalid = None
         handle.opened(self)
+        latest = handle.monitor.snapshot
+        if latest.generation != snapshot.generation:
+            # Routed on a snapshot that a newer one replaced while connecting: an event
+            # published meanwhile may not have seen this connection.
+            stale = _stale(latest, ds, writes=url.qos is QoS.RW_STRICT)
+            if stale is not None:
+                self.invalidate(stale)
 
     # -- session consistency -------------------------------------------------------
 
@@ -659,9 +666,9 @@ class Connection(_PyMySQLConnection):
         if at_boundary and status & _IN_TRANS:
             return
         self._invalid = None
-        if self._relaxed and status & _AUTOCOMMIT and not status & _IN_TRANS:
-            # A relaxed autocommit connection between statements holds nothing: it
-            # moves to another server instead of failing the read.
+        if self._relaxed and not status & _IN_TRANS:
+            # A relaxed connection between transactions holds nothing: it moves to
+            # another server instead of failing the read.
             self._move(reason)
             return
         where = self.datasource
@@ -781,6 +788,19 @@ def _preferred_ssl_context() -> SSLContext:
     build: Any = getattr(pymysql.connections.Connection, "_create_ssl_ctx")  # noqa: B009
     context: SSLContext = build(None, {})  # it does not use its instance
     return context
+
+
+def _stale(snapshot: Snapshot, ds: DataSource, *, writes: bool) -> str | None:
+    """Why a connection just opened on ``ds`` is already invalid, if it is."""
+    if ds.name in snapshot.offline:
+        return f"{ds.name} was taken offline by an operator"
+    if not snapshot.health_of(ds.name).reachable:
+        return f"{ds.name} went down"
+    if writes:
+        master = observed_master(snapshot)
+        if master is None or master.name != ds.name:
+            return f"{ds.name} is no longer the master"
+    return None
 
 
 #: How many more transactions of the token a replica may lack than another qualifying

@@ -48,6 +48,16 @@ connection and the next checkout routes again.  ``pool_pre_ping=True`` pings wit
 reconnecting, so a pooled connection never moves to another server behind the pool's
 back; a ping that fails discards it, and the new connection is routed.
 
+Pools follow the cluster
+------------------------
+
+Every engine follows sqlrouter's events (``engine_created()``): when the monitor sees
+the master change, a server go down or be taken offline, the pooled connections that
+the event concerns are replaced at their next checkout, without an error.  A connection
+checked out inside ``with sqlrouter.session():`` shares that session's causal token
+until its checkin.  :mod:`sqlrouter.contrib.sqlalchemy_orm` adds an ORM session that
+sends writes to a ``RW_STRICT`` engine and reads to a ``RO_RELAXED`` one.
+
 """
 
 from __future__ import annotations
@@ -70,7 +80,10 @@ from sqlrouter.errors import (
     RoutingError,
 )
 
+from ._sqlalchemy_pool import follow
+
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
     from sqlalchemy.engine.interfaces import (
         ConnectArgsType,
         DBAPIConnection,
@@ -175,6 +188,13 @@ class MySQLDialect_sqlrouter(MySQLDialect_pymysql):
         ):
             return True
         return super().is_disconnect(e, connection, cursor)
+
+    @classmethod
+    def engine_created(cls, engine: Engine) -> None:
+        # Pools follow the cluster (a pooled connection that sqlrouter's events concern
+        # is replaced at its next checkout), and pooled connections follow
+        # sqlrouter.session(): see sqlrouter/contrib/_sqlalchemy_pool.py.
+        follow(engine)
 
     def do_ping(self, dbapi_connection: DBAPIConnection) -> Literal[True]:
         # Never reconnect inside the pool: a reconnect routes again, and would move a

@@ -289,3 +289,17 @@ def test_failover_writes_resume_and_relaxed_reads_never_fail(fresh_cluster: Sand
             t.join(timeout=10)
     assert failures == []
     assert reads[0] > 50
+
+
+def test_relaxed_connection_leaves_a_replica_that_falls_behind(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    rec = Recorder()
+    with events.subscribe("lag_exceeded", rec):
+        conn = ro(sb, max_lag=1)
+        assert conn.datasource is not None
+        lagging = conn.datasource.name
+        sb.fault(lagging, "delay", 3)
+        wait_until(lambda: rec.seen("lag_exceeded", lagging), 10)
+        sid = server_id(conn)  # moved at this statement, no error
+        assert conn.datasource.name != lagging and sid != int(lagging[2:])
+        conn.close()
