@@ -385,10 +385,10 @@ def test_doc_examples_run(
     try:
         for number, block in enumerate(blocks, 1):
             code = block.replace("app:secret@shop/shopdb", real)
-            exec(
-                compile(code, f"docs/sqlalchemy.md block {number}", "exec", dont_inherit=True),
-                namespace,
-            )  # noqa: S102  (our own documentation)
+            compiled = compile(
+                code, f"docs/sqlalchemy.md block {number}", "exec", dont_inherit=True
+            )
+            exec(compiled, namespace)  # noqa: S102  (our own documentation)
     finally:
         for value in namespace.values():
             if isinstance(value, Engine):
