@@ -538,6 +538,19 @@ class Connection(_PyMySQLConnection):
                     if exc.args[0] not in _LOST or status & _IN_TRANS or not status & _AUTOCOMMIT:
                         raise
                     return self._read_elsewhere(sql, unbuffered, exc)
+        elif self._invalid is None and not self._relaxed and not self._gtid_by_select:
+            # The fast path of a RW_STRICT connection: PyMySQL's query(), then the GTID
+            # from the OK packet if the statement wrote.
+            status = self.server_status
+            try:
+                rows = _pymysql_query(self, sql, unbuffered)
+            except pymysql.err.OperationalError as exc:
+                if exc.args[0] in _LOST:
+                    raise self._lost(exc, status, "a statement") from exc
+                raise
+            if self.server_status & SERVER_SESSION_STATE_CHANGED and self._session is not None:
+                self._after_write(self._result)
+            return rows
         return self._query(sql, unbuffered)
 
     def _query(self, sql: str | bytes, unbuffered: bool) -> int:
@@ -567,17 +580,23 @@ class Connection(_PyMySQLConnection):
                     raise self._lost(exc, status, "a statement") from exc
                 raise
         if self._on_master and session is not None:
-            result = self._result
-            if result is not None:
-                if self._gtid_by_select:
-                    self._after_write_by_select(result.affected_rows)
-                elif result.message is not None:
-                    self._capture(self.server_status, result.message)
-                elif self.server_status & SERVER_SESSION_STATE_CHANGED and result.field_count:
-                    # A statement that wrote and returned rows (INSERT ... RETURNING):
-                    # its final EOF packet has no room for the GTID; ask for it.
-                    self._select_last_gtid()
+            if self._gtid_by_select:
+                if self._result is not None:
+                    self._after_write_by_select(self._result.affected_rows)
+            elif self.server_status & SERVER_SESSION_STATE_CHANGED:
+                self._after_write(self._result)
         return rows
+
+    def _after_write(self, result: MySQLResult | None) -> None:
+        """The session's state changed under the last statement: learn its GTID."""
+        if result is None or not self._on_master or self._in_connect:
+            return
+        if result.message is not None:
+            self._capture(self.server_status, result.message)
+        elif result.field_count:
+            # A statement that wrote and returned rows (INSERT ... RETURNING): its final
+            # EOF packet has no room for the GTID; ask for it.
+            self._select_last_gtid()
 
     def next_result(self, unbuffered: bool = False) -> int:
         rows = super().next_result(unbuffered)
