@@ -1779,31 +1779,12 @@ def _run_failover(
             raise _Failure(f"{old} is {state}: {how}")
         return f"{old} is {state}: {how}"
 
-    def freeze(node: _Node) -> Callable[[], str]:
+    def statement(node: _Node, sql: str, done: str) -> Callable[[], str]:
+        """A step running ``sql`` on ``node``; ``done`` says what it did."""
+
         def action() -> str:
-            servers[node.name].run("STOP SLAVE IO_THREAD")
-            return f"{node.name} stopped receiving (IO thread was {node.io_state})"
-
-        return action
-
-    def restart_io(node: _Node) -> Callable[[], str]:
-        def action() -> str:
-            servers[node.name].run("START SLAVE IO_THREAD")
-            return f"{node.name} receiving again"
-
-        return action
-
-    def start_sql(node: _Node) -> Callable[[], str]:
-        def action() -> str:
-            servers[node.name].run("START SLAVE SQL_THREAD")
-            return f"{node.name}: SQL thread started to apply its relay log"
-
-        return action
-
-    def stop_sql(node: _Node) -> Callable[[], str]:
-        def action() -> str:
-            servers[node.name].run("STOP SLAVE SQL_THREAD")
-            return f"{node.name}: SQL thread stopped again"
+            servers[node.name].run(sql)
+            return done
 
         return action
 
@@ -1823,19 +1804,37 @@ def _run_failover(
                 undo.push(
                     f"stop SQL thread {node.name}",
                     node.name,
-                    stop_sql(node),
+                    statement(
+                        node, "STOP SLAVE SQL_THREAD", f"{node.name}: SQL thread stopped again"
+                    ),
                     f"{node.name}'s SQL thread runs: run STOP SLAVE SQL_THREAD to stop it",
                 )
-                run.step(f"start SQL thread {node.name}", node.name, start_sql(node))
+                run.step(
+                    f"start SQL thread {node.name}",
+                    node.name,
+                    statement(
+                        node,
+                        "START SLAVE SQL_THREAD",
+                        f"{node.name}: SQL thread started to apply its relay log",
+                    ),
+                )
         for node in replicas.values():
             if node.io_state != "No":
                 undo.push(
                     f"restart IO thread {node.name}",
                     node.name,
-                    restart_io(node),
+                    statement(node, "START SLAVE IO_THREAD", f"{node.name} receiving again"),
                     f"{node.name}'s IO thread is stopped: run START SLAVE IO_THREAD on it",
                 )
-                run.step(f"freeze {node.name}", node.name, freeze(node))
+                run.step(
+                    f"freeze {node.name}",
+                    node.name,
+                    statement(
+                        node,
+                        "STOP SLAVE IO_THREAD",
+                        f"{node.name} stopped receiving (IO thread was {node.io_state})",
+                    ),
+                )
         for node in appliers:
             run.step(f"apply relay log {node.name}", node.name, apply_relay(node))
         frozen = _plan_failover(service, servers, creds, force, timeout, frozen=True)
