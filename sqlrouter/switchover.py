@@ -812,6 +812,17 @@ def _positions(nodes: Mapping[str, _Node]) -> tuple[tuple[str, str], ...]:
     return tuple((n.name, n.current_pos if n.reachable else "unreachable") for n in nodes.values())
 
 
+def _repointing(server: _Server, master: DataSource, done: str) -> Callable[[], str]:
+    """A step making ``server`` replicate from ``master`` (its replication account
+    kept); ``done`` says so."""
+
+    def action() -> str:
+        server.run("STOP SLAVE", _change_master(master, credentials=None), "START SLAVE")
+        return done
+
+    return action
+
+
 def _change_master(
     target: DataSource,
     *,
@@ -1214,15 +1225,6 @@ def _run_switchover(
         so.run(*stmts)
         return f"{o} replicates from {c} ({cand.ds.address}) as {sp.replication.user}"
 
-    def repoint(node: _Node) -> Callable[[], str]:
-        def action() -> str:
-            servers[node.name].run(
-                "STOP SLAVE", _change_master(cand.ds, credentials=None), "START SLAVE"
-            )
-            return f"{node.name} replicates from {c} ({cand.ds.address})"
-
-        return action
-
     def writable() -> str:
         sc.run("SET GLOBAL read_only = 0")
         window = time.monotonic() - refused_since[0]
@@ -1251,15 +1253,6 @@ def _run_switchover(
                 )
         so.run(*stmts)
         return f"{o} no longer replicates"
-
-    def undo_repoint(node: _Node) -> Callable[[], str]:
-        def action() -> str:
-            servers[node.name].run(
-                "STOP SLAVE", _change_master(old.ds, credentials=None), "START SLAVE"
-            )
-            return f"{node.name} replicates from {o} again"
-
-        return action
 
     go_back = f"run `sqlrouter admin switchover {svc} --to {o}` once it is healthy"
     try:
@@ -1292,10 +1285,18 @@ def _run_switchover(
             undo.push(
                 f"repoint {node.name} to {o}",
                 node.name,
-                undo_repoint(node),
+                _repointing(servers[node.name], old.ds, f"{node.name} replicates from {o} again"),
                 f"{node.name} still replicates from {c}: repoint it to {o}",
             )
-            run.step(f"repoint {node.name}", node.name, repoint(node))
+            run.step(
+                f"repoint {node.name}",
+                node.name,
+                _repointing(
+                    servers[node.name],
+                    cand.ds,
+                    f"{node.name} replicates from {c} ({cand.ds.address})",
+                ),
+            )
         try:
             run.step(f"writable {c}", c, writable)
         except _StepFailed:
@@ -1881,15 +1882,6 @@ def _run_failover(
 
         return action
 
-    def repoint(node: _Node) -> Callable[[], str]:
-        def action() -> str:
-            servers[node.name].run(
-                "STOP SLAVE", _change_master(new.ds, credentials=None), "START SLAVE"
-            )
-            return f"{node.name} replicates from {new_name} ({new.ds.address})"
-
-        return action
-
     def writable() -> str:
         sn.run("SET GLOBAL read_only = 0")
         return f"{new_name} is writable: it is the master"
@@ -1918,7 +1910,16 @@ def _run_failover(
     for node in rest:
         if node.name in choice.diverged:
             run.step(f"leave {node.name}", node.name, leave(node), fatal=False)
-        elif run.step(f"repoint {node.name}", node.name, repoint(node), fatal=False):
+        elif run.step(
+            f"repoint {node.name}",
+            node.name,
+            _repointing(
+                servers[node.name],
+                new.ds,
+                f"{node.name} replicates from {new_name} ({new.ds.address})",
+            ),
+            fatal=False,
+        ):
             repointed.append(node)
     try:
         run.step(f"writable {new_name}", new_name, writable)
