@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.dns"]
+pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.dns", "tests.fixtures.sqla"]
 
 # The machine is shared and the integration tests load it: a property test must not fail
 # because one example was slow (no timing thresholds in tests).

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
-import sqlrouter
 from sqlrouter.demo import run_demo
 from sqlrouter.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox
-
-
-@pytest.fixture(autouse=True)
-def _stop_monitors() -> Iterator[None]:
-    yield
-    sqlrouter.shutdown()
 
 
 def test_route_explains_the_decision(cluster: Sandbox) -> None:

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -28,12 +27,6 @@ pytestmark = pytest.mark.sandbox
 THREADS = 4
 STEPS = 250
 CROSS_PROCESS_STEPS = 200
-
-
-@pytest.fixture(autouse=True)
-def _stop_monitors() -> Iterator[None]:
-    yield
-    sqlrouter.shutdown()
 
 
 @pytest.fixture

@@ -38,12 +38,11 @@ NOBODY = 65534
 
 
 @pytest.fixture(autouse=True)
-def _stop_monitors() -> Iterator[None]:
-    yield
+def _close_raw_clients() -> Iterator[None]:
+    yield  # before the shared _stop_monitors shuts the control socket down
     for raw in Raw.opened:
         raw.close()
     Raw.opened.clear()
-    sqlrouter.shutdown()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,12 +36,6 @@ INTERVAL = 0.5
 FOLLOW_BOUND = TTL + INTERVAL * 1.1 + 0.75
 #: Seconds each DNS resolution may take (the spec's ``timeout``): short, for the outage.
 DNS_TIMEOUT = 0.5
-
-
-@pytest.fixture(autouse=True)
-def _stop_monitors() -> Iterator[None]:
-    yield
-    sqlrouter.shutdown()
 
 
 def dns_spec(server: DnsServer, sb: Sandbox, tmp_path: Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pymysql
@@ -16,12 +16,6 @@ from sqlrouter._services import ServiceHandle, handles
 from sqlrouter.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox
-
-
-@pytest.fixture(autouse=True)
-def _stop_monitors() -> Iterator[None]:
-    yield
-    sqlrouter.shutdown()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pymysql
@@ -16,12 +16,6 @@ from sqlrouter._services import handles
 from sqlrouter.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox
-
-
-@pytest.fixture(autouse=True)
-def _stop_monitors() -> Iterator[None]:
-    yield
-    sqlrouter.shutdown()
 
 
 def server_id(conn: sqlrouter.Connection) -> int:

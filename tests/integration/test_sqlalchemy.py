@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
@@ -29,6 +29,7 @@ import sqlrouter
 from sqlrouter.contrib.sqlalchemy import MariaDBDialect_sqlrouter, MySQLDialect_sqlrouter
 from sqlrouter.errors import ER_CONNECTION_INVALIDATED, ER_NO_MASTER, ER_NO_REPLICA
 from sqlrouter.sandbox import Sandbox
+from tests.fixtures.sqla import sa_url
 
 pytestmark = pytest.mark.sandbox
 
@@ -36,31 +37,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "sqlalchemy.md"
 #: A password with the characters that break hand-made URL parsers.
 ODD_PASSWORD = "p@ss:w/rd%41?#&x"
-
-
-@pytest.fixture(autouse=True)
-def _stop_monitors() -> Iterator[None]:
-    yield
-    sqlrouter.shutdown()
-
-
-@pytest.fixture
-def engines() -> Iterator[Callable[..., Engine]]:
-    """``create_engine``, with every engine made disposed at the end of the test."""
-    made: list[Engine] = []
-
-    def make(url: str, **kwargs: Any) -> Engine:
-        engine = create_engine(url, **kwargs)
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        engine.dispose()
-
-
-def sa_url(sb: Sandbox, qos: str = "RW_STRICT", **params: str | float | int) -> str:
-    return "mysql+" + sb.url(qos, hide_password=False, **params)
 
 
 def server_id(engine: Engine) -> int:

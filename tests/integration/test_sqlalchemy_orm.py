@@ -50,6 +50,7 @@ from sqlrouter.contrib.sqlalchemy_orm import RoutingSession, routing_sessionmake
 from sqlrouter.gtid import CausalToken
 from sqlrouter.sandbox import Sandbox, SandboxError, find_server_binaries
 from sqlrouter.switchover import switchover
+from tests.fixtures.sqla import sa_url
 
 pytestmark = pytest.mark.sandbox
 
@@ -77,31 +78,6 @@ class Item(Base):
     tag: Mapped[str] = mapped_column(String(32), index=True)
     name: Mapped[str] = mapped_column(String(40))
     qty: Mapped[int] = mapped_column(default=0)
-
-
-@pytest.fixture(autouse=True)
-def _stop_monitors() -> Iterator[None]:
-    yield
-    sqlrouter.shutdown()
-
-
-@pytest.fixture
-def engines() -> Iterator[Callable[..., Engine]]:
-    """``create_engine``, with every engine made disposed at the end of the test."""
-    made: list[Engine] = []
-
-    def make(url: str, **kwargs: Any) -> Engine:
-        engine = create_engine(url, **kwargs)
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        engine.dispose()
-
-
-def sa_url(sb: Sandbox, qos: str = "RW_STRICT", **params: str | float | int) -> str:
-    return "mysql+" + sb.url(qos, hide_password=False, **params)
 
 
 def dbapi(conn: sqlalchemy.Connection) -> sqlrouter.Connection:

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,12 +26,6 @@ from sqlrouter.topology import Credentials
 pytestmark = pytest.mark.sandbox
 
 TABLE = "appdb.sw_writes"
-
-
-@pytest.fixture(autouse=True)
-def _stop_monitors() -> Iterator[None]:
-    yield
-    sqlrouter.shutdown()
 
 
 class Writer(threading.Thread):
