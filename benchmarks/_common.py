@@ -25,13 +25,18 @@ import os
 import platform
 import pstats
 import random
+import shutil
 import signal
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import sqlrouter
+from sqlrouter.sandbox import Sandbox
 
 __all__ = [
     "BlockFn",
@@ -551,3 +556,53 @@ def profile_calls(fn: Callable[[], object], calls: int, *, top: int = 25) -> str
     stats.sort_stats(pstats.SortKey.TIME).print_stats(top)
     stats.sort_stats(pstats.SortKey.CUMULATIVE).print_stats(top)
     return out.getvalue()
+
+
+# --------------------------------------------------------------------------- sandboxes
+
+
+@contextlib.contextmanager
+def bench_sandbox(
+    directory: str | None, prefix: str, log: Callable[[str], None]
+) -> Iterator[Sandbox]:
+    """A fresh sandbox (1 master + 2 replicas) in a temporary directory.
+
+    Its servers die with this process (``ephemeral``); at the end every service of the
+    process is shut down, the sandbox destroyed and the directory removed, also on
+    Ctrl-C or SIGTERM.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+    sb = Sandbox(tmp / "sb", ephemeral=True, progress=log)
+    try:
+        sb.up(replicas=2)
+        yield sb
+    finally:
+        log("stopping the sandbox")
+        sqlrouter.shutdown()
+        if sb.exists:
+            sb.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fill_table(
+    sb: Sandbox,
+    table: str,
+    columns: str,
+    make_row: Callable[[int, random.Random], tuple[object, ...]],
+    rows: int,
+) -> None:
+    """Create ``table (columns)`` on the master with ``rows`` rows made by
+    ``make_row(id, rng)`` (a seeded generator: every run writes the same data), then
+    wait until both replicas have it."""
+    rng = random.Random(1)
+    db = sb.state.database
+    with sb.cursor(sb.master.name, timeout=30) as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {db}.{table}")
+        cur.execute(f"CREATE TABLE {db}.{table} ({columns}) ENGINE=InnoDB")
+        batch = 1000
+        for start in range(1, rows + 1, batch):
+            chunk = [make_row(i, rng) for i in range(start, min(start + batch, rows + 1))]
+            marks = ", ".join(["%s"] * len(chunk[0]))
+            cur.executemany(f"INSERT INTO {db}.{table} VALUES ({marks})", chunk)
+    for replica in sb.replicas:
+        sb.wait_caught_up(replica.name, timeout=60)

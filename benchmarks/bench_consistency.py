@@ -44,10 +44,8 @@ import gc
 import itertools
 import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -70,6 +68,7 @@ from ._common import (
     Comparison,
     Interleaved,
     SideResult,
+    bench_sandbox,
     format_ns,
     format_ratio,
     gc_paused,
@@ -80,6 +79,9 @@ from ._common import (
     profile_calls,
     replace_section,
     write_json,
+)
+from ._common import (
+    fill_table as _fill_table,
 )
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -135,23 +137,13 @@ def _log(message: str) -> None:
 
 def fill_table(sb: Sandbox) -> None:
     """Create ``appdb.bench_rw`` (10 000 rows) on the master; wait for the replicas."""
-    rng = random.Random(1)
-    db = sb.state.database
-    with sb.cursor(sb.master.name, timeout=30) as cur:
-        cur.execute(f"DROP TABLE IF EXISTS {db}.{TABLE}")
-        cur.execute(
-            f"CREATE TABLE {db}.{TABLE} (id INT PRIMARY KEY, v BIGINT NOT NULL, "
-            "c CHAR(120) NOT NULL) ENGINE=InnoDB"
-        )
-        batch = 1000
-        for start in range(1, ROWS + 1, batch):
-            rows = [
-                (i, 0, "-".join(f"{rng.randrange(10**11):011d}" for _ in range(10)))
-                for i in range(start, min(start + batch, ROWS + 1))
-            ]
-            cur.executemany(f"INSERT INTO {db}.{TABLE} VALUES (%s, %s, %s)", rows)
-    for replica in sb.replicas:
-        sb.wait_caught_up(replica.name, timeout=60)
+    _fill_table(
+        sb,
+        TABLE,
+        "id INT PRIMARY KEY, v BIGINT NOT NULL, c CHAR(120) NOT NULL",
+        lambda i, rng: (i, 0, "-".join(f"{rng.randrange(10**11):011d}" for _ in range(10))),
+        ROWS,
+    )
 
 
 # --------------------------------------------------------------------------- counting
@@ -1105,11 +1097,8 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan(rounds=args.rounds)
     started = time.monotonic()
     load = {"start": list(os.getloadavg())}
-    tmp = Path(tempfile.mkdtemp(prefix="sqlrouter-bench-", dir=args.dir))
-    sb = Sandbox(tmp / "sb", ephemeral=True, progress=_log)
     profile: str | None = None
-    try:
-        sb.up(replicas=2)
+    with bench_sandbox(args.dir, "sqlrouter-bench-", _log) as sb:
         fill_table(sb)
         st = sb.state
         parsed = parse_url(sb.url("RW_STRICT"))
@@ -1137,12 +1126,6 @@ def run(args: argparse.Namespace) -> int:
             profile = profile_session_read(ctx, plan)
         load["end"] = list(os.getloadavg())
         out = Outcome(res, audit, control, brk, load, ctx.master)
-    finally:
-        _log("stopping the sandbox")
-        sqlrouter.shutdown()
-        if sb.exists:
-            sb.destroy()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     when = dt.datetime.now(dt.UTC)
     machine = machine_info(server=ctx.server_version)

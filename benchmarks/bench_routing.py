@@ -30,9 +30,7 @@ import functools
 import gc
 import itertools
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +53,7 @@ from ._common import (
     BlockFn,
     Comparison,
     Interleaved,
+    bench_sandbox,
     comparison_table,
     format_ns,
     gc_paused,
@@ -65,6 +64,9 @@ from ._common import (
     profile_calls,
     replace_section,
     write_json,
+)
+from ._common import (
+    fill_table as _fill_table,
 )
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -127,30 +129,19 @@ def _log(message: str) -> None:
 # --------------------------------------------------------------------------- setup
 
 
+def _digits(rng: random.Random, groups: int) -> str:
+    return "-".join(f"{rng.randrange(10**11):011d}" for _ in range(groups))
+
+
 def fill_table(sb: Sandbox) -> None:
     """Create ``appdb.bench_point`` (10 000 rows) on the master; wait for the replicas."""
-    rng = random.Random(1)
-    db = sb.state.database
-    with sb.cursor(sb.master.name, timeout=30) as cur:
-        cur.execute(f"DROP TABLE IF EXISTS {db}.{TABLE}")
-        cur.execute(
-            f"CREATE TABLE {db}.{TABLE} (id INT PRIMARY KEY, k INT NOT NULL, "
-            "c CHAR(120) NOT NULL, pad CHAR(60) NOT NULL, KEY (k)) ENGINE=InnoDB"
-        )
-        batch = 1000
-        for start in range(1, ROWS + 1, batch):
-            rows = [
-                (
-                    i,
-                    rng.randrange(ROWS),
-                    "-".join(f"{rng.randrange(10**11):011d}" for _ in range(10)),
-                    "-".join(f"{rng.randrange(10**11):011d}" for _ in range(5)),
-                )
-                for i in range(start, min(start + batch, ROWS + 1))
-            ]
-            cur.executemany(f"INSERT INTO {db}.{TABLE} VALUES (%s, %s, %s, %s)", rows)
-    for replica in sb.replicas:
-        sb.wait_caught_up(replica.name, timeout=60)
+    _fill_table(
+        sb,
+        TABLE,
+        "id INT PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, pad CHAR(60) NOT NULL, KEY (k)",
+        lambda i, rng: (i, rng.randrange(ROWS), _digits(rng, 10), _digits(rng, 5)),
+        ROWS,
+    )
 
 
 def _ids(seed: int) -> Iterator[int]:
@@ -700,10 +691,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     plan = Plan(rounds=args.rounds)
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="sqlrouter-bench-", dir=args.dir))
-    sb = Sandbox(tmp / "sb", ephemeral=True, progress=_log)
-    try:
-        sb.up(replicas=2)
+    with bench_sandbox(args.dir, "sqlrouter-bench-", _log) as sb:
         fill_table(sb)
         st = sb.state
         ctx = Context(
@@ -720,12 +708,6 @@ def run(args: argparse.Namespace) -> int:
             _log("profiling")
             summary, details = profile_connect(ctx, plan)
             profile = summary, details + "\n" + profile_point_select(ctx, plan)
-    finally:
-        _log("stopping the sandbox")
-        sqlrouter.shutdown()
-        if sb.exists:
-            sb.destroy()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     when = dt.datetime.now(dt.UTC)
     machine = machine_info(server=ctx.server_version)
