@@ -525,32 +525,17 @@ class Connection(_PyMySQLConnection):
 
     # PyMySQL calls query() for every statement a cursor executes: keep this cheap.
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
-        # The fast path: a relaxed connection on a replica whose session's token has not
-        # moved since its last check (reads, the common case).  A few attribute reads,
-        # then PyMySQL's own query().
-        if self._invalid is None and self._relaxed and not self._on_master:
+        # The fast paths: a RW_STRICT connection, and a relaxed connection on a replica
+        # whose session's token has not moved since its last check (reads, the common
+        # case).  A few attribute reads, then PyMySQL's own query().
+        if self._invalid is None:
+            if not self._relaxed:
+                return self._write(sql, unbuffered)
             session = self._session
-            if session is None or session.version == self._checked_version:
-                status = self.server_status
-                try:
-                    return _pymysql_query(self, sql, unbuffered)
-                except pymysql.err.OperationalError as exc:
-                    if exc.args[0] not in _LOST or status & _IN_TRANS or not status & _AUTOCOMMIT:
-                        raise
-                    return self._read_elsewhere(sql, unbuffered, exc)
-        elif self._invalid is None and not self._relaxed and not self._gtid_by_select:
-            # The fast path of a RW_STRICT connection: PyMySQL's query(), then the GTID
-            # from the OK packet if the statement wrote.
-            status = self.server_status
-            try:
-                rows = _pymysql_query(self, sql, unbuffered)
-            except pymysql.err.OperationalError as exc:
-                if exc.args[0] in _LOST:
-                    raise self._lost(exc, status, "a statement") from exc
-                raise
-            if self.server_status & SERVER_SESSION_STATE_CHANGED and self._session is not None:
-                self._after_write(self._result)
-            return rows
+            if not self._on_master and (
+                session is None or session.version == self._checked_version
+            ):
+                return self._read(sql, unbuffered)
         return self._query(sql, unbuffered)
 
     def _query(self, sql: str | bytes, unbuffered: bool) -> int:
@@ -558,30 +543,37 @@ class Connection(_PyMySQLConnection):
             return super().query(sql, unbuffered)
         if self._invalid is not None:
             self._raise_if_invalid()
+        if not self._relaxed:
+            return self._write(sql, unbuffered)
         session = self._session
-        if self._relaxed:
-            if session is not None and self._needs_check(session):
-                self._at_transaction_start(session)
-            status = self.server_status
-            try:
-                rows = super().query(sql, unbuffered)
-            except pymysql.err.OperationalError as exc:
-                # A read in autocommit that failed because its server went away returned
-                # nothing yet: it is safe to run it once more elsewhere.
-                if exc.args[0] not in _LOST or status & _IN_TRANS or not status & _AUTOCOMMIT:
-                    raise
-                rows = self._read_elsewhere(sql, unbuffered, exc)
-        else:
-            status = self.server_status
-            try:
-                rows = super().query(sql, unbuffered)
-            except pymysql.err.OperationalError as exc:
-                if exc.args[0] in _LOST:
-                    raise self._lost(exc, status, "a statement") from exc
+        if session is not None and self._needs_check(session):
+            self._at_transaction_start(session)
+        return self._read(sql, unbuffered)
+
+    def _read(self, sql: str | bytes, unbuffered: bool) -> int:
+        """A relaxed connection's statement."""
+        status = self.server_status
+        try:
+            return _pymysql_query(self, sql, unbuffered)
+        except pymysql.err.OperationalError as exc:
+            # A read in autocommit that failed because its server went away returned
+            # nothing yet: it is safe to run it once more elsewhere.
+            if exc.args[0] not in _LOST or status & _IN_TRANS or not status & _AUTOCOMMIT:
                 raise
-        if self._on_master and session is not None:
+            return self._read_elsewhere(sql, unbuffered, exc)
+
+    def _write(self, sql: str | bytes, unbuffered: bool) -> int:
+        """A RW_STRICT connection's statement: never re-sent; its GTID learnt."""
+        status = self.server_status
+        try:
+            rows = _pymysql_query(self, sql, unbuffered)
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] in _LOST:
+                raise self._lost(exc, status, "a statement") from exc
+            raise
+        if self._session is not None:
             if self._gtid_by_select:
-                if self._result is not None:
+                if self._result is not None and self._on_master:
                     self._after_write_by_select(self._result.affected_rows)
             elif self.server_status & SERVER_SESSION_STATE_CHANGED:
                 self._after_write(self._result)
