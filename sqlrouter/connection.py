@@ -489,6 +489,27 @@ class Connection(_PyMySQLConnection):
             if gtid and self._session is not None:
                 self._session.advance_gtid(gtid)
 
+    def _unbuffered_done(self, result: MySQLResult) -> None:
+        """An unbuffered result (server-side cursor) read its final EOF packet.
+
+        PyMySQL leaves the connection's ``server_status`` as the previous statement's for
+        such a result: take the final one (a transaction opened, the session's state
+        changed).  If the statement wrote (``INSERT ... RETURNING`` streamed), learn its
+        GTID now: the socket is idle, and nothing else ran on this session since.
+        """
+        status = result.server_status
+        if status is None or self._sock is None:
+            return
+        self.server_status = status
+        if result.has_next or self._session is None or not self._on_master or self._relaxed:
+            return  # more results follow: next_result() reads them first
+        if self._gtid_by_select:
+            if not status & _IN_TRANS:
+                self._wrote = False
+                self._select_last_gtid()
+        elif status & SERVER_SESSION_STATE_CHANGED:
+            self._select_last_gtid()
+
     def _select_last_gtid(self) -> None:
         """``SELECT @@last_gtid`` (one round trip), keeping the caller's result."""
         result, affected = self._result, self._affected_rows
@@ -583,6 +604,11 @@ class Connection(_PyMySQLConnection):
         """The session's state changed under the last statement: learn its GTID."""
         if result is None or not self._on_master or self._in_connect:
             return
+        if result.unbuffered_active:
+            # Its rows are still on the socket (a server-side cursor): nothing may be
+            # sent now.  ``server_status`` is still the previous statement's; the result
+            # reports its own at its end (_unbuffered_done).
+            return
         if result.message is not None:
             self._capture(self.server_status, result.message)
         elif result.field_count:
@@ -597,6 +623,8 @@ class Connection(_PyMySQLConnection):
         return rows
 
     def _after_write_by_select(self, affected: int | None) -> None:
+        if self._result is not None and self._result.unbuffered_active:
+            return  # rows still on the socket: _unbuffered_done() takes over at their end
         if affected and affected != _UNBUFFERED:
             self._wrote = True
         if self._wrote and not self.server_status & _IN_TRANS:
@@ -759,7 +787,14 @@ class Connection(_PyMySQLConnection):
 class _Result(MySQLResult):
     """PyMySQL's query result, keeping the server status of a result set's final EOF
     packet, which PyMySQL drops.  It tells whether a transaction is open after a
-    SELECT, and whether a statement that returned rows also wrote."""
+    SELECT, and whether a statement that returned rows also wrote.
+
+    An unbuffered result (server-side cursor) tells its connection when its final EOF
+    packet arrives (:meth:`Connection._unbuffered_done`): only then may anything else
+    be sent on the socket.
+    """
+
+    connection: Connection | None
 
     def _check_packet_is_eof(self, packet: Any) -> bool:
         if not packet.is_eof_packet():
@@ -769,6 +804,19 @@ class _Result(MySQLResult):
         self.has_next = wp.has_next
         self.server_status = wp.server_status
         return True
+
+    def _read_rowdata_packet_unbuffered(self) -> Any:
+        conn = self.connection
+        row = super()._read_rowdata_packet_unbuffered()  # type: ignore[misc]  # not in the stubs
+        if row is None and conn is not None and not self.unbuffered_active:
+            conn._unbuffered_done(self)
+        return row
+
+    def _finish_unbuffered_query(self) -> None:
+        conn, active = self.connection, self.unbuffered_active
+        super()._finish_unbuffered_query()  # type: ignore[misc]  # not in the stubs
+        if active and conn is not None and not self.unbuffered_active:
+            conn._unbuffered_done(self)
 
 
 class _TryAgain(Exception):

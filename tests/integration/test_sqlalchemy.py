@@ -454,3 +454,33 @@ def test_compliance_suite_passes_what_pymysql_passes(tmp_path: Path) -> None:
     assert ours["counts"]["passed"] >= theirs["counts"]["passed"] > 1000, report
     assert data["regressions"] == {}, report
     assert ours["total"] == theirs["total"], report
+
+
+@pytest.mark.parametrize("qos", ["RW_STRICT", "RO_RELAXED"])
+def test_stream_results_and_yield_per_after_a_write(
+    cluster: Sandbox, engines: Callable[..., Engine], qos: str
+) -> None:
+    """``stream_results`` uses PyMySQL's SSCursor: every row arrives after a write."""
+    table = f"sqla_stream_{uuid.uuid4().hex[:8]}"
+    writer = engines(sa_url(cluster, "RW_STRICT"))
+    reader = engines(sa_url(cluster, qos, max_lag=5))
+    with writer.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {table} (n INT PRIMARY KEY)"))
+    try:
+        with sqlrouter.session():
+            with writer.begin() as conn:
+                conn.execute(
+                    text(f"INSERT INTO {table} VALUES (:n)"), [{"n": n} for n in range(100)]
+                )
+                streamed = conn.execution_options(stream_results=True).execute(
+                    text(f"SELECT n FROM {table} ORDER BY n")
+                )
+                assert [r.n for r in streamed] == list(range(100))
+            with reader.connect() as conn:
+                batches = conn.execution_options(yield_per=7).execute(
+                    text(f"SELECT n FROM {table} ORDER BY n")
+                )
+                assert [r.n for r in batches] == list(range(100))
+    finally:
+        with writer.begin() as conn:
+            conn.execute(text(f"DROP TABLE {table}"))
