@@ -42,6 +42,8 @@ class Invalidatable(Protocol):
 
     def invalidate(self, reason: str, *, at_transaction_boundary: bool) -> None: ...
 
+    def check_route(self, snapshot: Snapshot) -> None: ...
+
 
 #: Events that invalidate the connections bound to a datasource: (reason, wait for
 #: the transaction boundary).  A demoted master's connections fail at their next use.
@@ -49,9 +51,6 @@ _INVALIDATING: Final[dict[str, tuple[str, bool]]] = {
     "master_changed": ("{ds} is no longer the master (now: {new})", False),
     "datasource_down": ("{ds} went down ({detail})", False),
     "datasource_offline": ("{ds} was taken offline by an operator", True),
-    # A relaxed connection in autocommit moves at its next statement; in a transaction,
-    # at its end.  (Connections to the master never see this event.)
-    "lag_exceeded": ("{ds} lags more than the service's max_lag ({detail})", True),
 }
 
 #: How long the first connect to a service waits for the monitor's first round.
@@ -108,12 +107,20 @@ class ServiceHandle:
         return counts
 
     def _on_snapshot(self, previous: Snapshot, current: Snapshot) -> None:
-        """Runs in the monitor's thread after each change: invalidate, then publish."""
+        """Runs in the monitor's thread after each round (and each operator change):
+        invalidate what the change made wrong, then publish the events.
+
+        Every open relaxed connection checks its server against its own policy (its
+        ``max_lag``, a switchover that made its replica the master...): one that no
+        longer fits moves at its next transaction start.
+        """
         found = events.diff(previous, current)
-        if not found:
-            return
         with self._lock:
             conns = list(self._connections)
+        for conn in conns:
+            conn.check_route(current)
+        if not found:
+            return
         for event in found:
             reason, at_boundary = _INVALIDATING.get(event.name, (None, False))
             target = event.previous if event.name == "master_changed" else event.datasource

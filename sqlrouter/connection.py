@@ -44,7 +44,7 @@ from .errors import (
 from .gtid import EMPTY, CausalToken
 from .health import Snapshot
 from .qos import QoS
-from .router import Decision, Policy, choose, observed_master
+from .router import Decision, Policy, choose, observed_master, reroute, wait_here
 from .topology import Credentials, DataSource
 from .url import Consistency, ServiceURL, parse_url
 
@@ -111,7 +111,6 @@ class Connection(_PyMySQLConnection):
         self._on_master = False
         self._relaxed = url.qos is QoS.RO_RELAXED
         self._checked_version = -1
-        self._checked_generation = -1
         self._merged_generation = -1
         self._gtid_by_select = False
         self._wrote = False
@@ -207,7 +206,6 @@ class Connection(_PyMySQLConnection):
             return
         self._session = session
         self._checked_version = -1
-        self._checked_generation = -1
         self._merged_generation = -1
 
     def _policy(
@@ -353,7 +351,6 @@ class Connection(_PyMySQLConnection):
         self._on_master = health.writable
         if self._on_master:
             self._checked_version = session.version
-            self._checked_generation = snapshot.generation
             if not health.tracks_last_gtid and not self._relaxed:
                 self._enable_gtid_tracking()
             return True
@@ -416,37 +413,29 @@ class Connection(_PyMySQLConnection):
     def _at_transaction_start(self, session: Session) -> None:
         """Keep the session's guarantee on a relaxed connection, at a transaction start.
 
-        Runs only when the session's token advanced since this connection last checked
-        (or, on a master fallback, once per monitor round):
+        Runs only when the session's token advanced since this connection last checked:
 
+        - on the master (no replica qualified when it connected): nothing to do, the
+          master has every write;
         - on a replica the monitor last saw at or past the token: nothing to do;
-        - else, if this replica is as close to the token as any qualifying one: one
+        - else, if this replica is as close to the token as any qualifying one
+          (:func:`sqlrouter.router.wait_here`): one
           ``MASTER_GTID_WAIT(token, consistency_wait)`` round trip;
         - else, or when the wait times out: the connection moves (reconnects through
           the router, which picks a replica known to have the token, waits on the
           closest one, or falls back to the master).
 
-        A relaxed connection on the master because no replica qualified tries a replica
-        again once one qualifies (at most once per monitor round).
+        Whether the server still qualifies at all (lag, threads, role) is checked after
+        each monitor round, outside the statement path (:meth:`check_route`).
         """
-        handle = self._handle
-        snapshot = handle.monitor.snapshot
         ds = self.datasource
         if ds is None:
             raise InterfaceError(0, "connection is not open")
         version = session.version
         if self._on_master:
-            self._checked_generation = snapshot.generation
             self._checked_version = version
-            try:
-                back = choose(
-                    snapshot, self._policy(snapshot, frozenset()), turn=handle.next_turn()
-                )
-            except RoutingError:
-                return
-            if not back.is_fallback and back.datasource.name != ds.name:
-                self._move("a replica qualifies again")
             return
+        snapshot = self._handle.monitor.snapshot
         health = snapshot.health_of(ds.name)
         if snapshot.generation != self._merged_generation:
             # Monotonic reads: what this replica had is now required of later reads.
@@ -457,23 +446,30 @@ class Connection(_PyMySQLConnection):
         if health.position.covers(token):
             self._checked_version = version
             return
-        # Not known to have the token.  Wait for it here (one round trip) while this
-        # replica still qualifies and no other one is clearly closer to the token:
-        # moving costs a new connection.
-        max_lag = self._url.max_lag if self._url.max_lag is not None else snapshot.service.max_lag
-        if (
-            ds.name not in snapshot.offline
-            and health.reachable
-            and health.lag is not None
-            and health.lag <= max_lag
-            and _missing(health.position, token)
-            <= _closest_other(snapshot, ds.name, token, max_lag) + _MOVE_TOLERANCE
-        ):
+        # Not known to have the token: wait for it here (one round trip) unless another
+        # replica is clearly closer to it (moving costs a new connection).
+        if wait_here(snapshot, ds.name, self._policy(snapshot, frozenset())):
             if self._gtid_wait(token):
                 self._checked_version = version
                 return
             self._allow_wait = False
         self._move(f"{ds.name} has not applied {token}")
+
+    def check_route(self, snapshot: Snapshot) -> None:
+        """After a monitor round (in the monitor's thread): a relaxed connection whose
+        server no longer suits its own policy moves at its next transaction start.
+
+        See :func:`sqlrouter.router.reroute`.  Only sets a flag: the statement path
+        pays nothing for it.
+        """
+        ds = self.datasource
+        if not self._relaxed or ds is None or self._invalid is not None or self._sock is None:
+            return
+        why = reroute(
+            snapshot, ds.name, self._policy(snapshot, frozenset()), fallback=self._on_master
+        )
+        if why is not None:
+            self._invalid = (why, True)
 
     def _move(self, why: str) -> None:
         logger.debug(
@@ -536,13 +532,7 @@ class Connection(_PyMySQLConnection):
 
     def _needs_check(self, session: Session) -> bool:
         """A relaxed connection must check its session's token before this transaction."""
-        return not self.server_status & _IN_TRANS and (
-            session.version != self._checked_version
-            or (
-                self._on_master
-                and self._handle.monitor.snapshot.generation != self._checked_generation
-            )
-        )
+        return not self.server_status & _IN_TRANS and session.version != self._checked_version
 
     # PyMySQL calls query() for every statement a cursor executes: keep this cheap.
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
@@ -553,9 +543,7 @@ class Connection(_PyMySQLConnection):
             if not self._relaxed:
                 return self._write(sql, unbuffered)
             session = self._session
-            if not self._on_master and (
-                session is None or session.version == self._checked_version
-            ):
+            if session is None or session.version == self._checked_version:
                 return self._read(sql, unbuffered)
         return self._query(sql, unbuffered)
 
@@ -860,33 +848,6 @@ def _stale(snapshot: Snapshot, ds: DataSource, *, writes: bool) -> str | None:
         if master is None or master.name != ds.name:
             return f"{ds.name} is no longer the master"
     return None
-
-
-#: How many more transactions of the token a replica may lack than another qualifying
-#: one before a relaxed connection moves instead of waiting where it is.
-_MOVE_TOLERANCE = 2
-
-
-def _closest_other(snapshot: Snapshot, name: str, token: CausalToken, max_lag: float) -> int:
-    """The fewest transactions of ``token`` that any other qualifying replica lacks."""
-    best = 1 << 62
-    for other, h in snapshot.health.items():
-        if (
-            other != name
-            and other not in snapshot.offline
-            and h.reachable
-            and h.read_only is True
-            and h.replicating
-            and h.lag is not None
-            and h.lag <= max_lag
-        ):
-            best = min(best, _missing(h.position, token))
-    return best
-
-
-def _missing(position: CausalToken, token: CausalToken) -> int:
-    """How many transactions of ``token`` ``position`` lacks (summed over domains)."""
-    return sum(max(0, seq - position.seq(d)) for d, (_, seq) in token.domains.items())
 
 
 def _with_failures(exc: RoutingError, failures: list[str]) -> RoutingError:

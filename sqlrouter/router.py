@@ -55,7 +55,19 @@ from .health import Health, Snapshot, unknown
 from .qos import Fallback, QoS
 from .topology import DataSource, Role
 
-__all__ = ["Decision", "Fallback", "Policy", "QoS", "choose", "explain", "observed_master"]
+__all__ = [
+    "MOVE_TOLERANCE",
+    "Decision",
+    "Fallback",
+    "Policy",
+    "QoS",
+    "choose",
+    "explain",
+    "missing",
+    "observed_master",
+    "reroute",
+    "wait_here",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,11 +421,81 @@ def _closest(
 
     def distance(ds: DataSource) -> tuple[int, float]:
         h = health[ds.name]
-        position = h.position
-        missing = sum(max(0, seq - position.seq(d)) for d, (_, seq) in token.domains.items())
-        return missing, h.lag if h.lag is not None else math.inf
+        return missing(h.position, token), h.lag if h.lag is not None else math.inf
 
     return min(candidates, key=distance)
+
+
+def missing(position: CausalToken, token: CausalToken) -> int:
+    """How many transactions of ``token`` ``position`` lacks (summed over its domains)."""
+    return sum(max(0, seq - position.seq(d)) for d, (_, seq) in token.domains.items())
+
+
+# --- open RO_RELAXED connections ---------------------------------------------------------
+
+#: How many more transactions of the token a replica may lack than the closest other
+#: qualifying replica before a relaxed connection on it moves instead of waiting there.
+MOVE_TOLERANCE = 2
+
+
+def wait_here(snapshot: Snapshot, name: str, policy: Policy) -> bool:
+    """Should a relaxed connection on replica ``name``, which is not known to have applied
+    ``policy.token``, wait for it there (``MASTER_GTID_WAIT``) rather than move?
+
+    Yes while ``name`` still qualifies as a replica for ``policy`` and lacks at most
+    :data:`MOVE_TOLERANCE` more of the token's transactions than any other qualifying
+    replica: moving costs a new connection.
+    """
+    offline, max_lag, token = snapshot.offline, policy.max_lag, policy.token
+    here = snapshot.health_of(name)
+    if _reject(name, here, offline, policy.exclude, max_lag) is not None:
+        return False
+    best = min(
+        (
+            missing(h.position, token)
+            for other, h in snapshot.health.items()
+            if other != name and _reject(other, h, offline, policy.exclude, max_lag) is None
+        ),
+        default=math.inf,
+    )
+    return missing(here.position, token) <= best + MOVE_TOLERANCE
+
+
+def reroute(snapshot: Snapshot, name: str, policy: Policy, *, fallback: bool) -> str | None:
+    """Why a RO_RELAXED connection open on ``name`` should move at its next transaction
+    start; ``None`` when it stays.
+
+    A connection opened on a replica moves as soon as that server no longer qualifies
+    for the connection's own policy (its ``max_lag``): it lags, its threads stopped, it
+    became writable (a switchover made it the master), went down or offline.  A
+    connection on the master because no replica qualified (``fallback``) moves when
+    :func:`choose` would pick a replica again (one that covers the session's token, or
+    the closest one to wait on).
+    The master itself is not checked here: a master that goes away invalidates its
+    connections through the monitor's events.
+    """
+    offline, exclude, max_lag = snapshot.offline, policy.exclude, policy.max_lag
+    if not fallback:
+        h = snapshot.health_of(name)
+        why = _reject(name, h, offline, exclude, max_lag)
+        if why is None:
+            return None
+        master, writable = _resolve_master(snapshot)
+        ds = next((d for d in snapshot.service.datasources if d.name == name), None)
+        if ds is None:
+            return f"{name} left the service's definition"
+        if master is not None and master.name == name:
+            return f"{name} is now the master"
+        return f"{name} no longer serves reads: " + _describe(
+            why, ds, h, policy, master=master, writable=writable
+        )
+    try:
+        back = _choose_replica(snapshot, policy, 0)
+    except NoReplicaAvailable:
+        return None
+    if back.is_fallback or back.datasource.name == name:
+        return None
+    return f"a replica serves reads again: {back.reason}"
 
 
 def _ro_master_verdict(ds: DataSource, snapshot: Snapshot, policy: Policy) -> str:

@@ -24,7 +24,17 @@ from sqlrouter.errors import (
 from sqlrouter.gtid import EMPTY, CausalToken
 from sqlrouter.health import Health, Snapshot
 from sqlrouter.qos import Fallback, QoS
-from sqlrouter.router import Decision, Policy, choose, explain, observed_master
+from sqlrouter.router import (
+    MOVE_TOLERANCE,
+    Decision,
+    Policy,
+    choose,
+    explain,
+    missing,
+    observed_master,
+    reroute,
+    wait_here,
+)
 from sqlrouter.topology import Credentials, DataSource, Role, Service
 
 # --- builders --------------------------------------------------------------------------
@@ -949,3 +959,78 @@ def test_stopped_thread_with_known_lag_still_serves() -> None:
     snapshot = cluster(dead_master, replica("db2", io_running=False, lag=0.0))
     decision = choose(snapshot, ro())
     assert decision.datasource.name == "db2" and not decision.is_fallback
+
+
+# --- open RO_RELAXED connections: reroute, wait_here, missing --------------------------
+
+
+def test_missing_sums_over_the_tokens_domains() -> None:
+    token = CausalToken.parse("0-1-20,1-2-5")
+    assert missing(CausalToken.parse("0-1-20,1-2-5"), token) == 0
+    assert missing(CausalToken.parse("0-1-18,1-2-1"), token) == 2 + 4
+    assert missing(CausalToken.parse("0-1-30"), token) == 5  # ahead in one, absent in other
+    assert missing(EMPTY, token) == 25
+    assert missing(CausalToken.parse("0-1-1"), EMPTY) == 0
+
+
+def test_reroute_uses_the_connections_own_max_lag() -> None:
+    snap = cluster(master(), replica("db2", lag=3.0), replica("db3", lag=0.1))
+    assert reroute(snap, "db2", Policy(QoS.RO_RELAXED, max_lag=30.0), fallback=False) is None
+    why = reroute(snap, "db2", Policy(QoS.RO_RELAXED, max_lag=1.0), fallback=False)
+    assert why == "db2 no longer serves reads: lag 3.0s > 1.0s"
+
+
+def test_reroute_leaves_a_replica_that_became_the_master() -> None:
+    snap = cluster(replica("db1", lag=0.0), master("db2"), replica("db3"), declared_master="db1")
+    why = reroute(snap, "db2", Policy(QoS.RO_RELAXED), fallback=False)
+    assert why == "db2 is now the master"
+
+
+@pytest.mark.parametrize(
+    ("health", "expected"),
+    [
+        (down("db2"), "db2 no longer serves reads: unreachable (connection refused)"),
+        (
+            replica("db2", lag=None, io_running=False),
+            "db2 no longer serves reads: lag unknown (io thread stopped)",
+        ),
+    ],
+)
+def test_reroute_leaves_a_replica_that_stopped_serving(health: Health, expected: str) -> None:
+    snap = cluster(master(), health, replica("db3"))
+    assert reroute(snap, "db2", Policy(QoS.RO_RELAXED), fallback=False) == expected
+
+
+def test_reroute_of_an_offline_replica() -> None:
+    snap = cluster(master(), replica("db2"), replica("db3"), offline={"db2"})
+    why = reroute(snap, "db2", Policy(QoS.RO_RELAXED), fallback=False)
+    assert why == "db2 no longer serves reads: offline (operator)"
+
+
+def test_reroute_from_the_master_fallback_once_a_replica_qualifies() -> None:
+    lagging = cluster(master(), replica("db2", lag=9.0), replica("db3", lag=9.0))
+    policy = Policy(QoS.RO_RELAXED, max_lag=1.0)
+    assert reroute(lagging, "db1", policy, fallback=True) is None
+    healthy = cluster(master(), replica("db2", lag=9.0), replica("db3", lag=0.2))
+    why = reroute(healthy, "db1", policy, fallback=True)
+    assert why is not None and why.startswith("a replica serves reads again: replica db3")
+    # fallback=error: no fallback connection exists, and none moves back to the master.
+    assert (
+        reroute(lagging, "db2", Policy(QoS.RO_RELAXED, fallback=Fallback.ERROR), fallback=True)
+        is None
+    )
+
+
+def test_wait_here_unless_another_replica_is_clearly_closer() -> None:
+    token = CausalToken.parse("0-1-30")
+    policy = Policy(QoS.RO_RELAXED, max_lag=5.0, token=token)
+    close = cluster(master(), replica("db2", position="0-1-28"), replica("db3", position="0-1-29"))
+    assert wait_here(close, "db2", policy)  # 2 missing vs 1: within MOVE_TOLERANCE
+    far = cluster(master(), replica("db2", position="0-1-10"), replica("db3", position="0-1-29"))
+    assert not wait_here(far, "db2", policy)
+    assert wait_here(far, "db3", policy)
+    alone = cluster(master(), replica("db2", position="0-1-10"), down("db3"))
+    assert wait_here(alone, "db2", policy)
+    lagging = cluster(master(), replica("db2", lag=9.0, position="0-1-29"), down("db3"))
+    assert not wait_here(lagging, "db2", policy)  # no longer a replica within max_lag
+    assert MOVE_TOLERANCE == 2
