@@ -28,6 +28,7 @@ from pymysql.protocol import EOFPacketWrapper
 
 from ._services import ServiceHandle, handle_for
 from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED, last_gtid_from_ok
+from ._statements import may_resend
 from .consistency import Session, current_session
 from .errors import (
     ER_CONNECTION_INVALIDATED,
@@ -565,10 +566,13 @@ class Connection(_PyMySQLConnection):
         try:
             return _pymysql_query(self, sql, unbuffered)
         except pymysql.err.OperationalError as exc:
-            # A read in autocommit that failed because its server went away returned
-            # nothing yet: it is safe to run it once more elsewhere.
+            # A statement in autocommit that failed because its server went away returned
+            # nothing yet: run it once more elsewhere if running it twice cannot have an
+            # effect (sqlrouter._statements); else say its outcome is unknown.
             if exc.args[0] not in _LOST or status & _IN_TRANS or not status & _AUTOCOMMIT:
                 raise
+            if not may_resend(sql):
+                raise self._lost(exc, status, "a statement that may lock or write") from exc
             return self._read_elsewhere(sql, unbuffered, exc)
 
     def _write(self, sql: str | bytes, unbuffered: bool) -> int:

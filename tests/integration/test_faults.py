@@ -188,6 +188,46 @@ def test_relaxed_autocommit_read_is_retried_once_elsewhere(fresh_cluster: Sandbo
     assert took < 1 + 2  # read_timeout, then one more connect and query
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT GET_LOCK('sqlrouter-test', 0)",
+        "SELECT n FROM appdb.resend_t WHERE n = 1 FOR UPDATE",
+        "SELECT NEXTVAL(appdb.resend_seq)",
+        "CALL appdb.resend_proc()",
+    ],
+)
+def test_relaxed_statement_that_may_lock_or_write_is_never_resent(
+    fresh_cluster: Sandbox, statement: str
+) -> None:
+    sb = fresh_cluster
+    with sb.cursor("db1") as cur:
+        cur.execute("CREATE TABLE appdb.resend_t (n INT PRIMARY KEY)")
+        cur.execute("INSERT INTO appdb.resend_t VALUES (1)")
+        cur.execute("CREATE SEQUENCE appdb.resend_seq")
+        cur.execute("CREATE PROCEDURE appdb.resend_proc() SELECT 1")
+    sb.wait_caught_up("db2")
+    sb.wait_caught_up("db3")
+    conn = ro(sb, read_timeout=1)
+    assert conn.datasource is not None
+    first = conn.datasource.name
+    sb.fault(first, "freeze")
+    try:
+        with pytest.raises(sqlrouter.OutcomeUnknown) as info, conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        sb.fault(first, "thaw")
+    message = str(info.value)
+    assert info.value.args[0] == 2013, message
+    assert f"connection to {first}" in message and "it was not re-sent" in message
+    assert "outcome is unknown" in message
+    # Nothing ran elsewhere: no other server holds the lock or moved the sequence.
+    for name in ("db1", "db2", "db3"):
+        if name != first:
+            assert sb.query(name, "SELECT IS_USED_LOCK('sqlrouter-test')") == [(None,)]
+    assert sb.query("db1", "SELECT NEXTVAL(appdb.resend_seq)") == [(1,)]
+
+
 def test_frozen_master_for_half_a_second_is_not_a_failover(fresh_cluster: Sandbox) -> None:
     sb = fresh_cluster
     rec = Recorder()
