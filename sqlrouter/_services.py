@@ -13,13 +13,12 @@ import itertools
 import logging
 import os
 import sys
-import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from . import events
+from . import _forksafe, events
 from .errors import ProgrammingError
 from .health import Snapshot
 from .monitor import Monitor
@@ -43,6 +42,8 @@ class Invalidatable(Protocol):
     def invalidate(self, reason: str, *, at_transaction_boundary: bool) -> None: ...
 
     def check_route(self, snapshot: Snapshot) -> None: ...
+
+    def inherited(self, parent: int) -> None: ...
 
 
 #: Events that invalidate the connections bound to a datasource: (reason, wait for
@@ -70,19 +71,21 @@ class ServiceHandle:
             on_snapshot=self._on_snapshot,
         )
         self._turn = itertools.count()
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         # Settings an operator changed in this process (`sqlrouter admin set`), with the
         # registry's definition of the service they were made against.
         self._overrides: tuple[Service, dict[str, Any]] | None = None
         # Serializes changes of the monitor's service (registry followers, override());
         # the version tells a follower that override() ran while it read the registry.
-        self._follow_lock = threading.Lock()
+        self._follow_lock = _forksafe.lock()
         self._settings_version = 0
         #: The service last given to the monitor (which applies it at its next round).
         self.wanted: Service = service
         # The open connections of this process to this service (weakly held: a
         # connection dropped without close() simply disappears).
         self._connections: weakref.WeakSet[Invalidatable] = weakref.WeakSet()
+        #: This is a forked child's copy, not used there yet (see after_fork).
+        self._forked = False
 
     # -- open connections ------------------------------------------------------------
 
@@ -145,13 +148,42 @@ class ServiceHandle:
         """A counter for spreading connections over replicas (atomic under the GIL)."""
         return next(self._turn)
 
-    def snapshot(self) -> Snapshot:
-        """The current snapshot, waiting for the monitor's first round if needed."""
-        snap = self.monitor.snapshot
-        if snap.generation == 0:
-            self.monitor.start()
-            snap = self.monitor.wait_for_round(after=0, timeout=FIRST_ROUND_TIMEOUT)
-        return snap
+    def snapshot(
+        self, credentials: Credentials | None = None, *, timeout: float = FIRST_ROUND_TIMEOUT
+    ) -> Snapshot:
+        """A snapshot to route on: the current one while it is fresh.
+
+        Otherwise (no round yet, the first use after ``fork()``, a monitor that died or
+        stalls) the monitor is (re)started and this waits up to ``timeout`` seconds for
+        its next round; what it returns may still be stale, and the router then trusts
+        none of it.  ``credentials`` are those of the connect() asking: the monitor
+        takes them if its own have not logged in (see ``Monitor.offer_credentials``),
+        and this waits for a round made with them.
+        """
+        monitor = self.monitor
+        snap = monitor.snapshot
+        after = monitor.offer_credentials(credentials) if credentials is not None else None
+        if after is None:
+            if time.monotonic() - snap.taken_at <= snap.max_age:
+                return snap
+            after = snap.generation
+        if not monitor.running:
+            monitor.start()
+            if self._forked:
+                self._forked = False
+                _start_control(self)
+        return monitor.wait_for_round(after=after, timeout=timeout)
+
+    def after_fork(self) -> None:
+        """In a forked child, before anything else runs: the monitor forgets the parent's
+        thread and connections, and this process's copies of the open connections are
+        closed (their sockets are the parent's) and marked: each raises or moves at its
+        next use (see ``Connection.inherited``)."""
+        self.monitor.after_fork()
+        self._forked = True
+        for conn in list(self._connections):
+            conn.inherited(os.getppid())
+        self._connections = weakref.WeakSet()
 
     def current_service(self) -> Service | None:
         """The service as the registry defines it now; ``None`` if it no longer does.
@@ -245,7 +277,7 @@ class ServiceHandle:
         return dataclasses.replace(service, **changes)
 
 
-_lock = threading.Lock()
+_lock = _forksafe.lock()
 _handles: dict[tuple[int, str], ServiceHandle] = {}
 #: Registries found per (spec, $SQLROUTER_REGISTRY, cwd, finder).
 _found: dict[tuple[object, ...], Registry] = {}
@@ -295,12 +327,19 @@ def handle_for(
             handle = ServiceHandle(registry, service, credentials)
             _handles[key] = handle
             created = True
-    if created and (os.environ.get("SQLROUTER_CONTROL") or registry.control):
+    if created:
+        _start_control(handle)
+    return handle
+
+
+def _start_control(handle: ServiceHandle) -> None:
+    """Start this process's control socket if the settings enable it and it is not
+    running (a process starts watching a service, or a forked child first uses one)."""
+    if os.environ.get("SQLROUTER_CONTROL") or handle.registry.control:
         # The control socket (docs/control.md) is opt-in: loaded only when configured.
         from . import control  # noqa: PLC0415 - control builds on this module
 
         control.on_handle_created(handle)
-    return handle
 
 
 def handles() -> list[ServiceHandle]:
@@ -326,4 +365,14 @@ def shutdown() -> None:
         dns_registry.close_dns_registries()
 
 
+def _after_fork_in_child() -> None:
+    """The child of a ``fork()`` (gunicorn ``--preload``, Celery prefork,
+    ``multiprocessing``) has none of the parent's threads: every service it watches
+    starts a monitor of its own on first use, and never uses or closes the parent's
+    monitoring, heartbeat, control or application sockets."""
+    for handle in list(_handles.values()):
+        handle.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(shutdown)

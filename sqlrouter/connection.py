@@ -26,11 +26,12 @@ from pymysql.connections import MySQLResult
 from pymysql.constants import COMMAND, SERVER_STATUS
 from pymysql.protocol import EOFPacketWrapper
 
-from ._services import ServiceHandle, handle_for
+from ._services import FIRST_ROUND_TIMEOUT, ServiceHandle, handle_for
 from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED, last_gtid_from_ok
 from ._statements import may_resend
 from .consistency import Session, current_session
 from .errors import (
+    AUTH_ERRNOS,
     ER_CONNECTION_INVALIDATED,
     ER_NO_REPLICA,
     ConnectionInvalidated,
@@ -121,6 +122,8 @@ class Connection(_PyMySQLConnection):
         self._invalid: tuple[str, bool] | None = None
         self._exclude_next: frozenset[str] = frozenset()
         self._in_connect = False
+        #: Why and when (time.time()) this connection was closed, when sqlrouter knows.
+        self._closed_why: tuple[str, float] | None = None
         if url.consistency is Consistency.SESSION:
             self._session = current_session() or Session()
             if url.causal_token:
@@ -282,13 +285,21 @@ class Connection(_PyMySQLConnection):
         """One routing decision and one connection attempt; _TryAgain to go on."""
         handle = self._handle
         url = self._url
-        snapshot = handle.snapshot()
+        snapshot = handle.snapshot(
+            Credentials(url.user or "", url.password or ""),
+            timeout=max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - time.monotonic())),
+        )
+        refused = _refused_everywhere(snapshot)
+        if refused is not None:
+            raise refused
         policy = self._policy(snapshot, attempt.exclude, allow_wait=attempt.allow_wait)
         try:
-            decision = choose(snapshot, policy, turn=handle.next_turn())
+            decision = choose(snapshot, policy, turn=handle.next_turn(), now=time.monotonic())
         except NoMasterAvailable as exc:
             raise _TryAgain(_with_failures(exc, attempt.failures)) from None
         except RoutingError as exc:
+            if attempt.auth_failures and len(attempt.auth_failures) == len(attempt.failures):
+                raise _auth_error(url, attempt.auth_errno, attempt.auth_failures) from None
             raise _with_failures(exc, attempt.failures) from None
         ds = decision.datasource
         logger.debug(
@@ -302,8 +313,16 @@ class Connection(_PyMySQLConnection):
         try:
             self._connect_bounded(max(attempt.deadline - time.monotonic(), attempt.grace))
         except pymysql.err.OperationalError as exc:
-            attempt.failures.append(f"{ds.name} ({ds.host}:{ds.port}): {exc.args[-1]}")
+            failure = f"{ds.name} ({ds.host}:{ds.port}): {exc.args[-1]}"
+            attempt.failures.append(failure)
             logger.debug("service %r: connection to %s failed: %s", url.service, ds, exc)
+            if exc.args[0] in AUTH_ERRNOS:
+                # A refused login: no wait or retry changes it (another replica may know
+                # the user, so a relaxed connect tries the others before it fails).
+                attempt.auth_errno = exc.args[0]
+                attempt.auth_failures.append(failure)
+                if url.qos is QoS.RW_STRICT:
+                    raise _auth_error(url, exc.args[0], [failure]) from exc
             if url.qos is QoS.RW_STRICT:
                 error = OperationalError(
                     exc.args[0],
@@ -331,6 +350,7 @@ class Connection(_PyMySQLConnection):
                 )
             )
         self._invalid = None
+        self._closed_why = None
         handle.opened(self)
         latest = handle.monitor.snapshot
         if latest.generation != snapshot.generation:
@@ -565,6 +585,10 @@ class Connection(_PyMySQLConnection):
         status = self.server_status
         try:
             return _pymysql_query(self, sql, unbuffered)
+        except pymysql.err.InterfaceError:
+            if self._sock is not None:
+                raise
+            raise self._closed_error() from None
         except pymysql.err.OperationalError as exc:
             # A statement in autocommit that failed because its server went away returned
             # nothing yet: run it once more elsewhere if running it twice cannot have an
@@ -580,6 +604,10 @@ class Connection(_PyMySQLConnection):
         status = self.server_status
         try:
             rows = _pymysql_query(self, sql, unbuffered)
+        except pymysql.err.InterfaceError:
+            if self._sock is not None:
+                raise
+            raise self._closed_error() from None
         except pymysql.err.OperationalError as exc:
             if exc.args[0] in _LOST:
                 raise self._lost(exc, status, "a statement") from exc
@@ -629,7 +657,10 @@ class Connection(_PyMySQLConnection):
         session = self._session
         if session is not None and self._relaxed and self._needs_check(session):
             self._at_transaction_start(session)
-        super().begin()
+        try:
+            super().begin()
+        except pymysql.err.InterfaceError:
+            raise self._closed_error() from None
 
     def commit(self) -> None:
         if self._invalid is not None and not self._invalid[1]:
@@ -638,6 +669,10 @@ class Connection(_PyMySQLConnection):
         try:
             self._execute_command(COMMAND.COM_QUERY, "COMMIT")
             ok = self._read_ok_packet()
+        except pymysql.err.InterfaceError:
+            if self._sock is not None:
+                raise
+            raise self._closed_error() from None
         except pymysql.err.OperationalError as exc:
             if exc.args[0] in _LOST and status & _IN_TRANS:
                 raise self._lost(exc, status, "COMMIT") from exc
@@ -665,9 +700,47 @@ class Connection(_PyMySQLConnection):
         else:
             super().ping(False)
 
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        except pymysql.err.InterfaceError:
+            raise self._closed_error() from None
+
     def close(self) -> None:
+        """Close the connection (PEP 249).  On a connection inherited across ``fork()``
+        this only forgets it: its socket is the parent's, and was never used here."""
         self._handle.closed(self)
+        if self._closed_why is not None and self._closed_why[0].startswith(_INHERITED):
+            return
+        if self._sock is not None:
+            self._closed_why = ("closed by close()", time.time())
         super().close()
+
+    def inherited(self, parent: int) -> None:
+        """In a forked child (called by the service table, before anything else runs):
+        close this process's copy of the socket, which is the parent's (nothing is sent
+        on it), and make the next use raise or move (see ``_raise_if_invalid``)."""
+        if self._sock is None:
+            return
+        why = f"{_INHERITED} {parent} before fork(), whose socket it keeps"
+        self._force_close()
+        self._closed_why = (why, time.time())
+        self._invalid = (why, False)
+
+    def _closed_error(self) -> InterfaceError:
+        """PyMySQL's ``InterfaceError(0, '')`` for a closed connection, saying which
+        connection, since when and why (SQLAlchemy sees "already closed": a disconnect)."""
+        where = f"to {self.datasource} " if self.datasource is not None else ""
+        if self._closed_why is None:
+            why = "closed after an error, or never opened"
+        else:
+            text, when = self._closed_why
+            why = f"{text}, {max(0.0, time.time() - when):.1f}s ago"
+        return InterfaceError(
+            0,
+            f"service {self._url.service!r}: connection {where}already closed ({why}); "
+            "open a new connection",
+        )
 
     # -- invalidation and faults ---------------------------------------------------
 
@@ -705,6 +778,7 @@ class Connection(_PyMySQLConnection):
         where = self.datasource
         self._handle.closed(self)
         self._force_close()
+        self._closed_why = (f"invalidated: {reason}", time.time())
         raise ConnectionInvalidated(
             ER_CONNECTION_INVALIDATED,
             f"service {self._url.service!r}: connection to {where} invalidated: {reason}; "
@@ -718,6 +792,7 @@ class Connection(_PyMySQLConnection):
         """
         where = f"service {self._url.service!r}: connection to {self.datasource} lost"
         self._handle.closed(self)
+        self._closed_why = (f"lost during {what}: {exc.args[-1]}", time.time())
         if what == "COMMIT":
             return OutcomeUnknown(
                 exc.args[0],
@@ -828,7 +903,44 @@ class _Attempt:
     exclude: frozenset[str]
     allow_wait: bool
     failures: list[str] = field(default_factory=list)
+    #: The failures that were refused logins, and the last such errno.
+    auth_failures: list[str] = field(default_factory=list)
+    auth_errno: int = 1045
 
+
+def _auth_error(url: ServiceURL, errno: int, failures: list[str]) -> OperationalError:
+    where = "the master" if url.qos is QoS.RW_STRICT and len(failures) == 1 else "every server"
+    return OperationalError(
+        errno,
+        f"service {url.service!r}: authentication failed on {where} tried for user "
+        f"{url.user!r}: {'; '.join(failures)}; not retried (check the user and password)",
+    )
+
+
+def _refused_everywhere(snapshot: Snapshot) -> OperationalError | None:
+    """The error to raise when the monitor's own logins were refused by every server:
+    nothing can be observed, so nothing can be routed, and the cause is the account."""
+    health = [snapshot.health_of(ds.name) for ds in snapshot.service.datasources]
+    if not health or not all(h.error_code in AUTH_ERRNOS for h in health):
+        return None
+    service = snapshot.service
+    account = (
+        f"the monitor's account {service.monitor_credentials.user!r} (the registry's "
+        "[monitor] of this service)"
+        if service.monitor_credentials is not None
+        else "the credentials of this process's connections (the registry names no "
+        "[monitor] account)"
+    )
+    details = "; ".join(f"{h.name}: {h.error}" for h in health)
+    return OperationalError(
+        health[0].error_code or 1045,
+        f"service {service.name!r}: authentication failed on every server: the monitor "
+        f"logs in with {account}, and every server refused it: {details}",
+    )
+
+
+#: How an inherited connection's reason starts (see Connection.inherited).
+_INHERITED = "opened by process"
 
 _SSL_ENABLED: bool = getattr(pymysql.connections, "SSL_ENABLED", False)
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import threading
 from collections.abc import Iterator
 
+from . import _forksafe
 from .gtid import CausalToken
 
 __all__ = ["Session", "current_session", "session"]
@@ -39,7 +39,7 @@ class Session:
             token = CausalToken.parse(token)
         self.token: CausalToken = token
         self.version = 0
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
 
     def __repr__(self) -> str:
         return f"<sqlrouter.Session token={str(self.token)!r} version={self.version}>"

@@ -57,6 +57,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from . import _forksafe
 from ._services import ServiceHandle
 from ._services import handles as all_handles
 from .errors import OperationalError, ProgrammingError
@@ -1220,6 +1221,24 @@ class ControlServer:
         self._thread = self._worker = None
         self._unlink()
 
+    def forget(self) -> None:
+        """In a forked child: close this process's copies of the server's sockets and
+        nothing more.  The socket file, the listeners and the epoll set are the
+        parent's (an ``unregister`` here would change the parent's epoll set)."""
+        socks = [c.sock for c in self._clients] + [lst.sock for lst in self._listeners]
+        socks += [s for s in (self._wake_r, self._wake_w) if s is not None]
+        self._clients, self._listeners = set(), []
+        self._wake_r = self._wake_w = None
+        selector, self._selector = self._selector, None
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if selector is not None:
+            with contextlib.suppress(OSError):
+                selector.close()
+        self._thread = self._worker = None
+        self.socket_path = None
+
     def _unlink(self) -> None:
         path, self.socket_path = self.socket_path, None
         if path is None or os.getpid() != self.pid:
@@ -1572,7 +1591,7 @@ class ControlServer:
 # --------------------------------------------------------------------------- the process's
 
 
-_lock = threading.Lock()
+_lock = _forksafe.lock()
 _server: ControlServer | None = None
 
 
@@ -1607,9 +1626,9 @@ def on_handle_created(handle: ServiceHandle) -> None:
         return
     with _lock:
         if _server is not None:
-            if _server.pid == os.getpid() and _server.running:
+            if _server.running:
                 return
-            _server.stop(timeout=1.0)  # a forked child's copy, or a dead one
+            _server.stop(timeout=1.0)  # a dead one
             _server = None
         server = ControlServer(config)
         try:
@@ -1618,6 +1637,18 @@ def on_handle_created(handle: ServiceHandle) -> None:
             logger.error("control socket not started: %s", exc.args[-1])  # noqa: TRY400
             return
         _server = server
+
+
+def _forget_in_child() -> None:
+    """After fork(), in the child: the parent's control server is not ours to stop; the
+    child starts its own (its own ``PID.sock``) when it first uses a service."""
+    global _server
+    server, _server = _server, None
+    if server is not None:
+        server.forget()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def stop(timeout: float = 5.0) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from . import _dns
+from . import _dns, _forksafe
 from ._dns import (
     CREDENTIAL_ROLES,
     DEFAULT_NEGATIVE_TTL,
@@ -153,10 +153,10 @@ class DnsRegistry(Registry):
         self._background = background
         self._min_ttl = min_ttl
         self._max_retry = max_retry
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._wake = threading.Condition(self._lock)
         #: Serializes resolutions made in callers' threads (first lookups, refresh).
-        self._resolving = threading.Lock()
+        self._resolving = _forksafe.lock()
         self._entries: Mapping[str, _Entry] = MappingProxyType({})
         self._generation = 0
         self._seen_generation = 0
@@ -477,9 +477,19 @@ class ChainRegistry(Registry):
 
 # --------------------------------------------------------------------------- sharing
 
-_cache_lock = threading.Lock()
+_cache_lock = _forksafe.lock()
 _dns_registries: dict[str, DnsRegistry] = {}
 _chains: dict[tuple[int, ...], ChainRegistry] = {}
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's refresh threads: each registry starts
+    one of its own at its next resolution (until then, callers re-resolve)."""
+    for registry in list(_dns_registries.values()):
+        registry._thread = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def get_dns_registry(

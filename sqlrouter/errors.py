@@ -23,6 +23,7 @@ from pymysql.err import (
 )
 
 __all__ = [
+    "AUTH_ERRNOS",
     "ER_CONNECTION_INVALIDATED",
     "ER_NO_MASTER",
     "ER_NO_REPLICA",
@@ -50,6 +51,11 @@ __all__ = [
 ER_NO_MASTER = 3900
 ER_NO_REPLICA = 3901
 ER_CONNECTION_INVALIDATED = 3902
+
+#: The server's errors for a refused login: access denied (1044, 1045, 1698), host not
+#: allowed (1130), password expired (1862).  Retrying another server or later does not
+#: fix them, so sqlrouter reports them at once.
+AUTH_ERRNOS = frozenset({1044, 1045, 1130, 1698, 1862})
 
 
 class RoutingError(OperationalError):

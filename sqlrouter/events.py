@@ -25,11 +25,11 @@ connections or state per server (pools, caches).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from . import _forksafe
 from .health import Snapshot
 from .router import observed_master
 
@@ -154,7 +154,7 @@ class Subscription:
         return f"<Subscription {sorted(self.names)} -> {self.callback!r}>"
 
 
-_lock = threading.Lock()
+_lock = _forksafe.lock()
 _subscriptions: list[Subscription] = []
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Final
 
 from .gtid import EMPTY, CausalToken
 from .topology import DataSource, Role, Service
 
-__all__ = ["Health", "Snapshot"]
+__all__ = ["STALE_AFTER_INTERVALS", "Health", "Snapshot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,8 @@ class Health:
     tracks_last_gtid: bool | None = None
     #: The last error seen while probing, without credentials.
     error: str | None = None
+    #: Its error number (1045: the monitor's login was refused...), when it has one.
+    error_code: int | None = None
 
     @property
     def writable(self) -> bool:
@@ -52,6 +55,12 @@ class Health:
     @property
     def threads_running(self) -> bool:
         return bool(self.io_running) and bool(self.sql_running)
+
+
+#: A snapshot older than this many monitor intervals (plus one probe timeout, the
+#: longest a round may take) is not trusted: its monitor stopped publishing (a forked
+#: child, a stalled or starved thread, a dead publisher).
+STALE_AFTER_INTERVALS: Final = 3
 
 
 def unknown(name: str) -> Health:
@@ -90,6 +99,17 @@ class Snapshot:
     @property
     def datasources(self) -> tuple[DataSource, ...]:
         return self.service.datasources
+
+    @property
+    def max_age(self) -> float:
+        """Seconds after :attr:`taken_at` from which routing no longer trusts this
+        snapshot: ``3 * monitor_interval + probe_timeout`` (2.5 s by default)."""
+        service = self.service
+        return STALE_AFTER_INTERVALS * service.monitor_interval + service.probe_timeout
+
+    def age(self, now: float) -> float:
+        """Seconds since the round that produced this snapshot (``now``: monotonic)."""
+        return now - self.taken_at
 
     def health_of(self, name: str) -> Health:
         h = self.health.get(name)

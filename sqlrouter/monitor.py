@@ -31,17 +31,20 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import pymysql
 from pymysql.constants import CLIENT
 
+from . import _forksafe
+from .errors import AUTH_ERRNOS
 from .gtid import EMPTY, CausalToken
 from .health import Health, Snapshot, unknown
 from .topology import Credentials, DataSource, Service
@@ -63,6 +66,8 @@ class Observation:
     observed_at: float
     reachable: bool
     error: str | None = None
+    #: The server's (or the client's) error number of ``error``, when there is one.
+    error_code: int | None = None
     server_id: int | None = None
     read_only: bool | None = None
     gtid_binlog_pos: str = ""
@@ -126,6 +131,7 @@ def compute_health(
                 reachable=False,
                 observed_at=obs.observed_at,
                 error=obs.error,
+                error_code=obs.error_code,
                 position=positions[obs.name],
             )
             continue
@@ -227,6 +233,16 @@ class _Prober:
                 with contextlib.suppress(Exception):
                     conn.close()
 
+    def forget(self) -> None:
+        """In a forked child: drop the connections without a word to the server (they
+        are the parent's: only this process's copies of the sockets are closed)."""
+        for attr in ("_conn", "_hb_conn"):
+            conn = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn._force_close()
+
     def probe(self) -> Observation:
         try:
             if self._conn is None:
@@ -234,8 +250,13 @@ class _Prober:
             return self._query()
         except pymysql.err.MySQLError as exc:
             self._close_probe()
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
             return Observation(
-                self.ds.name, self._clock(), reachable=False, error=_describe_error(exc)
+                self.ds.name,
+                self._clock(),
+                reachable=False,
+                error=_describe_error(exc, self.credentials.user),
+                error_code=code,
             )
         except OSError as exc:
             self._close_probe()
@@ -325,11 +346,26 @@ class _Prober:
             raise
 
 
-def _describe_error(exc: BaseException) -> str:
-    """An error as a short line, without credentials (PyMySQL never includes them)."""
+#: The probe logged in but a statement needs a privilege the account lacks.
+PRIVILEGE_ERRNOS: Final = frozenset({1227})
+
+
+def _describe_error(exc: BaseException, user: str | None = None) -> str:
+    """An error as a short line, without credentials (PyMySQL never includes them).
+
+    A privilege the monitor's account lacks is named with the grant that gives it.
+    """
     args: tuple[object, ...] = exc.args
     if len(args) >= 2 and isinstance(args[0], int):
-        return f"({args[0]}) {args[1]}"
+        text = f"({args[0]}) {args[1]}"
+        if args[0] in PRIVILEGE_ERRNOS:
+            who = f"'{user}'@'<host>'" if user else "the monitor's account"
+            return (
+                f"the monitor's account lacks a privilege: {text}; the probe runs SHOW "
+                f"SLAVE STATUS: GRANT SLAVE MONITOR ON *.* TO {who} (REPLICATION CLIENT "
+                "before MariaDB 10.5.9 and on MySQL)"
+            )
+        return text
     return str(exc) or type(exc).__name__
 
 
@@ -363,12 +399,22 @@ class Monitor:
                 "[services.NAME.monitor] in the registry or a user in the URL"
             )
         self._credentials: Credentials = creds
+        #: The registry names the monitor's account: the monitor uses it whatever
+        #: happens.  Otherwise it uses the credentials of this process's connect()
+        #: calls: those of the first, replaced by a later connect's (see
+        #: offer_credentials) until a probe has logged in with them.
+        self._fixed_credentials = service.monitor_credentials is not None
+        self._logged_in = False
+        self._pending_credentials: Credentials | None = None
+        self._in_round = False
         self._connect = connect
         self._clock = clock
         self._on_snapshot = on_snapshot
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._round_done = threading.Condition(self._lock)
         self._stop = threading.Event()
+        #: Set to run the next round now (new credentials to try).
+        self._kick = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._probers: dict[str, _Prober] = {}
@@ -403,8 +449,9 @@ class Monitor:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
+        """Start the thread; again if it died (idempotent while it runs)."""
         with self._lock:
-            if self._thread is not None:
+            if self._thread is not None and self._thread.is_alive():
                 return
             self._stop.clear()
             self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -418,9 +465,52 @@ class Monitor:
             )
             self._thread.start()
 
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's thread, workers and monitoring
+        connections without using or closing them, and make the last snapshot stale
+        (its age is unknown to the child), so that the first use in the child starts a
+        monitor of its own and waits for its first round."""
+        self._stop = threading.Event()
+        self._kick = threading.Event()
+        self._thread = None
+        self._pool = None
+        for prober in self._probers.values():
+            prober.forget()
+        self._probers = {}
+        self._inflight = {}
+        self._heartbeat_future = None
+        self._in_round = False
+        self._snapshot = replace(self._snapshot, taken_at=-math.inf)
+
+    def offer_credentials(self, credentials: Credentials) -> int | None:
+        """Credentials a connect() is about to use.
+
+        The monitor takes them when the registry names no monitor account and its own
+        credentials have not logged in (a typo in the first connect's password must not
+        blind the monitor for the life of the process).  Returns the generation after
+        which snapshots are made with them (``None``: nothing changes).
+        """
+        if self._fixed_credentials or self._logged_in or credentials == self._credentials:
+            return None
+        with self._lock:
+            if self._logged_in or credentials in (self._credentials, self._pending_credentials):
+                return None
+            self._pending_credentials = credentials
+            after = self._snapshot.generation + (1 if self._in_round else 0)
+        logger.info(
+            "service %r: the monitor's credentials (user %r) have not logged in; trying "
+            "those of a new connection (user %r)",
+            self._service.name,
+            self._credentials.user,
+            credentials.user,
+        )
+        self._kick.set()
+        return after
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and close the monitoring connections; never hangs."""
         self._stop.set()
+        self._kick.set()
         with self._lock:
             thread, self._thread = self._thread, None
             self._round_done.notify_all()
@@ -512,7 +602,8 @@ class Monitor:
             except Exception:  # a bug must not kill the monitor silently
                 logger.exception("service %r: monitor round failed", self._service.name)
             interval = self._service.monitor_interval * random.uniform(0.9, 1.1)  # noqa: S311
-            self._stop.wait(max(0.0, interval - (self._clock() - started)))
+            self._kick.wait(max(0.0, interval - (self._clock() - started)))
+            self._kick.clear()
 
     def _follow_registry(self) -> None:
         if self._refresh is None:
@@ -533,8 +624,38 @@ class Monitor:
             self._probers[ds.name] = prober
         return prober
 
+    def _apply_credentials(self) -> None:
+        with self._lock:
+            creds, self._pending_credentials = self._pending_credentials, None
+            if creds is None or self._logged_in:
+                return
+            self._credentials = creds
+            probers, self._probers = self._probers, {}
+            self._inflight = {}
+        for prober in probers.values():
+            prober.close()
+
+    def _note_logins(self, observations: Sequence[Observation]) -> None:
+        """Whether this round's probes logged in: the credentials are then kept."""
+        if self._fixed_credentials:
+            return
+        if any(o.reachable for o in observations):
+            self._logged_in = True
+        elif any(o.error_code in AUTH_ERRNOS for o in observations):
+            # Refused now (a password changed): a connect's credentials may replace them.
+            self._logged_in = False
+
     def run_round(self) -> Snapshot:
         """Probe every datasource once (in parallel) and publish a new snapshot."""
+        self._in_round = True
+        try:
+            return self._round()
+        finally:
+            self._in_round = False
+
+    def _round(self) -> Snapshot:
+        if self._pending_credentials is not None:
+            self._apply_credentials()
         pending = self._pending_service
         if pending is not None:
             self._apply_service(pending)
@@ -565,6 +686,7 @@ class Monitor:
                         error=f"probe timed out after {service.probe_timeout:g}s",
                     )
                 )
+        self._note_logins(observations)
         incumbent = self._snapshot.incumbent
         health = compute_health(
             observations,

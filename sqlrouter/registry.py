@@ -38,7 +38,6 @@ import os
 import re
 import stat as stat_mode
 import tempfile
-import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,6 +46,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from . import _forksafe
 from .errors import NotSupportedError, ProgrammingError
 from .topology import Credentials, DataSource, HeartbeatSettings, Role, Service
 
@@ -583,7 +583,7 @@ class FileRegistry(Registry):
         self._path = Path(os.path.abspath(os.fspath(path)))
         self._clock = clock
         self._refresh_interval = refresh_interval
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         content, fingerprint = _load(self._path)
         self._state = _State(content, fingerprint)
         self._last_check = clock()
@@ -701,7 +701,7 @@ class RegistryCache:
     ) -> None:
         self._clock = clock
         self._refresh_interval = refresh_interval
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._registries: dict[str, FileRegistry] = {}
 
     def get(self, path: str | os.PathLike[str]) -> FileRegistry:

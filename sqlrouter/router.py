@@ -48,10 +48,11 @@ import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from .errors import ER_NO_MASTER, ER_NO_REPLICA, NoMasterAvailable, NoReplicaAvailable
 from .gtid import EMPTY, CausalToken
-from .health import Health, Snapshot, unknown
+from .health import STALE_AFTER_INTERVALS, Health, Snapshot, unknown
 from .qos import Fallback, QoS
 from .topology import DataSource, Role
 
@@ -106,7 +107,9 @@ class Decision:
     needs_wait: CausalToken | None = None
 
 
-def choose(snapshot: Snapshot, policy: Policy, *, turn: int = 0) -> Decision:
+def choose(
+    snapshot: Snapshot, policy: Policy, *, turn: int = 0, now: float | None = None
+) -> Decision:
     """Pick the datasource for a new connection.
 
     ``turn`` is a caller-side counter (one increment per connect) that spreads
@@ -115,12 +118,36 @@ def choose(snapshot: Snapshot, policy: Policy, *, turn: int = 0) -> Decision:
     exactly ``weight`` times, interleaved.  Replicas of weight 0 or less are used only
     when no replica of positive weight qualifies.
 
+    ``now`` (a ``time.monotonic()`` reading of the caller) makes a snapshot older than
+    :attr:`Snapshot.max_age <sqlrouter.health.Snapshot.max_age>` qualify nothing: a
+    monitor that stopped publishing (a forked child, a stalled thread) is not trusted.
+
     Raises :class:`~sqlrouter.errors.NoMasterAvailable` (RW_STRICT) or
     :class:`~sqlrouter.errors.NoReplicaAvailable` (RO_RELAXED) and nothing else.
     """
+    if now is not None and snapshot.generation > 0 and snapshot.age(now) > snapshot.max_age:
+        _refuse_stale(snapshot, policy, now)
     if policy.qos is QoS.RW_STRICT:
         return _choose_master(snapshot, policy)
     return _choose_replica(snapshot, policy, turn)
+
+
+def _refuse_stale(snapshot: Snapshot, policy: Policy, now: float) -> NoReturn:
+    age = snapshot.age(now)
+    shown = "of unknown age (made before fork())" if math.isinf(age) else f"{age:.1f}s old"
+    why = (
+        f"the monitor's last observation is {shown}, and routing trusts one for "
+        f"{_secs(snapshot.max_age)} at most ({STALE_AFTER_INTERVALS} monitor intervals + "
+        "the probe timeout): the monitor is not publishing"
+    )
+    name = snapshot.service.name
+    if policy.qos is QoS.RW_STRICT:
+        raise NoMasterAvailable(
+            ER_NO_MASTER, f"service {name!r}: no master known: {why}", service=name
+        )
+    raise NoReplicaAvailable(
+        ER_NO_REPLICA, f"service {name!r}: no replica or master known: {why}", service=name
+    )
 
 
 def observed_master(snapshot: Snapshot) -> DataSource | None:

@@ -20,13 +20,12 @@ sqlrouter's events:
 from __future__ import annotations
 
 import logging
-import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import event, exc
 
-from sqlrouter import events
+from sqlrouter import _forksafe, events
 from sqlrouter.connection import Connection
 from sqlrouter.consistency import Session, current_session
 from sqlrouter.qos import QoS
@@ -62,7 +61,7 @@ _OWN_SESSION: Final = "sqlrouter.own_session"
 
 #: The follower of each engine (as long as the engine lives).
 _followers: weakref.WeakKeyDictionary[Engine, PoolFollower] = weakref.WeakKeyDictionary()
-_followers_lock = threading.Lock()
+_followers_lock = _forksafe.lock()
 
 
 def condemnation(
@@ -115,7 +114,7 @@ class PoolFollower:
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         # The pool's DB-API connections, and those that an event condemned (weakly: a
         # connection the pool closed simply disappears).
         self._open: weakref.WeakSet[Connection] = weakref.WeakSet()

@@ -11,4 +11,5 @@ urlpatterns = [
     path("notes/async/", views.notes_async, name="notes-async"),
     path("notes/master/", views.notes_on_master, name="notes-master"),
     path("notes/atomic/", views.note_in_transaction, name="notes-atomic"),
+    path("where/", views.where, name="where"),
 ]

@@ -184,7 +184,7 @@ def test_relaxed_autocommit_read_is_retried_once_elsewhere(fresh_cluster: Sandbo
         took = time.monotonic() - start
     finally:
         sb.fault(first, "thaw")
-    assert conn.datasource.name != first and sid != int(first[2:])
+    assert conn.datasource.name != first and sid != int(first[2:]), (conn.datasource, sid)
     assert took < 1 + 2  # read_timeout, then one more connect and query
 
 

@@ -7,6 +7,7 @@ causal token.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -90,3 +91,10 @@ def note_in_transaction(request: HttpRequest) -> HttpResponse:
         found = Note.objects.filter(pk=note.pk).exists()
         alias = router.db_for_read(Note)
     return JsonResponse({"found": found, "alias": alias})
+
+
+def where(request: HttpRequest) -> HttpResponse:
+    """Which process answered, and where its reads and its writes go."""
+    return JsonResponse(
+        {"pid": os.getpid(), "read": _server_id("replica"), "write": _server_id("default")}
+    )

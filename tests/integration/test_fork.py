@@ -1,0 +1,362 @@
+"""Forked processes (gunicorn --preload, Celery prefork, multiprocessing): a child watches
+the cluster for itself, never uses or closes its parent's sockets, and no process routes
+on a snapshot that nobody refreshes.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import traceback
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sqlrouter
+from sqlrouter._services import ServiceHandle, handles
+from sqlrouter.sandbox import Sandbox
+from sqlrouter.switchover import switchover
+
+pytestmark = pytest.mark.sandbox
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+
+
+def server_id(conn: sqlrouter.Connection) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@server_id")
+        row = cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def handle() -> ServiceHandle:
+    (h,) = handles()
+    return h
+
+
+def monitor_sessions(h: ServiceHandle) -> dict[str, int]:
+    """The server-side connection id of each monitoring connection of this process."""
+    out = {}
+    for name, prober in h.monitor._probers.items():
+        conn = prober._conn
+        if conn is not None and conn.open:
+            out[name] = conn.thread_id()
+    return out
+
+
+def in_child(body: Callable[[], dict[str, Any]], timeout: float = 90.0) -> dict[str, Any]:
+    """Run ``body`` in a child made by ``os.fork()``; its JSON result, or its traceback."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            out = json.dumps(body())
+        except BaseException:  # noqa: BLE001 - reported to the parent, which fails
+            out = json.dumps({"error": traceback.format_exc()})
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        assert time.monotonic() < deadline
+    os.close(r)
+    os.waitpid(pid, 0)
+    result: dict[str, Any] = json.loads(b"".join(chunks) or b'{"error": "no output"}')
+    assert "error" not in result, result["error"]
+    return result
+
+
+def test_forked_child_watches_for_itself(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    rw = sqlrouter.connect(sb.url("RW_STRICT", autocommit="true"))
+    ro = sqlrouter.connect(sb.url("RO_RELAXED", autocommit="true", max_lag=1))
+    parent_handle = handle()
+    before = monitor_sessions(parent_handle)
+    assert set(before) == {"db1", "db2", "db3"}
+    sb.fault("db2", "stop-io")  # the parent's snapshot still shows db2 healthy
+    try:
+
+        def child() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            # The parent's RW_STRICT connection: a clear error, nothing sent on its socket.
+            try:
+                server_id(rw)
+            except sqlrouter.ConnectionInvalidated as exc:
+                out["rw_error"] = str(exc)
+            rw.close()  # forgets it; never a COM_QUIT on the parent's socket
+            # The parent's relaxed connection moves to a socket of its own.
+            out["ro_server"] = server_id(ro)
+            names = [t.name for t in threading.enumerate()]
+            out["monitor_thread"] = any(n.startswith("sqlrouter-monitor-") for n in names)
+            # The child's own monitor sees db2's IO thread stopped: relaxed reads leave it.
+            seen: list[str] = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (len(seen) < 20 or "db2" in seen[-20:]):
+                conn = sqlrouter.connect(sb.url("RO_RELAXED", max_lag=1))
+                assert conn.datasource is not None
+                seen.append(conn.datasource.name)
+                conn.close()
+                time.sleep(0.05)
+            out["last_reads"] = seen[-20:]
+            return out
+
+        result = in_child(child)
+    finally:
+        sb.fault("db2", "resume")
+    assert "opened by process" in result["rw_error"] and "before fork()" in result["rw_error"]
+    assert result["ro_server"] in {1, 2, 3}
+    assert result["monitor_thread"]
+    assert len(result["last_reads"]) == 20 and "db2" not in result["last_reads"]
+    # The parent's connections and monitoring sessions are untouched.
+    assert server_id(rw) == 1
+    assert server_id(ro) in {2, 3}
+    after = monitor_sessions(parent_handle)
+    assert {k: after.get(k) for k in before} == before
+    rw.close()
+    ro.close()
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import sqlrouter
+
+    rw_url, ro_url = sys.argv[1], sys.argv[2]
+    rw = sqlrouter.connect(rw_url)
+    ro = sqlrouter.connect(ro_url)
+    (handle,) = sqlrouter._services.handles()
+    sessions = {n: p._conn.thread_id() for n, p in handle.monitor._probers.items()}
+
+    def sid(conn):
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@server_id")
+            return cur.fetchone()[0]
+
+    pid = os.fork()
+    if pid == 0:
+        c = sqlrouter.connect(rw_url)
+        sid(c)
+        sid(ro)
+        # A normal exit: atexit runs sqlrouter.shutdown() in the child.
+        sys.exit(0)
+    _, status = os.waitpid(pid, 0)
+    after = {n: p._conn.thread_id() for n, p in handle.monitor._probers.items() if p._conn}
+    print(json.dumps({
+        "child_status": status,
+        "rw": sid(rw),
+        "ro": sid(ro),
+        "monitor_sessions_kept": all(after.get(n) == t for n, t in sessions.items()),
+    }))
+    """
+)
+
+
+def test_child_exit_leaves_the_parents_sockets_alone(cluster: Sandbox) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SCRIPT,
+            cluster.url("RW_STRICT", hide_password=False, autocommit="true"),
+            cluster.url("RO_RELAXED", hide_password=False, autocommit="true"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"child_status": 0, "rw": 1, "ro": result["ro"], "monitor_sessions_kept": True}
+    assert result["ro"] in {2, 3}
+
+
+def _rw_server(url: str) -> tuple[int, int]:
+    """(this worker's pid, the server id its RW_STRICT connection writes to; 0: an
+    error, as while a switchover runs)."""
+    try:
+        conn = sqlrouter.connect(url)
+        try:
+            return os.getpid(), server_id(conn)
+        finally:
+            conn.close()
+    except sqlrouter.Error:
+        return os.getpid(), 0
+
+
+def test_multiprocessing_fork_workers_follow_a_switchover(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    url = sb.url("RW_STRICT", hide_password=False, failover_timeout=10)
+    assert _rw_server(url)[1] == 1  # the parent watches the service
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        first = pool.map(_rw_server, [url] * 16)
+        assert {sid for _, sid in first} == {1}
+        switchover(sb.service(), "db2")
+        try:
+            # Every worker, alone and on its own snapshot, writes to the new master.
+            latest: dict[int, int] = {}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                for pid, sid in pool.map(_rw_server, [url] * 16):
+                    latest[pid] = sid
+                if len(latest) == 4 and set(latest.values()) == {2}:
+                    break
+            assert len(latest) == 4 and set(latest.values()) == {2}, latest
+        finally:
+            switchover(sb.service(), "db1")
+
+
+def test_a_stale_snapshot_is_not_routed_on(fresh_cluster: Sandbox) -> None:
+    """A monitor that stopped publishing (here: stopped by hand): once its snapshot is
+    older than the freshness bound, the next connect restarts it and waits for a round."""
+    sb = fresh_cluster
+    conn = sqlrouter.connect(sb.url("RO_RELAXED"))
+    conn.close()
+    h = handle()
+    h.monitor.stop()
+    snap = h.monitor.snapshot
+    wait_until(
+        lambda: time.monotonic() - snap.taken_at > snap.max_age,
+        timeout=snap.max_age + 5,
+        what="the snapshot going stale",
+    )
+    conn = sqlrouter.connect(sb.url("RO_RELAXED"))
+    try:
+        assert h.monitor.running
+        assert h.monitor.snapshot.generation > snap.generation
+        assert conn.datasource is not None and conn.datasource.name in {"db2", "db3"}
+    finally:
+        conn.close()
+
+
+def _get(port: int, path: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        data: dict[str, Any] = json.loads(response.read())
+    return data
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_gunicorn_preload_workers_follow_the_cluster(fresh_cluster: Sandbox) -> None:
+    """gunicorn --preload, 3 workers forked from a master that watches the service, serve
+    the Django test project: each worker's reads leave a replica whose IO thread stopped,
+    and each worker's writes follow a switchover."""
+    sb = fresh_cluster
+    workers = 3
+    port = _free_port()
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "SQLROUTER_DJANGO_URL": sb.url("RW_STRICT", hide_password=False),
+        "SQLROUTER_DJANGO_WARM_UP": "1",
+        "SQLROUTER_DJANGO_MAX_LAG": "1",
+        "PYTHONPATH": str(root),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--preload",
+            f"--workers={workers}",
+            f"--bind=127.0.0.1:{port}",
+            "--graceful-timeout=5",
+            "tests.django_project.wsgi:application",
+        ],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    answers: list[dict[str, Any]] = []
+
+    def ask(rounds: int = 1) -> None:
+        # Concurrent requests keep every (sync) worker busy, so each answers some.
+        with ThreadPoolExecutor(2 * workers) as pool:
+            for _ in range(rounds):
+                answers.extend(pool.map(lambda _: _get(port, "/where/"), range(2 * workers)))
+
+    def per_worker(key: str, last: int) -> dict[int, list[int]]:
+        seen: dict[int, list[int]] = {}
+        for a in answers:
+            seen.setdefault(a["pid"], []).append(a[key])
+        return {pid: values[-last:] for pid, values in seen.items()}
+
+    def settled(key: str, last: int, ok: Callable[[int], bool]) -> bool:
+        ask()
+        tail = per_worker(key, last)
+        return len(tail) == workers and all(
+            len(v) == last and all(ok(x) for x in v) for v in tail.values()
+        )
+
+    try:
+        wait_until(lambda: _answers(port), timeout=60, what="gunicorn answering")
+        ask(3)
+        assert len(per_worker("pid", 1)) == workers, per_worker("write", 100)
+        assert all(a["write"] == 1 for a in answers)
+        sb.fault("db2", "stop-io")
+        try:
+            answers.clear()
+            wait_until(
+                lambda: settled("read", 10, lambda sid: sid != 2),
+                timeout=60,
+                what=f"every worker reading off db2: {per_worker('read', 10)}",
+            )
+        finally:
+            sb.fault("db2", "resume")
+        switchover(sb.service(), "db3")
+        try:
+            answers.clear()
+            wait_until(
+                lambda: settled("write", 5, lambda sid: sid == 3),
+                timeout=60,
+                what=f"every worker writing to db3: {per_worker('write', 5)}",
+            )
+        finally:
+            switchover(sb.service(), "db1")
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert "Traceback" not in err, err
+
+
+def _answers(port: int) -> bool:
+    try:
+        _get(port, "/where/")
+    except OSError:
+        return False
+    return True
