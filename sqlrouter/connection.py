@@ -909,10 +909,10 @@ class _Attempt:
 
 
 def _auth_error(url: ServiceURL, errno: int, failures: list[str]) -> OperationalError:
-    where = "the master" if url.qos is QoS.RW_STRICT and len(failures) == 1 else "every server"
+    where = "the master" if url.qos is QoS.RW_STRICT else "every server tried"
     return OperationalError(
         errno,
-        f"service {url.service!r}: authentication failed on {where} tried for user "
+        f"service {url.service!r}: authentication failed on {where} for user "
         f"{url.user!r}: {'; '.join(failures)}; not retried (check the user and password)",
     )
 

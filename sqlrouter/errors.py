@@ -27,6 +27,7 @@ __all__ = [
     "ER_CONNECTION_INVALIDATED",
     "ER_NO_MASTER",
     "ER_NO_REPLICA",
+    "PRIVILEGE_ERRNOS",
     "ConnectionInvalidated",
     "DataError",
     "DatabaseError",
@@ -56,6 +57,8 @@ ER_CONNECTION_INVALIDATED = 3902
 #: allowed (1130), password expired (1862).  Retrying another server or later does not
 #: fix them, so sqlrouter reports them at once.
 AUTH_ERRNOS = frozenset({1044, 1045, 1130, 1698, 1862})
+#: A statement needs a privilege the account lacks (1227: SUPER or SLAVE MONITOR...).
+PRIVILEGE_ERRNOS = frozenset({1227})
 
 
 class RoutingError(OperationalError):

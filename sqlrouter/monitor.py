@@ -38,13 +38,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 import pymysql
 from pymysql.constants import CLIENT
 
 from . import _forksafe
-from .errors import AUTH_ERRNOS
+from .errors import AUTH_ERRNOS, PRIVILEGE_ERRNOS
 from .gtid import EMPTY, CausalToken
 from .health import Health, Snapshot, unknown
 from .topology import Credentials, DataSource, Service
@@ -344,10 +344,6 @@ class _Prober:
             with contextlib.suppress(Exception):
                 conn.close()
             raise
-
-
-#: The probe logged in but a statement needs a privilege the account lacks.
-PRIVILEGE_ERRNOS: Final = frozenset({1227})
 
 
 def _describe_error(exc: BaseException, user: str | None = None) -> str:

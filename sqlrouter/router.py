@@ -50,7 +50,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from .errors import ER_NO_MASTER, ER_NO_REPLICA, NoMasterAvailable, NoReplicaAvailable
+from .errors import (
+    ER_NO_MASTER,
+    ER_NO_REPLICA,
+    PRIVILEGE_ERRNOS,
+    NoMasterAvailable,
+    NoReplicaAvailable,
+)
 from .gtid import EMPTY, CausalToken
 from .health import STALE_AFTER_INTERVALS, Health, Snapshot, unknown
 from .qos import Fallback, QoS
@@ -597,6 +603,8 @@ def _describe(
 def _unreachable(h: Health) -> str:
     if h.error == unknown(h.name).error:
         return "not probed yet"
+    if h.error_code in PRIVILEGE_ERRNOS:
+        return f"not observable ({h.error})"
     return f"unreachable ({h.error})" if h.error else "unreachable"
 
 
