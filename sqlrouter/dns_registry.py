@@ -60,6 +60,7 @@ from .topology import Service
 __all__ = [
     "DEFAULT_MAX_RETRY",
     "DEFAULT_MIN_TTL",
+    "MAX_SHARED",
     "ChainRegistry",
     "DnsRegistry",
     "close_dns_registries",
@@ -480,6 +481,10 @@ class ChainRegistry(Registry):
 _cache_lock = threading.Lock()
 _dns_registries: dict[str, DnsRegistry] = {}
 _chains: dict[tuple[int, ...], ChainRegistry] = {}
+#: The most DNS registries (and lists of registries) one process shares.  Each DNS
+#: registry has a thread, and may be in use by a monitor: none is ever dropped before
+#: ``sqlrouter.shutdown()``, so past this number new ones are refused.
+MAX_SHARED: Final = 32
 
 
 def get_dns_registry(
@@ -506,6 +511,13 @@ def get_dns_registry(
     with _cache_lock:
         registry = _dns_registries.get(key)
         if registry is None:
+            if len(_dns_registries) >= MAX_SHARED:
+                raise RegistryError(
+                    ER_REGISTRY,
+                    f"registry {spec.location}: this process uses {MAX_SHARED} DNS registries "
+                    "already (each registry= text with other options is one), the most it "
+                    "keeps: use fewer distinct registry specs",
+                )
             registry = DnsRegistry(spec, base=folder)
             _dns_registries[key] = registry
     return registry
@@ -517,6 +529,13 @@ def get_chain_registry(registries: Sequence[Registry]) -> ChainRegistry:
     with _cache_lock:
         chain = _chains.get(key)
         if chain is None:
+            if len(_chains) >= MAX_SHARED:
+                raise RegistryError(
+                    ER_REGISTRY,
+                    f"registry list {', then '.join(r.describe() for r in registries)}: this "
+                    f"process uses {MAX_SHARED} lists of registries already, the most it "
+                    "keeps: use fewer distinct registry= lists",
+                )
             chain = ChainRegistry(registries)  # holds them: their ids stay theirs
             _chains[key] = chain
     return chain

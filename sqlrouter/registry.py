@@ -30,6 +30,7 @@ Passwords never appear in an error message or a ``repr``.
 from __future__ import annotations
 
 import abc
+import collections
 import datetime as dt
 import difflib
 import logging
@@ -41,6 +42,7 @@ import tempfile
 import threading
 import time
 import tomllib
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +50,22 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from .errors import NotSupportedError, ProgrammingError
-from .topology import Credentials, DataSource, HeartbeatSettings, Role, Service
+from .topology import (
+    MAX_LAG_RANGE,
+    MONITOR_INTERVAL_RANGE,
+    PROBE_TIMEOUT_RANGE,
+    WEIGHT_RANGE,
+    Credentials,
+    DataSource,
+    HeartbeatSettings,
+    Role,
+    Service,
+    range_text,
+)
 
 __all__ = [
     "DEFAULT_FILENAME",
+    "DEFAULT_MAX_KEPT",
     "DEFAULT_REFRESH_INTERVAL",
     "ENV_VAR",
     "ER_REGISTRY",
@@ -254,6 +268,8 @@ def _show(value: object) -> str:
     if isinstance(value, str):
         text = repr(value)
         return text if len(text) <= 60 else text[:56] + "...'"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {len(str(abs(value)))} digits"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, dict):
@@ -315,12 +331,16 @@ class _Where:
             raise self.error(field, f"expected {expected}, got {_show(value)}")
         return value
 
-    def seconds(self, field: str, value: object, *, zero_ok: bool) -> float:
-        expected = "a number of seconds >= 0" if zero_ok else "a number of seconds > 0"
+    def seconds(self, field: str, value: object, bounds: tuple[float, float]) -> float:
+        low, high = bounds
+        expected = f"a number of seconds {range_text(bounds)}"
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(field, f"expected {expected}, got {_show(value)}")
-        number = float(value)
-        if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not low <= number <= high:  # NaN fails too
             raise self.error(field, f"expected {expected}, got {_show(value)}")
         return number
 
@@ -341,6 +361,8 @@ def _parse_document(text: str, path: Path) -> tuple[Mapping[str, Service], Mappi
             column = len(text) - (text.rfind("\n") + 1) + 1
             detail = f"{detail[:-1]}: line {line}, column {column})"
         raise where.error("", f"invalid TOML: {detail}") from None
+    except ValueError:  # tomllib reads integers with int(): at most 4300 digits
+        raise where.error("", "invalid TOML: an integer of over 4300 digits") from None
     where.check_keys("", document, _TOP_KEYS)
     control = where.table("control", document.get("control", {}), "[control]")
     tables = where.table("services", document.get("services", {}), "[services.NAME]")
@@ -361,12 +383,14 @@ def _parse_service(name: str, table: object, path: Path) -> Service:
         )
     svc = where.table("", table, f"[services.{name}]")
     where.check_keys("", svc, _SERVICE_KEYS)
-    max_lag = where.seconds("max_lag", svc.get("max_lag", _DEFAULTS.max_lag), zero_ok=True)
+    max_lag = where.seconds("max_lag", svc.get("max_lag", _DEFAULTS.max_lag), MAX_LAG_RANGE)
     monitor_interval = where.seconds(
-        "monitor_interval", svc.get("monitor_interval", _DEFAULTS.monitor_interval), zero_ok=False
+        "monitor_interval",
+        svc.get("monitor_interval", _DEFAULTS.monitor_interval),
+        MONITOR_INTERVAL_RANGE,
     )
     probe_timeout = where.seconds(
-        "probe_timeout", svc.get("probe_timeout", _DEFAULTS.probe_timeout), zero_ok=False
+        "probe_timeout", svc.get("probe_timeout", _DEFAULTS.probe_timeout), PROBE_TIMEOUT_RANGE
     )
     heartbeat = _parse_heartbeat(where, svc.get("heartbeat", {}))
     monitor = _parse_credentials(where, "monitor", svc.get("monitor"), path.parent)
@@ -502,7 +526,7 @@ def _parse_datasource(where: _Where, at: str, item: object, header: str) -> Data
         raise where.error(
             f"{at}.role", f"expected 'master' or 'replica', got {_show(role_name)}"
         ) from None
-    weight = where.integer(f"{at}.weight", table.get("weight", 1), 1)
+    weight = where.integer(f"{at}.weight", table.get("weight", 1), 1, WEIGHT_RANGE[1])
     return DataSource(name=name, host=host, port=port, role=role, weight=weight)
 
 
@@ -690,19 +714,35 @@ def load_registry_file(
     return FileRegistry(path, clock=clock, refresh_interval=refresh_interval)
 
 
+#: Registry files kept loaded by :class:`RegistryCache` when nothing else uses them.
+DEFAULT_MAX_KEPT: Final = 64
+
+
 class RegistryCache:
-    """One :class:`FileRegistry` per absolute path, shared by every ``connect()``."""
+    """One :class:`FileRegistry` per absolute path, shared by every ``connect()``.
+
+    Bounded: it holds the ``max_kept`` registries used last; older ones stay shared only
+    while something else (a service's monitor) still holds them, and are freed after.
+    So a registry in use is never loaded twice, and a process that names many files
+    keeps only those it uses.
+    """
 
     def __init__(
         self,
         *,
         clock: Callable[[], float] = time.monotonic,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        max_kept: int = DEFAULT_MAX_KEPT,
     ) -> None:
         self._clock = clock
         self._refresh_interval = refresh_interval
+        self._max_kept = max_kept
         self._lock = threading.Lock()
-        self._registries: dict[str, FileRegistry] = {}
+        self._registries: weakref.WeakValueDictionary[str, FileRegistry] = (
+            weakref.WeakValueDictionary()
+        )
+        #: The ones used last (strong references), the most recent last.
+        self._kept: collections.OrderedDict[str, FileRegistry] = collections.OrderedDict()
 
     def get(self, path: str | os.PathLike[str]) -> FileRegistry:
         """The registry of ``path``, loaded on first use and refreshed (throttled) after.
@@ -713,20 +753,26 @@ class RegistryCache:
         key = os.path.abspath(os.fspath(path))
         with self._lock:
             registry = self._registries.get(key)
+            loaded = registry is None
             if registry is None:
                 # Loaded under the lock so that concurrent first connects share one parse.
                 registry = FileRegistry(
                     key, clock=self._clock, refresh_interval=self._refresh_interval
                 )
                 self._registries[key] = registry
-                return registry
-        registry.refresh()
+            self._kept[key] = registry
+            self._kept.move_to_end(key)
+            while len(self._kept) > self._max_kept:
+                self._kept.popitem(last=False)
+        if not loaded:
+            registry.refresh()
         return registry
 
     def clear(self) -> None:
         """Forget every registry (the next :meth:`get` reads the file again)."""
         with self._lock:
             self._registries.clear()
+            self._kept.clear()
 
     def __len__(self) -> int:
         return len(self._registries)

@@ -204,9 +204,23 @@ def test_parse_dns_spec_options() -> None:
         ("x.test?colour=blue", "unknown option 'colour' (known options: monitor_user, "),
         ("x.test?monitor_password=s3cret", "option monitor_password: a password is not accepted"),
         ("x.test?max_lag=1&max_lag=2", "option max_lag is given twice"),
-        ("x.test?max_lag=-1", "option max_lag: expected a number of seconds >= 0, got '-1'"),
-        ("x.test?timeout=0", "option timeout: expected a number of seconds > 0, got '0'"),
-        ("x.test?probe_timeout=nan", "option probe_timeout: expected a number of seconds > 0"),
+        ("x.test?max_lag=-1", "option max_lag: expected a number of seconds 0-31536000, got '-1'"),
+        ("x.test?max_lag=1e400", "option max_lag: expected a number of seconds 0-31536000"),
+        ("x.test?timeout=0", "option timeout: expected a number of seconds 0.05-60, got '0'"),
+        ("x.test?timeout=61", "option timeout: expected a number of seconds 0.05-60, got '61'"),
+        ("x.test?probe_timeout=nan", "option probe_timeout: expected a number of seconds 0.05-60"),
+        (
+            "x.test?probe_timeout=1e300",
+            "option probe_timeout: expected a number of seconds 0.05-60",
+        ),
+        (
+            "x.test?monitor_interval=1e-300",
+            "option monitor_interval: expected a number of seconds 0.05-3600, got '1e-300'",
+        ),
+        (
+            "x.test?monitor_interval=" + "9" * 5000,
+            "option monitor_interval: expected a number of seconds 0.05-3600, got '999999",
+        ),
         ("x.test?heartbeat=yes", "option heartbeat: expected true or false, got 'yes'"),
         ("x.test?heartbeat_table=nodot", "option heartbeat_table: expected 'schema.table'"),
         ("x.test?monitor_user=", "option monitor_user is empty"),
@@ -771,6 +785,32 @@ def test_find_registry_errors_name_the_entry(tmp_path: Path) -> None:
         "$SQLROUTER_REGISTRY=dns:example.test?bogus=1: dns:example.test?bogus=1: "
         "unknown option 'bogus' (known options: monitor_user, "
     )
+
+
+def test_the_shared_dns_registries_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlrouter.dns_registry, "MAX_SHARED", 3)
+    kept = [get_dns_registry(f"//127.0.0.1:5353/d{i}.test", base=tmp_path) for i in range(3)]
+    assert get_dns_registry("//127.0.0.1:5353/d0.test", base=tmp_path) is kept[0]
+    with pytest.raises(RegistryError) as exc:
+        get_dns_registry("//127.0.0.1:5353/d3.test", base=tmp_path)
+    assert message(exc) == (
+        "registry dns://127.0.0.1:5353/d3.test: this process uses 3 DNS registries already "
+        "(each registry= text with other options is one), the most it keeps: use fewer "
+        "distinct registry specs"
+    )
+    chains = [
+        find_registry(f"dns://127.0.0.1:5353/d{i}.test,dns://127.0.0.1:5353/d0.test", environ={})
+        for i in (1, 2)
+    ]
+    assert isinstance(chains[0], ChainRegistry)
+    chains.append(find_registry("dns://127.0.0.1:5353/d0.test,dns://127.0.0.1:5353/d1.test"))
+    with pytest.raises(RegistryError) as exc:
+        find_registry("dns://127.0.0.1:5353/d0.test,dns://127.0.0.1:5353/d2.test", environ={})
+    assert "this process uses 3 lists of registries already" in message(exc)
+    close_dns_registries()  # sqlrouter.shutdown() forgets them: new ones may come
+    assert get_dns_registry("//127.0.0.1:5353/d3.test", base=tmp_path) is not None
 
 
 def test_resolve_registry_path_explains_that_dns_has_no_path(tmp_path: Path) -> None:

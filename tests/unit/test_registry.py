@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import logging
 import os
 import stat
@@ -40,7 +41,17 @@ from sqlrouter.registry import (
     resolve_registry_path,
     write_registry_file,
 )
-from sqlrouter.topology import Credentials, DataSource, HeartbeatSettings, Role, Service
+from sqlrouter.topology import (
+    MAX_LAG_RANGE,
+    MONITOR_INTERVAL_RANGE,
+    PROBE_TIMEOUT_RANGE,
+    WEIGHT_RANGE,
+    Credentials,
+    DataSource,
+    HeartbeatSettings,
+    Role,
+    Service,
+)
 
 MONITOR_PASSWORD = "m0n-S3cret!"
 ADMIN_PASSWORD = "adm1n-S3cret@"
@@ -352,11 +363,24 @@ INVALID: list[tuple[str, str]] = [
     ),
     (
         DS1 + "weight = 0\n",
-        "service 'shop': datasources[0].weight: expected an integer >= 1, got 0",
+        "service 'shop': datasources[0].weight: expected an integer 1-65535, got 0",
     ),
     (
         DS1 + "weight = 1.5\n",
-        "service 'shop': datasources[0].weight: expected an integer >= 1, got 1.5",
+        "service 'shop': datasources[0].weight: expected an integer 1-65535, got 1.5",
+    ),
+    (
+        DS1 + "weight = 65536\n",
+        "service 'shop': datasources[0].weight: expected an integer 1-65535, got 65536",
+    ),
+    (
+        DS1 + "weight = " + "9" * 320 + "\n",
+        "service 'shop': datasources[0].weight: expected an integer 1-65535, got an integer "
+        "of 320 digits",
+    ),
+    (
+        DS1 + "weight = " + "9" * 5000 + "\n",
+        "invalid TOML: an integer of over 4300 digits",
     ),
     (
         DS1 + DS + 'name = "db1"\nhost = "10.0.0.2"\nport = 3306\n',
@@ -380,35 +404,52 @@ INVALID: list[tuple[str, str]] = [
     ),
     (
         "[services.shop]\nmonitor_interval = 0\n" + DS1,
-        "service 'shop': monitor_interval: expected a number of seconds > 0, got 0",
+        "service 'shop': monitor_interval: expected a number of seconds 0.05-3600, got 0",
     ),
     (
         "[services.shop]\nmonitor_interval = -1.5\n" + DS1,
-        "service 'shop': monitor_interval: expected a number of seconds > 0, got -1.5",
+        "service 'shop': monitor_interval: expected a number of seconds 0.05-3600, got -1.5",
+    ),
+    (
+        "[services.shop]\nmonitor_interval = 1e-300\n" + DS1,
+        "service 'shop': monitor_interval: expected a number of seconds 0.05-3600, got 1e-300",
+    ),
+    (
+        "[services.shop]\nmonitor_interval = 3601\n" + DS1,
+        "service 'shop': monitor_interval: expected a number of seconds 0.05-3600, got 3601",
+    ),
+    (
+        "[services.shop]\nprobe_timeout = 1e300\n" + DS1,
+        "service 'shop': probe_timeout: expected a number of seconds 0.05-60, got 1e+300",
+    ),
+    (
+        "[services.shop]\nmax_lag = " + "9" * 400 + "\n" + DS1,
+        "service 'shop': max_lag: expected a number of seconds 0-31536000, got an integer of "
+        "400 digits",
     ),
     (
         "[services.shop]\nprobe_timeout = 0.0\n" + DS1,
-        "service 'shop': probe_timeout: expected a number of seconds > 0, got 0.0",
+        "service 'shop': probe_timeout: expected a number of seconds 0.05-60, got 0.0",
     ),
     (
         "[services.shop]\nprobe_timeout = inf\n" + DS1,
-        "service 'shop': probe_timeout: expected a number of seconds > 0, got inf",
+        "service 'shop': probe_timeout: expected a number of seconds 0.05-60, got inf",
     ),
     (
         "[services.shop]\nmax_lag = -0.1\n" + DS1,
-        "service 'shop': max_lag: expected a number of seconds >= 0, got -0.1",
+        "service 'shop': max_lag: expected a number of seconds 0-31536000, got -0.1",
     ),
     (
         "[services.shop]\nmax_lag = nan\n" + DS1,
-        "service 'shop': max_lag: expected a number of seconds >= 0, got nan",
+        "service 'shop': max_lag: expected a number of seconds 0-31536000, got nan",
     ),
     (
         '[services.shop]\nmax_lag = "1"\n' + DS1,
-        "service 'shop': max_lag: expected a number of seconds >= 0, got '1'",
+        "service 'shop': max_lag: expected a number of seconds 0-31536000, got '1'",
     ),
     (
         "[services.shop]\nmax_lag = false\n" + DS1,
-        "service 'shop': max_lag: expected a number of seconds >= 0, got false",
+        "service 'shop': max_lag: expected a number of seconds 0-31536000, got false",
     ),
     (
         "[services.shop]\nheartbeat = 1\n" + DS1,
@@ -812,6 +853,18 @@ def test_the_cache_shares_one_registry_per_absolute_path(
     assert cache.get(example) is not first
 
 
+def test_the_cache_is_bounded_and_never_loads_a_registry_in_use_twice(tmp_path: Path) -> None:
+    cache = RegistryCache(max_kept=2)
+    paths = [write(tmp_path / f"r{i}.toml", MINIMAL) for i in range(6)]
+    in_use = cache.get(paths[0])  # held, as a service's monitor holds its registry
+    for path in paths[1:]:
+        cache.get(path)
+    gc.collect()
+    # The two used last, and the one still held elsewhere; the others are freed.
+    assert repr(cache) == f"<RegistryCache [{', '.join(str(paths[i]) for i in (0, 4, 5))}]>"
+    assert cache.get(paths[0]) is in_use
+
+
 def test_the_cache_refreshes_throttled_on_each_get(example: Path) -> None:
     clock = FakeClock()
     cache = RegistryCache(clock=clock)
@@ -1149,8 +1202,9 @@ def thaw(value: object) -> object:
 # --------------------------------------------------------------------------- property
 
 _text = st.text(st.characters(codec="utf-8"), max_size=20)
-_seconds = st.floats(min_value=0, allow_nan=False, allow_infinity=False)
-_positive = st.floats(min_value=0, exclude_min=True, allow_nan=False, allow_infinity=False)
+_max_lag = st.floats(*MAX_LAG_RANGE)
+_interval = st.floats(*MONITOR_INTERVAL_RANGE)
+_probe_timeout = st.floats(*PROBE_TIMEOUT_RANGE)
 _credentials = st.none() | st.builds(Credentials, _text.filter(bool), _text)
 
 
@@ -1176,7 +1230,9 @@ def _datasources(draw: st.DrawFn) -> tuple[DataSource, ...]:
         )
     )
     master = draw(st.none() | st.integers(0, len(names) - 1))
-    weights = draw(st.lists(st.integers(1, 10**6), min_size=len(names), max_size=len(names)))
+    weights = draw(
+        st.lists(st.integers(1, WEIGHT_RANGE[1]), min_size=len(names), max_size=len(names))
+    )
     return tuple(
         DataSource(name, host, port, Role.MASTER if i == master else Role.REPLICA, weight)
         for i, (name, (host, port), weight) in enumerate(
@@ -1190,9 +1246,9 @@ def _service(draw: st.DrawFn, name: str) -> Service:
     return Service(
         name=name,
         datasources=draw(_datasources()),
-        max_lag=draw(_seconds),
-        monitor_interval=draw(_positive),
-        probe_timeout=draw(_positive),
+        max_lag=draw(_max_lag),
+        monitor_interval=draw(_interval),
+        probe_timeout=draw(_probe_timeout),
         heartbeat=HeartbeatSettings(
             enabled=draw(st.booleans()),
             table=draw(st.from_regex(r"[A-Za-z0-9_$]{1,64}\.[A-Za-z0-9_$]{1,64}", fullmatch=True)),
