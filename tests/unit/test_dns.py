@@ -9,6 +9,7 @@ dnspython resolver runs against the real authoritative server of
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from sqlrouter._dns import (
     srv_name,
 )
 from sqlrouter.dns_registry import (
+    SECRETS_CHECK_INTERVAL,
     ChainRegistry,
     DnsRegistry,
     close_dns_registries,
@@ -640,6 +642,7 @@ def test_no_answer_the_first_time_is_an_error_and_is_not_kept() -> None:
 def test_settings_and_credentials_come_from_the_spec(tmp_path: Path) -> None:
     secret = tmp_path / "mon.password"
     secret.write_text("p@ss:w/rd%\n", encoding="utf-8")
+    secret.chmod(0o600)
     dns = ScriptedDns()
     dns.publish([("db1.x.test", 3306)])
     registry = DnsRegistry(
@@ -655,6 +658,56 @@ def test_settings_and_credentials_come_from_the_spec(tmp_path: Path) -> None:
     assert (service.max_lag, service.monitor_interval) == (2.0, 0.25)
     assert service.heartbeat.enabled is False
     assert "p@ss" not in repr(service) + repr(registry) + registry.describe()
+
+
+def test_a_rotated_password_file_is_read_again(tmp_path: Path) -> None:
+    secret = tmp_path / "mon.password"
+    secret.write_text("first\n", encoding="utf-8")
+    secret.chmod(0o600)
+    dns, clock = ScriptedDns(), Clock()
+    dns.publish([("db1.x.test", 3306)])
+    registry = DnsRegistry(
+        f"{DOMAIN}?monitor_user=mon&monitor_password_file=mon.password",
+        resolver=dns,
+        base=tmp_path,
+        clock=clock,
+        background=False,
+    )
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "first")
+    assert registry.refresh() is False
+    secret.write_text("second\n", encoding="utf-8")
+    os.utime(secret, ns=(secret.stat().st_mtime_ns + 10**10,) * 2)
+    clock.now += SECRETS_CHECK_INTERVAL
+    assert registry.refresh() is True  # the service changed: its credentials
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "second")
+    # Unreadable now: the password read before stays, and last_error says why.
+    secret.chmod(0o622)
+    clock.now += SECRETS_CHECK_INTERVAL
+    assert registry.refresh() is False
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "second")
+    assert registry.last_error == (
+        f"registry dns:example.test: monitor_password_file: "
+        f"{secret} has mode 0622: a password file must not be writable by group or others "
+        f"(chmod 600 {secret}) (the password read before is used)"
+    )
+    secret.chmod(0o600)
+    clock.now += SECRETS_CHECK_INTERVAL
+    registry.refresh()
+    assert registry.last_error is None
+    assert "first" not in repr(registry) and "second" not in repr(registry)
+
+
+def test_a_password_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError) as exc:
+        DnsRegistry(
+            f"{DOMAIN}?monitor_user=mon&monitor_password_file=/dev/null",
+            resolver=ScriptedDns(),
+            base=tmp_path,
+        )
+    assert message(exc) == (
+        "registry dns:example.test: monitor_password_file: /dev/null is not a regular file: "
+        "a password file must be one (a FIFO, a device or a directory is refused)"
+    )
 
 
 def test_an_unreadable_password_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -823,6 +876,7 @@ def test_resolve_registry_path_explains_that_dns_has_no_path(tmp_path: Path) -> 
 
 def test_get_dns_registry_makes_password_files_absolute(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("x", encoding="utf-8")
+    (tmp_path / "pw").chmod(0o600)
     registry = get_dns_registry(
         "//127.0.0.1:5353/example.test?monitor_user=m&monitor_password_file=pw", base=tmp_path
     )

@@ -149,6 +149,7 @@ def message(exc: pytest.ExceptionInfo[RegistryError]) -> str:
 def example(tmp_path: Path) -> Path:
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "admin.pw").write_text(ADMIN_PASSWORD + "\n", encoding="utf-8")
+    (tmp_path / "secrets" / "admin.pw").chmod(0o600)
     return write(tmp_path / "sqlrouter.toml", EXAMPLE)
 
 
@@ -237,10 +238,128 @@ def test_a_password_file_is_relative_to_the_registry_file_and_loses_its_newline(
 ) -> None:
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "pw").write_bytes(b"p@ss word\r\n")
+    (tmp_path / "conf" / "pw").chmod(0o600)
     text = '[services.shop.monitor]\nuser = "mon"\npassword_file = "pw"\n' + MINIMAL
     path = write(tmp_path / "conf" / "r.toml", text)
     service = load_registry_file(path).lookup("shop")
     assert service.monitor_credentials == Credentials("mon", "p@ss word")
+
+
+MONITOR_FILE = '[services.shop.monitor]\nuser = "mon"\npassword_file = "pw"\n' + MINIMAL
+
+
+def secret_file(path: Path, content: bytes | str, mode: int = 0o600) -> Path:
+    data = content.encode() if isinstance(content, str) else content
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "error"),
+    [
+        (0o620, 10, "has mode 0620: a password file must not be writable by group or others "),
+        (0o602, 10, "has mode 0602: a password file must not be writable by group or others "),
+        (0o600, 4097, "holds 4097 bytes: a password file holds at most 4096"),
+    ],
+)
+def test_a_password_file_must_be_small_and_not_writable_by_others(
+    tmp_path: Path, mode: int, size: int, error: str
+) -> None:
+    pw = secret_file(tmp_path / "pw", "x" * size, mode)
+    path = write(tmp_path / "r.toml", MONITOR_FILE)
+    with pytest.raises(RegistryError) as exc:
+        load_registry_file(path)
+    assert message(exc) == (
+        f"registry {path}: service 'shop': monitor.password_file: {pw} {error}"
+        + (f"(chmod 600 {pw})" if "mode" in error else "")
+    )
+    assert "xxx" not in message(exc)
+
+
+def test_a_password_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    """A device (/dev/zero would be read forever) or a FIFO is refused, never opened."""
+    for device in ("/dev/null", str(tmp_path)):
+        path = write(tmp_path / "r.toml", MONITOR_FILE.replace('"pw"', f'"{device}"'))
+        with pytest.raises(RegistryError) as exc:
+            load_registry_file(path)
+        assert message(exc) == (
+            f"registry {path}: service 'shop': monitor.password_file: {device} is not a "
+            "regular file: a password file must be one (a FIFO, a device or a directory is "
+            "refused)"
+        )
+    fifo = tmp_path / "pw"
+    os.mkfifo(fifo, 0o600)
+    path = write(tmp_path / "r.toml", MONITOR_FILE)
+    done = threading.Event()
+
+    def release() -> None:
+        # Should the load open the FIFO, it would wait for a writer forever: after a
+        # deadline, be that writer (the test then fails on its assertion, not by hanging).
+        if not done.wait(30):
+            with open(fifo, "wb") as writer:
+                writer.write(b"read-from-the-fifo")
+
+    releaser = threading.Thread(target=release, daemon=True)
+    releaser.start()
+    try:
+        with pytest.raises(RegistryError) as exc:
+            load_registry_file(path)
+    finally:
+        done.set()
+        releaser.join(35)
+    assert f"{fifo} is not a regular file" in message(exc)
+
+
+def test_a_password_file_readable_by_others_is_read_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pw = secret_file(tmp_path / "pw", "s3cret\n", 0o644)
+    path = write(tmp_path / "r.toml", MONITOR_FILE)
+    with caplog.at_level(logging.WARNING, logger="sqlrouter.registry"):
+        service = load_registry_file(path).lookup("shop")
+    assert service.monitor_credentials == Credentials("mon", "s3cret")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"registry {path}: service 'shop': monitor.password_file: {pw} has mode 0644: other "
+        f"users can read this password; chmod 600 {pw}"
+    ]
+    assert "s3cret" not in caplog.text
+
+
+def test_a_rotated_password_file_is_read_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pw = secret_file(tmp_path / "pw", "first\n")
+    path = write(tmp_path / "r.toml", MONITOR_FILE)
+    clock = FakeClock()
+    registry = FileRegistry(path, clock=clock)
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "first")
+    clock.now += 0.5
+    assert registry.refresh() is False  # nothing changed: one stat per file
+    # The password is rotated; the registry file is not touched.
+    secret_file(pw, "second\n")
+    bump_mtime(pw)
+    clock.now += 0.5
+    assert registry.refresh() is True
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "second")
+    # A broken rotation keeps the password read before, and says why, once.
+    pw.chmod(0o666)
+    clock.now += 0.5
+    with caplog.at_level(logging.WARNING, logger="sqlrouter.registry"):
+        assert registry.refresh() is False
+        clock.now += 0.5
+        assert registry.refresh() is False
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "second")
+    assert registry.last_error is not None
+    assert f"{pw} has mode 0666: a password file must not be writable" in registry.last_error
+    assert len(caplog.records) == 1
+    # Fixed: read again.
+    secret_file(pw, "third\n")
+    clock.now += 0.5
+    assert registry.refresh() is True
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "third")
+    assert registry.last_error is None
+    assert "first" not in caplog.text and "second" not in caplog.text
 
 
 def test_credentials_without_a_password_have_an_empty_one(tmp_path: Path) -> None:
@@ -1309,6 +1428,7 @@ def test_the_example_in_the_documentation_loads(tmp_path: Path) -> None:
     example = text.split("```toml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "monitor.password").write_text("pw\n", encoding="utf-8")
+    (tmp_path / "secrets" / "monitor.password").chmod(0o600)
     registry = load_registry_file(write(tmp_path / "sqlrouter.toml", example))
     assert registry.services() == ["shop", "reports"]
     shop = registry.lookup("shop")
