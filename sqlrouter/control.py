@@ -89,6 +89,7 @@ __all__ = [
     "Request",
     "RequestError",
     "authorize",
+    "check_socket_dir",
     "control_config",
     "current",
     "default_socket_dir",
@@ -354,7 +355,6 @@ def prepare_socket_dir(directory: Path, *, uid: int | None = None) -> None:
     It must be a real directory (not a symlink), owned by ``uid`` (default: ours),
     with no permission for group or others.  Raises :class:`ControlError` saying which.
     """
-    uid = os.getuid() if uid is None else uid
     try:
         os.mkdir(directory, 0o700)
     except FileExistsError:
@@ -364,7 +364,23 @@ def prepare_socket_dir(directory: Path, *, uid: int | None = None) -> None:
             f"control socket directory {directory}: cannot create it: {exc.strerror}"
         ) from None
     try:
+        check_socket_dir(directory, uid=uid)
+    except FileNotFoundError as exc:  # removed since the mkdir
+        raise ControlError(f"control socket directory {directory}: {exc.strerror}") from None
+
+
+def check_socket_dir(directory: Path, *, uid: int | None = None) -> None:
+    """Check that ``directory`` is private: what :func:`prepare_socket_dir` requires.
+
+    A real directory (not a symlink), owned by ``uid`` (default: ours), with no
+    permission for group or others.  Raises :class:`ControlError` saying which is not so
+    (``FileNotFoundError`` passes through, for callers to whom a missing one is no error).
+    """
+    uid = os.getuid() if uid is None else uid
+    try:
         st = os.lstat(directory)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
         raise ControlError(f"control socket directory {directory}: {exc.strerror}") from None
     if not stat_mode.S_ISDIR(st.st_mode):

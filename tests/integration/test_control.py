@@ -971,16 +971,8 @@ def _all_processes(cluster: Sandbox, env_control: Path, helper: subprocess.Popen
         assert "give --socket PATH or --all" in res.stderr
 
         # A socket left by a dead process is reported and removed.
-        dead = 4_000_000
-        while True:
-            try:
-                os.kill(dead, 0)
-            except ProcessLookupError:
-                break
-            dead -= 1
-        stale = env_control / f"{dead}.sock"
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.bind(os.fspath(stale))
+        stale = _stale_socket(env_control)
+        dead = int(stale.stem)
 
         res = _admin("--all", "status")
         assert res.returncode == 0, res.stderr
@@ -1012,6 +1004,57 @@ def _all_processes(cluster: Sandbox, env_control: Path, helper: subprocess.Popen
         if helper.stdin is not None:
             helper.stdin.close()
         helper.wait(30)
+
+
+def _stale_socket(directory: Path) -> Path:
+    """A socket file whose process is gone (a pid no process has)."""
+    dead = 4_000_000
+    while True:
+        try:
+            os.kill(dead, 0)
+        except ProcessLookupError:
+            break
+        dead -= 1
+    path = directory / f"{dead}.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(os.fspath(path))
+    return path
+
+
+def test_admin_checks_the_directory_before_talking_or_removing(ctl_dir: Path) -> None:
+    """A directory another user could write to: nothing is sent to it, nothing removed."""
+    ctl_dir.mkdir(mode=0o700)
+    stale = _stale_socket(ctl_dir)
+    ctl_dir.chmod(0o755)  # as a socket_dir could be left, or made by someone else
+    res = _admin("--dir", str(ctl_dir), "--all", "status")
+    assert res.returncode == 1
+    assert f"control socket directory {ctl_dir} has mode 0755" in res.stderr
+    assert f"chmod 700 {ctl_dir}" in res.stderr
+    assert "a private directory of its own user only" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert stale.exists()  # not removed
+    res = _admin("--socket", str(stale), "status")
+    assert res.returncode == 1 and "has mode 0755" in res.stderr
+
+    ctl_dir.chmod(0o700)
+    os.chown(ctl_dir, NOBODY, NOBODY)  # private, but another user's
+    for args in (("--all",), ()):
+        res = _admin("--dir", str(ctl_dir), *args, "status")
+        assert res.returncode == 1
+        assert f"belongs to uid {NOBODY}, not to this process's uid {os.getuid()}" in res.stderr
+        assert "run it as that user" in res.stderr
+    assert stale.exists()
+
+    link = ctl_dir.parent / "link"
+    os.chown(ctl_dir, os.getuid(), os.getgid())
+    link.symlink_to(ctl_dir)
+    res = _admin("--dir", str(link), "--all", "status")
+    assert res.returncode == 1 and f"{link} is not a directory (a symlink" in res.stderr
+    assert stale.exists()
+
+    # Private and ours: the stale socket is found, reported and removed.
+    res = _admin("--dir", str(ctl_dir), "--all", "status")
+    assert "stale socket" in res.stdout and not stale.exists()
 
 
 def test_admin_usage_errors(env_control: Path) -> None:
