@@ -19,8 +19,13 @@ and kept in :attr:`ServiceURL.connect_args`.  Options that are Python objects
 only.
 
 Bad input raises :class:`sqlrouter.errors.ProgrammingError` with a message naming the
-parameter, the value and what is accepted.  No message, ``repr`` or ``str`` ever shows
-the password (nor ``ssl_key_password``).
+parameter, the value and what is accepted.  Numbers of seconds are at most 31536000 (a
+year; beyond, a socket or a wait cannot take them).  No message, ``repr`` or ``str``
+ever shows the password (nor ``ssl_key_password``), nor any part of one: when the URL
+may hold a password cut in pieces by an unencoded character (an ``@`` after the host,
+or a secret in the query, as the ``jdbc:t-router`` form's ``password=``), messages quote
+no value of the URL at all; a password that is not text (a lone surrogate) is refused
+by name, without its value.
 
 This module is pure: no I/O, no environment reads.  A ``registry`` left as ``None`` is
 resolved later, by the registry layer.
