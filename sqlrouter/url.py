@@ -112,8 +112,10 @@ _BOOL_ARGS: Final = frozenset(
         "ssl_verify_identity",
     }
 )
-_INT_ARGS: Final[Mapping[str, int]] = MappingProxyType(  # name -> smallest value
-    {"client_flag": 0, "max_allowed_packet": 1}
+#: name -> (smallest, largest): PyMySQL packs client_flag as a signed 32-bit integer, and
+#: a server's max_allowed_packet is at most 1 GiB.
+_INT_ARGS: Final[Mapping[str, tuple[int, int]]] = MappingProxyType(
+    {"client_flag": (0, 2**31 - 1), "max_allowed_packet": (1, 2**30)}
 )
 _STR_ARGS: Final = frozenset(
     {
@@ -331,7 +333,7 @@ def _to_bool(name: str, value: object) -> bool:
 
 
 def _to_int(name: str, value: object) -> int:
-    minimum = _INT_ARGS[name]
+    minimum, maximum = _INT_ARGS[name]
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -341,8 +343,10 @@ def _to_int(name: str, value: object) -> int:
             number = int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else int(text)
         except ValueError:
             number = None
-    if number is None or number < minimum:
-        raise ProgrammingError(f"invalid {name} {_show(value)}: expected an integer >= {minimum}")
+    if number is None or not minimum <= number <= maximum:
+        raise ProgrammingError(
+            f"invalid {name} {_show(value)}: expected an integer {minimum}-{maximum}"
+        )
     return number
 
 

@@ -709,14 +709,17 @@ def test_hash_pickle_and_copy() -> None:
             "sqlrouter://shop?autocommit=maybe",
             "invalid autocommit 'maybe': expected true or false (or 1/0, yes/no, on/off)",
         ),
-        ("sqlrouter://shop?client_flag=-1", "invalid client_flag '-1': expected an integer >= 0"),
+        (
+            "sqlrouter://shop?client_flag=-1",
+            "invalid client_flag '-1': expected an integer 0-2147483647",
+        ),
         (
             "sqlrouter://shop?max_allowed_packet=0",
-            "invalid max_allowed_packet '0': expected an integer >= 1",
+            "invalid max_allowed_packet '0': expected an integer 1-1073741824",
         ),
         (
             "sqlrouter://shop?max_allowed_packet=1.5",
-            "invalid max_allowed_packet '1.5': expected an integer >= 1",
+            "invalid max_allowed_packet '1.5': expected an integer 1-1073741824",
         ),
         (
             "sqlrouter://shop?server_public_key=%C3%A9",
@@ -854,7 +857,15 @@ def test_error_message(url: str, expected: str) -> None:
         ({"consistency_wait": 1e300}, "invalid consistency_wait 1e+300"),
         ({"connect_timeout": None}, "invalid connect_timeout None"),
         ({"autocommit": 2}, "invalid autocommit 2: expected true or false"),
-        ({"client_flag": True}, "invalid client_flag True: expected an integer >= 0"),
+        ({"client_flag": True}, "invalid client_flag True: expected an integer 0-2147483647"),
+        (
+            {"client_flag": 2**40},
+            "invalid client_flag 1099511627776: expected an integer 0-2147483647",
+        ),
+        (
+            {"max_allowed_packet": 10**400},
+            "invalid max_allowed_packet 1000000",
+        ),
         (
             {"cursorclass": "DictCursor"},
             "invalid cursorclass 'DictCursor': expected a PyMySQL cursor class",
