@@ -241,9 +241,9 @@ class ServiceHandle:
 
 _lock = threading.Lock()
 _handles: dict[tuple[int, str], ServiceHandle] = {}
-#: Registries found per (spec, $SQLROUTER_REGISTRY, cwd, finder), the most recently
-#: used last.  Bounded: a spec forgotten here is found again by the finder, which hands
-#: out the same shared registry object.
+#: Registries found per (spec, $SQLROUTER_REGISTRY, cwd, finder), in the order found.
+#: Bounded: past MAX_FOUND the oldest spec is forgotten, and found again by the finder
+#: (which hands out the same shared registry object) at its next connect.
 _found: collections.OrderedDict[tuple[object, ...], Registry] = collections.OrderedDict()
 #: The most registry specs remembered in ``_found``.
 MAX_FOUND: Final = 256

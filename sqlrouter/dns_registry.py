@@ -156,6 +156,7 @@ class DnsRegistry(Registry):
         self._secrets = tuple(read)
         self._secrets_error: str | None = None
         self._next_secrets_check = clock() + SECRETS_CHECK_INTERVAL
+        self._secrets_lock = threading.Lock()
         if resolver is None:
             timeout = float(spec.options.get("timeout", DEFAULT_TIMEOUT))
             try:
@@ -280,12 +281,19 @@ class DnsRegistry(Registry):
         """
         if not self._read_settings or not self._secrets:
             return
-        now = self._clock()
-        if not force and now < self._next_secrets_check:
+        if not force and self._clock() < self._next_secrets_check:
             return
-        self._next_secrets_check = now + SECRETS_CHECK_INTERVAL
-        if not _secrets_changed(self._secrets):
-            return
+        if not self._secrets_lock.acquire(blocking=force):
+            return  # another thread is looking at them right now
+        try:
+            self._next_secrets_check = self._clock() + SECRETS_CHECK_INTERVAL
+            if _secrets_changed(self._secrets):
+                self._read_secrets()
+        finally:
+            self._secrets_lock.release()
+
+    def _read_secrets(self) -> None:
+        """Read the password files; use them if they all are readable (under the lock)."""
         read: list[_Secret] = []
         try:
             settings = _settings_of(self._spec, self._base, read)
