@@ -574,9 +574,10 @@ def test_explain_never_opens_resolves_or_reads_what_a_request_names(
 
 
 def test_bad_input_gets_an_error_and_the_server_carries_on(
-    cluster: Sandbox, env_control: Path
+    cluster: Sandbox, env_control: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sqlrouter.connect(cluster.url("RO_RELAXED")).close()
+    caplog.set_level(logging.ERROR, logger="sqlrouter.control")
     raw = Raw()
     for line, code in [
         (b"garbage", "bad_request"),
@@ -587,6 +588,17 @@ def test_bad_input_gets_an_error_and_the_server_carries_on(
         (b"\xff\xfe{}", "bad_request"),
         (b'{"cmd": "status", "id": {"a": 1}}', "bad_request"),
         (b"[" * 5000, "bad_request"),
+        # Numbers no field takes: an error answer, never an OverflowError in the server.
+        (b'{"cmd":"set","service":"s","setting":"max_lag","value":1e400}', "bad_request"),
+        (
+            b'{"cmd":"set","service":"s","setting":"max_lag","value":1' + b"0" * 400 + b"}",
+            "bad_request",
+        ),
+        (
+            b'{"cmd":"set","service":"s","setting":"max_lag","value":1' + b"0" * 5000 + b"}",
+            "bad_request",
+        ),
+        (b'{"cmd":"status","id":1' + b"0" * 4000 + b"}", "bad_request"),
     ]:
         raw.send(line + b"\n")
         answer = raw.line()
@@ -632,6 +644,7 @@ def test_bad_input_gets_an_error_and_the_server_carries_on(
         gone.close()
     assert Raw().ask({"cmd": "status"})["ok"] is True
     assert sorted(_control_threads()) == ["sqlrouter-control", "sqlrouter-control-worker"]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_slow_and_silent_clients_are_dropped_while_others_are_served(
