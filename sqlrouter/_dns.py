@@ -18,7 +18,6 @@ weighted ordering) comes from a ``randbelow`` seam.
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import secrets
 from collections import Counter
@@ -36,7 +35,17 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
-from .topology import Credentials, DataSource, HeartbeatSettings, Role, Service
+from .topology import (
+    MAX_LAG_RANGE,
+    MONITOR_INTERVAL_RANGE,
+    PROBE_TIMEOUT_RANGE,
+    Credentials,
+    DataSource,
+    HeartbeatSettings,
+    Role,
+    Service,
+    range_text,
+)
 
 __all__ = [
     "CREDENTIAL_ROLES",
@@ -282,14 +291,27 @@ def _check_nameserver(text: str) -> tuple[str, int]:
     return str(address), port
 
 
-def _seconds(key: str, text: str, *, zero_ok: bool) -> float:
-    expected = "a number of seconds >= 0" if zero_ok else "a number of seconds > 0"
+#: The accepted range of each number option (seconds).
+_OPTION_RANGES: Final[Mapping[str, tuple[float, float]]] = MappingProxyType(
+    {
+        "max_lag": MAX_LAG_RANGE,
+        "monitor_interval": MONITOR_INTERVAL_RANGE,
+        "probe_timeout": PROBE_TIMEOUT_RANGE,
+        "timeout": (0.05, 60.0),
+    }
+)
+
+
+def _seconds(key: str, text: str) -> float:
+    low, high = _OPTION_RANGES[key]
+    expected = f"a number of seconds {range_text((low, high))}"
+    shown = repr(text) if len(text) <= 40 else repr(text[:36]) + "..."
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"option {key}: expected {expected}, got {text!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        raise ValueError(f"option {key}: expected {expected}, got {text!r}")
+        raise ValueError(f"option {key}: expected {expected}, got {shown}") from None
+    if not low <= value <= high:  # NaN fails too
+        raise ValueError(f"option {key}: expected {expected}, got {shown}")
     return value
 
 
@@ -312,12 +334,9 @@ def _check_options(query: str) -> dict[str, str]:
         if key in options:
             raise ValueError(f"option {key} is given twice")
         options[key] = value
-    for key in ("max_lag",):
+    for key in _OPTION_RANGES:
         if key in options:
-            _seconds(key, options[key], zero_ok=True)
-    for key in ("monitor_interval", "probe_timeout", "timeout"):
-        if key in options:
-            _seconds(key, options[key], zero_ok=False)
+            _seconds(key, options[key])
     if "heartbeat" in options and options["heartbeat"] not in ("true", "false"):
         raise ValueError(f"option heartbeat: expected true or false, got {options['heartbeat']!r}")
     table = options.get("heartbeat_table")

@@ -8,6 +8,7 @@ registered with :mod:`atexit`, and it never hangs (every join has a timeout).
 from __future__ import annotations
 
 import atexit
+import collections
 import dataclasses
 import itertools
 import logging
@@ -25,7 +26,7 @@ from .monitor import Monitor
 from .registry import Registry, find_registry
 from .topology import Credentials, Service
 
-__all__ = ["ServiceHandle", "handle_for", "handles", "shutdown"]
+__all__ = ["MAX_FOUND", "ServiceHandle", "handle_for", "handles", "shutdown", "watched"]
 
 logger = logging.getLogger("sqlrouter.services")
 
@@ -279,9 +280,29 @@ class ServiceHandle:
 
 _lock = _forksafe.lock()
 _handles: dict[tuple[int, str], ServiceHandle] = {}
-#: Registries found per (spec, $SQLROUTER_REGISTRY, cwd, finder).
-_found: dict[tuple[object, ...], Registry] = {}
+#: Registries found per (spec, $SQLROUTER_REGISTRY, cwd, finder), in the order found.
+#: Bounded: past MAX_FOUND the oldest spec is forgotten, and found again by the finder
+#: (which hands out the same shared registry object) at its next connect.
+_found: collections.OrderedDict[tuple[object, ...], Registry] = collections.OrderedDict()
+#: The most registry specs remembered in ``_found``.
+MAX_FOUND: Final = 256
 _next_refresh: dict[tuple[int, str], float] = {}
+
+
+def _where(registry_spec: str | None, find: Callable[[str | None], Registry]) -> tuple[object, ...]:
+    """The key of ``_found``: what decides which registry ``registry_spec`` names.
+
+    Which registry a spec names depends on the environment and the directory only when
+    the spec is not given or is relative; the registry itself follows changes to its
+    file.  Pure: computing it opens nothing.
+    """
+    relative = registry_spec is None or not os.path.isabs(registry_spec)
+    return (
+        registry_spec,
+        os.environ.get("SQLROUTER_REGISTRY"),
+        os.getcwd() if relative else "",
+        find,
+    )
 
 
 def handle_for(
@@ -296,19 +317,14 @@ def handle_for(
     Unknown services and missing registries raise :class:`ProgrammingError` (from the
     registry layer) with the known services or the places looked at.
     """
-    # Which registry a spec names depends on the environment and the directory only
-    # when the spec is not given; the registry itself follows changes to its file.
-    relative = registry_spec is None or not os.path.isabs(registry_spec)
-    where = (
-        registry_spec,
-        os.environ.get("SQLROUTER_REGISTRY"),
-        os.getcwd() if relative else "",
-        find,
-    )
+    where = _where(registry_spec, find)
     registry = _found.get(where)
     if registry is None:
         registry = find(registry_spec)
-        _found[where] = registry
+        with _lock:
+            _found[where] = registry
+            while len(_found) > MAX_FOUND:
+                _found.popitem(last=False)
     key = (id(registry), service_name)
     handle = _handles.get(key)
     if handle is not None:
@@ -345,6 +361,22 @@ def _start_control(handle: ServiceHandle) -> None:
 def handles() -> list[ServiceHandle]:
     with _lock:
         return list(_handles.values())
+
+
+def watched(registry_spec: str | None, service_name: str) -> ServiceHandle | None:
+    """The handle of ``service_name`` that ``connect()`` with ``registry_spec`` uses now.
+
+    Only looks at what this process found already: it never calls a finder, so it opens
+    no file, resolves no name and creates no registry (what the control socket's
+    ``explain`` needs: a request must not make the process touch what its own
+    configuration did not name).  ``None`` when no connect of this process named the
+    service's registry that way.
+    """
+    with _lock:
+        registry = _found.get(_where(registry_spec, find_registry))
+        if registry is None:
+            return None
+        return _handles.get((id(registry), service_name))
 
 
 def shutdown() -> None:

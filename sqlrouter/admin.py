@@ -32,6 +32,7 @@ from ._table import format_table
 from .control import (
     COMMANDS,
     ControlError,
+    check_socket_dir,
     control_config,
     default_socket_dir,
     env_setting,
@@ -44,6 +45,7 @@ from .registry import find_registry
 __all__ = [
     "Answer",
     "add_admin_parser",
+    "checked_socket_dir",
     "format_response",
     "format_status",
     "list_sockets",
@@ -95,8 +97,35 @@ def resolve_socket_dir(
     return default_socket_dir(environ)
 
 
+def checked_socket_dir(directory: Path) -> bool:
+    """Check ``directory`` as the server checks its own; ``False`` when it does not exist.
+
+    ``sqlrouter admin`` talks to the sockets of a directory, and removes the stale ones,
+    only if it is private to the user running it: a real directory (not a symlink), owned
+    by that user, with no permission for group or others.  Otherwise (another user could
+    have put a socket there, or replace one) :class:`~sqlrouter.control.ControlError`
+    says why, and nothing is sent or removed.
+    """
+    try:
+        check_socket_dir(directory)
+    except FileNotFoundError:
+        return False
+    except ControlError as exc:
+        raise ControlError(
+            f"{exc.args[-1]}; sqlrouter admin talks to (and removes stale sockets in) a "
+            f"private directory of its own user only (uid {os.getuid()}): to command "
+            "another user's processes, run it as that user"
+        ) from None
+    return True
+
+
 def list_sockets(directory: Path) -> list[tuple[int, Path]]:
-    """``(pid, path)`` of each control socket (``PID.sock``) in ``directory``, by pid."""
+    """``(pid, path)`` of each control socket (``PID.sock``) in ``directory``, by pid.
+
+    The directory is checked first (:func:`checked_socket_dir`).
+    """
+    if not checked_socket_dir(directory):
+        return []
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
@@ -587,7 +616,11 @@ def run_admin(args: argparse.Namespace, out: Out) -> int:
         return 1 if _failed(response) else 0
     if args.all:
         return _run_all(args, req, out)
-    path = Path(args.socket) if args.socket else _only_socket(resolve_socket_dir(args.dir))
+    if args.socket:
+        path = Path(os.path.abspath(Path(args.socket).expanduser()))
+        checked_socket_dir(path.parent)  # a missing one: "no such socket" below
+    else:
+        path = _only_socket(resolve_socket_dir(args.dir))
     response = request(path, req, timeout=args.timeout)
     out(json.dumps(response, indent=2) if args.json else format_response(cmd, response))
     return 1 if _failed(response) else 0

@@ -21,9 +21,11 @@ nothing is sent to the servers); ``sqlrouter admin --all`` sends one to every pr
 
 One listener thread does all the I/O with non-blocking sockets and :mod:`selectors`;
 it never blocks on a client.  Every client has a deadline (a line must be complete
-within ``client_timeout`` seconds), lines are capped at 64 KiB, and at most
-``max_clients`` are connected at once: past these, the client gets an error line and is
-dropped.  Commands other than ``status`` run in one worker thread, so that a slow one
+within ``client_timeout`` seconds; a TCP client must send a request with a valid token
+within ``tcp_auth_timeout``), lines are capped at 64 KiB, and at most ``max_clients``
+(Unix socket) and ``max_tcp_clients`` (TCP, counted apart, so that they never lock out
+the Unix socket's) are connected at once: past these, the client gets an error line and
+is dropped.  Commands other than ``status`` run in one worker thread, so that a slow one
 (a registry reload over DNS) delays no other client's I/O.  Neither thread takes a lock
 that application threads hold for more than an instant.  Every operator command is
 logged at INFO on ``sqlrouter.control.audit`` with the peer (uid and pid, or TCP
@@ -60,12 +62,14 @@ from typing import Any, Final, Literal
 from . import _forksafe
 from ._services import ServiceHandle
 from ._services import handles as all_handles
+from ._services import watched as watched_handle
 from .errors import OperationalError, ProgrammingError
-from .explain import explain_url, snapshot_rows
+from .explain import explain_handle, snapshot_rows
 from .health import Health, Snapshot
 from .qos import QoS
-from .registry import Registry, find_registry
+from .registry import Registry
 from .router import Policy, observed_master
+from .topology import MAX_LAG_RANGE, range_text
 from .url import parse_url
 
 __all__ = [
@@ -73,6 +77,8 @@ __all__ = [
     "DEFAULT_CLIENT_TIMEOUT",
     "DEFAULT_COMMAND_TIMEOUT",
     "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_MAX_TCP_CLIENTS",
+    "DEFAULT_TCP_AUTH_TIMEOUT",
     "ENV_VAR",
     "ERROR_CODES",
     "ER_CONTROL",
@@ -84,6 +90,7 @@ __all__ = [
     "Request",
     "RequestError",
     "authorize",
+    "check_socket_dir",
     "control_config",
     "current",
     "default_socket_dir",
@@ -113,6 +120,12 @@ MAX_LINE: Final = 64 * 1024
 DEFAULT_CLIENT_TIMEOUT: Final = 10.0
 DEFAULT_COMMAND_TIMEOUT: Final = 30.0
 DEFAULT_MAX_CLIENTS: Final = 64
+DEFAULT_MAX_TCP_CLIENTS: Final = 16
+#: Seconds a TCP client has, once connected, to send a request with a valid token.
+DEFAULT_TCP_AUTH_TIMEOUT: Final = 3.0
+#: The accepted range of the timeouts (seconds) and of the client limits.
+_TIMEOUT_RANGE: Final = (0.05, 3600.0)
+_CLIENTS_RANGE: Final = (1, 4096)
 #: The ``code`` of an error response.
 ERROR_CODES: Final = (
     "bad_request",  # not JSON, not an object, a missing or mistyped field
@@ -171,7 +184,12 @@ class ControlConfig:
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT
     #: Seconds a command may run before its client gets a timeout error.
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    #: Clients connected at once to the Unix socket, and to the TCP listener: separate
+    #: limits, so that TCP clients never lock out the Unix socket's.
     max_clients: int = DEFAULT_MAX_CLIENTS
+    max_tcp_clients: int = DEFAULT_MAX_TCP_CLIENTS
+    #: Seconds a TCP client has, once connected, to send a request with a valid token.
+    tcp_auth_timeout: float = DEFAULT_TCP_AUTH_TIMEOUT
 
 
 _CONFIG_KEYS: Final = (
@@ -184,6 +202,8 @@ _CONFIG_KEYS: Final = (
     "client_timeout",
     "command_timeout",
     "max_clients",
+    "max_tcp_clients",
+    "tcp_auth_timeout",
 )
 
 
@@ -280,14 +300,24 @@ def control_config(
 
     def seconds(key: str, default: float) -> float:
         value = table.get(key, default)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            raise fail(key, f"expected a number of seconds > 0, got {value!r}")
-        return float(value)
+        low, high = _TIMEOUT_RANGE
+        expected = f"expected a number of seconds {range_text(_TIMEOUT_RANGE)}, got {_show(value)}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail(key, expected)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise fail(key, expected) from None
+        if not low <= number <= high:  # NaN fails too
+            raise fail(key, expected)
+        return number
+
+    def clients(key: str, default: int) -> int:
+        value = table.get(key, default)
+        low, high = _CLIENTS_RANGE
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise fail(key, f"expected an integer {low}-{high}, got {_show(value)}")
+        return value
 
     enabled = boolean("enabled")
     socket_dir = path("socket_dir")
@@ -301,9 +331,6 @@ def control_config(
     readonly_token_file = path("readonly_token_file")
     if tcp is not None and token_file is None and readonly_token_file is None:
         raise fail("tcp", "a TCP listener needs token_file (operator) or readonly_token_file")
-    max_clients = table.get("max_clients", DEFAULT_MAX_CLIENTS)
-    if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
-        raise fail("max_clients", f"expected an integer >= 1, got {max_clients!r}")
     env = env_setting(environ)
     if isinstance(env, bool):
         enabled = env
@@ -317,7 +344,9 @@ def control_config(
         readonly_token_file=readonly_token_file,
         client_timeout=seconds("client_timeout", DEFAULT_CLIENT_TIMEOUT),
         command_timeout=seconds("command_timeout", DEFAULT_COMMAND_TIMEOUT),
-        max_clients=max_clients,
+        max_clients=clients("max_clients", DEFAULT_MAX_CLIENTS),
+        max_tcp_clients=clients("max_tcp_clients", DEFAULT_MAX_TCP_CLIENTS),
+        tcp_auth_timeout=seconds("tcp_auth_timeout", DEFAULT_TCP_AUTH_TIMEOUT),
     )
 
 
@@ -327,7 +356,6 @@ def prepare_socket_dir(directory: Path, *, uid: int | None = None) -> None:
     It must be a real directory (not a symlink), owned by ``uid`` (default: ours),
     with no permission for group or others.  Raises :class:`ControlError` saying which.
     """
-    uid = os.getuid() if uid is None else uid
     try:
         os.mkdir(directory, 0o700)
     except FileExistsError:
@@ -337,7 +365,23 @@ def prepare_socket_dir(directory: Path, *, uid: int | None = None) -> None:
             f"control socket directory {directory}: cannot create it: {exc.strerror}"
         ) from None
     try:
+        check_socket_dir(directory, uid=uid)
+    except FileNotFoundError as exc:  # removed since the mkdir
+        raise ControlError(f"control socket directory {directory}: {exc.strerror}") from None
+
+
+def check_socket_dir(directory: Path, *, uid: int | None = None) -> None:
+    """Check that ``directory`` is private: what :func:`prepare_socket_dir` requires.
+
+    A real directory (not a symlink), owned by ``uid`` (default: ours), with no
+    permission for group or others.  Raises :class:`ControlError` saying which is not so
+    (``FileNotFoundError`` passes through, for callers to whom a missing one is no error).
+    """
+    uid = os.getuid() if uid is None else uid
+    try:
         st = os.lstat(directory)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
         raise ControlError(f"control socket directory {directory}: {exc.strerror}") from None
     if not stat_mode.S_ISDIR(st.st_mode):
@@ -522,6 +566,8 @@ def _show(value: object) -> str:
     if isinstance(value, str):
         text = repr(value)
         return text if len(text) <= 40 else text[:36] + "...'"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {len(str(abs(value)))} digits"
     return json.dumps(value)[:40]
 
 
@@ -544,14 +590,20 @@ def _check_field(cmd: str, spec: _Field, value: object, rid: str | int | None) -
                 + (" or null" if spec.kind == "name_or_null" else "")
             )
         return value
-    # seconds_or_null
+    # seconds_or_null (a max_lag: the only setting `set` changes)
     if value is None:
         return None
+    expected = f"a number of seconds {range_text(MAX_LAG_RANGE)} or null"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad("a number of seconds >= 0 or null")
-    if not math.isfinite(value) or value < 0:
-        raise bad("a number of seconds >= 0 or null")
-    return float(value)
+        raise bad(expected)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise bad(expected) from None
+    low, high = MAX_LAG_RANGE
+    if not low <= number <= high:  # NaN fails too
+        raise bad(expected)
+    return number
 
 
 def parse_request(line: bytes | str) -> Request:
@@ -976,27 +1028,30 @@ class _Commands:
             parsed = parse_url(args["url"])
         except ProgrammingError as exc:
             raise RequestError("bad_request", f"explain: {exc.args[-1]}") from None
-        watched = [h for h in self._handles() if h.name == parsed.service]
+        in_use = self._handles()
+        watched = [h for h in in_use if h.name == parsed.service]
         if not watched:
-            used = ", ".join(sorted({h.name for h in self._handles()})) or "none"
+            used = ", ".join(sorted({h.name for h in in_use})) or "none"
             raise RequestError(
                 "not_found",
                 f"this process does not use service {parsed.service!r} (it uses: {used}); "
                 "`sqlrouter route URL` starts a monitor of its own",
             )
-        try:
-            registry = find_registry(parsed.registry)
-        except ProgrammingError as exc:
-            raise RequestError("not_found", str(exc.args[-1])) from None
-        if not any(h.registry is registry for h in watched):
+        # Only a registry this process found already, by the same registry= (or its
+        # absence): a request never makes the process open, resolve or connect to
+        # anything its own configuration did not name.  Nothing about what the URL's
+        # registry= names is looked at, so the answer says nothing about it.
+        handle = watched_handle(parsed.registry, parsed.service)
+        if handle is None or not any(h is handle for h in watched):
             raise RequestError(
                 "not_found",
-                f"this process watches service {parsed.service!r} from "
-                f"{', '.join(h.registry.describe() for h in watched)}, "
-                f"not from {registry.describe()}",
+                f"this process uses service {parsed.service!r} from "
+                f"{', '.join(h.registry.describe() for h in watched)}, and no connection "
+                "of it gave this URL's registry= (or its absence): explain works on the "
+                "registries in use only; give registry= as the application gives it",
             )
         try:
-            text = explain_url(parsed)
+            text = explain_handle(handle, parsed)
         except ProgrammingError as exc:
             raise RequestError("failed", str(exc.args[-1])) from None
         return {"text": text}
@@ -1086,7 +1141,9 @@ class ControlServer:
         self._selector: selectors.BaseSelector | None = None
         self._listeners: list[_Listener] = []
         self._clients: set[_Client] = set()
-        self._full = False
+        #: Clients connected per listener kind, and the kinds at their limit.
+        self._counts: dict[str, int] = {"unix": 0, "tcp": 0}
+        self._full: set[str] = set()
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -1336,25 +1393,38 @@ class ControlServer:
                 role = "operator"
             else:
                 peer = f"{address[0]}:{address[1]} (tcp)"
-            if len(self._clients) >= self.config.max_clients:
-                if not self._full:
-                    self._full = True  # warned once per overload, not per client
+            kind = listener.kind
+            # Each listener has its own limit: TCP clients (who may not even have a
+            # token) never take the places of the Unix socket's.
+            limit, setting = (
+                (self.config.max_clients, "max_clients")
+                if kind == "unix"
+                else (self.config.max_tcp_clients, "max_tcp_clients")
+            )
+            if self._counts[kind] >= limit:
+                if kind not in self._full:
+                    self._full.add(kind)  # warned once per overload, not per client
                     logger.warning(
-                        "control: %d clients connected (max_clients): turning others away",
-                        len(self._clients),
+                        "control: %d %s clients connected (%s): turning others away",
+                        self._counts[kind],
+                        kind,
+                        setting,
                     )
                 logger.debug("control: %s turned away: busy", peer)
                 self._reject(
                     sock,
                     "busy",
-                    f"busy: {self.config.max_clients} clients are connected already; retry",
+                    f"busy: {limit} {kind} clients are connected already; retry",
                 )
                 continue
-            client = _Client(
-                sock, listener.kind, peer, role, self._clock() + self.config.client_timeout
-            )
+            timeout = self.config.client_timeout
+            if role is None:  # TCP: a valid token must come soon
+                timeout = min(timeout, self.config.tcp_auth_timeout)
+            client = _Client(sock, kind, peer, role, self._clock() + timeout)
             self._clients.add(client)
-            self._full = len(self._clients) >= self.config.max_clients
+            self._counts[kind] += 1
+            if self._counts[kind] < limit:
+                self._full.discard(kind)
             self._update(client)
 
     @staticmethod
@@ -1513,7 +1583,9 @@ class ControlServer:
         if c.closed:
             return
         c.closed = True
-        self._clients.discard(c)
+        if c in self._clients:
+            self._clients.discard(c)
+            self._counts[c.kind] -= 1
         if c.events and self._selector is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(c.sock)
@@ -1529,6 +1601,11 @@ class ControlServer:
                 )
             elif c.outbuf:
                 message = ""  # it does not read its answers: nothing more to say
+            elif not c.trusted:
+                message = (
+                    "timeout: no request with a valid token within "
+                    f"{min(self.config.client_timeout, self.config.tcp_auth_timeout):g}s"
+                )
             else:
                 message = (
                     f"timeout: no complete request line within {self.config.client_timeout:g}s"

@@ -53,6 +53,8 @@ from .registry import (
     RegistryError,
     ServiceNotFound,
     _read_password_file,
+    _Secret,
+    _secrets_changed,
     _Where,
 )
 from .topology import Service
@@ -60,6 +62,8 @@ from .topology import Service
 __all__ = [
     "DEFAULT_MAX_RETRY",
     "DEFAULT_MIN_TTL",
+    "MAX_SHARED",
+    "SECRETS_CHECK_INTERVAL",
     "ChainRegistry",
     "DnsRegistry",
     "close_dns_registries",
@@ -76,6 +80,8 @@ DEFAULT_MIN_TTL: Final = 1.0
 DEFAULT_MAX_RETRY: Final = 30.0
 #: The background thread looks at its work at least this often (seconds).
 _MAX_SLEEP: Final = 60.0
+#: Seconds between two looks (``stat``) at the password files of the spec.
+SECRETS_CHECK_INTERVAL: Final = 0.5
 _JOIN_TIMEOUT: Final = 5.0
 
 Clock = Callable[[], float]
@@ -138,9 +144,19 @@ class DnsRegistry(Registry):
                 raise RegistryError(ER_REGISTRY, f"registry dns:{spec}: {exc}") from None
         self._spec = spec
         self._location = spec.location
+        self._base = Path(base) if base is not None else Path.cwd()
+        read: list[_Secret] = []
         if settings is None:
-            settings = _settings_of(spec, Path(base) if base is not None else Path.cwd())
+            settings = _settings_of(spec, self._base, read)
+            self._read_settings = True
+        else:
+            self._read_settings = False  # given: never re-read
         self._settings = settings
+        #: The password files of the spec, as read; a change is read again by refresh().
+        self._secrets = tuple(read)
+        self._secrets_error: str | None = None
+        self._next_secrets_check = clock() + SECRETS_CHECK_INTERVAL
+        self._secrets_lock = threading.Lock()
         if resolver is None:
             timeout = float(spec.options.get("timeout", DEFAULT_TIMEOUT))
             try:
@@ -206,6 +222,8 @@ class DnsRegistry(Registry):
         """Why re-resolutions fail, per service, and how old the answers served are."""
         now = self._clock()
         problems: list[str] = []
+        if self._secrets_error is not None:
+            problems.append(f"{self._secrets_error} (the password read before is used)")
         for name, entry in self._entries.items():
             if entry.error is None:
                 continue
@@ -226,6 +244,7 @@ class DnsRegistry(Registry):
         or when no background thread runs (``background=False``, or after
         :meth:`close`): then the answers whose TTL expired are re-resolved here.
         """
+        self._follow_secrets(force=force)
         if force or not self._thread_alive():
             with self._resolving:
                 self._resolve_due(everything=force)
@@ -250,6 +269,60 @@ class DnsRegistry(Registry):
         health = "ok" if self.last_error is None else "stale"
         thread = "refreshing" if self._thread_alive() else "idle"
         return f"<DnsRegistry {self._location} [services: {names} | {health} | {thread}]>"
+
+    # -- password files --------------------------------------------------------------
+
+    def _follow_secrets(self, *, force: bool) -> None:
+        """Read the password files again when one changed (a rotated password).
+
+        At most every :data:`SECRETS_CHECK_INTERVAL` seconds (one ``stat`` per file),
+        unless ``force``.  A file that cannot be read keeps the password read before, and
+        says why in :attr:`last_error`.
+        """
+        if not self._read_settings or not self._secrets:
+            return
+        if not force and self._clock() < self._next_secrets_check:
+            return
+        if not self._secrets_lock.acquire(blocking=force):
+            return  # another thread is looking at them right now
+        try:
+            self._next_secrets_check = self._clock() + SECRETS_CHECK_INTERVAL
+            if _secrets_changed(self._secrets):
+                self._read_secrets()
+        finally:
+            self._secrets_lock.release()
+
+    def _read_secrets(self) -> None:
+        """Read the password files; use them if they all are readable (under the lock)."""
+        read: list[_Secret] = []
+        try:
+            settings = _settings_of(self._spec, self._base, read)
+        except RegistryError as exc:
+            error = str(exc.args[1]).removeprefix(f"registry {self._location}: ")
+            if error != self._secrets_error:
+                logger.warning(
+                    "registry %s: %s; keeping the password read before", self._location, error
+                )
+            self._secrets_error = error
+            self._secrets = tuple(read)  # tried again when one changes once more
+            return
+        if self._secrets_error is not None:
+            logger.info("registry %s: the password files are readable again", self._location)
+        self._secrets_error = None
+        self._secrets = tuple(read)
+        if settings == self._settings:
+            return
+        logger.info("registry %s: a password file changed: using it", self._location)
+        with self._lock:
+            self._settings = settings
+            entries = {
+                name: entry
+                if entry.service is None
+                else replace(entry, service=_with_settings(entry.service, settings))
+                for name, entry in self._entries.items()
+            }
+            self._entries = MappingProxyType(entries)
+            self._generation += 1
 
     # -- resolving -----------------------------------------------------------------
 
@@ -297,14 +370,18 @@ class DnsRegistry(Registry):
                 ", ".join(f"{ds.name} {ds.role}" for ds in resolved.service.datasources),
                 resolved.ttl,
             )
-        self._store(name, entry, changed=False)
-        return entry
+        return self._store(name, entry, changed=False)
 
-    def _store(self, name: str, entry: _Entry, *, changed: bool) -> None:
+    def _store(self, name: str, entry: _Entry, *, changed: bool) -> _Entry:
+        """Keep ``entry`` for ``name`` (unless a later resolution did); what is kept."""
         with self._lock:
+            service = entry.service
+            if service is not None and _with_settings(service, self._settings) != service:
+                # Resolved with the credentials of its start: the latest ones serve.
+                entry = replace(entry, service=_with_settings(service, self._settings))
             current = self._entries.get(name)
             if current is not None and current.started > entry.started:
-                return  # a later resolution already finished
+                return current  # a later resolution already finished
             entries = dict(self._entries)
             entries[name] = entry
             self._entries = MappingProxyType(entries)
@@ -316,6 +393,7 @@ class DnsRegistry(Registry):
                 )
                 self._thread.start()
             self._wake.notify_all()
+        return entry
 
     def _resolve_due(self, *, everything: bool = False) -> None:
         now = self._clock()
@@ -404,14 +482,25 @@ def _problem(exc: DnsError) -> str:
     return f"cannot resolve {exc}"
 
 
-def _settings_of(spec: DnsSpec, base: Path) -> DnsSettings:
+def _settings_of(spec: DnsSpec, base: Path, read: list[_Secret]) -> DnsSettings:
+    """The spec's settings, its password files read (and noted in ``read``)."""
     where = _Where(spec.location)
     passwords: dict[str, str] = {}
     for role in CREDENTIAL_ROLES:
         key = f"{role}_password_file"
         if key in spec.options:
-            passwords[role] = _read_password_file(where, key, spec.options[key], base)
+            passwords[role] = _read_password_file(where, key, spec.options[key], base, read)
     return settings_from_options(spec.options, passwords=passwords)
+
+
+def _with_settings(service: Service, settings: DnsSettings) -> Service:
+    """``service`` (as resolved) with the credentials of ``settings``."""
+    return replace(
+        service,
+        monitor_credentials=settings.monitor_credentials,
+        admin_credentials=settings.admin_credentials,
+        replication_credentials=settings.replication_credentials,
+    )
 
 
 class ChainRegistry(Registry):
@@ -480,6 +569,10 @@ class ChainRegistry(Registry):
 _cache_lock = _forksafe.lock()
 _dns_registries: dict[str, DnsRegistry] = {}
 _chains: dict[tuple[int, ...], ChainRegistry] = {}
+#: The most DNS registries (and lists of registries) one process shares.  Each DNS
+#: registry has a thread, and may be in use by a monitor: none is ever dropped before
+#: ``sqlrouter.shutdown()``, so past this number new ones are refused.
+MAX_SHARED: Final = 32
 
 
 def _after_fork_in_child() -> None:
@@ -516,6 +609,13 @@ def get_dns_registry(
     with _cache_lock:
         registry = _dns_registries.get(key)
         if registry is None:
+            if len(_dns_registries) >= MAX_SHARED:
+                raise RegistryError(
+                    ER_REGISTRY,
+                    f"registry {spec.location}: this process uses {MAX_SHARED} DNS registries "
+                    "already (each registry= text with other options is one), the most it "
+                    "keeps: use fewer distinct registry specs",
+                )
             registry = DnsRegistry(spec, base=folder)
             _dns_registries[key] = registry
     return registry
@@ -527,6 +627,13 @@ def get_chain_registry(registries: Sequence[Registry]) -> ChainRegistry:
     with _cache_lock:
         chain = _chains.get(key)
         if chain is None:
+            if len(_chains) >= MAX_SHARED:
+                raise RegistryError(
+                    ER_REGISTRY,
+                    f"registry list {', then '.join(r.describe() for r in registries)}: this "
+                    f"process uses {MAX_SHARED} lists of registries already, the most it "
+                    "keeps: use fewer distinct registry= lists",
+                )
             chain = ChainRegistry(registries)  # holds them: their ids stay theirs
             _chains[key] = chain
     return chain

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._services import handle_for
+from ._services import ServiceHandle, handle_for
 from ._table import format_table
 from .errors import RoutingError
 from .health import Snapshot
@@ -12,7 +12,7 @@ from .router import Policy, choose, explain
 from .topology import Credentials
 from .url import ServiceURL, parse_url
 
-__all__ = ["explain_url", "format_table", "snapshot_rows"]
+__all__ = ["explain_handle", "explain_url", "format_table", "snapshot_rows"]
 
 
 def _yes_no(value: bool | None) -> str | None:
@@ -51,6 +51,14 @@ def explain_url(url: str | ServiceURL, **overrides: Any) -> str:
     handle = handle_for(
         parsed.registry, parsed.service, Credentials(parsed.user or "", parsed.password or "")
     )
+    return explain_handle(handle, parsed)
+
+
+def explain_handle(handle: ServiceHandle, parsed: ServiceURL) -> str:
+    """What :func:`explain_url` prints, for a service this process watches already.
+
+    Uses ``handle`` as it is (its registry, its monitor): nothing is looked up.
+    """
     snapshot = handle.snapshot()
     max_lag = parsed.max_lag if parsed.max_lag is not None else snapshot.service.max_lag
     policy = Policy(qos=parsed.qos, max_lag=max_lag, fallback=parsed.fallback)

@@ -12,12 +12,25 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import Final
 
-__all__ = ["CausalToken"]
+__all__ = ["MAX_DOMAINS", "MAX_TEXT", "CausalToken"]
 
 _GTID_RE = re.compile(r"\s*(\d{1,10})-(\d{1,10})-(\d{1,20})\s*\Z", re.ASCII)
 _MAX_U32 = 2**32 - 1
 _MAX_U64 = 2**64 - 1
+#: The most GTIDs (one per replication domain), and characters, of a token read by
+#: :meth:`CausalToken.parse`: a token comes from outside (a URL, a cookie, another
+#: process), and every write of a session costs in proportion to its domains.
+MAX_DOMAINS: Final = 64
+MAX_TEXT: Final = 4096
+
+
+def _quoted(text: str) -> str:
+    """``text`` as an error quotes it: whole when short, else its start and its length."""
+    if len(text) <= 80:
+        return repr(text)
+    return f"{text[:40]!r}... ({len(text)} characters)"
 
 
 class CausalToken:
@@ -66,27 +79,49 @@ class CausalToken:
         """Read a token from its ``str()`` form (a MariaDB GTID list).
 
         An empty string or ``None`` gives the empty token.  Anything else that is not a
-        comma-separated list of ``domain-server_id-sequence`` raises :class:`ValueError`.
+        comma-separated list of ``domain-server_id-sequence`` raises :class:`ValueError`,
+        and so does a list of more than :data:`MAX_DOMAINS` GTIDs or :data:`MAX_TEXT`
+        characters.
         """
+        return cls._read(text, bounded=True)
+
+    @classmethod
+    def from_gtid_list(cls, text: str | None) -> CausalToken:
+        """Read a server's GTID list (``@@gtid_binlog_pos``, ``@@gtid_slave_pos``).
+
+        As :meth:`parse`, without its bounds: what a server reports is not input from
+        outside, and a server may use more domains than a token read from text may hold.
+        """
+        return cls._read(text, bounded=False)
+
+    @classmethod
+    def _read(cls, text: str | None, *, bounded: bool) -> CausalToken:
         if text is None or not text.strip():
             return EMPTY
+        if bounded:
+            if len(text) > MAX_TEXT:
+                raise ValueError(
+                    f"invalid causal token {_quoted(text)}: longer than {MAX_TEXT} characters"
+                )
+            if text.count(",") >= MAX_DOMAINS:
+                raise ValueError(
+                    f"invalid causal token {_quoted(text)}: more than {MAX_DOMAINS} GTIDs "
+                    f"(a token holds one per replication domain, at most {MAX_DOMAINS})"
+                )
         gtids = []
         for part in text.split(","):
             m = _GTID_RE.match(part)
             if m is None:
                 raise ValueError(
-                    f"invalid causal token {text!r}: {part.strip()!r} is not a GTID; "
-                    "expected a comma-separated list of domain-server_id-sequence, "
+                    f"invalid causal token {_quoted(text)}: {_quoted(part.strip())} is not a "
+                    "GTID; expected a comma-separated list of domain-server_id-sequence, "
                     "for example '0-1-15,1-2-7'"
                 )
             gtids.append((int(m[1]), int(m[2]), int(m[3])))
         try:
             return cls(gtids)
         except ValueError as exc:
-            raise ValueError(f"invalid causal token {text!r}: {exc}") from None
-
-    # A MariaDB GTID list (@@gtid_binlog_pos, @@gtid_slave_pos) has the same syntax.
-    from_gtid_list = parse
+            raise ValueError(f"invalid causal token {_quoted(text)}: {exc}") from None
 
     @property
     def domains(self) -> Mapping[int, tuple[int, int]]:
@@ -144,7 +179,7 @@ class CausalToken:
         return self._hash
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (CausalToken.parse, (self._text,))
+        return (CausalToken.from_gtid_list, (self._text,))
 
 
 EMPTY = CausalToken()

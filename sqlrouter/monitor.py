@@ -91,7 +91,8 @@ def _epoch(value: object) -> float | None:
 
 def _position(obs: Observation) -> CausalToken:
     try:
-        return CausalToken.parse(obs.gtid_binlog_pos).merge(CausalToken.parse(obs.gtid_slave_pos))
+        binlog, slave = obs.gtid_binlog_pos, obs.gtid_slave_pos
+        return CausalToken.from_gtid_list(binlog).merge(CausalToken.from_gtid_list(slave))
     except ValueError:
         return EMPTY
 

@@ -30,6 +30,7 @@ Passwords never appear in an error message or a ``repr``.
 from __future__ import annotations
 
 import abc
+import collections
 import datetime as dt
 import difflib
 import logging
@@ -40,6 +41,7 @@ import stat as stat_mode
 import tempfile
 import time
 import tomllib
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +50,22 @@ from typing import Any, Final, Literal
 
 from . import _forksafe
 from .errors import NotSupportedError, ProgrammingError
-from .topology import Credentials, DataSource, HeartbeatSettings, Role, Service
+from .topology import (
+    MAX_LAG_RANGE,
+    MONITOR_INTERVAL_RANGE,
+    PROBE_TIMEOUT_RANGE,
+    WEIGHT_RANGE,
+    Credentials,
+    DataSource,
+    HeartbeatSettings,
+    Role,
+    Service,
+    range_text,
+)
 
 __all__ = [
     "DEFAULT_FILENAME",
+    "DEFAULT_MAX_KEPT",
     "DEFAULT_REFRESH_INTERVAL",
     "ENV_VAR",
     "ER_REGISTRY",
@@ -224,6 +238,36 @@ class StaticRegistry(Registry):
 
 # --------------------------------------------------------------------------- validation
 
+#: What identifies one version of a file: device, inode, mtime_ns, size.  An atomic
+#: replace (rename) changes the inode even when the mtime does not move.
+_Fingerprint = tuple[int, int, int, int]
+#: A password file read: its absolute path, and its fingerprint then, with its mode (a
+#: chmod matters: a file others may write is refused).
+_Secret = tuple[str, tuple[int, ...]]
+#: The largest password file read (bytes): a password, not a document.
+MAX_PASSWORD_FILE: Final = 4096
+
+
+def _fingerprint(st: os.stat_result) -> _Fingerprint:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _secret_print(st: os.stat_result) -> tuple[int, ...]:
+    return (*_fingerprint(st), st.st_mode)
+
+
+def _secret_print_of(path: str) -> tuple[int, ...]:
+    try:
+        return _secret_print(os.stat(path))
+    except OSError:
+        return ()  # cannot be looked at
+
+
+def _secrets_changed(secrets: Iterable[_Secret]) -> bool:
+    """Whether a password file looked at before has changed since: one ``stat`` each."""
+    return any(_secret_print_of(path) != fingerprint for path, fingerprint in secrets)
+
+
 _TOP_KEYS: Final = ("control", "services")
 _SERVICE_KEYS: Final = (
     "max_lag",
@@ -254,6 +298,8 @@ def _show(value: object) -> str:
     if isinstance(value, str):
         text = repr(value)
         return text if len(text) <= 60 else text[:56] + "...'"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {len(str(abs(value)))} digits"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, dict):
@@ -281,6 +327,15 @@ class _Where:
 
     def error(self, field: str, detail: str) -> RegistryError:
         return _error(self.path, detail, service=self.service, field=field)
+
+    def describe(self, field: str) -> str:
+        """``registry PATH: service 'NAME': FIELD``, as errors start."""
+        parts = [f"registry {self.path}"]
+        if self.service:
+            parts.append(f"service {self.service!r}")
+        if field:
+            parts.append(field)
+        return ": ".join(parts)
 
     def check_keys(self, field: str, table: Mapping[str, Any], known: Sequence[str]) -> None:
         problem = _unknown_keys(table, known)
@@ -315,21 +370,30 @@ class _Where:
             raise self.error(field, f"expected {expected}, got {_show(value)}")
         return value
 
-    def seconds(self, field: str, value: object, *, zero_ok: bool) -> float:
-        expected = "a number of seconds >= 0" if zero_ok else "a number of seconds > 0"
+    def seconds(self, field: str, value: object, bounds: tuple[float, float]) -> float:
+        low, high = bounds
+        expected = f"a number of seconds {range_text(bounds)}"
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(field, f"expected {expected}, got {_show(value)}")
-        number = float(value)
-        if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not low <= number <= high:  # NaN fails too
             raise self.error(field, f"expected {expected}, got {_show(value)}")
         return number
 
 
-def _parse_document(text: str, path: Path) -> tuple[Mapping[str, Service], Mapping[str, Any]]:
+def _parse_document(
+    text: str, path: Path, secrets: list[_Secret] | None = None
+) -> tuple[Mapping[str, Service], Mapping[str, Any]]:
     """Validate a registry file's text into services and the raw ``[control]`` table.
 
-    Relative ``password_file`` paths are relative to ``path``'s directory, and are read.
+    Relative ``password_file`` paths are relative to ``path``'s directory, and are read;
+    each one read is added to ``secrets``.
     """
+    if secrets is None:
+        secrets = []
     where = _Where(str(path))
     try:
         document = tomllib.loads(text)
@@ -341,16 +405,18 @@ def _parse_document(text: str, path: Path) -> tuple[Mapping[str, Service], Mappi
             column = len(text) - (text.rfind("\n") + 1) + 1
             detail = f"{detail[:-1]}: line {line}, column {column})"
         raise where.error("", f"invalid TOML: {detail}") from None
+    except ValueError:  # tomllib reads integers with int(): at most 4300 digits
+        raise where.error("", "invalid TOML: an integer of over 4300 digits") from None
     where.check_keys("", document, _TOP_KEYS)
     control = where.table("control", document.get("control", {}), "[control]")
     tables = where.table("services", document.get("services", {}), "[services.NAME]")
     services: dict[str, Service] = {}
     for name, table in tables.items():
-        services[name] = _parse_service(name, table, path)
+        services[name] = _parse_service(name, table, path, secrets)
     return MappingProxyType(services), _freeze_table(control)
 
 
-def _parse_service(name: str, table: object, path: Path) -> Service:
+def _parse_service(name: str, table: object, path: Path, secrets: list[_Secret]) -> Service:
     where = _Where(str(path), service=name)
     if not _SERVICE_NAME_RE.fullmatch(name):
         raise where.error(
@@ -361,17 +427,20 @@ def _parse_service(name: str, table: object, path: Path) -> Service:
         )
     svc = where.table("", table, f"[services.{name}]")
     where.check_keys("", svc, _SERVICE_KEYS)
-    max_lag = where.seconds("max_lag", svc.get("max_lag", _DEFAULTS.max_lag), zero_ok=True)
+    max_lag = where.seconds("max_lag", svc.get("max_lag", _DEFAULTS.max_lag), MAX_LAG_RANGE)
     monitor_interval = where.seconds(
-        "monitor_interval", svc.get("monitor_interval", _DEFAULTS.monitor_interval), zero_ok=False
+        "monitor_interval",
+        svc.get("monitor_interval", _DEFAULTS.monitor_interval),
+        MONITOR_INTERVAL_RANGE,
     )
     probe_timeout = where.seconds(
-        "probe_timeout", svc.get("probe_timeout", _DEFAULTS.probe_timeout), zero_ok=False
+        "probe_timeout", svc.get("probe_timeout", _DEFAULTS.probe_timeout), PROBE_TIMEOUT_RANGE
     )
     heartbeat = _parse_heartbeat(where, svc.get("heartbeat", {}))
-    monitor = _parse_credentials(where, "monitor", svc.get("monitor"), path.parent)
-    admin = _parse_credentials(where, "admin", svc.get("admin"), path.parent)
-    replication = _parse_credentials(where, "replication", svc.get("replication"), path.parent)
+    folder = path.parent
+    monitor = _parse_credentials(where, "monitor", svc.get("monitor"), folder, secrets)
+    admin = _parse_credentials(where, "admin", svc.get("admin"), folder, secrets)
+    replication = _parse_credentials(where, "replication", svc.get("replication"), folder, secrets)
     datasources = _parse_datasources(where, svc.get("datasources"))
     return Service(
         name=name,
@@ -401,7 +470,9 @@ def _parse_heartbeat(where: _Where, value: object) -> HeartbeatSettings:
     return HeartbeatSettings(enabled=enabled, table=name)
 
 
-def _parse_credentials(where: _Where, key: str, value: object, base: Path) -> Credentials | None:
+def _parse_credentials(
+    where: _Where, key: str, value: object, base: Path, secrets: list[_Secret]
+) -> Credentials | None:
     if value is None:
         return None
     table = where.table(key, value, f"[services.{where.service}.{key}]")
@@ -414,25 +485,80 @@ def _parse_credentials(where: _Where, key: str, value: object, base: Path) -> Cr
     if "password" in table and "password_file" in table:
         raise where.error(key, "give either password or password_file, not both")
     if "password_file" in table:
-        password = _read_password_file(where, f"{key}.password_file", table["password_file"], base)
+        password = _read_password_file(
+            where, f"{key}.password_file", table["password_file"], base, secrets
+        )
     else:
         password = where.string(f"{key}.password", table.get("password", ""), secret=True)
     return Credentials(user=user, password=password)
 
 
-def _read_password_file(where: _Where, field: str, value: object, base: Path) -> str:
+def _read_password_file(
+    where: _Where, field: str, value: object, base: Path, secrets: list[_Secret]
+) -> str:
+    """The password in the file ``value`` names (relative to ``base``); noted in ``secrets``.
+
+    Only a regular file of at most :data:`MAX_PASSWORD_FILE` bytes that group and others
+    cannot write is read (a FIFO, a device such as ``/dev/zero`` or a directory is
+    refused without being opened); one that they can read is read with a warning.
+    """
     name = where.string(field, value)
     if not name:
         raise where.error(field, "expected a file path, got ''")
-    file = base / Path(name).expanduser()
+    file = Path(os.path.abspath(base / Path(name).expanduser()))
+    # Noted before anything can fail, so that a fix of this file is noticed as a change.
+    secrets.append((str(file), _secret_print_of(str(file))))
     try:
-        data = file.read_bytes()
+        st = os.stat(file)
+        if not stat_mode.S_ISREG(st.st_mode):
+            raise where.error(
+                field,
+                f"{file} is not a regular file: a password file must be one (a FIFO, a "
+                "device or a directory is refused)",
+            )
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise where.error(field, f"cannot read {file}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)  # what was opened: the path may have changed since the stat
+        mode = stat_mode.S_IMODE(st.st_mode)
+        if not stat_mode.S_ISREG(st.st_mode):
+            raise where.error(field, f"{file} is not a regular file: a password file must be one")
+        if mode & 0o022:
+            raise where.error(
+                field,
+                f"{file} has mode {mode:04o}: a password file must not be writable by group "
+                f"or others (chmod 600 {file})",
+            )
+        if st.st_size > MAX_PASSWORD_FILE:
+            raise where.error(
+                field,
+                f"{file} holds {st.st_size} bytes: a password file holds at most "
+                f"{MAX_PASSWORD_FILE}",
+            )
+        try:
+            data = os.read(fd, MAX_PASSWORD_FILE + 1)
+        except OSError as exc:
+            raise where.error(field, f"cannot read {file}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_PASSWORD_FILE:  # it grew after the fstat
+        raise where.error(
+            field, f"{file} holds over {MAX_PASSWORD_FILE} bytes: a password file holds less"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise where.error(field, f"{file} is not UTF-8 text") from None
+    if mode & 0o044:
+        logger.warning(
+            "%s: %s has mode %04o: other users can read this password; chmod 600 %s",
+            where.describe(field),
+            file,
+            mode,
+            file,
+        )
+    secrets[-1] = (str(file), _secret_print(st))  # what was read
     # Editors and `echo` end the file with a newline that is not part of the password.
     return text.rstrip("\r\n")
 
@@ -502,7 +628,7 @@ def _parse_datasource(where: _Where, at: str, item: object, header: str) -> Data
         raise where.error(
             f"{at}.role", f"expected 'master' or 'replica', got {_show(role_name)}"
         ) from None
-    weight = where.integer(f"{at}.weight", table.get("weight", 1), 1)
+    weight = where.integer(f"{at}.weight", table.get("weight", 1), 1, WEIGHT_RANGE[1])
     return DataSource(name=name, host=host, port=port, role=role, weight=weight)
 
 
@@ -520,14 +646,6 @@ def _freeze_table(table: Mapping[str, Any]) -> Mapping[str, Any]:
 
 # --------------------------------------------------------------------------- the file
 
-#: What identifies one version of the file: device, inode, mtime_ns, size.  An atomic
-#: replace (rename) changes the inode even when the mtime does not move.
-_Fingerprint = tuple[int, int, int, int]
-
-
-def _fingerprint(st: os.stat_result) -> _Fingerprint:
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
 
 @dataclass(frozen=True, slots=True)
 class _Content:
@@ -543,9 +661,13 @@ class _State:
     fingerprint: _Fingerprint | None
     last_error: str | None = None
     generation: int = 0
+    #: The password files the content was read with (a change reloads the file).
+    secrets: tuple[_Secret, ...] = ()
 
 
-def _load(path: Path) -> tuple[_Content, _Fingerprint]:
+def _load(path: Path, secrets: list[_Secret]) -> tuple[_Content, _Fingerprint]:
+    """The file's content and fingerprint; the password files looked at go to ``secrets``
+    (those read, and the one that failed, if one did)."""
     try:
         with path.open("rb") as file:
             fingerprint = _fingerprint(os.fstat(file.fileno()))
@@ -556,7 +678,7 @@ def _load(path: Path) -> tuple[_Content, _Fingerprint]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _error(str(path), f"not UTF-8 text (byte {exc.start})") from None
-    services, control = _parse_document(text, path)
+    services, control = _parse_document(text, path, secrets)
     return _Content(services, control), fingerprint
 
 
@@ -584,8 +706,9 @@ class FileRegistry(Registry):
         self._clock = clock
         self._refresh_interval = refresh_interval
         self._lock = _forksafe.lock()
-        content, fingerprint = _load(self._path)
-        self._state = _State(content, fingerprint)
+        secrets: list[_Secret] = []
+        content, fingerprint = _load(self._path, secrets)
+        self._state = _State(content, fingerprint, secrets=tuple(secrets))
         self._last_check = clock()
         logger.debug("registry %s: loaded services %s", self._path, ", ".join(content.services))
 
@@ -646,12 +769,15 @@ class FileRegistry(Registry):
         except OSError as exc:
             self._failed(state, f"registry {self._path}: cannot read the file: {exc.strerror}")
             return False
-        if fingerprint == state.fingerprint:
+        # A rotated password (a password file changed, the registry not) is read too.
+        if fingerprint == state.fingerprint and not _secrets_changed(state.secrets):
             return False
+        secrets: list[_Secret] = []
         try:
-            content, fingerprint = _load(self._path)
+            content, fingerprint = _load(self._path, secrets)
         except RegistryError as exc:
-            self._failed(state, str(exc.args[1]), fingerprint)
+            # Tried again when the file, or a password file it names, changes once more.
+            self._failed(state, str(exc.args[1]), fingerprint, tuple(secrets))
             return False
         changed = content != state.content
         if state.last_error is not None:
@@ -665,13 +791,26 @@ class FileRegistry(Registry):
             fingerprint,
             None,
             state.generation + 1 if changed else state.generation,
+            tuple(secrets),
         )
         return changed
 
-    def _failed(self, state: _State, error: str, fingerprint: _Fingerprint | None = None) -> None:
+    def _failed(
+        self,
+        state: _State,
+        error: str,
+        fingerprint: _Fingerprint | None = None,
+        secrets: tuple[_Secret, ...] | None = None,
+    ) -> None:
         if error != state.last_error:
             logger.warning("%s; keeping the services loaded before", error)
-        self._state = _State(state.content, fingerprint, error, state.generation)
+        self._state = _State(
+            state.content,
+            fingerprint,
+            error,
+            state.generation,
+            state.secrets if secrets is None else secrets,
+        )
 
     def __repr__(self) -> str:
         state = self._state
@@ -690,19 +829,35 @@ def load_registry_file(
     return FileRegistry(path, clock=clock, refresh_interval=refresh_interval)
 
 
+#: Registry files kept loaded by :class:`RegistryCache` when nothing else uses them.
+DEFAULT_MAX_KEPT: Final = 64
+
+
 class RegistryCache:
-    """One :class:`FileRegistry` per absolute path, shared by every ``connect()``."""
+    """One :class:`FileRegistry` per absolute path, shared by every ``connect()``.
+
+    Bounded: it holds the ``max_kept`` registries used last; older ones stay shared only
+    while something else (a service's monitor) still holds them, and are freed after.
+    So a registry in use is never loaded twice, and a process that names many files
+    keeps only those it uses.
+    """
 
     def __init__(
         self,
         *,
         clock: Callable[[], float] = time.monotonic,
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+        max_kept: int = DEFAULT_MAX_KEPT,
     ) -> None:
         self._clock = clock
         self._refresh_interval = refresh_interval
+        self._max_kept = max_kept
         self._lock = _forksafe.lock()
-        self._registries: dict[str, FileRegistry] = {}
+        self._registries: weakref.WeakValueDictionary[str, FileRegistry] = (
+            weakref.WeakValueDictionary()
+        )
+        #: The ones used last (strong references), the most recent last.
+        self._kept: collections.OrderedDict[str, FileRegistry] = collections.OrderedDict()
 
     def get(self, path: str | os.PathLike[str]) -> FileRegistry:
         """The registry of ``path``, loaded on first use and refreshed (throttled) after.
@@ -713,20 +868,26 @@ class RegistryCache:
         key = os.path.abspath(os.fspath(path))
         with self._lock:
             registry = self._registries.get(key)
+            loaded = registry is None
             if registry is None:
                 # Loaded under the lock so that concurrent first connects share one parse.
                 registry = FileRegistry(
                     key, clock=self._clock, refresh_interval=self._refresh_interval
                 )
                 self._registries[key] = registry
-                return registry
-        registry.refresh()
+            self._kept[key] = registry
+            self._kept.move_to_end(key)
+            while len(self._kept) > self._max_kept:
+                self._kept.popitem(last=False)
+        if not loaded:
+            registry.refresh()
         return registry
 
     def clear(self) -> None:
         """Forget every registry (the next :meth:`get` reads the file again)."""
         with self._lock:
             self._registries.clear()
+            self._kept.clear()
 
     def __len__(self) -> int:
         return len(self._registries)

@@ -8,6 +8,21 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Final
+
+#: The accepted range ``(lowest, highest)`` of each number of a service, wherever it is
+#: given (a registry file, the options of a DNS registry, a URL, the control socket):
+#: beyond these a value is a mistake (``monitor_interval = 1e-300`` spins a thread, a
+#: 320-digit ``weight`` cannot be used in arithmetic), and is refused naming the range.
+MAX_LAG_RANGE: Final = (0.0, 31_536_000.0)  # seconds: up to a year
+MONITOR_INTERVAL_RANGE: Final = (0.05, 3600.0)  # seconds
+PROBE_TIMEOUT_RANGE: Final = (0.05, 60.0)  # seconds
+WEIGHT_RANGE: Final = (0, 65535)  # as a DNS SRV weight; a registry file needs >= 1
+
+
+def range_text(bounds: tuple[float, float]) -> str:
+    """``(0.05, 3600.0)`` as messages write it: ``0.05-3600``."""
+    return "-".join(f"{bound:.15g}" for bound in bounds)
 
 
 class Role(enum.Enum):

@@ -19,8 +19,13 @@ and kept in :attr:`ServiceURL.connect_args`.  Options that are Python objects
 only.
 
 Bad input raises :class:`sqlrouter.errors.ProgrammingError` with a message naming the
-parameter, the value and what is accepted.  No message, ``repr`` or ``str`` ever shows
-the password (nor ``ssl_key_password``).
+parameter, the value and what is accepted.  Numbers of seconds are at most 31536000 (a
+year; beyond, a socket or a wait cannot take them).  No message, ``repr`` or ``str``
+ever shows the password (nor ``ssl_key_password``), nor any part of one: when the URL
+may hold a password cut in pieces by an unencoded character (an ``@`` after the host,
+or a secret in the query, as the ``jdbc:t-router`` form's ``password=``), messages quote
+no value of the URL at all; a password that is not text (a lone surrogate) is refused
+by name, without its value.
 
 This module is pure: no I/O, no environment reads.  A ``registry`` left as ``None`` is
 resolved later, by the registry layer.
@@ -41,13 +46,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from pymysql.cursors import Cursor
 
 from .errors import ProgrammingError
-from .gtid import CausalToken
+from .gtid import MAX_DOMAINS, MAX_TEXT, CausalToken
 from .qos import Fallback, QoS
+from .topology import MAX_LAG_RANGE
 
 __all__ = [
     "KNOWN_PARAMETERS",
@@ -106,8 +112,10 @@ _BOOL_ARGS: Final = frozenset(
         "ssl_verify_identity",
     }
 )
-_INT_ARGS: Final[Mapping[str, int]] = MappingProxyType(  # name -> smallest value
-    {"client_flag": 0, "max_allowed_packet": 1}
+#: name -> (smallest, largest): PyMySQL packs client_flag as a signed 32-bit integer, and
+#: a server's max_allowed_packet is at most 1 GiB.
+_INT_ARGS: Final[Mapping[str, tuple[int, int]]] = MappingProxyType(
+    {"client_flag": (0, 2**31 - 1), "max_allowed_packet": (1, 2**30)}
 )
 _STR_ARGS: Final = frozenset(
     {
@@ -187,7 +195,9 @@ _URL_FORM: Final = "sqlrouter://[user[:password]@]SERVICE[/DATABASE][?param=valu
 _SERVICE_RE: Final = re.compile(r"[A-Za-z0-9_.\-]+\Z")
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "0", "no", "off"})
-_MAX_CONNECT_TIMEOUT: Final = 31536000.0  # PyMySQL's upper bound
+#: The longest timeout (seconds): PyMySQL's bound of connect_timeout, a year.  Beyond
+#: it a socket or a wait cannot take the number (OverflowError).
+_MAX_TIMEOUT: Final = 31536000.0
 
 
 # --------------------------------------------------------------------------------------
@@ -218,13 +228,34 @@ def _hiding(secrets: Iterable[object]) -> Iterator[None]:
 def _conceal(text: str) -> str:
     """``text`` with every secret of the current :func:`_hiding` block as ``***``."""
     for secret in sorted(_SECRETS.get(), key=len, reverse=True):
-        for form in (secret, repr(secret)[1:-1], quote(secret, safe="")):
+        # errors=: a password may hold a lone surrogate (text decoded from bytes with
+        # surrogateescape); an encoding error would carry the password.
+        encoded = quote(secret, safe="", errors="surrogatepass")
+        for form in (secret, repr(secret)[1:-1], encoded):
             text = text.replace(form, _HIDDEN)
     return text
 
 
+#: Whether messages quote no value at all: the URL being parsed may hold a password
+#: that an unencoded character cut into pieces, which then look like other values.
+_BLIND: ContextVar[bool] = ContextVar("sqlrouter.url._BLIND", default=False)
+_NOT_SHOWN: Final = "(not shown: the URL may hold a password)"
+
+
+@contextmanager
+def _blinding(blind: bool) -> Iterator[None]:
+    """While parsing: with ``blind``, :func:`_show` quotes nothing."""
+    token = _BLIND.set(_BLIND.get() or blind)
+    try:
+        yield
+    finally:
+        _BLIND.reset(token)
+
+
 def _show(value: object) -> str:
     """How a message quotes a value the user gave: ``repr``, without secrets, cut short."""
+    if _BLIND.get():
+        return _NOT_SHOWN
     text = _conceal(repr(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -302,7 +333,7 @@ def _to_bool(name: str, value: object) -> bool:
 
 
 def _to_int(name: str, value: object) -> int:
-    minimum = _INT_ARGS[name]
+    minimum, maximum = _INT_ARGS[name]
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -312,8 +343,10 @@ def _to_int(name: str, value: object) -> int:
             number = int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else int(text)
         except ValueError:
             number = None
-    if number is None or number < minimum:
-        raise ProgrammingError(f"invalid {name} {_show(value)}: expected an integer >= {minimum}")
+    if number is None or not minimum <= number <= maximum:
+        raise ProgrammingError(
+            f"invalid {name} {_show(value)}: expected an integer {minimum}-{maximum}"
+        )
     return number
 
 
@@ -442,7 +475,7 @@ def _check_causal_token(name: str, value: object) -> str | None:
     raise ProgrammingError(
         f"invalid {name} {_show(value)}: expected a causal token, a comma-separated list "
         "of GTIDs domain-server_id-sequence such as '0-1-15,1-2-7' (32-bit domain and "
-        "server id, 64-bit sequence)"
+        f"server id, 64-bit sequence; at most {MAX_DOMAINS} domains, {MAX_TEXT} characters)"
     )
 
 
@@ -453,15 +486,15 @@ _FIELD_CHECKS: Final[Mapping[str, Callable[[str, object], Any]]] = MappingProxyT
         "user": _check_user,
         "password": _check_password,
         "qos": _enum_converter(QoS),
-        "max_lag": _seconds(optional=True),
+        "max_lag": _seconds(optional=True, maximum=MAX_LAG_RANGE[1]),
         "fallback": _enum_converter(Fallback),
         "registry": _check_registry,
-        "connect_timeout": _seconds(positive=True, maximum=_MAX_CONNECT_TIMEOUT),
-        "read_timeout": _seconds(optional=True, positive=True),
-        "write_timeout": _seconds(optional=True, positive=True),
-        "failover_timeout": _seconds(),
+        "connect_timeout": _seconds(positive=True, maximum=_MAX_TIMEOUT),
+        "read_timeout": _seconds(optional=True, positive=True, maximum=_MAX_TIMEOUT),
+        "write_timeout": _seconds(optional=True, positive=True, maximum=_MAX_TIMEOUT),
+        "failover_timeout": _seconds(maximum=_MAX_TIMEOUT),
         "consistency": _enum_converter(Consistency),
-        "consistency_wait": _seconds(),
+        "consistency_wait": _seconds(maximum=_MAX_TIMEOUT),
         "causal_token": _check_causal_token,
     }
 )
@@ -697,12 +730,14 @@ _DEFAULTS: Final[Mapping[str, Any]] = MappingProxyType(
 class _Collected:
     """Raw values gathered from a URL and keywords, before ServiceURL validates them."""
 
-    __slots__ = ("connect_args", "fields", "sources")
+    __slots__ = ("blind", "connect_args", "fields", "sources")
 
     def __init__(self) -> None:
         self.fields: dict[str, Any] = {}
         self.connect_args: dict[str, Any] = {}
         self.sources: dict[str, str] = {}  # canonical name -> the name it was given as
+        #: The URL may hold a cut password: messages quote none of its values.
+        self.blind = False
 
     def claim(self, canonical: str, given: str, where: str) -> None:
         """Note that ``canonical`` was given (as ``given``); it may be given only once."""
@@ -743,6 +778,20 @@ def _split_url(url: str) -> _Collected:
             "for example)"
         )
 
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    # An '@' after the host: an unencoded '/', '?' or '#' cut the user info (and its
+    # password) in two.  A secret in the query (a Tungsten URL's password, an
+    # ssl_key_password) may be cut by an unencoded '&' or '=' into pieces that look like
+    # other parameters.  In either case no message quotes a value of this URL.
+    cut = "@" in parts.path or "@" in parts.query or "@" in parts.fragment
+    blind = cut or any(name in _SECRET_NAMES for name, _ in pairs)
+    with _blinding(blind):
+        collected = _split_parts(parts, pairs, tungsten=tungsten)
+    collected.blind = blind
+    return collected
+
+
+def _split_parts(parts: SplitResult, pairs: list[tuple[str, str]], *, tungsten: bool) -> _Collected:
     collected = _Collected()
     where = " in the URL"
     # urlsplit splits user info from host at the *last* '@' (netloc.rpartition), so a
@@ -757,6 +806,8 @@ def _split_url(url: str) -> _Collected:
         name = host_part.partition(":")[0]
         # The text after ':' is not shown: without an '@' it may be a password.
         shown = f" after service {_show(name)}" if _SERVICE_RE.match(name) else ""
+        if _BLIND.get():
+            shown = ""
         raise ProgrammingError(
             f"a port is not accepted{shown}: a service is a name, not host:port; the "
             "registry gives each server's host and port.  If this is user:password, "
@@ -771,7 +822,6 @@ def _split_url(url: str) -> _Collected:
     if parts.password is not None:
         collected.fields["password"] = unquote(parts.password)
         collected.claim("password", "password", where)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
     secrets = [value for name, value in pairs if name in _SECRET_NAMES]
     with _hiding([parts.password, collected.fields.get("password"), *secrets]):
         _read_path_and_query(collected, parts.path, parts.query, pairs, tungsten=tungsten)
@@ -905,4 +955,5 @@ def _parse(url: object, given: list[tuple[str, Any]]) -> ServiceURL:
     if collected.fields.get("service") in (None, ""):
         # Checked here, before the other fields, so that it is the error reported.
         _check_service("service", None)
-    return ServiceURL(**collected.fields, connect_args=collected.connect_args)
+    with _blinding(collected.blind):
+        return ServiceURL(**collected.fields, connect_args=collected.connect_args)

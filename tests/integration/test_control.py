@@ -8,6 +8,7 @@ the ``sqlrouter admin`` command in a subprocess), then check what routing does.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -475,13 +476,108 @@ def test_explain_as_the_process_sees_it(cluster: Sandbox, env_control: Path) -> 
     assert answer["code"] == "not_found" and "does not use service 'shop'" in answer["error"]
 
 
+def _tcp_registry(
+    cluster: Sandbox, tmp_path: Path, ctl_dir: Path, **settings: Any
+) -> tuple[Path, str, str]:
+    """A registry with a TCP listener; (its path, the operator token, the read-only token)."""
+    operator, readonly = secrets.token_hex(16), secrets.token_hex(16)
+    for name, token in (("op.token", operator), ("ro.token", readonly)):
+        (tmp_path / name).write_text(token + "\n")
+        (tmp_path / name).chmod(0o600)
+    registry = _registry(
+        cluster,
+        tmp_path,
+        enabled=True,
+        socket_dir=str(ctl_dir),
+        tcp="127.0.0.1:0",
+        token_file="op.token",
+        readonly_token_file="ro.token",
+        **settings,
+    )
+    return registry, operator, readonly
+
+
+def _fifo_has_reader(path: Path) -> bool:
+    """Whether some process has the FIFO ``path`` open for reading (or waits to)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return False
+        raise
+    os.close(fd)  # a reader blocked in open() gets EOF and goes on
+    return True
+
+
+def test_explain_never_opens_resolves_or_reads_what_a_request_names(
+    cluster: Sandbox, tmp_path: Path, ctl_dir: Path
+) -> None:
+    """A read-only client names a registry the process does not use: nothing is touched."""
+    registry, _, readonly = _tcp_registry(cluster, tmp_path, ctl_dir, command_timeout=3.0)
+    sqlrouter.connect(cluster.url("RO_RELAXED", registry=str(registry))).close()
+    address = _server().tcp_address
+    assert address is not None
+    fifo = tmp_path / "password.fifo"
+    os.mkfifo(fifo, 0o600)
+    secret = tmp_path / "secret.password"
+    secret.write_text("the-secret-content\n")
+    secret.chmod(0o600)
+    missing = tmp_path / "missing.password"
+    ro = Raw(tcp=address)
+    try:
+        answers = {}
+        for name, target in (("fifo", fifo), ("secret", secret), ("missing", missing)):
+            spec = f"dns:x.test?monitor_user=a&monitor_password_file={target}"
+            url = cluster.url("RO_RELAXED", registry=spec)
+            answer = ro.ask({"cmd": "explain", "url": url, "token": readonly})
+            assert answer["ok"] is False and answer["code"] == "not_found", (name, answer)
+            answers[name] = answer["error"]
+            assert not _fifo_has_reader(fifo), f"{name}: the FIFO was opened"
+        # The answers do not depend on the file: neither its content nor its existence.
+        assert "the-secret-content" not in json.dumps(answers)
+        assert answers["secret"].replace(str(secret), "X") == answers["missing"].replace(
+            str(missing), "X"
+        )
+        assert answers["fifo"].replace(str(fifo), "X") == answers["missing"].replace(
+            str(missing), "X"
+        )
+        assert "this process uses service 'sandbox' from" in answers["secret"]
+        # A registry file that is not the process's: not read either.
+        answer = ro.ask(
+            {
+                "cmd": "explain",
+                "url": cluster.url("RO_RELAXED", registry=str(secret)),
+                "token": readonly,
+            }
+        )
+        assert answer["code"] == "not_found" and "the-secret-content" not in answer["error"]
+        # No registry was created for any of them: nothing cached, no thread started.
+        dns = sys.modules.get("sqlrouter.dns_registry")
+        assert dns is None or not dns._dns_registries
+        assert str(secret) not in repr(sqlrouter.registry._CACHE)
+        assert not [t for t in threading.enumerate() if t.name.startswith("sqlrouter-dns")]
+        # The URL the application uses is explained as before.
+        answer = ro.ask(
+            {
+                "cmd": "explain",
+                "url": cluster.url("RO_RELAXED", registry=str(registry)),
+                "token": readonly,
+            }
+        )
+        assert answer["ok"] is True and "service 'sandbox'" in answer["text"]
+    finally:
+        _fifo_has_reader(fifo)  # never leave a thread of this process blocked on it
+        ro.close()
+
+
 # --------------------------------------------------------------------------- bad clients
 
 
 def test_bad_input_gets_an_error_and_the_server_carries_on(
-    cluster: Sandbox, env_control: Path
+    cluster: Sandbox, env_control: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sqlrouter.connect(cluster.url("RO_RELAXED")).close()
+    caplog.set_level(logging.ERROR, logger="sqlrouter.control")
     raw = Raw()
     for line, code in [
         (b"garbage", "bad_request"),
@@ -492,6 +588,17 @@ def test_bad_input_gets_an_error_and_the_server_carries_on(
         (b"\xff\xfe{}", "bad_request"),
         (b'{"cmd": "status", "id": {"a": 1}}', "bad_request"),
         (b"[" * 5000, "bad_request"),
+        # Numbers no field takes: an error answer, never an OverflowError in the server.
+        (b'{"cmd":"set","service":"s","setting":"max_lag","value":1e400}', "bad_request"),
+        (
+            b'{"cmd":"set","service":"s","setting":"max_lag","value":1' + b"0" * 400 + b"}",
+            "bad_request",
+        ),
+        (
+            b'{"cmd":"set","service":"s","setting":"max_lag","value":1' + b"0" * 5000 + b"}",
+            "bad_request",
+        ),
+        (b'{"cmd":"status","id":1' + b"0" * 4000 + b"}", "bad_request"),
     ]:
         raw.send(line + b"\n")
         answer = raw.line()
@@ -537,6 +644,7 @@ def test_bad_input_gets_an_error_and_the_server_carries_on(
         gone.close()
     assert Raw().ask({"cmd": "status"})["ok"] is True
     assert sorted(_control_threads()) == ["sqlrouter-control", "sqlrouter-control-worker"]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_slow_and_silent_clients_are_dropped_while_others_are_served(
@@ -625,12 +733,52 @@ def test_clients_over_the_limit_are_turned_away(
         assert raw.ask({"cmd": "status"})["ok"]  # accepted and served
     extra = Raw()
     answer = extra.line()
-    assert answer["code"] == "busy" and "3 clients are connected already" in answer["error"]
+    assert answer["code"] == "busy" and "3 unix clients are connected already" in answer["error"]
     assert extra.at_eof()
     held.pop().close()
     _wait_for(lambda: _server().clients == 2, what="a client gone")
     assert Raw().ask({"cmd": "status"})["ok"]
     for raw in held:
+        raw.close()
+
+
+def test_idle_tcp_clients_never_lock_out_the_unix_socket(
+    cluster: Sandbox, tmp_path: Path, ctl_dir: Path
+) -> None:
+    """Clients without a token fill the TCP places only, and are dropped soon."""
+    registry, _, readonly = _tcp_registry(
+        cluster, tmp_path, ctl_dir, max_clients=2, max_tcp_clients=2, tcp_auth_timeout=1.0
+    )
+    sqlrouter.connect(cluster.url("RO_RELAXED", registry=str(registry))).close()
+    address = _server().tcp_address
+    assert address is not None
+    idle = [Raw(tcp=address) for _ in range(2)]  # connect, say nothing
+    extra = Raw(tcp=address)
+    answer = extra.line()
+    assert answer["code"] == "busy" and "2 tcp clients are connected already" in answer["error"]
+    assert extra.at_eof()
+    # The operators on the Unix socket are served all the same, up to their own limit.
+    held = [Raw() for _ in range(2)]
+    for raw in held:
+        assert raw.ask({"cmd": "status"})["ok"]
+    answer = Raw().line()
+    assert answer["code"] == "busy" and "2 unix clients are connected already" in answer["error"]
+    # The idle TCP clients are dropped at the authentication deadline...
+    for raw in idle:
+        answer = raw.line(timeout=15)
+        assert answer == {
+            "ok": False,
+            "code": "timeout",
+            "error": "timeout: no request with a valid token within 1s",
+        }
+        assert raw.at_eof()
+    # ... which no longer applies once a client has sent a valid token.
+    _wait_for(lambda: _server().clients == 2, what="the idle TCP clients gone")
+    ro = Raw(tcp=address)
+    assert ro.ask({"cmd": "status", "token": readonly})["ok"]
+    time.sleep(1.5)  # past the authentication deadline, within client_timeout (10s)
+    assert ro.ask({"cmd": "status", "token": readonly})["ok"]
+    for raw in (*held, ro):
         raw.close()
 
 
@@ -836,16 +984,8 @@ def _all_processes(cluster: Sandbox, env_control: Path, helper: subprocess.Popen
         assert "give --socket PATH or --all" in res.stderr
 
         # A socket left by a dead process is reported and removed.
-        dead = 4_000_000
-        while True:
-            try:
-                os.kill(dead, 0)
-            except ProcessLookupError:
-                break
-            dead -= 1
-        stale = env_control / f"{dead}.sock"
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.bind(os.fspath(stale))
+        stale = _stale_socket(env_control)
+        dead = int(stale.stem)
 
         res = _admin("--all", "status")
         assert res.returncode == 0, res.stderr
@@ -877,6 +1017,57 @@ def _all_processes(cluster: Sandbox, env_control: Path, helper: subprocess.Popen
         if helper.stdin is not None:
             helper.stdin.close()
         helper.wait(30)
+
+
+def _stale_socket(directory: Path) -> Path:
+    """A socket file whose process is gone (a pid no process has)."""
+    dead = 4_000_000
+    while True:
+        try:
+            os.kill(dead, 0)
+        except ProcessLookupError:
+            break
+        dead -= 1
+    path = directory / f"{dead}.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(os.fspath(path))
+    return path
+
+
+def test_admin_checks_the_directory_before_talking_or_removing(ctl_dir: Path) -> None:
+    """A directory another user could write to: nothing is sent to it, nothing removed."""
+    ctl_dir.mkdir(mode=0o700)
+    stale = _stale_socket(ctl_dir)
+    ctl_dir.chmod(0o755)  # as a socket_dir could be left, or made by someone else
+    res = _admin("--dir", str(ctl_dir), "--all", "status")
+    assert res.returncode == 1
+    assert f"control socket directory {ctl_dir} has mode 0755" in res.stderr
+    assert f"chmod 700 {ctl_dir}" in res.stderr
+    assert "a private directory of its own user only" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert stale.exists()  # not removed
+    res = _admin("--socket", str(stale), "status")
+    assert res.returncode == 1 and "has mode 0755" in res.stderr
+
+    ctl_dir.chmod(0o700)
+    os.chown(ctl_dir, NOBODY, NOBODY)  # private, but another user's
+    for args in (("--all",), ()):
+        res = _admin("--dir", str(ctl_dir), *args, "status")
+        assert res.returncode == 1
+        assert f"belongs to uid {NOBODY}, not to this process's uid {os.getuid()}" in res.stderr
+        assert "run it as that user" in res.stderr
+    assert stale.exists()
+
+    link = ctl_dir.parent / "link"
+    os.chown(ctl_dir, os.getuid(), os.getgid())
+    link.symlink_to(ctl_dir)
+    res = _admin("--dir", str(link), "--all", "status")
+    assert res.returncode == 1 and f"{link} is not a directory (a symlink" in res.stderr
+    assert stale.exists()
+
+    # Private and ours: the stale socket is found, reported and removed.
+    res = _admin("--dir", str(ctl_dir), "--all", "status")
+    assert "stale socket" in res.stdout and not stale.exists()
 
 
 def test_admin_usage_errors(env_control: Path) -> None:

@@ -89,7 +89,7 @@ def test_the_token_is_not_in_the_repr() -> None:
         (
             b'{"cmd": "set", "service": "s", "setting": "max_lag", "value": -1}',
             "bad_request",
-            [">= 0"],
+            ["seconds 0-31536000 or null"],
         ),
         (
             b'{"cmd": "set", "service": "s", "setting": "max_lag", "value": "2"}',
@@ -99,7 +99,27 @@ def test_the_token_is_not_in_the_repr() -> None:
         (
             b'{"cmd": "set", "service": "s", "setting": "max_lag", "value": 1e999}',
             "bad_request",
-            [">= 0"],
+            ["seconds 0-31536000 or null", "got Infinity"],
+        ),
+        (
+            b'{"cmd": "set", "service": "s", "setting": "max_lag", "value": 1e400}',
+            "bad_request",
+            ["seconds 0-31536000 or null"],
+        ),
+        (
+            b'{"cmd": "set", "service": "s", "setting": "max_lag", "value": 1' + b"0" * 400 + b"}",
+            "bad_request",
+            ["'value' must be a number of seconds 0-31536000 or null", "integer of 401 digits"],
+        ),
+        (
+            b'{"cmd": "set", "service": "s", "setting": "max_lag", "value": 1e300}',
+            "bad_request",
+            ["seconds 0-31536000 or null", "got 1e+300"],
+        ),
+        (
+            b'{"cmd": "set", "service": "s", "setting": "max_lag", "value": 9' + b"9" * 4299 + b"}",
+            "bad_request",
+            ["integer of 4300 digits"],
         ),
         (
             b'{"cmd": "set", "service": "s", "setting": "weight", "value": 1}',
@@ -118,6 +138,18 @@ def test_bad_requests_say_what_is_wrong(line: bytes, code: str, words: list[str]
     assert err.code == code
     for word in words:
         assert word in err.message, err.message
+
+
+@given(st.integers(min_value=-(10**4000), max_value=10**4000))
+def test_any_integer_gives_a_request_or_a_request_error(number: int) -> None:
+    for field in ("value", "id", "service", "cmd"):
+        document = {"cmd": "set", "service": "s", "setting": "max_lag", "value": 1}
+        line = json.dumps({**document, field: 0}).replace(": 0", f": {number}", 1)
+        try:
+            parse_request(line)
+        except RequestError as exc:
+            assert exc.code in ERROR_CODES
+            assert len(exc.message) < 400
 
 
 def test_the_id_is_echoed_in_errors() -> None:
@@ -281,9 +313,13 @@ def test_bad_tcp_addresses(value: object, words: list[str]) -> None:
         ({"tcp": "127.0.0.1:1"}, ["control.tcp", "token_file"]),
         ({"tcp": "8.8.8.8:1", "token_file": "t"}, ["control.tcp", "loopback"]),
         ({"socket_dir": 3}, ["control.socket_dir", "a path"]),
-        ({"client_timeout": 0}, ["control.client_timeout", "> 0"]),
+        ({"client_timeout": 0}, ["control.client_timeout", "seconds 0.05-3600, got 0"]),
+        ({"client_timeout": 10**400}, ["control.client_timeout", "an integer of 401 digits"]),
         ({"command_timeout": "5"}, ["control.command_timeout"]),
-        ({"max_clients": 0}, ["control.max_clients", ">= 1"]),
+        ({"command_timeout": 1e300}, ["control.command_timeout", "0.05-3600, got 1e+300"]),
+        ({"max_clients": 0}, ["control.max_clients", "an integer 1-4096, got 0"]),
+        ({"max_tcp_clients": 10**400}, ["control.max_tcp_clients", "1-4096"]),
+        ({"tcp_auth_timeout": -1}, ["control.tcp_auth_timeout", "0.05-3600, got -1"]),
     ],
 )
 def test_bad_settings_name_the_key(table: dict[str, object], words: list[str]) -> None:

@@ -9,6 +9,7 @@ dnspython resolver runs against the real authoritative server of
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from sqlrouter._dns import (
     srv_name,
 )
 from sqlrouter.dns_registry import (
+    SECRETS_CHECK_INTERVAL,
     ChainRegistry,
     DnsRegistry,
     close_dns_registries,
@@ -204,9 +206,23 @@ def test_parse_dns_spec_options() -> None:
         ("x.test?colour=blue", "unknown option 'colour' (known options: monitor_user, "),
         ("x.test?monitor_password=s3cret", "option monitor_password: a password is not accepted"),
         ("x.test?max_lag=1&max_lag=2", "option max_lag is given twice"),
-        ("x.test?max_lag=-1", "option max_lag: expected a number of seconds >= 0, got '-1'"),
-        ("x.test?timeout=0", "option timeout: expected a number of seconds > 0, got '0'"),
-        ("x.test?probe_timeout=nan", "option probe_timeout: expected a number of seconds > 0"),
+        ("x.test?max_lag=-1", "option max_lag: expected a number of seconds 0-31536000, got '-1'"),
+        ("x.test?max_lag=1e400", "option max_lag: expected a number of seconds 0-31536000"),
+        ("x.test?timeout=0", "option timeout: expected a number of seconds 0.05-60, got '0'"),
+        ("x.test?timeout=61", "option timeout: expected a number of seconds 0.05-60, got '61'"),
+        ("x.test?probe_timeout=nan", "option probe_timeout: expected a number of seconds 0.05-60"),
+        (
+            "x.test?probe_timeout=1e300",
+            "option probe_timeout: expected a number of seconds 0.05-60",
+        ),
+        (
+            "x.test?monitor_interval=1e-300",
+            "option monitor_interval: expected a number of seconds 0.05-3600, got '1e-300'",
+        ),
+        (
+            "x.test?monitor_interval=" + "9" * 5000,
+            "option monitor_interval: expected a number of seconds 0.05-3600, got '999999",
+        ),
         ("x.test?heartbeat=yes", "option heartbeat: expected true or false, got 'yes'"),
         ("x.test?heartbeat_table=nodot", "option heartbeat_table: expected 'schema.table'"),
         ("x.test?monitor_user=", "option monitor_user is empty"),
@@ -626,6 +642,7 @@ def test_no_answer_the_first_time_is_an_error_and_is_not_kept() -> None:
 def test_settings_and_credentials_come_from_the_spec(tmp_path: Path) -> None:
     secret = tmp_path / "mon.password"
     secret.write_text("p@ss:w/rd%\n", encoding="utf-8")
+    secret.chmod(0o600)
     dns = ScriptedDns()
     dns.publish([("db1.x.test", 3306)])
     registry = DnsRegistry(
@@ -641,6 +658,56 @@ def test_settings_and_credentials_come_from_the_spec(tmp_path: Path) -> None:
     assert (service.max_lag, service.monitor_interval) == (2.0, 0.25)
     assert service.heartbeat.enabled is False
     assert "p@ss" not in repr(service) + repr(registry) + registry.describe()
+
+
+def test_a_rotated_password_file_is_read_again(tmp_path: Path) -> None:
+    secret = tmp_path / "mon.password"
+    secret.write_text("first\n", encoding="utf-8")
+    secret.chmod(0o600)
+    dns, clock = ScriptedDns(), Clock()
+    dns.publish([("db1.x.test", 3306)])
+    registry = DnsRegistry(
+        f"{DOMAIN}?monitor_user=mon&monitor_password_file=mon.password",
+        resolver=dns,
+        base=tmp_path,
+        clock=clock,
+        background=False,
+    )
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "first")
+    assert registry.refresh() is False
+    secret.write_text("second\n", encoding="utf-8")
+    os.utime(secret, ns=(secret.stat().st_mtime_ns + 10**10,) * 2)
+    clock.now += SECRETS_CHECK_INTERVAL
+    assert registry.refresh() is True  # the service changed: its credentials
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "second")
+    # Unreadable now: the password read before stays, and last_error says why.
+    secret.chmod(0o622)
+    clock.now += SECRETS_CHECK_INTERVAL
+    assert registry.refresh() is False
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "second")
+    assert registry.last_error == (
+        f"registry dns:example.test: monitor_password_file: "
+        f"{secret} has mode 0622: a password file must not be writable by group or others "
+        f"(chmod 600 {secret}) (the password read before is used)"
+    )
+    secret.chmod(0o600)
+    clock.now += SECRETS_CHECK_INTERVAL
+    registry.refresh()
+    assert registry.last_error is None
+    assert "first" not in repr(registry) and "second" not in repr(registry)
+
+
+def test_a_password_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError) as exc:
+        DnsRegistry(
+            f"{DOMAIN}?monitor_user=mon&monitor_password_file=/dev/null",
+            resolver=ScriptedDns(),
+            base=tmp_path,
+        )
+    assert message(exc) == (
+        "registry dns:example.test: monitor_password_file: /dev/null is not a regular file: "
+        "a password file must be one (a FIFO, a device or a directory is refused)"
+    )
 
 
 def test_an_unreadable_password_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -773,6 +840,32 @@ def test_find_registry_errors_name_the_entry(tmp_path: Path) -> None:
     )
 
 
+def test_the_shared_dns_registries_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlrouter.dns_registry, "MAX_SHARED", 3)
+    kept = [get_dns_registry(f"//127.0.0.1:5353/d{i}.test", base=tmp_path) for i in range(3)]
+    assert get_dns_registry("//127.0.0.1:5353/d0.test", base=tmp_path) is kept[0]
+    with pytest.raises(RegistryError) as exc:
+        get_dns_registry("//127.0.0.1:5353/d3.test", base=tmp_path)
+    assert message(exc) == (
+        "registry dns://127.0.0.1:5353/d3.test: this process uses 3 DNS registries already "
+        "(each registry= text with other options is one), the most it keeps: use fewer "
+        "distinct registry specs"
+    )
+    chains = [
+        find_registry(f"dns://127.0.0.1:5353/d{i}.test,dns://127.0.0.1:5353/d0.test", environ={})
+        for i in (1, 2)
+    ]
+    assert isinstance(chains[0], ChainRegistry)
+    chains.append(find_registry("dns://127.0.0.1:5353/d0.test,dns://127.0.0.1:5353/d1.test"))
+    with pytest.raises(RegistryError) as exc:
+        find_registry("dns://127.0.0.1:5353/d0.test,dns://127.0.0.1:5353/d2.test", environ={})
+    assert "this process uses 3 lists of registries already" in message(exc)
+    close_dns_registries()  # sqlrouter.shutdown() forgets them: new ones may come
+    assert get_dns_registry("//127.0.0.1:5353/d3.test", base=tmp_path) is not None
+
+
 def test_resolve_registry_path_explains_that_dns_has_no_path(tmp_path: Path) -> None:
     from sqlrouter.registry import resolve_registry_path
 
@@ -783,6 +876,7 @@ def test_resolve_registry_path_explains_that_dns_has_no_path(tmp_path: Path) -> 
 
 def test_get_dns_registry_makes_password_files_absolute(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("x", encoding="utf-8")
+    (tmp_path / "pw").chmod(0o600)
     registry = get_dns_registry(
         "//127.0.0.1:5353/example.test?monitor_user=m&monitor_password_file=pw", base=tmp_path
     )

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sqlrouter.gtid import CausalToken
+from sqlrouter.gtid import MAX_DOMAINS, MAX_TEXT, CausalToken
 
 MAX_U32 = 2**32 - 1
 MAX_U64 = 2**64 - 1
@@ -123,6 +123,43 @@ def test_parse_rejects_out_of_range_numbers(text: str, reason: str) -> None:
     with pytest.raises(ValueError) as excinfo:
         CausalToken.parse(text)
     assert str(excinfo.value) == f"invalid causal token {text!r}: {reason}"
+
+
+def test_parse_takes_at_most_64_domains() -> None:
+    most = ",".join(f"{d}-1-1" for d in range(MAX_DOMAINS))
+    assert len(CausalToken.parse(most).domains) == MAX_DOMAINS
+    with pytest.raises(ValueError) as excinfo:
+        CausalToken.parse(most + ",64-1-1")
+    message = str(excinfo.value)
+    assert message.startswith("invalid causal token '0-1-1,1-1-1,2-1-1,3-1-1,4-1-1,5-1-1,6-1")
+    assert message.endswith(
+        f"... ({len(most) + 7} characters): more than 64 GTIDs (a token holds one per "
+        "replication domain, at most 64)"
+    )
+    assert len(message) < 250
+
+
+def test_parse_refuses_a_huge_token_at_once() -> None:
+    huge = ",".join(f"{d}-1-1" for d in range(200_000))
+    with pytest.raises(ValueError) as excinfo:
+        CausalToken.parse(huge)
+    assert "longer than 4096 characters" in str(excinfo.value)
+    assert len(str(excinfo.value)) < 200
+    with pytest.raises(ValueError) as excinfo:
+        CausalToken.parse("0-1-1" + " " * MAX_TEXT)
+    assert "longer than 4096 characters" in str(excinfo.value)
+    with pytest.raises(ValueError) as excinfo:
+        CausalToken.parse("x" * 1000)
+    assert len(str(excinfo.value)) < 300
+
+
+def test_a_servers_gtid_list_has_no_domain_bound() -> None:
+    text = ",".join(f"{d}-1-{d}" for d in range(1000))
+    token = CausalToken.from_gtid_list(text)
+    assert len(token.domains) == 1000 and str(token) == text
+    # A token built from servers' positions survives pickling.
+    restored = pickle.loads(pickle.dumps(token))  # noqa: S301 - our own bytes
+    assert restored == token
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import logging
 import os
 import stat
@@ -40,7 +41,17 @@ from sqlrouter.registry import (
     resolve_registry_path,
     write_registry_file,
 )
-from sqlrouter.topology import Credentials, DataSource, HeartbeatSettings, Role, Service
+from sqlrouter.topology import (
+    MAX_LAG_RANGE,
+    MONITOR_INTERVAL_RANGE,
+    PROBE_TIMEOUT_RANGE,
+    WEIGHT_RANGE,
+    Credentials,
+    DataSource,
+    HeartbeatSettings,
+    Role,
+    Service,
+)
 
 MONITOR_PASSWORD = "m0n-S3cret!"
 ADMIN_PASSWORD = "adm1n-S3cret@"
@@ -138,6 +149,7 @@ def message(exc: pytest.ExceptionInfo[RegistryError]) -> str:
 def example(tmp_path: Path) -> Path:
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "admin.pw").write_text(ADMIN_PASSWORD + "\n", encoding="utf-8")
+    (tmp_path / "secrets" / "admin.pw").chmod(0o600)
     return write(tmp_path / "sqlrouter.toml", EXAMPLE)
 
 
@@ -226,10 +238,128 @@ def test_a_password_file_is_relative_to_the_registry_file_and_loses_its_newline(
 ) -> None:
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "pw").write_bytes(b"p@ss word\r\n")
+    (tmp_path / "conf" / "pw").chmod(0o600)
     text = '[services.shop.monitor]\nuser = "mon"\npassword_file = "pw"\n' + MINIMAL
     path = write(tmp_path / "conf" / "r.toml", text)
     service = load_registry_file(path).lookup("shop")
     assert service.monitor_credentials == Credentials("mon", "p@ss word")
+
+
+MONITOR_FILE = '[services.shop.monitor]\nuser = "mon"\npassword_file = "pw"\n' + MINIMAL
+
+
+def secret_file(path: Path, content: bytes | str, mode: int = 0o600) -> Path:
+    data = content.encode() if isinstance(content, str) else content
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "error"),
+    [
+        (0o620, 10, "has mode 0620: a password file must not be writable by group or others "),
+        (0o602, 10, "has mode 0602: a password file must not be writable by group or others "),
+        (0o600, 4097, "holds 4097 bytes: a password file holds at most 4096"),
+    ],
+)
+def test_a_password_file_must_be_small_and_not_writable_by_others(
+    tmp_path: Path, mode: int, size: int, error: str
+) -> None:
+    pw = secret_file(tmp_path / "pw", "x" * size, mode)
+    path = write(tmp_path / "r.toml", MONITOR_FILE)
+    with pytest.raises(RegistryError) as exc:
+        load_registry_file(path)
+    assert message(exc) == (
+        f"registry {path}: service 'shop': monitor.password_file: {pw} {error}"
+        + (f"(chmod 600 {pw})" if "mode" in error else "")
+    )
+    assert "xxx" not in message(exc)
+
+
+def test_a_password_file_must_be_a_regular_file(tmp_path: Path) -> None:
+    """A device (/dev/zero would be read forever) or a FIFO is refused, never opened."""
+    for device in ("/dev/null", str(tmp_path)):
+        path = write(tmp_path / "r.toml", MONITOR_FILE.replace('"pw"', f'"{device}"'))
+        with pytest.raises(RegistryError) as exc:
+            load_registry_file(path)
+        assert message(exc) == (
+            f"registry {path}: service 'shop': monitor.password_file: {device} is not a "
+            "regular file: a password file must be one (a FIFO, a device or a directory is "
+            "refused)"
+        )
+    fifo = tmp_path / "pw"
+    os.mkfifo(fifo, 0o600)
+    path = write(tmp_path / "r.toml", MONITOR_FILE)
+    done = threading.Event()
+
+    def release() -> None:
+        # Should the load open the FIFO, it would wait for a writer forever: after a
+        # deadline, be that writer (the test then fails on its assertion, not by hanging).
+        if not done.wait(30):
+            with open(fifo, "wb") as writer:
+                writer.write(b"read-from-the-fifo")
+
+    releaser = threading.Thread(target=release, daemon=True)
+    releaser.start()
+    try:
+        with pytest.raises(RegistryError) as exc:
+            load_registry_file(path)
+    finally:
+        done.set()
+        releaser.join(35)
+    assert f"{fifo} is not a regular file" in message(exc)
+
+
+def test_a_password_file_readable_by_others_is_read_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pw = secret_file(tmp_path / "pw", "s3cret\n", 0o644)
+    path = write(tmp_path / "r.toml", MONITOR_FILE)
+    with caplog.at_level(logging.WARNING, logger="sqlrouter.registry"):
+        service = load_registry_file(path).lookup("shop")
+    assert service.monitor_credentials == Credentials("mon", "s3cret")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"registry {path}: service 'shop': monitor.password_file: {pw} has mode 0644: other "
+        f"users can read this password; chmod 600 {pw}"
+    ]
+    assert "s3cret" not in caplog.text
+
+
+def test_a_rotated_password_file_is_read_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pw = secret_file(tmp_path / "pw", "first\n")
+    path = write(tmp_path / "r.toml", MONITOR_FILE)
+    clock = FakeClock()
+    registry = FileRegistry(path, clock=clock)
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "first")
+    clock.now += 0.5
+    assert registry.refresh() is False  # nothing changed: one stat per file
+    # The password is rotated; the registry file is not touched.
+    secret_file(pw, "second\n")
+    bump_mtime(pw)
+    clock.now += 0.5
+    assert registry.refresh() is True
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "second")
+    # A broken rotation keeps the password read before, and says why, once.
+    pw.chmod(0o666)
+    clock.now += 0.5
+    with caplog.at_level(logging.WARNING, logger="sqlrouter.registry"):
+        assert registry.refresh() is False
+        clock.now += 0.5
+        assert registry.refresh() is False
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "second")
+    assert registry.last_error is not None
+    assert f"{pw} has mode 0666: a password file must not be writable" in registry.last_error
+    assert len(caplog.records) == 1
+    # Fixed: read again.
+    secret_file(pw, "third\n")
+    clock.now += 0.5
+    assert registry.refresh() is True
+    assert registry.lookup("shop").monitor_credentials == Credentials("mon", "third")
+    assert registry.last_error is None
+    assert "first" not in caplog.text and "second" not in caplog.text
 
 
 def test_credentials_without_a_password_have_an_empty_one(tmp_path: Path) -> None:
@@ -352,11 +482,24 @@ INVALID: list[tuple[str, str]] = [
     ),
     (
         DS1 + "weight = 0\n",
-        "service 'shop': datasources[0].weight: expected an integer >= 1, got 0",
+        "service 'shop': datasources[0].weight: expected an integer 1-65535, got 0",
     ),
     (
         DS1 + "weight = 1.5\n",
-        "service 'shop': datasources[0].weight: expected an integer >= 1, got 1.5",
+        "service 'shop': datasources[0].weight: expected an integer 1-65535, got 1.5",
+    ),
+    (
+        DS1 + "weight = 65536\n",
+        "service 'shop': datasources[0].weight: expected an integer 1-65535, got 65536",
+    ),
+    (
+        DS1 + "weight = " + "9" * 320 + "\n",
+        "service 'shop': datasources[0].weight: expected an integer 1-65535, got an integer "
+        "of 320 digits",
+    ),
+    (
+        DS1 + "weight = " + "9" * 5000 + "\n",
+        "invalid TOML: an integer of over 4300 digits",
     ),
     (
         DS1 + DS + 'name = "db1"\nhost = "10.0.0.2"\nport = 3306\n',
@@ -380,35 +523,52 @@ INVALID: list[tuple[str, str]] = [
     ),
     (
         "[services.shop]\nmonitor_interval = 0\n" + DS1,
-        "service 'shop': monitor_interval: expected a number of seconds > 0, got 0",
+        "service 'shop': monitor_interval: expected a number of seconds 0.05-3600, got 0",
     ),
     (
         "[services.shop]\nmonitor_interval = -1.5\n" + DS1,
-        "service 'shop': monitor_interval: expected a number of seconds > 0, got -1.5",
+        "service 'shop': monitor_interval: expected a number of seconds 0.05-3600, got -1.5",
+    ),
+    (
+        "[services.shop]\nmonitor_interval = 1e-300\n" + DS1,
+        "service 'shop': monitor_interval: expected a number of seconds 0.05-3600, got 1e-300",
+    ),
+    (
+        "[services.shop]\nmonitor_interval = 3601\n" + DS1,
+        "service 'shop': monitor_interval: expected a number of seconds 0.05-3600, got 3601",
+    ),
+    (
+        "[services.shop]\nprobe_timeout = 1e300\n" + DS1,
+        "service 'shop': probe_timeout: expected a number of seconds 0.05-60, got 1e+300",
+    ),
+    (
+        "[services.shop]\nmax_lag = " + "9" * 400 + "\n" + DS1,
+        "service 'shop': max_lag: expected a number of seconds 0-31536000, got an integer of "
+        "400 digits",
     ),
     (
         "[services.shop]\nprobe_timeout = 0.0\n" + DS1,
-        "service 'shop': probe_timeout: expected a number of seconds > 0, got 0.0",
+        "service 'shop': probe_timeout: expected a number of seconds 0.05-60, got 0.0",
     ),
     (
         "[services.shop]\nprobe_timeout = inf\n" + DS1,
-        "service 'shop': probe_timeout: expected a number of seconds > 0, got inf",
+        "service 'shop': probe_timeout: expected a number of seconds 0.05-60, got inf",
     ),
     (
         "[services.shop]\nmax_lag = -0.1\n" + DS1,
-        "service 'shop': max_lag: expected a number of seconds >= 0, got -0.1",
+        "service 'shop': max_lag: expected a number of seconds 0-31536000, got -0.1",
     ),
     (
         "[services.shop]\nmax_lag = nan\n" + DS1,
-        "service 'shop': max_lag: expected a number of seconds >= 0, got nan",
+        "service 'shop': max_lag: expected a number of seconds 0-31536000, got nan",
     ),
     (
         '[services.shop]\nmax_lag = "1"\n' + DS1,
-        "service 'shop': max_lag: expected a number of seconds >= 0, got '1'",
+        "service 'shop': max_lag: expected a number of seconds 0-31536000, got '1'",
     ),
     (
         "[services.shop]\nmax_lag = false\n" + DS1,
-        "service 'shop': max_lag: expected a number of seconds >= 0, got false",
+        "service 'shop': max_lag: expected a number of seconds 0-31536000, got false",
     ),
     (
         "[services.shop]\nheartbeat = 1\n" + DS1,
@@ -812,6 +972,18 @@ def test_the_cache_shares_one_registry_per_absolute_path(
     assert cache.get(example) is not first
 
 
+def test_the_cache_is_bounded_and_never_loads_a_registry_in_use_twice(tmp_path: Path) -> None:
+    cache = RegistryCache(max_kept=2)
+    paths = [write(tmp_path / f"r{i}.toml", MINIMAL) for i in range(6)]
+    in_use = cache.get(paths[0])  # held, as a service's monitor holds its registry
+    for path in paths[1:]:
+        cache.get(path)
+    gc.collect()
+    # The two used last, and the one still held elsewhere; the others are freed.
+    assert repr(cache) == f"<RegistryCache [{', '.join(str(paths[i]) for i in (0, 4, 5))}]>"
+    assert cache.get(paths[0]) is in_use
+
+
 def test_the_cache_refreshes_throttled_on_each_get(example: Path) -> None:
     clock = FakeClock()
     cache = RegistryCache(clock=clock)
@@ -1149,8 +1321,9 @@ def thaw(value: object) -> object:
 # --------------------------------------------------------------------------- property
 
 _text = st.text(st.characters(codec="utf-8"), max_size=20)
-_seconds = st.floats(min_value=0, allow_nan=False, allow_infinity=False)
-_positive = st.floats(min_value=0, exclude_min=True, allow_nan=False, allow_infinity=False)
+_max_lag = st.floats(*MAX_LAG_RANGE)
+_interval = st.floats(*MONITOR_INTERVAL_RANGE)
+_probe_timeout = st.floats(*PROBE_TIMEOUT_RANGE)
 _credentials = st.none() | st.builds(Credentials, _text.filter(bool), _text)
 
 
@@ -1176,7 +1349,9 @@ def _datasources(draw: st.DrawFn) -> tuple[DataSource, ...]:
         )
     )
     master = draw(st.none() | st.integers(0, len(names) - 1))
-    weights = draw(st.lists(st.integers(1, 10**6), min_size=len(names), max_size=len(names)))
+    weights = draw(
+        st.lists(st.integers(1, WEIGHT_RANGE[1]), min_size=len(names), max_size=len(names))
+    )
     return tuple(
         DataSource(name, host, port, Role.MASTER if i == master else Role.REPLICA, weight)
         for i, (name, (host, port), weight) in enumerate(
@@ -1190,9 +1365,9 @@ def _service(draw: st.DrawFn, name: str) -> Service:
     return Service(
         name=name,
         datasources=draw(_datasources()),
-        max_lag=draw(_seconds),
-        monitor_interval=draw(_positive),
-        probe_timeout=draw(_positive),
+        max_lag=draw(_max_lag),
+        monitor_interval=draw(_interval),
+        probe_timeout=draw(_probe_timeout),
         heartbeat=HeartbeatSettings(
             enabled=draw(st.booleans()),
             table=draw(st.from_regex(r"[A-Za-z0-9_$]{1,64}\.[A-Za-z0-9_$]{1,64}", fullmatch=True)),
@@ -1253,6 +1428,7 @@ def test_the_example_in_the_documentation_loads(tmp_path: Path) -> None:
     example = text.split("```toml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "monitor.password").write_text("pw\n", encoding="utf-8")
+    (tmp_path / "secrets" / "monitor.password").chmod(0o600)
     registry = load_registry_file(write(tmp_path / "sqlrouter.toml", example))
     assert registry.services() == ["shop", "reports"]
     shop = registry.lookup("shop")

@@ -276,6 +276,7 @@ def test_replication_credentials_round_trip_through_the_registry(tmp_path: Path)
 
 def test_replication_table_accepts_a_password_file(tmp_path: Path) -> None:
     (tmp_path / "repl.pw").write_text(SECRET + "\n", encoding="utf-8")
+    (tmp_path / "repl.pw").chmod(0o600)
     (tmp_path / "r.toml").write_text(
         '[services.shop.replication]\nuser = "repl"\npassword_file = "repl.pw"\n'
         '[[services.shop.datasources]]\nname = "db1"\nhost = "127.0.0.1"\nport = 3306\n',

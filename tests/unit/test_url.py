@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import pickle
 import ssl
+import traceback
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -20,6 +21,7 @@ from pymysql.cursors import DictCursor, SSCursor, SSDictCursor
 
 from sqlrouter.errors import ProgrammingError
 from sqlrouter.gtid import CausalToken
+from sqlrouter.topology import MAX_LAG_RANGE
 from sqlrouter.url import (
     KNOWN_PARAMETERS,
     URL_PARAMETERS,
@@ -660,15 +662,34 @@ def test_hash_pickle_and_copy() -> None:
         ),
         (
             "sqlrouter://shop?read_timeout=0",
-            "invalid read_timeout '0': expected a finite number of seconds > 0, or None",
+            "invalid read_timeout '0': expected a finite number of seconds > 0 and <= 31536000, "
+            "or None",
         ),
         (
             "sqlrouter://shop?write_timeout=-2",
-            "invalid write_timeout '-2': expected a finite number of seconds > 0, or None",
+            "invalid write_timeout '-2': expected a finite number of seconds > 0 and <= 31536000, "
+            "or None",
         ),
         (
             "sqlrouter://shop?failover_timeout=-0.1",
             "invalid failover_timeout '-0.1': expected a finite number of seconds >= 0",
+        ),
+        (
+            "sqlrouter://shop?max_lag=1e300",
+            "invalid max_lag '1e300': expected a finite number of seconds >= 0 and <= 31536000",
+        ),
+        (
+            "sqlrouter://shop?read_timeout=1e300",
+            "invalid read_timeout '1e300': expected a finite number of seconds > 0 and <= 31536000",
+        ),
+        (
+            "sqlrouter://shop?failover_timeout=31536001",
+            "invalid failover_timeout '31536001': expected a finite number of seconds >= 0 and "
+            "<= 31536000",
+        ),
+        (
+            "sqlrouter://shop?consistency_wait=" + "9" * 400,
+            "invalid consistency_wait '99999",
         ),
         (
             "sqlrouter://shop?consistency_wait=x",
@@ -681,17 +702,24 @@ def test_hash_pickle_and_copy() -> None:
         ),
         ("sqlrouter://shop?causal_token=0-99999999999-1", "invalid causal_token '0-99999999999-1'"),
         (
+            "sqlrouter://shop?causal_token=" + "%2C".join(f"{d}-1-1" for d in range(65)),
+            "invalid causal_token '0-1-1,1-1-1,2-1-1,3-1-1,4-1-1,5-1-1,6-1-1,7-1-1,8-1-1,9-1-1,10",
+        ),
+        (
             "sqlrouter://shop?autocommit=maybe",
             "invalid autocommit 'maybe': expected true or false (or 1/0, yes/no, on/off)",
         ),
-        ("sqlrouter://shop?client_flag=-1", "invalid client_flag '-1': expected an integer >= 0"),
+        (
+            "sqlrouter://shop?client_flag=-1",
+            "invalid client_flag '-1': expected an integer 0-2147483647",
+        ),
         (
             "sqlrouter://shop?max_allowed_packet=0",
-            "invalid max_allowed_packet '0': expected an integer >= 1",
+            "invalid max_allowed_packet '0': expected an integer 1-1073741824",
         ),
         (
             "sqlrouter://shop?max_allowed_packet=1.5",
-            "invalid max_allowed_packet '1.5': expected an integer >= 1",
+            "invalid max_allowed_packet '1.5': expected an integer 1-1073741824",
         ),
         (
             "sqlrouter://shop?server_public_key=%C3%A9",
@@ -819,12 +847,25 @@ def test_error_message(url: str, expected: str) -> None:
         ({"qos": "FAST"}, "invalid qos 'FAST': expected RW_STRICT or RO_RELAXED"),
         ({"qos": None}, "invalid qos None: expected RW_STRICT or RO_RELAXED"),
         ({"qos": Fallback.MASTER}, "invalid qos <Fallback.MASTER: 'master'>"),
-        ({"max_lag": -1}, "invalid max_lag -1: expected a finite number of seconds >= 0, or None"),
+        (
+            {"max_lag": -1},
+            "invalid max_lag -1: expected a finite number of seconds >= 0 and <= 31536000, or None",
+        ),
         ({"max_lag": True}, "invalid max_lag True"),
         ({"max_lag": 10**400}, "invalid max_lag 1000000"),
+        ({"write_timeout": 10**400}, "invalid write_timeout 1000000"),
+        ({"consistency_wait": 1e300}, "invalid consistency_wait 1e+300"),
         ({"connect_timeout": None}, "invalid connect_timeout None"),
         ({"autocommit": 2}, "invalid autocommit 2: expected true or false"),
-        ({"client_flag": True}, "invalid client_flag True: expected an integer >= 0"),
+        ({"client_flag": True}, "invalid client_flag True: expected an integer 0-2147483647"),
+        (
+            {"client_flag": 2**40},
+            "invalid client_flag 1099511627776: expected an integer 0-2147483647",
+        ),
+        (
+            {"max_allowed_packet": 10**400},
+            "invalid max_allowed_packet 1000000",
+        ),
         (
             {"cursorclass": "DictCursor"},
             "invalid cursorclass 'DictCursor': expected a PyMySQL cursor class",
@@ -955,7 +996,7 @@ def test_known_parameters() -> None:
 services = st.from_regex(r"\A[A-Za-z0-9_.\-]+\Z")
 texts = st.text(st.characters(codec="utf-8", exclude_characters="\0"))
 optional_texts = st.none() | texts
-seconds = st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False)
+seconds = st.floats(min_value=0, max_value=MAX_LAG_RANGE[1])
 
 
 @given(
@@ -1024,3 +1065,102 @@ def test_any_parameter_value_is_converted_or_refused(name: str, value: str) -> N
         assert name in str(exc)
         return
     assert parse_url(url.render(hide_password=False)) == url
+
+
+# --- passwords never in an error, whatever they hold ----------------------------------
+
+#: Password pieces made of letters that no message uses four of in a row.
+_PIECE = st.text("QJXZWK", min_size=4, max_size=6)
+_SEPARATORS = st.sampled_from(["@", ":", "/", "%", "?", "&", "=", "#", "%zz", "%4", ";", " "])
+
+
+@st.composite
+def _passwords(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """A password of distinctive pieces separated by URL-special characters."""
+    pieces = draw(st.lists(_PIECE, min_size=1, max_size=4))
+    seps = draw(st.lists(_SEPARATORS, min_size=len(pieces), max_size=len(pieces)))
+    lead = draw(st.sampled_from(["", "@", "&", "="]))
+    return lead + "".join(p + s for p, s in zip(pieces, seps, strict=True)), pieces
+
+
+_TUNGSTEN_FORMS = [
+    "jdbc:t-router://shop/db?user=app&password={pw}&qos=RO_RELAXED",
+    "jdbc:t-router://shop/db?password={pw}",
+    "jdbc:t-router://shop/db?qos=BAD&password={pw}",
+    "jdbc:t-router://shop/db?password={pw}&maxAppliedLatency=x",
+    "jdbc:t-router://shop?password={pw}&password={pw}",
+    "jdbc:t-router://app:{pw}@shop/db?qos=RO_RELAXED",
+    "jdbc:t-router://app:{pw}@shop/db?qos=BAD",
+    "jdbc:t-router://app:{pw}@shop/db?password={pw}",
+    "jdbc:t-router://app:{pw}@shop:1/db",
+    "jdbc:t-router://app:{pw}@/db",
+    "JDBC:T-ROUTER://shop/db?max_lag=1&password={pw}&qos=x",
+]
+
+
+#: The same mistakes in the sqlrouter:// form (where a password belongs in the user info).
+_SQLROUTER_FORMS = [
+    form.replace("jdbc:t-router://", "sqlrouter://").replace("JDBC:T-ROUTER://", "sqlrouter://")
+    for form in _TUNGSTEN_FORMS
+]
+
+
+def _rendered(exc: BaseException) -> str:
+    """Everything a traceback of ``exc`` shows: messages, reprs, causes and contexts."""
+    texts = ["".join(traceback.format_exception(exc))]
+    current: BaseException | None = exc
+    while current is not None:
+        texts += [str(current), repr(current)]
+        current = current.__cause__ or current.__context__
+    return "\n".join(texts)
+
+
+@given(
+    st.sampled_from(_TUNGSTEN_FORMS + _SQLROUTER_FORMS),
+    _passwords(),
+    st.sampled_from(["raw", "encoded", "half"]),
+)
+def test_no_part_of_a_password_is_in_a_url_error(
+    form: str, password: tuple[str, list[str]], encoding: str
+) -> None:
+    text, pieces = password
+    if encoding == "encoded":
+        text = quote(text, safe="")
+    elif encoding == "half":  # encoded by someone who forgot some characters
+        text = quote(text, safe="@:&")
+    try:
+        parse_url(form.format(pw=text))
+    except ProgrammingError as exc:
+        shown = _rendered(exc)
+        for piece in pieces:
+            assert piece not in shown, (form, text, shown)
+
+
+@pytest.mark.parametrize(
+    ("url", "keywords"),
+    [
+        ("sqlrouter://app:QXZJ\udcffKWQJ@shop/db", {}),
+        ("sqlrouter://app:QXZJ\udcffKWQJ@shop/db?qos=bad", {}),
+        ("sqlrouter://app:QXZJ\udcffKWQJ@shop", {}),
+        ("jdbc:t-router://shop/db?user=app&password=QXZJ\udcffKWQJ", {}),
+        ("jdbc:t-router://app:QXZJ\udcffKWQJ@shop/db", {}),
+        ("sqlrouter://app@shop/db", {"password": "QXZJ\udcffKWQJ"}),
+        ("sqlrouter://app@shop/db", {"password": "QXZJ\udcffKWQJ", "qos": "QXZJ\udcffKWQJ"}),
+        (None, {"service": "shop", "database": "db", "passwd": "\udcff"}),
+        ("sqlrouter://app:QXZJ\ud800KWQJ@shop/db?qos=bad", {}),
+        ("sqlrouter://app@shop/db", {"ssl_key_password": "QXZJ\udcffKWQJ", "charset": 5}),
+    ],
+)
+def test_a_lone_surrogate_in_a_password_is_a_programming_error_without_it(
+    url: str | None, keywords: dict[str, Any]
+) -> None:
+    with pytest.raises(ProgrammingError) as info:
+        parse_url(url, **keywords)
+    shown = _rendered(info.value)
+    for piece in ("QXZJ", "KWQJ", "\udcff", "\\udcff", "%ED%B3%BF", "%FF"):
+        assert piece not in shown, shown
+
+
+def test_a_surrogate_password_is_refused_by_name() -> None:
+    message = error_of("sqlrouter://app:QXZJ\udcffKWQJ@shop/db")
+    assert message == "invalid password: it holds a lone surrogate, not text"
