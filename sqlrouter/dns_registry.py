@@ -156,7 +156,7 @@ class DnsRegistry(Registry):
         self._secrets = tuple(read)
         self._secrets_error: str | None = None
         self._next_secrets_check = clock() + SECRETS_CHECK_INTERVAL
-        self._secrets_lock = threading.Lock()
+        self._secrets_lock = _forksafe.lock()
         if resolver is None:
             timeout = float(spec.options.get("timeout", DEFAULT_TIMEOUT))
             try:
