@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import pymysql
 
 from ._services import handle_for
 from ._table import format_table
 from .errors import RoutingError
 from .health import Snapshot
 from .router import Policy, choose, explain
-from .topology import Credentials
+from .topology import Credentials, DataSource
 from .url import ServiceURL, parse_url
 
-__all__ = ["explain_url", "format_table", "snapshot_rows"]
+__all__ = ["RouteExplanation", "explain_route", "explain_url", "format_table", "snapshot_rows"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteExplanation:
+    """What ``sqlrouter route URL`` prints (``text``), and whether a connect with this
+    URL would succeed now (``ok``: a datasource qualifies and the URL's own credentials
+    log in to it)."""
+
+    text: str
+    ok: bool
 
 
 def _yes_no(value: bool | None) -> str | None:
@@ -47,6 +60,37 @@ def snapshot_rows(snapshot: Snapshot, policy: Policy) -> list[dict[str, Any]]:
 
 def explain_url(url: str | ServiceURL, **overrides: Any) -> str:
     """The datasource ``url`` would get now, and the snapshot behind the decision."""
+    return explain_route(url, **overrides).text
+
+
+def _login(parsed: ServiceURL, ds: DataSource) -> str | None:
+    """Log in to ``ds`` as the URL's user (its password, database and options); None
+    when it works, else the server's or the network's error."""
+    options = {**parsed.connect_args, "autocommit": True}
+    try:
+        conn = pymysql.connect(
+            host=ds.host,
+            port=ds.port,
+            user=parsed.user or "",
+            password=parsed.password or "",
+            database=parsed.database,
+            connect_timeout=parsed.connect_timeout,
+            read_timeout=parsed.connect_timeout,
+            write_timeout=parsed.connect_timeout,
+            **options,
+        )
+    except pymysql.err.MySQLError as exc:
+        args: tuple[object, ...] = exc.args
+        if len(args) >= 2 and isinstance(args[0], int):
+            return f"({args[0]}) {args[1]}"
+        return str(exc) or type(exc).__name__
+    conn.close()
+    return None
+
+
+def explain_route(url: str | ServiceURL, **overrides: Any) -> RouteExplanation:
+    """The datasource ``url`` would get now, the snapshot behind the decision, and
+    whether the URL's own user logs in there (the monitor may use another account)."""
     parsed = parse_url(url, **overrides)
     handle = handle_for(
         parsed.registry, parsed.service, Credentials(parsed.user or "", parsed.password or "")
@@ -94,6 +138,12 @@ def explain_url(url: str | ServiceURL, **overrides: Any) -> str:
         decision = choose(snapshot, policy, turn=0)
     except RoutingError as exc:
         verdict = f"no datasource: {exc.args[1]}"
-    else:
-        verdict = f"-> {decision.datasource}: {decision.reason}"
-    return f"{head}\n\n{table}\n\n{verdict}"
+        return RouteExplanation(f"{head}\n\n{table}\n\n{verdict}", ok=False)
+    verdict = f"-> {decision.datasource}: {decision.reason}"
+    ds = decision.datasource
+    who = f"login as {parsed.user or '(no user)'!r}" + (
+        f" to database {parsed.database!r}" if parsed.database else ""
+    )
+    error = _login(parsed, ds)
+    login = f"{who} on {ds.name} ({ds.address}): " + ("ok" if error is None else f"FAILED: {error}")
+    return RouteExplanation(f"{head}\n\n{table}\n\n{verdict}\n{login}", ok=error is None)
