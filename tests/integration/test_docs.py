@@ -26,6 +26,7 @@ import sqlrouter
 from sqlrouter import control
 from sqlrouter.registry import write_registry_file
 from sqlrouter.sandbox import Sandbox
+from tests.fixtures.cluster import _require_server
 from tests.fixtures.docs import RUN_ELSEWHERE, Block, blocks, commands, documents
 
 pytestmark = pytest.mark.sandbox
@@ -136,13 +137,12 @@ AFTER: dict[str, Callable[[dict[str, Any]], None]] = {
 }
 
 
-def _with_a_socket(doc: str) -> None:
-    """docs/control.md talks to this process's control socket: make it start, and put
-    its path where the examples show a sample one."""
-    del doc
-    sqlrouter.connect(service="shop").close()
+def _control_socket(setting: Setting) -> Path:
+    """This process's control socket (docs/control.md talks to it), started now."""
+    sqlrouter.connect(_apply("sqlrouter://app:secret@shop/shopdb", setting)).close()
     server = control.current()
     assert server is not None and server.socket_path is not None
+    return server.socket_path
 
 
 @pytest.mark.parametrize("doc", [d for d in documents() if d not in RUN_ELSEWHERE])
@@ -159,14 +159,14 @@ def test_doc_examples_run(
     sb: Sandbox | None = None
     if doc in FRESH:
         sb = request.getfixturevalue("fresh_cluster")
-    elif doc not in OWN_SANDBOX:
+    elif doc in OWN_SANDBOX:
+        _require_server()
+    else:
         sb = request.getfixturevalue("cluster")
         request.getfixturevalue("orders")
     setting = _setting(sb, tmp_path, monkeypatch)
     if doc == "docs/control.md":
-        _with_a_socket(doc)
-        path = control.current().socket_path  # type: ignore[union-attr]
-        setting.replace.append((SAMPLE_SOCKET, str(path)))
+        setting.replace.append((SAMPLE_SOCKET, str(_control_socket(setting))))
     namespace: dict[str, Any] = {"__name__": "docs_" + re.sub(r"\W", "_", doc)}
     output = []
     try:
