@@ -59,8 +59,12 @@ def snapshot_rows(snapshot: Snapshot, policy: Policy) -> list[dict[str, Any]]:
 
 
 def explain_url(url: str | ServiceURL, **overrides: Any) -> str:
-    """The datasource ``url`` would get now, and the snapshot behind the decision."""
-    return explain_route(url, **overrides).text
+    """The datasource ``url`` would get now, and the snapshot behind the decision.
+
+    Pure reporting: no connection is opened (the control socket's ``explain`` uses it
+    in a running application, which must not log in as whoever asks).
+    """
+    return explain_route(url, login=False, **overrides).text
 
 
 def _login(parsed: ServiceURL, ds: DataSource) -> str | None:
@@ -88,9 +92,12 @@ def _login(parsed: ServiceURL, ds: DataSource) -> str | None:
     return None
 
 
-def explain_route(url: str | ServiceURL, **overrides: Any) -> RouteExplanation:
+def explain_route(
+    url: str | ServiceURL, *, login: bool = True, **overrides: Any
+) -> RouteExplanation:
     """The datasource ``url`` would get now, the snapshot behind the decision, and
-    whether the URL's own user logs in there (the monitor may use another account)."""
+    (``login``) whether the URL's own user logs in there: the monitor may use another
+    account, so a healthy table says nothing about the URL's credentials."""
     parsed = parse_url(url, **overrides)
     handle = handle_for(
         parsed.registry, parsed.service, Credentials(parsed.user or "", parsed.password or "")
@@ -140,10 +147,13 @@ def explain_route(url: str | ServiceURL, **overrides: Any) -> RouteExplanation:
         verdict = f"no datasource: {exc.args[1]}"
         return RouteExplanation(f"{head}\n\n{table}\n\n{verdict}", ok=False)
     verdict = f"-> {decision.datasource}: {decision.reason}"
+    if not login:
+        return RouteExplanation(f"{head}\n\n{table}\n\n{verdict}", ok=True)
     ds = decision.datasource
     who = f"login as {parsed.user or '(no user)'!r}" + (
         f" to database {parsed.database!r}" if parsed.database else ""
     )
     error = _login(parsed, ds)
-    login = f"{who} on {ds.name} ({ds.address}): " + ("ok" if error is None else f"FAILED: {error}")
-    return RouteExplanation(f"{head}\n\n{table}\n\n{verdict}\n{login}", ok=error is None)
+    outcome = "ok" if error is None else f"FAILED: {error}"
+    text = f"{head}\n\n{table}\n\n{verdict}\n{who} on {ds.name} ({ds.address}): {outcome}"
+    return RouteExplanation(text, ok=error is None)

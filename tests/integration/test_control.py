@@ -475,6 +475,8 @@ def test_explain_as_the_process_sees_it(cluster: Sandbox, env_control: Path) -> 
     assert "service 'sandbox'" in text and "qos=RO_RELAXED" in text
     assert "offline (operator)" in text and "-> db2" in text
     assert cluster.state.app.password not in text
+    # The application never logs in as whoever asks (only `sqlrouter route` does).
+    assert "login as" not in text
 
     res = _admin("--socket", str(path), "explain", cluster.url("RW_STRICT"))
     assert res.returncode == 0, res.stderr
