@@ -22,13 +22,14 @@ import math
 import os
 import socket
 import stat as stat_mode
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ._table import format_table
+from ._table import CLIPPED_NOTE, clip, format_table, plural
 from .control import (
     COMMANDS,
     ControlError,
@@ -148,6 +149,29 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # alive, another user's
     return True
+
+
+def _remove_stale(pid: int, path: Path) -> bool:
+    """Remove ``path`` if its process is gone and nothing listens on it; True if removed."""
+    if _pid_alive(pid):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(os.fspath(path))
+        except ConnectionRefusedError:
+            pass
+        except OSError:
+            return False
+        else:
+            return False  # someone answers there (a reused pid number is not ours to judge)
+    try:
+        if stat_mode.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+            return True
+    except OSError:
+        pass
+    return False
 
 
 # --------------------------------------------------------------------------- one request
@@ -350,7 +374,7 @@ def format_status(response: Mapping[str, Any]) -> str:
                 _secs(ds.get("lag")),
                 ds.get("gtid"),
                 ds.get("open_connections"),
-                ds.get("error"),
+                clip(ds.get("error")),
             )
             for ds in svc.get("datasources", [])
         ]
@@ -371,6 +395,8 @@ def format_status(response: Mapping[str, Any]) -> str:
             rows,
         )
         lines += ["", table]
+        if any(clip(ds.get("error")) != ds.get("error") for ds in svc.get("datasources", [])):
+            lines.append(CLIPPED_NOTE)
     return "\n".join(lines)
 
 
@@ -418,9 +444,13 @@ def format_response(cmd: str, response: Mapping[str, Any]) -> str:
 def _format_reload(response: Mapping[str, Any]) -> str:
     lines = []
     for item in response.get("registries", []):
-        state = "changed" if item.get("changed") else "unchanged"
         if item.get("error"):
-            state += f"; error: {item['error']}"
+            # The error names the registry already.
+            lines.append(f"{item['error']} (its last good content stays in use)")
+            continue
+        state = "reloaded, services changed" if item.get("changed") else "valid, no change"
+        if item.get("fixed"):
+            state += f"; fixed since the last error ({item['fixed']})"
         lines.append(f"{item.get('registry')}: {state}")
     return "\n".join(lines) if lines else "no registry in use"
 
@@ -516,7 +546,8 @@ def add_admin_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     def service_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--service", help="the service (needed when several have DATASOURCE)")
 
-    service_option(cmds.add_parser("status", help=COMMANDS["status"].help))
+    status = cmds.add_parser("status", help=COMMANDS["status"].help)
+    status.add_argument("--service", help="show this service only (default: every service)")
     explain = cmds.add_parser("explain", help=COMMANDS["explain"].help)
     explain.add_argument("url", metavar="URL")
     for name in ("offline", "online"):
@@ -627,7 +658,15 @@ def run_admin(args: argparse.Namespace, out: Out) -> int:
 
 
 def _only_socket(directory: Path) -> Path:
-    sockets = list_sockets(directory)
+    sockets = []
+    for pid, path in list_sockets(directory):
+        if _remove_stale(pid, path):
+            print(
+                f"sqlrouter admin: removed {path}: a stale control socket (process {pid} is gone)",
+                file=sys.stderr,
+            )
+        else:
+            sockets.append((pid, path))
     if not sockets:
         raise ControlError(
             f"no control socket in {directory}: no process of this user has one here "
@@ -658,7 +697,9 @@ def _run_all(args: argparse.Namespace, req: Mapping[str, Any], out: Out) -> int:
     # A process that does not use the service or datasource named is not a failure,
     # unless no process does.
     failed = [a for a in live if a not in ok and a not in not_found]
-    status = 1 if failed or (not ok and live) else 0
+    # Exit 1 unless some process was told: a failure, no process using the name, or
+    # nothing but stale sockets (nobody was reached).
+    status = 1 if failed or not ok else 0
     if args.json:
         out(
             json.dumps(
@@ -692,13 +733,16 @@ def _run_all(args: argparse.Namespace, req: Mapping[str, Any], out: Out) -> int:
         if summary:
             blocks.append(summary)
     stale = len(answers) - len(live)
-    tally = f"{len(live)} processes: {len(ok)} ok"
+    if live:
+        tally = f"{plural(len(live), 'process', 'processes')}: {len(ok)} ok"
+    else:
+        tally = "no process was reached (nothing was done)"
     if not_found:
         tally += f", {len(not_found)} not using it"
     if failed:
         tally += f", {len(failed)} failed"
     if stale:
-        tally += f"; {stale} stale sockets removed"
+        tally += f"; {plural(stale, 'stale socket')} removed"
     blocks.append(tally)
     out("\n\n".join(blocks))
     return status
@@ -712,7 +756,7 @@ def _run_topology(args: argparse.Namespace, out: Out) -> int:
         raise ControlError(
             f"{args.admin_command} is not available in this installation: {exc}"
         ) from None
-    service = find_registry(args.registry).lookup(args.service)
+    service = find_registry(args.registry, given_as="--registry ").lookup(args.service)
     steps: list[Any] = []
 
     def report(step: Any) -> None:
@@ -740,15 +784,29 @@ def _run_topology(args: argparse.Namespace, out: Out) -> int:
                 {
                     "ok": True,
                     "steps": [
-                        {"name": s.name, "ok": s.ok, "detail": s.detail, "seconds": s.seconds}
+                        {
+                            "name": s.name,
+                            "kind": s.kind,
+                            "ok": s.ok,
+                            "detail": s.detail,
+                            "seconds": s.seconds,
+                        }
                         for s in steps
                     ],
                 },
                 indent=2,
             )
         )
-    elif args.dry_run:
-        out(f"{args.admin_command} of service {service.name!r}: dry run, nothing was changed")
     else:
-        out(f"{args.admin_command} of service {service.name!r}: done in {elapsed:.2f}s")
+        what = f"{args.admin_command} of service {service.name!r}: " + (
+            "dry run, nothing was changed" if args.dry_run else f"done in {elapsed:.2f}s"
+        )
+        warnings = sum(1 for s in steps if s.kind == "warning")
+        left_out = sum(1 for s in steps if s.kind == "left out")
+        notes = [plural(warnings, "warning")] if warnings else []
+        if left_out:
+            notes.append(f"{plural(left_out, 'server')} left out")
+        if notes:
+            what += f" ({' and '.join(notes)}: see above)"
+        out(what)
     return 0

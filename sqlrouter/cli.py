@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .admin import add_admin_parser, run_admin
 from .demo import run_demo
 from .errors import Error
-from .explain import explain_url
+from .explain import explain_route
 from .sandbox import FAULTS, Sandbox, SandboxError, format_status
 
 __all__ = ["main"]
@@ -52,7 +55,12 @@ def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="first TCP port; nodes use consecutive ports (default: any free ports)",
     )
-    with_dir(ssub.add_parser("status", help="show each node's role, state and replication"))
+    status = with_dir(
+        ssub.add_parser("status", help="show each node's role, state and replication")
+    )
+    status.add_argument(
+        "--json", action="store_true", help="print the rows as JSON (errors in full)"
+    )
     with_dir(ssub.add_parser("down", help="stop the servers (data kept)"))
     with_dir(ssub.add_parser("destroy", help="stop the servers and delete DIR"))
     url = with_dir(
@@ -61,7 +69,23 @@ def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             help="print the service URL of the application user (with its password)",
         )
     )
-    url.add_argument("--qos", default="RW_STRICT", choices=["RW_STRICT", "RO_RELAXED"])
+    url.add_argument(
+        "--qos", default="RW_STRICT", type=str.upper, choices=["RW_STRICT", "RO_RELAXED"]
+    )
+    rejoin = with_dir(
+        ssub.add_parser(
+            "rejoin",
+            help="rebuild NODE as a replica of the current master (after a failover)",
+            description=(
+                "Stop NODE, delete its data, initialise it again and make it replicate "
+                "from the current master (the one writable node) from the start of its "
+                "binlog. For an old master that must not come back as it was, or a "
+                "replica left out by a failover. Everything NODE held that the master "
+                "lacks is lost."
+            ),
+        )
+    )
+    rejoin.add_argument("node", metavar="NODE", help="node name, e.g. db1")
     fault = with_dir(
         ssub.add_parser(
             "fault",
@@ -94,6 +118,14 @@ def _run_sandbox(args: argparse.Namespace) -> int:
             f"'sqlrouter sandbox url --dir {sb.dir}' prints the full URL)"
         )
     elif args.action == "status":
+        rows = sb.status()
+        if args.json:
+            _print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        else:
+            _print(format_status(rows))
+    elif args.action == "rejoin":
+        sb.rejoin(args.node)
+        _print("")
         _print(format_status(sb.status()))
     elif args.action == "down":
         stopped = sb.down()
@@ -115,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sqlrouter",
         description="sqlrouter: a SQL routing driver for replicated MySQL/MariaDB clusters",
     )
+    parser.add_argument("--version", action="version", version=f"sqlrouter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _sandbox_parser(sub)
     route = sub.add_parser(
@@ -122,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="print which datasource a service URL would get now, and why",
         description=(
             "Ask the monitor for a snapshot of the URL's service and print, per "
-            "datasource, what it observed and the router's verdict, then the decision."
+            "datasource, what it observed and the router's verdict, then the decision, "
+            "and whether the URL's own user logs in to the datasource chosen (the "
+            "monitor may use another account). Exit status 0 when a connect would "
+            "succeed now, 1 when no datasource qualifies or the login fails."
         ),
     )
     route.add_argument("url", metavar="URL", help="a service URL, e.g. sqlrouter://app@shop/db")
@@ -134,7 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
             "show routing on it; the temporary sandbox is destroyed at the end."
         ),
     )
-    demo.add_argument("--dir", default=None, help="sandbox directory (created if needed)")
+    demo.add_argument(
+        "--dir",
+        default=None,
+        help="sandbox directory: created if needed, reused (as it is) if it holds one",
+    )
+    demo.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        help="first TCP port of a new sandbox; nodes use consecutive ports (default: any free)",
+    )
     demo.add_argument("--keep", action="store_true", help="leave the sandbox running")
     add_admin_parser(sub)
     return parser
@@ -147,10 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "sandbox":
             return _run_sandbox(args)
         if args.command == "route":
-            _print(explain_url(args.url))
-            return 0
+            explanation = explain_route(args.url)
+            _print(explanation.text)
+            return 0 if explanation.ok else 1
         if args.command == "demo":
-            run_demo(args.dir, keep=args.keep, out=_print)
+            run_demo(args.dir, keep=args.keep, base_port=args.base_port, out=_print)
             return 0
         if args.command == "admin":
             return run_admin(args, out=_print)

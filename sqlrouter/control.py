@@ -833,6 +833,8 @@ class _Commands:
         self._server = server
         self._clock = clock
         self._stopping = threading.Event() if server is None else server.stopping
+        #: The error each registry had at the last ``reload`` (to say when it is fixed).
+        self._reload_errors: dict[str, str] = {}
 
     def run(self, request: Request) -> dict[str, Any]:
         """The response to ``request`` (never raises)."""
@@ -993,10 +995,7 @@ class _Commands:
             registries.setdefault(id(h.registry), h.registry)
         results = []
         for registry in registries.values():
-            changed = registry.refresh(force=True)
-            results.append(
-                {"registry": registry.describe(), "changed": changed, "error": registry.last_error}
-            )
+            results.append(self._reload_one(registry))
         for h in handles:
             h.refresh()
         for h in handles:
@@ -1008,7 +1007,7 @@ class _Commands:
                 for h in handles
             ],
         }
-        problems = [f"{r['registry']}: {r['error']}" for r in results if r["error"]]
+        problems = [str(r["error"]) for r in results if r["error"]]  # each names its registry
         if self._server is not None:
             try:
                 self._server.reload_tokens()
@@ -1022,6 +1021,19 @@ class _Commands:
                 "error": "; ".join(problems) + " (the last good registry content is kept)",
             }
         return response
+
+    def _reload_one(self, registry: Registry) -> dict[str, Any]:
+        """Reload ``registry`` now; ``fixed`` holds the error it had before, if it is gone."""
+        name = registry.describe()
+        reported = self._reload_errors.pop(name, None)
+        before = registry.last_error or reported
+        changed = registry.refresh(force=True)
+        item: dict[str, Any] = {"registry": name, "changed": changed, "error": registry.last_error}
+        if registry.last_error is not None:
+            self._reload_errors[name] = registry.last_error
+        elif before is not None:
+            item["fixed"] = before
+        return item
 
     def cmd_explain(self, args: Mapping[str, Any]) -> dict[str, Any]:
         try:

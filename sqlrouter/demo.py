@@ -13,7 +13,7 @@ from .connection import connect
 from .errors import Error
 from .explain import explain_url
 from .health import Health
-from .sandbox import Sandbox, format_status
+from .sandbox import Sandbox, SandboxError, format_status
 from .switchover import switchover
 
 __all__ = ["run_demo"]
@@ -65,7 +65,29 @@ def _lag_text(name: str) -> str:
     return f"{name}: lag {lag} ({h.lag_source or 'no measure'}), io={h.io_running}"
 
 
+def _roles(sb: Sandbox) -> tuple[str, str, str]:
+    """The master and two replicas of ``sb`` as they are now (an earlier demo or a
+    topology operation may have moved the master)."""
+    rows = sb.status()
+    masters = [r.name for r in rows if r.running and r.role == "master"]
+    replicas = [
+        r.name
+        for r in rows
+        if r.running and r.role == "replica" and (r.io_running, r.sql_running) == ("Yes", "Yes")
+    ]
+    if len(masters) != 1 or len(replicas) < 2:
+        shown = ", ".join(f"{r.name} {r.role} ({r.state})" for r in rows)
+        raise SandboxError(
+            f"the demo needs a master and two running replicas; the sandbox in {sb.dir} has "
+            f"{shown}: repair it (sqlrouter sandbox up --dir {sb.dir} starts stopped "
+            f"nodes; sqlrouter sandbox rejoin --dir {sb.dir} NODE rebuilds a node as a "
+            "replica of the master), or give another --dir"
+        )
+    return masters[0], replicas[0], replicas[1]
+
+
 def _steps(sb: Sandbox, out: Out) -> None:
+    m, r1, r2 = _roles(sb)
     rw = sb.url("RW_STRICT")
     ro = sb.url("RO_RELAXED", max_lag=1)
     shown = sb.url("RO_RELAXED", hide_password=True, max_lag=1)
@@ -76,32 +98,35 @@ def _steps(sb: Sandbox, out: Out) -> None:
     out(f"\n   sqlrouter route {shown}")
     out("   " + explain_url(ro).replace("\n", "\n   "))
 
-    out("\n== 4. replica db2 delayed by 3s (sqlrouter sandbox fault db2 delay 3)")
-    out("   " + sb.fault("db2", "delay", 3))
-    _wait_for("the monitor measured db2's lag over 1s", lambda: _lag_over("db2", 1), out)
-    out(f"   {_lag_text('db2')}")
-    out(f"   20 connections -> {dict(_spread(sb, ro, 20))}  (db2 is left out)")
-    out("   " + sb.fault("db2", "resume"))
-    _wait_for("db2 caught up", lambda: _lag_within("db2", 1), out)
-    out(f"   20 connections -> {dict(_spread(sb, ro, 20))}  (db2 is back)")
+    out(f"\n== 4. replica {r1} delayed by 3s (sqlrouter sandbox fault {r1} delay 3)")
+    out("   " + sb.fault(r1, "delay", 3))
+    _wait_for(f"the monitor measured {r1}'s lag over 1s", lambda: _lag_over(r1, 1), out)
+    out(f"   {_lag_text(r1)}")
+    out(f"   20 connections -> {dict(_spread(sb, ro, 20))}  ({r1} is left out)")
+    out("   " + sb.fault(r1, "resume"))
+    _wait_for(f"{r1} caught up", lambda: _lag_within(r1, 1), out)
+    out(f"   20 connections -> {dict(_spread(sb, ro, 20))}  ({r1} is back)")
 
-    out("\n== 5. replica db3's IO thread stopped (sqlrouter sandbox fault db3 stop-io)")
+    out(f"\n== 5. replica {r2}'s IO thread stopped (sqlrouter sandbox fault {r2} stop-io)")
     out("   Seconds_Behind_Master reads NULL or 0 now; the heartbeat sees the gap grow.")
-    out("   " + sb.fault("db3", "stop-io"))
-    _wait_for("db3 excluded", lambda: not _lag_within("db3", 1), out)
-    out(f"   {_lag_text('db3')}")
+    out("   " + sb.fault(r2, "stop-io"))
+    _wait_for(f"{r2} excluded", lambda: not _lag_within(r2, 1), out)
+    out(f"   {_lag_text(r2)}")
     out(f"   20 connections -> {dict(_spread(sb, ro, 20))}")
-    out("   " + sb.fault("db3", "resume"))
-    _wait_for("db3 caught up", lambda: _lag_within("db3", 1), out)
+    out("   " + sb.fault(r2, "resume"))
+    _wait_for(f"{r2} caught up", lambda: _lag_within(r2, 1), out)
 
-    out("\n== 6. a planned switchover to db2 (sqlrouter admin switchover sandbox --to db2)")
+    out(
+        f"\n== 6. a planned switchover to {r1} (sqlrouter admin switchover sandbox --to {r1} "
+        f"--registry {sb.registry_path})"
+    )
     out("   A writer keeps a RW_STRICT connection open; roles are observed, not configured.")
     writer = connect(rw)
     with writer.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS demo (id INT AUTO_INCREMENT PRIMARY KEY)")
         cur.execute("INSERT INTO demo VALUES ()")
     writer.commit()
-    for step in switchover(sb.service(), "db2", timeout=30):
+    for step in switchover(sb.service(), r1, timeout=30):
         out(f"   {step}")
     try:
         with writer.cursor() as cur:
@@ -110,16 +135,24 @@ def _steps(sb: Sandbox, out: Out) -> None:
         out(f"   the old connection fails clearly: {type(exc).__name__}: {exc.args[-1]}")
     finally:
         writer.close()
-    _wait_for("this process routes writes to db2", lambda: _server_of(sb, rw) == "db2", out)
+    _wait_for(f"this process routes writes to {r1}", lambda: _server_of(sb, rw) == r1, out)
     out(f"   10 RW_STRICT connections -> {dict(_spread(sb, rw, 10))}")
-    out(f"   20 RO_RELAXED connections -> {dict(_spread(sb, ro, 20))}  (db1 is a replica now)")
+    out(f"   20 RO_RELAXED connections -> {dict(_spread(sb, ro, 20))}  ({m} is a replica now)")
 
 
-def run_demo(directory: str | None = None, *, keep: bool = False, out: Out = print) -> None:
+def run_demo(
+    directory: str | None = None,
+    *,
+    keep: bool = False,
+    base_port: int | None = None,
+    out: Out = print,
+) -> None:
     """Bring up a sandbox (in ``directory`` or a temporary one) and show sqlrouter at work.
 
-    The sandbox is destroyed at the end unless ``keep`` is true or ``directory`` held
-    an existing sandbox.
+    An existing sandbox in ``directory`` is reused as it is: the demo takes its current
+    master and two replicas (a second run switches over again).  ``base_port`` is the
+    first port of a new sandbox.  The sandbox is destroyed at the end unless ``keep`` is
+    true or ``directory`` held an existing sandbox.
     """
     tmp = None if directory else tempfile.mkdtemp(prefix="sqlrouter-demo-")
     path = Path(directory or tmp or ".")
@@ -127,7 +160,7 @@ def run_demo(directory: str | None = None, *, keep: bool = False, out: Out = pri
     existed = sb.exists
     out("== 1. a local replicated cluster (sqlrouter sandbox up)")
     try:
-        sb.up()
+        sb.up(base_port=base_port)
         out(format_status(sb.status()))
         _steps(sb, out)
         out("\n== the cluster now (sqlrouter sandbox status)")
@@ -135,7 +168,9 @@ def run_demo(directory: str | None = None, *, keep: bool = False, out: Out = pri
     finally:
         _services.shutdown()
         if keep or existed:
-            out(f"\nthe sandbox keeps running in {sb.dir}; stop it with:")
+            out(f"\nthe sandbox keeps running in {sb.dir}; try it, then stop it:")
+            out(f"   sqlrouter sandbox status --dir {sb.dir}")
+            out(f"   sqlrouter admin switchover sandbox --to NODE --registry {sb.registry_path}")
             out(f"   sqlrouter sandbox down --dir {sb.dir}")
         else:
             out("\n== cleaning up (sqlrouter sandbox destroy)")

@@ -598,8 +598,14 @@ def get_dns_registry(
     try:
         spec = parse_dns_spec(value)
     except ValueError as exc:
-        where = f"{origin}: " if origin else "registry "
-        raise RegistryError(ER_REGISTRY, f"{where}dns:{value}: {exc}") from None
+        entry = f"dns:{value}"
+        if not origin:
+            where = f"registry {entry}"
+        elif origin.endswith(entry):
+            where = origin  # the whole spec is this entry: say it once
+        else:
+            where = f"{origin}: {entry}"
+        raise RegistryError(ER_REGISTRY, f"{where}: {exc}") from None
     options = dict(spec.options)
     for key in (f"{role}_password_file" for role in CREDENTIAL_ROLES):
         if key in options:

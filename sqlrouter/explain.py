@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
+
+import pymysql
 
 from ._services import ServiceHandle, handle_for
 from ._table import format_table
 from .errors import RoutingError
 from .health import Snapshot
 from .router import Policy, choose, explain
-from .topology import Credentials
+from .topology import Credentials, DataSource
 from .url import ServiceURL, parse_url
 
-__all__ = ["explain_handle", "explain_url", "format_table", "snapshot_rows"]
+__all__ = [
+    "RouteExplanation",
+    "explain_handle",
+    "explain_route",
+    "explain_url",
+    "format_table",
+    "snapshot_rows",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteExplanation:
+    """What ``sqlrouter route URL`` prints (``text``), and whether a connect with this
+    URL would succeed now (``ok``: a datasource qualifies and the URL's own credentials
+    log in to it)."""
+
+    text: str
+    ok: bool
 
 
 def _yes_no(value: bool | None) -> str | None:
@@ -46,19 +67,62 @@ def snapshot_rows(snapshot: Snapshot, policy: Policy) -> list[dict[str, Any]]:
 
 
 def explain_url(url: str | ServiceURL, **overrides: Any) -> str:
-    """The datasource ``url`` would get now, and the snapshot behind the decision."""
+    """The datasource ``url`` would get now, and the snapshot behind the decision.
+
+    Pure reporting: no connection is opened (the control socket's ``explain`` uses it
+    in a running application, which must not log in as whoever asks).
+    """
+    return explain_route(url, login=False, **overrides).text
+
+
+def _login(parsed: ServiceURL, ds: DataSource) -> str | None:
+    """Log in to ``ds`` as the URL's user (its password, database and options); None
+    when it works, else the server's or the network's error."""
+    options = {**parsed.connect_args, "autocommit": True}
+    try:
+        conn = pymysql.connect(
+            host=ds.host,
+            port=ds.port,
+            user=parsed.user or "",
+            password=parsed.password or "",
+            database=parsed.database,
+            connect_timeout=parsed.connect_timeout,
+            read_timeout=parsed.connect_timeout,
+            write_timeout=parsed.connect_timeout,
+            **options,
+        )
+    except pymysql.err.MySQLError as exc:
+        args: tuple[object, ...] = exc.args
+        if len(args) >= 2 and isinstance(args[0], int):
+            return f"({args[0]}) {args[1]}"
+        return str(exc) or type(exc).__name__
+    conn.close()
+    return None
+
+
+def explain_route(
+    url: str | ServiceURL, *, login: bool = True, **overrides: Any
+) -> RouteExplanation:
+    """The datasource ``url`` would get now, the snapshot behind the decision, and
+    (``login``) whether the URL's own user logs in there: the monitor may use another
+    account, so a healthy table says nothing about the URL's credentials."""
     parsed = parse_url(url, **overrides)
     handle = handle_for(
         parsed.registry, parsed.service, Credentials(parsed.user or "", parsed.password or "")
     )
-    return explain_handle(handle, parsed)
+    return _explain(handle, parsed, login=login)
 
 
 def explain_handle(handle: ServiceHandle, parsed: ServiceURL) -> str:
     """What :func:`explain_url` prints, for a service this process watches already.
 
-    Uses ``handle`` as it is (its registry, its monitor): nothing is looked up.
+    Uses ``handle`` as it is (its registry, its monitor): nothing is looked up, and no
+    login is tried (the control socket's ``explain``).
     """
+    return _explain(handle, parsed, login=False).text
+
+
+def _explain(handle: ServiceHandle, parsed: ServiceURL, *, login: bool) -> RouteExplanation:
     snapshot = handle.snapshot()
     max_lag = parsed.max_lag if parsed.max_lag is not None else snapshot.service.max_lag
     policy = Policy(qos=parsed.qos, max_lag=max_lag, fallback=parsed.fallback)
@@ -99,9 +163,18 @@ def explain_handle(handle: ServiceHandle, parsed: ServiceURL) -> str:
         f"max_lag={max_lag:g}s, fallback={parsed.fallback.value}"
     )
     try:
-        decision = choose(snapshot, policy, turn=0)
+        decision = choose(snapshot, policy, turn=0, now=time.monotonic())
     except RoutingError as exc:
         verdict = f"no datasource: {exc.args[1]}"
-    else:
-        verdict = f"-> {decision.datasource}: {decision.reason}"
-    return f"{head}\n\n{table}\n\n{verdict}"
+        return RouteExplanation(f"{head}\n\n{table}\n\n{verdict}", ok=False)
+    verdict = f"-> {decision.datasource}: {decision.reason}"
+    if not login:
+        return RouteExplanation(f"{head}\n\n{table}\n\n{verdict}", ok=True)
+    ds = decision.datasource
+    who = f"login as {parsed.user or '(no user)'!r}" + (
+        f" to database {parsed.database!r}" if parsed.database else ""
+    )
+    error = _login(parsed, ds)
+    outcome = "ok" if error is None else f"FAILED: {error}"
+    text = f"{head}\n\n{table}\n\n{verdict}\n{who} on {ds.name} ({ds.address}): {outcome}"
+    return RouteExplanation(text, ok=error is None)

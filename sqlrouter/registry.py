@@ -997,6 +997,7 @@ def resolve_registry_path(
     *,
     environ: Mapping[str, str] = os.environ,
     cwd: str | os.PathLike[str] | None = None,
+    given_as: str = "registry=",
 ) -> Path:
     """The absolute path of the registry file to use.
 
@@ -1009,24 +1010,26 @@ def resolve_registry_path(
 
     :class:`RegistryError` says every place it looked when the chosen file does not
     exist; :class:`RegistryNotSupported` when a ``dns:`` registry is named (it has no
-    path: :func:`find_registry` reads it).
+    path: :func:`find_registry` reads it).  ``given_as`` names ``explicit`` in messages
+    (``"--registry "`` for a command-line option).
     """
     base = Path(cwd) if cwd is not None else Path.cwd()
+    label = given_as.strip()
 
     def absolute(text: str) -> Path:
         return Path(os.path.abspath(base / Path(text).expanduser()))
 
     if explicit is not None:
-        path = absolute(_file_of(explicit, "registry="))
+        path = absolute(_file_of(explicit, given_as))
         why = _why_not_a_file(path)
         if why is None:
             return path
         raise RegistryError(
             ER_REGISTRY,
-            f"no registry file: looked at registry={explicit} = {path} ({why}); "
-            f"${ENV_VAR} and ./{DEFAULT_FILENAME} are only used when registry= is not given",
+            f"no registry file: looked at {given_as}{explicit} = {path} ({why}); "
+            f"${ENV_VAR} and ./{DEFAULT_FILENAME} are only used when {label} is not given",
         )
-    looked = "looked at registry= (not given)"
+    looked = f"looked at {label} (not given)"
     env = environ.get(ENV_VAR, "")
     if env.strip():
         path = absolute(_file_of(env, f"${ENV_VAR}="))
@@ -1054,6 +1057,7 @@ def find_registry(
     *,
     environ: Mapping[str, str] = os.environ,
     cwd: str | os.PathLike[str] | None = None,
+    given_as: str = "registry=",
 ) -> Registry:
     """The shared registry named by ``registry=``, the environment or the directory.
 
@@ -1063,17 +1067,21 @@ def find_registry(
     shared :class:`FileRegistry` of each file (which must exist), in a shared
     :class:`~sqlrouter.dns_registry.ChainRegistry` when there are several.  The same
     text gives the same registry object, so that every ``connect()`` to a service
-    shares one monitor.
+    shares one monitor.  ``given_as`` names ``explicit`` in messages.
     """
-    text, origin = explicit, "registry="
+    text, origin = explicit, given_as
     if text is None:
         env = environ.get(ENV_VAR, "")
         text, origin = (env, f"${ENV_VAR}=") if env.strip() else (None, "")
     if text is None:
-        return get_registry(resolve_registry_path(explicit, environ=environ, cwd=cwd))
+        return get_registry(
+            resolve_registry_path(explicit, environ=environ, cwd=cwd, given_as=given_as)
+        )
     entries = parse_registry_spec(text, origin=origin)
     if len(entries) == 1 and entries[0].kind == "file":
-        return get_registry(resolve_registry_path(explicit, environ=environ, cwd=cwd))
+        return get_registry(
+            resolve_registry_path(explicit, environ=environ, cwd=cwd, given_as=given_as)
+        )
     # dns_registry builds on this module: imported here, when a DNS registry is named.
     from . import dns_registry  # noqa: PLC0415 - a module-level import would be circular
 

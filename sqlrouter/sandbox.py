@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from urllib.parse import quote, urlencode
 
 import pymysql
 
-from ._table import format_table
+from ._table import CLIPPED_NOTE, clip, format_table
 from .registry import write_registry_file
 from .topology import Credentials, DataSource, HeartbeatSettings, Role, Service
 
@@ -176,7 +177,7 @@ class NodeStatus:
     port: int
     pid: int | None
     state: str  # running, stopped, frozen, unresponsive
-    role: str  # master, replica, or the initial role when it cannot be asked
+    role: str  # master, replica, ...; for a node that cannot be asked, what its files say
     read_only: bool | None = None
     io_running: str | None = None
     sql_running: str | None = None
@@ -603,7 +604,7 @@ class Sandbox:
                 f"cannot start {spec.name}: port {spec.port} on 127.0.0.1 is in use by "
                 "another process"
             )
-        self._progress(f"starting {spec.name} ({spec.initial_role}) on 127.0.0.1:{spec.port}")
+        self._progress(f"starting {spec.name} ({self._role_label(spec)}) on 127.0.0.1:{spec.port}")
         d = self.node_dir(spec.name)
         cmd = [str(binaries.server), f"--defaults-file={d / 'my.cnf'}", *self._user_args()]
         log = open(d / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
@@ -641,6 +642,17 @@ class Sandbox:
             else:
                 return
             time.sleep(0.05)
+
+    def _role_label(self, spec: NodeSpec, master: str | None = None) -> str:
+        """What node ``spec`` is while it is not running, as far as its files tell: the
+        master (``master``, default the recorded one), a replica (it has a
+        ``master.info``), or read-only and not a replica (an old master that lost its
+        role: it starts read-only, fenced off until it is rebuilt)."""
+        if spec.name == (master or self.state.master):
+            return "master"
+        if (self.node_dir(spec.name) / "data" / "master.info").is_file():
+            return "replica"
+        return "read-only, not a replica"
 
     def _log_tail(self, name: str, lines: int = 5) -> str:
         path = self.node_dir(name) / "error.log"
@@ -698,6 +710,7 @@ class Sandbox:
             self._progress(f"sandbox in {self.dir} is already running; nothing changed")
             return False
         binaries = find_server_binaries()
+        self._remember_master()  # the running nodes say who is the master now
         for spec in stopped:
             self._start_node(spec, binaries)
         self._restore_master()
@@ -786,19 +799,29 @@ class Sandbox:
     # -- status --------------------------------------------------------------------
 
     def status(self) -> list[NodeStatus]:
-        return [self._node_status(n) for n in self.state.nodes]
+        rows = [self._node_status(n) for n in self.state.nodes]
+        masters = [r.name for r in rows if r.running and r.role == "master"]
+        if len(masters) == 1:
+            # A node down since a topology operation moved the master is not the master.
+            rows = [
+                r
+                if r.running or r.role != "master" or r.name == masters[0]
+                else dataclasses.replace(r, role=self._role_label(self.node(r.name), masters[0]))
+                for r in rows
+            ]
+        return rows
 
     def _node_status(self, spec: NodeSpec) -> NodeStatus:
         pid = self.pid(spec.name)
         if pid is None:
-            return NodeStatus(spec.name, spec.port, None, "stopped", spec.initial_role)
+            return NodeStatus(spec.name, spec.port, None, "stopped", self._role_label(spec))
         if _pid_state(pid) == "T":
-            return NodeStatus(spec.name, spec.port, pid, "frozen", spec.initial_role)
+            return NodeStatus(spec.name, spec.port, pid, "frozen", self._role_label(spec))
         try:
             conn = self.connect(spec.name, timeout=2)
         except pymysql.err.MySQLError as exc:
             return NodeStatus(
-                spec.name, spec.port, pid, "unresponsive", spec.initial_role, error=str(exc)
+                spec.name, spec.port, pid, "unresponsive", self._role_label(spec), error=str(exc)
             )
         try:
             with conn.cursor(pymysql.cursors.DictCursor) as cur:
@@ -808,7 +831,7 @@ class Sandbox:
                 slave = cur.fetchone()
         except pymysql.err.MySQLError as exc:
             return NodeStatus(
-                spec.name, spec.port, pid, "unresponsive", spec.initial_role, error=str(exc)
+                spec.name, spec.port, pid, "unresponsive", self._role_label(spec), error=str(exc)
             )
         finally:
             conn.close()
@@ -834,10 +857,49 @@ class Sandbox:
             spec.port,
             pid,
             "running",
-            "master" if not read_only else "standalone (read-only)",
+            "master" if not read_only else "read-only, not a replica",
             read_only=read_only,
             gtid_pos=gtid_pos,
         )
+
+    def rejoin(self, name: str) -> None:
+        """Rebuild node ``name`` as a replica of the current master (the one writable
+        node): stop it, delete its data, initialise it again, and replicate everything
+        from the master's binlog (the sandbox never purges binlogs).
+
+        For an old master after a failover (it must not come back as it was) or a
+        replica a failover left out.  What the node held that the master lacks is lost.
+        """
+        spec = self.node(name)
+        writable = self._writable_nodes()
+        if len(writable) != 1:
+            found = ", ".join(writable) if writable else "none"
+            raise SandboxError(
+                f"cannot rejoin {name}: it needs exactly one writable master to replicate "
+                f"from (writable nodes: {found}); fail over or switch over first"
+            )
+        master = self.node(writable[0])
+        if master.name == name:
+            raise SandboxError(
+                f"{name} is the master (the writable node): there is nothing to rejoin"
+            )
+        binaries = find_server_binaries()
+        self._progress(f"rebuilding {name} as a replica of {master.name} (its data is deleted)")
+        self._stop_node(name, graceful=False)
+        data = self.node_dir(name) / "data"
+        fresh = self.node_dir(name) / "data.new"
+        shutil.rmtree(fresh, ignore_errors=True)
+        self._run_install_db(binaries, spec, fresh)
+        shutil.rmtree(data, ignore_errors=True)
+        fresh.rename(data)
+        if self.state.master != master.name:
+            self.state.master = master.name
+            self._write_state()
+        self._start_node(spec, binaries)
+        self._progress(f"configuring replica {name}: GTID replication from {master.name}")
+        self._setup_replica(self.state, spec, master)
+        self.wait_caught_up(name, timeout=60)
+        self._progress(f"{name} replicates from {master.name} and has caught up")
 
     def wait_caught_up(self, name: str, *, timeout: float = 30.0) -> None:
         """Wait until replica ``name`` has applied everything the master has written."""
@@ -918,7 +980,8 @@ class Sandbox:
 
 
 def format_status(rows: Sequence[NodeStatus]) -> str:
-    return format_table(
+    """The rows as a table; long errors are cut (``sandbox status --json`` has them)."""
+    table = format_table(
         ["node", "role", "port", "pid", "state", "io", "sql", "behind", "delay", "gtid", "error"],
         [
             (
@@ -932,8 +995,11 @@ def format_status(rows: Sequence[NodeStatus]) -> str:
                 r.seconds_behind_master,
                 r.sql_delay,
                 r.gtid_pos,
-                r.error,
+                clip(r.error),
             )
             for r in rows
         ],
     )
+    if any(clip(r.error) != r.error for r in rows):
+        table += "\n" + CLIPPED_NOTE
+    return table

@@ -123,16 +123,27 @@ class TopologyError(OperationalError):
         self.steps: tuple[Step, ...] = tuple(steps)
 
 
+#: What a :class:`Step` reports: a step that ended (``step``), something the operator
+#: must know or do (``warning``, ``left out``: a server the operation leaves as it is),
+#: or a wait about to begin (``wait``: what it waits for, and for how long at most).
+StepKind = Literal["step", "warning", "left out", "wait"]
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One step of an operation, as it ended."""
+    """One step of an operation as it ended, or a warning or wait note (``kind``)."""
 
     name: str
     ok: bool
     detail: str
     seconds: float
+    kind: StepKind = "step"
 
     def __str__(self) -> str:
+        if self.kind == "wait":
+            return f"... {self.detail}"
+        if self.kind != "step":
+            return f"{self.kind.upper()}: {self.detail}"
         mark = "ok" if self.ok else "FAILED"
         return f"[{mark}] {self.name} ({self.seconds:.3f}s): {self.detail}"
 
@@ -160,6 +171,8 @@ class Plan:
         text = f"{self.kind} of service {self.service!r}: {old} -> {self.new_master}"
         if self.repointed:
             text += f"; repoint {', '.join(self.repointed)}"
+        if self.left_out:
+            text += f"; {len(self.left_out)} left out"
         if self.warnings:
             text += f"; {len(self.warnings)} warning(s)"
         return text
@@ -662,7 +675,7 @@ class _Run:
         return text
 
     def add(self, step: Step) -> None:
-        step = Step(step.name, step.ok, self.scrub(step.detail), step.seconds)
+        step = Step(step.name, step.ok, self.scrub(step.detail), step.seconds, step.kind)
         self.steps.append(step)
         log = logger.info if step.ok else logger.warning
         log("service %r: %s: %s", self.service.name, self.kind, step)
@@ -671,6 +684,10 @@ class _Run:
                 self._report(step)
             except Exception:  # a broken reporter must not stop an operation half way
                 logger.exception("service %r: step reporter failed", self.service.name)
+
+    def note(self, name: str, detail: str, kind: StepKind = "wait") -> None:
+        """Report a warning, a server left out, or a wait about to begin."""
+        self.add(Step(name, True, detail, 0.0, kind))
 
     def step(
         self, name: str, server: str, action: Callable[[], str], *, fatal: bool = True
@@ -821,6 +838,14 @@ def _repointing(server: _Server, master: DataSource, done: str) -> Callable[[], 
         return done
 
     return action
+
+
+def _repoint_sql(master: DataSource) -> str:
+    """The statements an operator runs on a replica to make it replicate from ``master``."""
+    return (
+        f"STOP SLAVE; CHANGE MASTER TO MASTER_HOST='{master.host}', "
+        f"MASTER_PORT={master.port}, MASTER_USE_GTID=slave_pos; START SLAVE"
+    )
 
 
 def _change_master(
@@ -989,18 +1014,18 @@ def _plan_switchover(
         if node.name in (old.name, to):
             continue
         if not node.reachable:
-            left_out.append(f"{node.name}: unreachable ({node.error})")
-            warnings.append(
-                f"{node.name} is unreachable: it is not repointed; when it comes back it "
-                f"still replicates from {old.name}, now a replica of {to}: repoint it with "
-                f"CHANGE MASTER TO MASTER_HOST='{cand.ds.host}', MASTER_PORT={cand.ds.port}"
+            left_out.append(
+                f"{node.name}: unreachable ({node.error}), so not repointed; when it is back "
+                f"it still replicates from {old.name}, then a replica of {to}: run on it "
+                f"{_repoint_sql(cand.ds)}"
             )
         elif not node.is_replica:
-            left_out.append(f"{node.name}: not a replica")
-            warnings.append(f"{node.name} is not a replica: it is left as it is")
+            left_out.append(f"{node.name}: not a replica; left as it is")
         elif _master_of(service, node, nodes) != old.ds:
-            left_out.append(f"{node.name}: {node.describe_replication()}")
-            warnings.append(f"{node.name} does not replicate from {old.name}: left as it is")
+            left_out.append(
+                f"{node.name}: {node.describe_replication()}, not from {old.name}; left as "
+                f"it is (to make it a replica of {to}: {_repoint_sql(cand.ds)})"
+            )
         else:
             others.append(node)
     semisync = bool(old.semi_master)
@@ -1102,8 +1127,10 @@ def switchover(
     run = _Run(service, f"{kind} to {to}", report, _secrets(service, replication))
     started = time.monotonic()
     with _Servers(service, creds, timeout) as servers:
+        _note_inspection(run, service, servers)
         sp = _plan_switchover(service, to, servers, replication, max_lag)
         run.add(Step("plan", True, sp.plan.summary(), time.monotonic() - started))
+        _report_plan_notes(run, sp.plan)
         if dry_run:
             _report_dry_run(run, sp.plan)
             return run.steps
@@ -1111,14 +1138,28 @@ def switchover(
     return run.steps
 
 
+def _note_inspection(run: _Run, service: Service, servers: _Servers) -> None:
+    names = ", ".join(ds.name for ds in service.datasources)
+    run.note(
+        "plan",
+        f"inspecting {names} (in parallel; a server that does not answer within "
+        f"{servers.io_timeout:g}s counts as unreachable)",
+    )
+
+
+def _report_plan_notes(run: _Run, plan: Plan) -> None:
+    """What the operator must know before anything changes, in every run: the servers
+    left as they are (and how to repoint them) and the warnings."""
+    for text in plan.left_out:
+        run.note("left out", text, "left out")
+    for text in plan.warnings:
+        run.note("warning", text, "warning")
+
+
 def _report_dry_run(run: _Run, plan: Plan) -> None:
     for text in plan.steps:
         name, _, what = text.partition(": ")
         run.add(Step(f"would {name}", True, what, 0.0))
-    for text in plan.left_out:
-        run.add(Step("left out", True, text, 0.0))
-    for text in plan.warnings:
-        run.add(Step("warning", True, text, 0.0))
     run.add(Step("dry run", True, "nothing was changed", 0.0))
 
 
@@ -1167,6 +1208,11 @@ def _run_switchover(
             behind = [g for d, g in tail.items() if current.get(d, (d, 0, -1))[2] < g[2]]
             if behind:
                 left = deadline.remaining()
+                run.note(
+                    f"catch up {c}",
+                    f"waiting up to {left:.1f}s for {c} to apply {o}'s last transactions "
+                    f"(up to {_gtid_text(behind)})",
+                )
                 rows = sc.long(
                     [("SELECT MASTER_GTID_WAIT(%s, %s) AS r", [_gtid_text(behind), left])], left
                 )
@@ -1336,7 +1382,9 @@ def _run_switchover(
     run.step(
         "verify",
         c,
-        lambda: _verify(servers, cand, [old, *sp.others], sp.semisync, _Deadline(timeout)),
+        lambda: _verify(
+            servers, cand, [old, *sp.others], sp.semisync, _Deadline(timeout), note=run.note
+        ),
         fatal=False,
     )
     if run.failures:
@@ -1380,10 +1428,14 @@ def _verify(
     replicas: Sequence[_Node],
     semisync: bool,
     deadline: _Deadline,
+    *,
+    note: Callable[[str, str], None] | None = None,
 ) -> str:
     """Wait (bounded) until ``master`` is the only writable server and every replica of
-    ``replicas`` replicates from it with both threads running."""
+    ``replicas`` replicates from it with both threads running; ``note`` is told once
+    what is waited for."""
     names = [master.name, *[r.name for r in replicas]]
+    noted = False
     while True:
         nodes = servers.inspect(names)
         problems = []
@@ -1415,6 +1467,9 @@ def _verify(
             )
         if deadline.expired:
             raise _Failure("; ".join(problems))
+        if note is not None and not noted:
+            noted = True
+            note("verify", f"waiting up to {deadline.remaining():.1f}s: {'; '.join(problems)}")
         time.sleep(min(_POLL, deadline.remaining()))
 
 
@@ -1560,8 +1615,10 @@ def _plan_failover(
     timeout: float,
     *,
     frozen: bool = False,
+    note: Callable[[str, str], None] | None = None,
 ) -> _FailoverPlan:
     kind = "failover"
+    say = note or (lambda name, detail: None)
 
     def refuse(server: str, reason: str) -> TopologyError:
         return _refuse(service, kind, "plan", server, reason)
@@ -1592,6 +1649,12 @@ def _plan_failover(
     old = next(ds for ds in sources.values() if ds is not None)
     old_ids = {n.master_id for n in replicas if n.master_id}
     old_id = old_ids.pop() if len(old_ids) == 1 else None
+    if not frozen:
+        say(
+            "plan",
+            f"checking that the master {old.name} is dead: {_DEAD_ATTEMPTS} TCP connection "
+            f"attempts {_RETRY_PAUSE:g}s apart, each within {servers.io_timeout:g}s",
+        )
     state, how = ("dead", "checked") if frozen else _liveness(old, creds, servers.io_timeout)
     if state == "alive":
         raise refuse(old.name, f"the master {old.name} is alive: {how}; use switchover")
@@ -1605,6 +1668,11 @@ def _plan_failover(
     connected = [n for n in replicas if n.io_running]
     if connected and not frozen:
         wait = _Deadline(min(timeout, 3 * servers.io_timeout))
+        say(
+            "plan",
+            f"waiting up to {wait.seconds:g}s for {', '.join(n.name for n in connected)} to "
+            f"notice that {old.name} is gone (IO thread still connected to it)",
+        )
         while connected and not wait.expired:
             time.sleep(_RETRY_PAUSE)
             again = servers.inspect([n.name for n in connected])
@@ -1672,7 +1740,11 @@ def _plan_failover(
         f"from {new.name}"
         for n, g in choice.diverged.items()
     ]
-    left_out += [f"{n.name}: unreachable ({n.error})" for n in unreachable]
+    left_out += [
+        f"{n.name}: unreachable ({n.error}); when it is back, if it has nothing {new.name} "
+        f"lacks, repoint it: {_repoint_sql(new.ds)}; else rebuild it from {new.name}"
+        for n in unreachable
+    ]
     appliers = [n for n in replicas if _can_apply(n)]
     steps = [f"check master {old.name}: {old.name} is dead ({how})"]
     steps += [
@@ -1747,8 +1819,10 @@ def failover(
     run = _Run(service, "failover", report, _secrets(service, None))
     started = time.monotonic()
     with _Servers(service, creds, timeout) as servers:
-        fp = _plan_failover(service, servers, creds, force, timeout)
+        _note_inspection(run, service, servers)
+        fp = _plan_failover(service, servers, creds, force, timeout, note=run.note)
         run.add(Step("plan", True, fp.plan.summary(), time.monotonic() - started))
+        _report_plan_notes(run, fp.plan)
         if dry_run:
             _report_dry_run(run, fp.plan)
             return run.steps
@@ -1791,7 +1865,7 @@ def _run_failover(
 
     def apply_relay(node: _Node) -> Callable[[], str]:
         def action() -> str:
-            return _apply_relay_log(servers[node.name], deadline)
+            return _apply_relay_log(servers[node.name], deadline, run.note)
 
         return action
 
@@ -1855,6 +1929,9 @@ def _run_failover(
     planned = fp.plan.new_master
     note = "" if new_name == planned else f" (the plan said {planned}: positions moved)"
     run.add(Step("choose", True, f"promote {new_name}: {choice.reason}{note}", 0.0))
+    if new_name != planned:
+        for text in frozen.plan.left_out:
+            run.note("left out", text, "left out")
     new = next(n for n in frozen.replicas if n.name == new_name)
     sn = servers[new_name]
     rest = [n for n in frozen.replicas if n.name != new_name]
@@ -1937,7 +2014,9 @@ def _run_failover(
     run.step(
         "verify",
         new_name,
-        lambda: _verify(servers, new, repointed, frozen.semisync, _Deadline(timeout)),
+        lambda: _verify(
+            servers, new, repointed, frozen.semisync, _Deadline(timeout), note=run.note
+        ),
         fatal=False,
     )
     if run.failures:
@@ -1951,13 +2030,21 @@ def _run_failover(
         )
 
 
-def _apply_relay_log(server: _Server, deadline: _Deadline) -> str:
+def _apply_relay_log(
+    server: _Server, deadline: _Deadline, note: Callable[[str, str], None] | None = None
+) -> str:
     """Wait until the replica has applied every transaction it received."""
     name = server.ds.name
     node = server.inspect(None)
     target = node.io_pos
     if not target or not _missing(node.history, _parse_gtids(target)):
         return f"{name} has applied everything it received (at {node.current_pos or 'empty'})"
+    if note is not None:
+        note(
+            f"apply relay log {name}",
+            f"waiting up to {deadline.remaining():.1f}s for {name} to apply what it "
+            f"received (up to {target}; it is at {node.current_pos or 'empty'})",
+        )
     idle_at: str | None = None
     while True:
         left = deadline.remaining()

@@ -50,6 +50,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from pymysql.cursors import Cursor
 
+from ._dns import SPEC_OPTIONS
 from .errors import ProgrammingError
 from .gtid import MAX_DOMAINS, MAX_TEXT, CausalToken
 from .qos import Fallback, QoS
@@ -182,6 +183,12 @@ KNOWN_PARAMETERS: Final[frozenset[str]] = frozenset(
 #: The parameter names accepted in the query of a ``sqlrouter://`` URL.
 URL_PARAMETERS: Final[frozenset[str]] = frozenset(_ROUTING_PARAMETERS) | _TEXT_ARGS
 
+#: Options of a DNS registry spec (``dns:DOMAIN?key=value&...``) that a URL takes as
+#: parameters of its own after ``registry=dns:...``: they join the spec (see
+#: :func:`_fold_registry_options`).  ``max_lag`` is the URL's own parameter.
+_REGISTRY_OPTIONS: Final = frozenset(SPEC_OPTIONS) - URL_PARAMETERS
+_REGISTRY_ENTRY_SPLIT: Final = re.compile(r",(?=\s*(?:file|dns):)", re.IGNORECASE)
+
 #: In ``jdbc:t-router://`` URLs: Tungsten's names for ours.
 _TUNGSTEN_NAMES: Final[Mapping[str, str]] = MappingProxyType(
     {"maxAppliedLatency": "max_lag", "user": "user", "password": "password"}
@@ -189,7 +196,8 @@ _TUNGSTEN_NAMES: Final[Mapping[str, str]] = MappingProxyType(
 
 _SCHEMES: Final = ("sqlrouter", "mysql+sqlrouter")
 _TUNGSTEN_PREFIX: Final = "jdbc:t-router://"
-_ACCEPTED_SCHEMES: Final = "sqlrouter://, mysql+sqlrouter:// or jdbc:t-router://"
+#: The schemes named in messages; the Tungsten form only to those who wrote ``jdbc:``.
+_ACCEPTED_SCHEMES: Final = "sqlrouter:// or mysql+sqlrouter://"
 _URL_FORM: Final = "sqlrouter://[user[:password]@]SERVICE[/DATABASE][?param=value&...]"
 
 _SERVICE_RE: Final = re.compile(r"[A-Za-z0-9_.\-]+\Z")
@@ -767,8 +775,14 @@ def _split_url(url: str) -> _Collected:
     if not tungsten and parts.scheme not in _SCHEMES:
         if not parts.scheme:
             raise ProgrammingError(f"missing URL scheme: expected a {_ACCEPTED_SCHEMES} URL")
+        tungsten_hint = (
+            " (or jdbc:t-router://, the Tungsten SQL Router form, see docs/connect.md)"
+            if parts.scheme.lower() == "jdbc"
+            else ""
+        )
         raise ProgrammingError(
             f"unsupported URL scheme {_show(parts.scheme)}: expected {_ACCEPTED_SCHEMES}"
+            f"{tungsten_hint}"
         )
     if not parts.netloc and parts.path and not parts.path.startswith("/"):
         raise ProgrammingError(f"expected '//' after '{parts.scheme}:': {_URL_FORM}")
@@ -822,10 +836,49 @@ def _split_parts(parts: SplitResult, pairs: list[tuple[str, str]], *, tungsten: 
     if parts.password is not None:
         collected.fields["password"] = unquote(parts.password)
         collected.claim("password", "password", where)
+    pairs = _fold_registry_options(pairs)
     secrets = [value for name, value in pairs if name in _SECRET_NAMES]
     with _hiding([parts.password, collected.fields.get("password"), *secrets]):
         _read_path_and_query(collected, parts.path, parts.query, pairs, tungsten=tungsten)
     return collected
+
+
+def _fold_registry_options(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Move the DNS registry options among a URL's parameters into its ``registry=``.
+
+    ``?registry=dns:d?monitor_user=m&monitor_password_file=f`` (a spec written as in
+    docs/registry.md, whose ``&`` the URL splits) and ``?registry=dns:d&monitor_user=m``
+    both give the registry ``dns:d?monitor_user=m&monitor_password_file=f``: no ``%26``
+    is needed.  An option without a ``registry=`` whose last entry is ``dns:`` is an
+    error saying so.
+    """
+    options = [(name, value) for name, value in pairs if name in _REGISTRY_OPTIONS]
+    if not options:
+        return pairs
+    specs = [value for name, value in pairs if name == "registry"]
+    if len(specs) > 1:
+        return pairs  # "given twice" is the error to report
+    last = _REGISTRY_ENTRY_SPLIT.split(specs[0])[-1].strip() if specs else ""
+    if not last.lower().startswith("dns:"):
+        name = options[0][0]
+        found = (
+            f"registry={_show(specs[0])} is not a DNS registry"
+            if specs
+            else "the URL has no registry=dns:..."
+        )
+        raise ProgrammingError(
+            f"parameter {name!r} in the URL is an option of a DNS registry, but {found}: "
+            f"give it with registry=dns:DOMAIN in the same URL (registry=dns:DOMAIN&{name}="
+            f"...), or in $SQLROUTER_REGISTRY (dns:DOMAIN?{name}=...); a registry file "
+            "sets it in [services.NAME]"
+        )
+    joined = "&".join(f"{name}={quote(value, safe='/:~')}" for name, value in options)
+    spec = specs[0] + ("&" if "?" in last else "?") + joined
+    return [
+        (name, spec if name == "registry" else value)
+        for name, value in pairs
+        if name not in _REGISTRY_OPTIONS
+    ]
 
 
 def _read_path_and_query(

@@ -441,12 +441,24 @@ def test_reload_rereads_the_registry_and_ends_a_set(
     # The registry redefined the service: the operator's max_lag no longer applies.
     assert answer["services"] == [{"service": "sandbox", "max_lag": 2.5, "overrides": {}}]
 
-    registry.write_text(registry.read_text() + "\n[services.broken\n")
+    good = registry.read_text()
+    registry.write_text(good + "\n[services.broken\n")
     res = _admin("--socket", str(path), "reload")
     assert res.returncode == 1
-    assert f"file {registry}" in res.stdout and "invalid TOML" in res.stdout
+    assert f"registry {registry}: invalid TOML" in res.stdout
     assert "the last good registry content is kept" in res.stdout
+    # The error names the registry once, not as "file X: registry X: ...".
+    assert res.stdout.count(str(registry)) == 2, res.stdout  # the error, then the list
     assert request(path, {"cmd": "status"})["services"][0]["max_lag"] == 2.5
+
+    # Fixed back to the same content: the answer says the error is gone, not "unchanged".
+    registry.write_text(good)
+    res = _admin("--socket", str(path), "reload")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"file {registry}: valid, no change; fixed since the last error" in res.stdout
+    assert "invalid TOML" in res.stdout
+    res = _admin("--socket", str(path), "reload")
+    assert res.stdout.strip() == f"file {registry}: valid, no change"
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -464,6 +476,8 @@ def test_explain_as_the_process_sees_it(cluster: Sandbox, env_control: Path) -> 
     assert "service 'sandbox'" in text and "qos=RO_RELAXED" in text
     assert "offline (operator)" in text and "-> db2" in text
     assert cluster.state.app.password not in text
+    # The application never logs in as whoever asks (only `sqlrouter route` does).
+    assert "login as" not in text
 
     res = _admin("--socket", str(path), "explain", cluster.url("RW_STRICT"))
     assert res.returncode == 0, res.stderr
@@ -992,7 +1006,7 @@ def _all_processes(cluster: Sandbox, env_control: Path, helper: subprocess.Popen
         out = res.stdout
         assert f"process {helper.pid} (-c)" in out and f"process {os.getpid()} " in out
         assert f"stale socket (process {dead} is gone): removed" in out
-        assert "2 processes: 2 ok; 1 stale sockets removed" in out
+        assert "2 processes: 2 ok; 1 stale socket removed" in out
         assert "all processes:" in out and "sandbox  db2" in out
         assert not stale.exists()
         assert cluster.state.app.password not in out + res.stderr
@@ -1019,19 +1033,51 @@ def _all_processes(cluster: Sandbox, env_control: Path, helper: subprocess.Popen
         helper.wait(30)
 
 
-def _stale_socket(directory: Path) -> Path:
-    """A socket file whose process is gone (a pid no process has)."""
+def _dead_pid() -> int:
     dead = 4_000_000
     while True:
         try:
             os.kill(dead, 0)
         except ProcessLookupError:
-            break
+            return dead
         dead -= 1
-    path = directory / f"{dead}.sock"
+
+
+def _stale_socket(directory: Path) -> Path:
+    """A socket file left by a process that is gone (killed by SIGTERM, say)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stale = directory / f"{_dead_pid()}.sock"
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.bind(os.fspath(path))
-    return path
+        sock.bind(os.fspath(stale))
+    return stale
+
+
+def test_admin_all_fails_when_it_reached_nobody(env_control: Path) -> None:
+    stale = _stale_socket(env_control)
+    res = _admin("--all", "offline", "db2")
+    assert res.returncode == 1, res.stdout
+    assert "no process was reached (nothing was done); 1 stale socket removed" in res.stdout
+    assert not stale.exists()
+    _stale_socket(env_control)
+    res = _admin("--all", "--json", "offline", "db2")
+    assert res.returncode == 1
+    answer = json.loads(res.stdout)
+    assert answer["ok"] is False and answer["answers"][0]["stale"] is True
+
+
+def test_admin_finds_the_live_process_past_a_stale_socket(
+    cluster: Sandbox, env_control: Path
+) -> None:
+    """A process killed by SIGTERM leaves its socket: plain ``status`` still works."""
+    sqlrouter.connect(cluster.url("RO_RELAXED")).close()
+    stale = _stale_socket(env_control)
+    res = _admin("status")
+    assert res.returncode == 0, res.stderr
+    assert f"process {os.getpid()} " in res.stdout
+    assert f"removed {stale}: a stale control socket" in res.stderr
+    assert not stale.exists()
+    res = _admin("--all", "status")
+    assert res.returncode == 0 and "1 process: 1 ok" in res.stdout, res.stdout
 
 
 def test_admin_checks_the_directory_before_talking_or_removing(ctl_dir: Path) -> None:
@@ -1083,6 +1129,21 @@ def test_admin_usage_errors(env_control: Path) -> None:
     assert res.returncode == 1 and "no such socket" in res.stderr
     res = _admin("--all", "switchover", "sandbox", "--to", "db2")
     assert res.returncode == 1 and "--socket, --all and --tcp do not apply" in res.stderr
+    # Without a registry, the error names the option to give.
+    env = {k: v for k, v in os.environ.items() if k != "SQLROUTER_REGISTRY"}
+    res = subprocess.run(
+        [sys.executable, "-m", "sqlrouter", "admin", "switchover", "sandbox", "--to", "db2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+        cwd=env_control.parent,
+    )
+    assert res.returncode == 1
+    assert "looked at --registry (not given)" in res.stderr and "registry=" not in res.stderr
+    res = _admin("status", "--help")
+    assert "--service SERVICE  show this service only" in res.stdout
 
 
 # --------------------------------------------------------------------------- topology
@@ -1120,6 +1181,41 @@ def test_admin_switchover_is_seen_by_running_processes(
     )
     assert set(_landing(url, 3)) == {"db2"}
     for secret in (fresh_cluster.state.admin, fresh_cluster.state.repl):
+        assert secret.password not in res.stdout + res.stderr
+
+
+def test_admin_topology_prints_warnings_and_left_out_in_a_real_run(
+    fresh_cluster: Sandbox,
+) -> None:
+    """Not only --dry-run: a real switchover or failover says what it leaves out (and the
+    statements to repoint it) and every warning, never as an "[ok]" step."""
+    sb = fresh_cluster
+    registry = str(sb.registry_path)
+    sb.fault("db3", "kill")
+    res = _admin("switchover", "sandbox", "--to", "db2", "--registry", registry)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert out.startswith("... inspecting db1, db2, db3"), out
+    left = [line for line in out.splitlines() if line.startswith("LEFT OUT: db3: unreachable")]
+    assert len(left) == 1, out
+    assert f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={sb.node('db2').port}" in left[0]
+    assert "[ok] left out" not in out and "[ok] warning" not in out
+    assert "done in" in out and "(1 server left out: see above)" in out
+
+    sb.fault("db2", "kill")
+    res = _admin("--json", "failover", "sandbox", "--force", "--registry", registry)
+    assert res.returncode == 0, res.stdout + res.stderr
+    steps = json.loads(res.stdout)["steps"]
+    kinds = {s["kind"] for s in steps}
+    assert kinds == {"wait", "step", "warning", "left out"}, kinds
+    warnings = [s["detail"] for s in steps if s["kind"] == "warning"]
+    assert any(w.startswith("db2 must not come back as it was") for w in warnings), warnings
+    assert any(w.startswith("forced: db3 unreachable") for w in warnings), warnings
+    waits = [s["detail"] for s in steps if s["kind"] == "wait"]
+    assert any(w.startswith("checking that the master db2 is dead") for w in waits), waits
+    (left,) = [s["detail"] for s in steps if s["kind"] == "left out"]
+    assert left.startswith("db3: unreachable") and "CHANGE MASTER TO" in left
+    for secret in (sb.state.admin, sb.state.repl):
         assert secret.password not in res.stdout + res.stderr
 
 

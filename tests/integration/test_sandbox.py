@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -35,10 +36,10 @@ def mariadbd_pids(directory: Path) -> list[int]:
     return pids
 
 
-def write_row(sb: Sandbox, table: str) -> str:
-    """Insert a unique row on the master and return its marker."""
+def write_row(sb: Sandbox, table: str, node: str | None = None) -> str:
+    """Insert a unique row on the master (or ``node``) and return its marker."""
     marker = uuid.uuid4().hex
-    with sb.cursor(sb.master.name) as cur:
+    with sb.cursor(node or sb.master.name) as cur:
         cur.execute(f"CREATE TABLE IF NOT EXISTS appdb.{table} (m CHAR(32) PRIMARY KEY)")
         cur.execute(f"INSERT INTO appdb.{table} VALUES (%s)", (marker,))
     return marker
@@ -292,3 +293,74 @@ def test_interrupted_run_leaves_no_server(tmp_path: Path) -> None:
     while mariadbd_pids(tmp_path / "sb") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert mariadbd_pids(tmp_path / "sb") == []
+
+
+def test_rejoin_rebuilds_the_old_master_after_a_failover(fresh_cluster: Sandbox) -> None:
+    """After a failover the old master restarts fenced, is labelled as what it is now,
+    and ``sandbox rejoin`` makes it a replica of the new master again."""
+    from sqlrouter.switchover import failover
+
+    sb = fresh_cluster
+    before = write_row(sb, "rejoin")
+    for node in ("db2", "db3"):
+        sb.wait_caught_up(node)
+    sb.fault("db1", "kill")
+    failover(sb.service())
+    new = next(r.name for r in sb.status() if r.running and r.role == "master")
+    assert new in ("db2", "db3")
+    after = write_row(sb, "rejoin", new)
+
+    said: list[str] = []
+    Sandbox(sb.dir, ephemeral=True, progress=said.append).up()
+    assert any(line.startswith("starting db1 (read-only, not a replica)") for line in said), said
+    assert not any("db1 (master)" in line for line in said), said
+    rows = {r.name: r for r in sb.status()}
+    assert rows["db1"].running and rows["db1"].read_only is True
+    assert rows["db1"].role == "read-only, not a replica"
+
+    res = run_cli("sandbox", "rejoin", "--dir", str(sb.dir), new)
+    assert res.returncode == 1 and f"{new} is the master" in res.stderr
+
+    said.clear()
+    Sandbox(sb.dir, ephemeral=True, progress=said.append).rejoin("db1")
+    assert f"rebuilding db1 as a replica of {new} (its data is deleted)" in said
+    rows = {r.name: r for r in sb.status()}
+    assert rows["db1"].role == "replica" and rows["db1"].read_only is True
+    assert (rows["db1"].io_running, rows["db1"].sql_running) == ("Yes", "Yes")
+    assert sb.query("db1", "SHOW SLAVE STATUS")[0][3] == sb.node(new).port
+    assert has_row(sb, "db1", "rejoin", before) and has_row(sb, "db1", "rejoin", after)
+    # It follows the new master from now on.
+    third = write_row(sb, "rejoin", new)
+    sb.wait_caught_up("db1")
+    assert has_row(sb, "db1", "rejoin", third)
+    # A restart labels it by what it is now.
+    said.clear()
+    Sandbox(sb.dir, ephemeral=True, progress=said.append).fault("db1", "restart")
+    assert any(line.startswith("starting db1 (replica)") for line in said), said
+
+
+def test_status_cuts_long_errors_and_json_has_them_whole(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+    # A replica that cannot connect to its master has MariaDB's long error text.
+    with sb.cursor("db3") as cur:
+        cur.execute("STOP SLAVE")
+        cur.execute("CHANGE MASTER TO MASTER_PASSWORD='wrong', MASTER_CONNECT_RETRY=1")
+        cur.execute("START SLAVE")
+
+    def full_error() -> str | None:
+        return next(r.error for r in sb.status() if r.name == "db3")
+
+    deadline = time.monotonic() + 30
+    while not full_error() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    error = full_error()
+    assert error and len(error) > 80, error
+
+    res = run_cli("sandbox", "status", "--dir", str(sb.dir))
+    assert res.returncode == 0, res.stderr
+    assert error not in res.stdout
+    assert "--json shows them in full" in res.stdout
+    assert all(len(line) < 200 for line in res.stdout.splitlines()), res.stdout
+    res = run_cli("sandbox", "status", "--dir", str(sb.dir), "--json")
+    rows = {row["name"]: row for row in json.loads(res.stdout)}
+    assert rows["db3"]["error"].startswith(error[:40]) and len(rows["db3"]["error"]) > 80

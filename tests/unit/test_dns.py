@@ -827,16 +827,22 @@ def test_find_registry_errors_name_the_entry(tmp_path: Path) -> None:
     )
     with pytest.raises(RegistryError) as exc:
         find_registry("dns://ns.example.test/example.test", environ={}, cwd=tmp_path)
+    # The spec is said once, not "registry=dns:X: dns:X: ...".
     assert message(exc).startswith(
-        "registry=dns://ns.example.test/example.test: dns://ns.example.test/example.test: "
-        "invalid nameserver 'ns.example.test'"
+        "registry=dns://ns.example.test/example.test: invalid nameserver 'ns.example.test'"
     )
     env = {"SQLROUTER_REGISTRY": "dns:example.test?bogus=1"}
     with pytest.raises(RegistryError) as exc:
         find_registry(None, environ=env, cwd=tmp_path)
     assert message(exc).startswith(
-        "$SQLROUTER_REGISTRY=dns:example.test?bogus=1: dns:example.test?bogus=1: "
+        "$SQLROUTER_REGISTRY=dns:example.test?bogus=1: "
         "unknown option 'bogus' (known options: monitor_user, "
+    )
+    # In a list, the entry at fault is named after the list.
+    with pytest.raises(RegistryError) as exc:
+        find_registry("dns:example.test?bogus=1,file:x.toml", environ={}, cwd=tmp_path)
+    assert message(exc).startswith(
+        "registry=dns:example.test?bogus=1,file:x.toml: dns:example.test?bogus=1: unknown option"
     )
 
 

@@ -21,6 +21,7 @@ from sqlrouter.switchover import (
     _history,
     _missing,
     _parse_gtids,
+    _report_plan_notes,
     _Run,
     _tail,
     choose_candidate,
@@ -187,13 +188,41 @@ def test_plan_and_step_render_for_people() -> None:
     )
     text = str(plan)
     assert text.splitlines()[0] == (
-        "switchover of service 'shop': db1 -> db2; repoint db1; 1 warning(s)"
+        "switchover of service 'shop': db1 -> db2; repoint db1; 1 left out; 1 warning(s)"
     )
     assert "positions: db1 0-1-5, db2 (empty)" in text
     assert "  1. read-only db1: SET GLOBAL read_only=1" in text
     assert "  left out: db3: unreachable" in text and "  warning: db3 is unreachable" in text
     assert str(Step("verify", True, "fine", 0.25)) == "[ok] verify (0.250s): fine"
     assert str(Step("verify", False, "bad", 1)) == "[FAILED] verify (1.000s): bad"
+    # Warnings, servers left out and waits are not steps: never "[ok] warning".
+    assert str(Step("warning", True, "db1 must not come back", 0, "warning")) == (
+        "WARNING: db1 must not come back"
+    )
+    assert str(Step("left out", True, "db3: unreachable", 0, "left out")) == (
+        "LEFT OUT: db3: unreachable"
+    )
+    assert str(Step("plan", True, "inspecting db1, db2", 0, "wait")) == "... inspecting db1, db2"
+
+
+def test_every_run_reports_what_is_left_out_and_the_warnings() -> None:
+    """The plan's left-out servers and warnings are reported before anything changes,
+    in a real run as in a dry run (``_report_plan_notes`` runs for both)."""
+    plan = Plan(
+        service="shop",
+        kind="failover",
+        old_master="db1",
+        new_master="db2",
+        steps=("choose: db2",),
+        warnings=("db1 must not come back as it was",),
+        left_out=("db3: unreachable; ... CHANGE MASTER TO MASTER_HOST='h', MASTER_PORT=1",),
+    )
+    seen: list[Step] = []
+    _report_plan_notes(_Run(service(), "failover", seen.append, []), plan)
+    assert [(s.kind, s.detail) for s in seen] == [
+        ("left out", plan.left_out[0]),
+        ("warning", plan.warnings[0]),
+    ]
 
 
 def test_change_master_keeps_the_password_out_of_the_sql() -> None:

@@ -806,15 +806,14 @@ def test_hash_pickle_and_copy() -> None:
         ("sqlrouter://[::1]/db", "invalid service '[::1]': a service is a name, not an IP address"),
         (
             "mysql://shop/db",
-            "unsupported URL scheme 'mysql': expected sqlrouter://, mysql+sqlrouter:// or "
-            "jdbc:t-router://",
+            "unsupported URL scheme 'mysql': expected sqlrouter:// or mysql+sqlrouter://",
         ),
-        ("jdbc:mysql://shop/db", "unsupported URL scheme 'jdbc'"),
         (
-            "shop/db",
-            "missing URL scheme: expected a sqlrouter://, mysql+sqlrouter:// or "
-            "jdbc:t-router:// URL",
+            "jdbc:mysql://shop/db",
+            "unsupported URL scheme 'jdbc': expected sqlrouter:// or mysql+sqlrouter:// (or "
+            "jdbc:t-router://, the Tungsten SQL Router form, see docs/connect.md)",
         ),
+        ("shop/db", "missing URL scheme: expected a sqlrouter:// or mysql+sqlrouter:// URL"),
         ("", "missing URL scheme"),
         ("sqlrouter:shop", "expected '//' after 'sqlrouter:'"),
         ("sqlrouter://shop/db#x", "a service URL has no '#fragment': percent-encode '#' as %23"),
@@ -1164,3 +1163,41 @@ def test_a_lone_surrogate_in_a_password_is_a_programming_error_without_it(
 def test_a_surrogate_password_is_refused_by_name() -> None:
     message = error_of("sqlrouter://app:QXZJ\udcffKWQJ@shop/db")
     assert message == "invalid password: it holds a lone surrogate, not text"
+
+
+def test_the_tungsten_form_is_named_only_to_jdbc_users() -> None:
+    for url in ("mysql://shop/db", "shop/db", "postgresql://shop"):
+        assert "t-router" not in error_of(url), url
+    assert "jdbc:t-router://" in error_of("jdbc:mysql://shop/db")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        # As docs/registry.md writes the spec: the URL's '&' splits it, and it is put back.
+        "registry=dns:db.example.com?monitor_user=mon&monitor_password_file=/etc/m.pw&qos=RO_RELAXED",
+        # The spec's options as parameters of the URL, in any order.
+        "qos=RO_RELAXED&monitor_password_file=/etc/m.pw&registry=dns:db.example.com&monitor_user=mon",
+        # Percent-encoded as a whole, as before.
+        "registry=dns%3Adb.example.com%3Fmonitor_user%3Dmon%26monitor_password_file%3D%2Fetc%2Fm.pw"
+        "&qos=RO_RELAXED",
+    ],
+)
+def test_a_dns_registry_spec_needs_no_percent_encoding_in_a_url(query: str) -> None:
+    url = parse_url(f"sqlrouter://app:pw@shop/shopdb?{query}")
+    assert url.qos is QoS.RO_RELAXED
+    registry = url.registry or ""
+    location, _, options = registry.partition("?")
+    assert location == "dns:db.example.com"
+    assert sorted(options.split("&")) == ["monitor_password_file=/etc/m.pw", "monitor_user=mon"]
+    assert parse_url(url.render(hide_password=False)).registry == url.registry
+
+
+def test_dns_registry_options_without_a_dns_registry_say_where_they_go() -> None:
+    message = error_of("sqlrouter://shop?monitor_user=mon")
+    assert "'monitor_user' in the URL is an option of a DNS registry" in message
+    assert "the URL has no registry=dns:" in message
+    message = error_of("sqlrouter://shop?registry=/etc/sqlrouter.toml&timeout=3")
+    assert "registry='/etc/sqlrouter.toml' is not a DNS registry" in message
+    # max_lag is the URL's own parameter, whatever the registry.
+    assert parse_url("sqlrouter://shop?registry=dns:d.example&max_lag=3").max_lag == 3.0
