@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import connections, router, transaction
+from django.db import Error, connections, router, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect
 
@@ -94,7 +94,13 @@ def note_in_transaction(request: HttpRequest) -> HttpResponse:
 
 
 def where(request: HttpRequest) -> HttpResponse:
-    """Which process answered, and where its reads and its writes go."""
-    return JsonResponse(
-        {"pid": os.getpid(), "read": _server_id("replica"), "write": _server_id("default")}
-    )
+    """Which process answered, and where its reads and its writes go (0 and the error,
+    when one fails: while a switchover runs, say)."""
+    answer: dict[str, Any] = {"pid": os.getpid()}
+    for key, alias in (("read", "replica"), ("write", "default")):
+        try:
+            answer[key] = _server_id(alias)
+        except Error as exc:
+            answer[key] = 0
+            answer[f"{key}_error"] = str(exc)
+    return JsonResponse(answer)
