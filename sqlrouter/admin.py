@@ -361,7 +361,8 @@ def format_status(response: Mapping[str, Any]) -> str:
         if svc.get("registry_error"):
             lines.append(f"registry error (the last good content is used): {svc['registry_error']}")
         if svc.get("split_brain"):
-            lines.append(f"split brain: also writable: {', '.join(svc['split_brain'])}")
+            names = ", ".join(svc["split_brain"])
+            lines.append(f"writable but not the master (no write goes there): {names}")
         rows = [
             (
                 ds.get("name"),

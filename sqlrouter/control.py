@@ -68,7 +68,7 @@ from .explain import explain_handle, snapshot_rows
 from .health import Health, Snapshot
 from .qos import QoS
 from .registry import Registry
-from .router import Policy, observed_master
+from .router import Policy, explain_master, observed_master, resolve_master
 from .topology import MAX_LAG_RANGE, range_text
 from .url import parse_url
 
@@ -752,8 +752,8 @@ def _role_of(name: str, h: Health, master: str | None) -> str:
 def _service_status(handle: ServiceHandle, now: float) -> dict[str, Any]:
     snap: Snapshot = handle.monitor.snapshot
     service = snap.service
-    master = observed_master(snap)
-    master_name = master.name if master is not None else None
+    mastership = resolve_master(service.datasources, snap.health, promoted=snap.promoted)
+    master_name = mastership.master.name if mastership.master is not None else None
     rows = snapshot_rows(snap, Policy(qos=QoS.RO_RELAXED, max_lag=service.max_lag))
     conns = handle.open_connections()
     datasources = []
@@ -788,7 +788,7 @@ def _service_status(handle: ServiceHandle, now: float) -> dict[str, Any]:
         "master": master_name,
         "promoted": snap.promoted,
         "offline": sorted(snap.offline),
-        "split_brain": sorted(snap.split_brain),
+        "split_brain": [ds.name for ds in mastership.not_master],
         "monitor": {
             "running": handle.monitor.running,
             "rounds": handle.monitor.rounds,
@@ -961,6 +961,12 @@ class _Commands:
                     f"{datasource} is not writable now (read-only or unreachable): writes "
                     "never go to it until it is; the promotion decides only between "
                     "writable servers"
+                )
+            elif datasource is not None and entry["master"] != datasource:
+                entry["warning"] = (
+                    f"{datasource} is not the master: the promotion only breaks a tie between "
+                    "writable servers that do not replicate, when the replicas do not tell "
+                    f"them apart; now: {explain_master(snap)}"
                 )
             applied.append(entry)
         return {"applied": applied}

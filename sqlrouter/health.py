@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
@@ -26,8 +26,14 @@ class Health:
     observed_at: float
     read_only: bool | None = None
     server_id: int | None = None
-    #: Replication is configured on this server (it has a master).
+    #: Replication is configured on this server (``SHOW SLAVE STATUS`` has a row).
     replicating: bool = False
+    #: What it replicates from (``SHOW SLAVE STATUS``): the ``Master_Server_Id`` (of the
+    #: server its IO thread last connected to; 0 or ``None`` before it ever connected)
+    #: and the configured ``Master_Host`` / ``Master_Port``.
+    master_server_id: int | None = None
+    master_host: str = ""
+    master_port: int | None = None
     io_running: bool | None = None
     sql_running: bool | None = None
     #: Replication lag in seconds measured by the heartbeat (or Seconds_Behind_Master
@@ -73,7 +79,10 @@ class Snapshot:
     """The monitor's immutable view of one service at one moment.
 
     Routing reads snapshots and never blocks the monitor, which publishes a new one
-    after each round.
+    after each round.  A snapshot holds what one round observed and the operator's
+    routing-level state, nothing remembered from earlier rounds: who the master is
+    follows from it alone (:func:`sqlrouter.router.resolve_master`), so every process
+    that observes the same servers reaches the same answer.
     """
 
     service: Service
@@ -86,11 +95,6 @@ class Snapshot:
     taken_at: float = 0.0
     #: Increases by one with each published snapshot.
     generation: int = 0
-    #: The master observed in the previous rounds (the one writable server, kept while
-    #: it stays writable); it wins over the declared master when several are writable.
-    incumbent: str | None = None
-    #: Names of datasources that are writable while another one is the observed master.
-    split_brain: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         if not isinstance(self.health, MappingProxyType):

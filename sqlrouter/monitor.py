@@ -6,10 +6,19 @@ multi-statement query: ``@@server_id``, ``@@read_only``, the GTID positions, the
 server's clock, the freshest heartbeat, then ``SHOW SLAVE STATUS``), computes each
 replica's lag, and publishes an immutable :class:`~sqlrouter.health.Snapshot`.
 
+Who the master is follows from each round's observations alone, by the routing rule
+(:func:`~sqlrouter.router.resolve_master`: the writable server that does not replicate
+and that the replicas replicate from), never from earlier rounds: a process that starts
+now and one that has watched for hours reach the same answer.  While a server that is
+not the master is writable, the monitor logs a WARNING (once per change) saying where
+writes go, or that they are refused and why.
+
 Lag is measured from a heartbeat row (pt-heartbeat style) that the monitor writes on
-the writable master every round, on its own connection so that a slow write (semi-sync
-waiting for a replica) never delays a probe.  All timestamps compared are written or
-read by the reference server, so the clocks of the machines do not matter:
+that master every round, and nowhere else, on its own connection so that a slow write
+(semi-sync waiting for a replica) never delays a probe.  The statement itself writes
+nothing on a read-only server or on one whose replication SQL thread runs.  All
+timestamps compared are written or read by the reference server, so the clocks of the
+machines do not matter:
 
 - a replica whose IO or SQL thread is not running lags by the age of the last heartbeat
   it applied (reference ``NOW()`` minus its heartbeat): it grows while it is stopped,
@@ -18,9 +27,9 @@ read by the reference server, so the clocks of the machines do not matter:
 - otherwise lag is the reference's freshest heartbeat minus the replica's;
 - without a usable heartbeat, ``Seconds_Behind_Master`` (NULL counts as unknown).
 
-The reference is the observed writable master.  While no master is reachable it is the
-most advanced replica: replicas keep serving reads, their lag measured against the best
-copy of the data that exists.
+The reference is that master.  While there is none it is the most advanced replica:
+replicas keep serving reads, their lag measured against the best copy of the data that
+exists.
 
 A probe that does not answer within ``probe_timeout`` marks its datasource unreachable
 for that round; it never delays the probes of the other datasources.
@@ -47,6 +56,7 @@ from . import _forksafe
 from .errors import AUTH_ERRNOS, PRIVILEGE_ERRNOS
 from .gtid import EMPTY, CausalToken
 from .health import Health, Snapshot, unknown
+from .router import Mastership, explain_master, resolve_master
 from .topology import Credentials, DataSource, Service
 
 __all__ = ["Monitor", "Observation", "compute_health"]
@@ -56,6 +66,20 @@ logger = logging.getLogger("sqlrouter.monitor")
 #: Error numbers meaning "the heartbeat table is not there or not readable".
 _NO_HEARTBEAT_ERRNOS = frozenset({1049, 1142, 1146})
 _HEARTBEAT_STALE_ROUNDS = 4
+
+#: The heartbeat write.  The monitor sends it only to the master the rule singles out;
+#: the statement itself also writes nothing on a server that is read-only (which an
+#: account with READ ONLY ADMIN could write to) or whose replication SQL thread runs
+#: (``Slaves_running``, readable without privilege): a row written there would give the
+#: server GTIDs of its own, which ``gtid_strict_mode`` refuses to follow with its
+#: master's.  A writable server whose replication is configured but stopped cannot be
+#: told in one statement: the rule alone keeps the heartbeat off it.
+_HEARTBEAT_SQL = (
+    "INSERT INTO {table} (server_id, ts) SELECT @@server_id, NOW(6) FROM DUAL "
+    "WHERE @@global.read_only = 0 AND (SELECT VARIABLE_VALUE FROM "
+    "information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVES_RUNNING') = 0 "
+    "ON DUPLICATE KEY UPDATE ts = VALUES(ts)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +100,10 @@ class Observation:
     now: float | None = None
     heartbeat: float | None = None
     replicating: bool = False
+    #: ``SHOW SLAVE STATUS``'s ``Master_Server_Id``, ``Master_Host``, ``Master_Port``.
+    master_server_id: int | None = None
+    master_host: str = ""
+    master_port: int | None = None
     io_running: bool | None = None
     sql_running: bool | None = None
     io_state: str = ""
@@ -98,20 +126,22 @@ def _position(obs: Observation) -> CausalToken:
 
 
 def compute_health(
-    observations: Sequence[Observation], *, master_hint: str | None = None
+    observations: Sequence[Observation],
+    datasources: Sequence[DataSource],
+    *,
+    promoted: str | None = None,
 ) -> dict[str, Health]:
     """Turn one round of observations into Health values, computing each lag.
 
-    Pure: all the times it uses come from the observations.  ``master_hint`` names the
-    datasource to take as the reference when several are writable.
+    Pure: all the times it uses come from the observations.  The lag reference is the
+    master as :func:`~sqlrouter.router.resolve_master` singles it out of these
+    observations (``promoted``: the operator's routing-level promotion, which may break
+    a tie); without one, the most advanced reachable replica.
     """
     positions = {o.name: _position(o) for o in observations}
-    writable = [o for o in observations if o.reachable and o.read_only is False]
-    reference: Observation | None = None
-    if len(writable) == 1:
-        reference = writable[0]
-    elif writable:
-        reference = next((o for o in writable if o.name == master_hint), None)
+    observed = {o.name: _observed(o, positions[o.name]) for o in observations}
+    master = resolve_master(datasources, observed, promoted=promoted).master
+    reference = next((o for o in observations if master and o.name == master.name), None)
     if reference is None:
         # No master: measure against the most advanced reachable replica (the freshest
         # heartbeat, then the furthest GTID position).
@@ -126,43 +156,56 @@ def compute_health(
             )
     health: dict[str, Health] = {}
     for obs in observations:
-        if not obs.reachable:
-            health[obs.name] = Health(
-                name=obs.name,
-                reachable=False,
-                observed_at=obs.observed_at,
-                error=obs.error,
-                error_code=obs.error_code,
-                position=positions[obs.name],
-            )
-            continue
-        lag, source = _lag(obs, reference, positions)
-        health[obs.name] = Health(
-            name=obs.name,
-            reachable=True,
-            observed_at=obs.observed_at,
-            read_only=obs.read_only,
-            server_id=obs.server_id,
-            replicating=obs.replicating,
-            io_running=obs.io_running,
-            sql_running=obs.sql_running,
-            lag=lag,
-            lag_source=source,
-            position=positions[obs.name],
-            gtid_binlog_pos=obs.gtid_binlog_pos,
-            gtid_slave_pos=obs.gtid_slave_pos,
-            tracks_last_gtid=obs.tracks_last_gtid,
-            error=obs.error,
-        )
+        h = observed[obs.name]
+        if obs.reachable:
+            lag, source = _lag(obs, reference, positions, master_alive=master is not None)
+            h = replace(h, lag=lag, lag_source=source)
+        health[obs.name] = h
     return health
 
 
+def _observed(obs: Observation, position: CausalToken) -> Health:
+    """What one observation says, without the lag (which needs the whole round)."""
+    if not obs.reachable:
+        return Health(
+            name=obs.name,
+            reachable=False,
+            observed_at=obs.observed_at,
+            error=obs.error,
+            error_code=obs.error_code,
+            position=position,
+        )
+    return Health(
+        name=obs.name,
+        reachable=True,
+        observed_at=obs.observed_at,
+        read_only=obs.read_only,
+        server_id=obs.server_id,
+        replicating=obs.replicating,
+        master_server_id=obs.master_server_id,
+        master_host=obs.master_host,
+        master_port=obs.master_port,
+        io_running=obs.io_running,
+        sql_running=obs.sql_running,
+        position=position,
+        gtid_binlog_pos=obs.gtid_binlog_pos,
+        gtid_slave_pos=obs.gtid_slave_pos,
+        tracks_last_gtid=obs.tracks_last_gtid,
+        error=obs.error,
+    )
+
+
 def _lag(
-    obs: Observation, ref: Observation | None, positions: Mapping[str, CausalToken]
+    obs: Observation,
+    ref: Observation | None,
+    positions: Mapping[str, CausalToken],
+    *,
+    master_alive: bool,
 ) -> tuple[float | None, str]:
+    """``obs``'s lag behind ``ref`` (the master when ``master_alive``, else the most
+    advanced replica), and how it was measured."""
     if not obs.replicating:
         return (0.0, "master") if obs.read_only is False else (None, "")
-    master_alive = ref is not None and ref.read_only is False
     threads_ok = bool(obs.io_running) and bool(obs.sql_running)
     if ref is not None and ref.name == obs.name:
         return 0.0, "heartbeat"
@@ -308,10 +351,15 @@ class _Prober:
             return base
         st = dict(zip(cols, slave, strict=False))
         sbm = st.get("Seconds_Behind_Master")
+        master_id = st.get("Master_Server_Id")
+        master_port = st.get("Master_Port")
         error = st.get("Last_IO_Error") or st.get("Last_SQL_Error") or None
         return replace(
             base,
             replicating=True,
+            master_server_id=None if master_id is None else int(master_id),
+            master_host=str(st.get("Master_Host") or ""),
+            master_port=None if master_port is None else int(master_port),
             io_running=st.get("Slave_IO_Running") == "Yes",
             sql_running=st.get("Slave_SQL_Running") == "Yes",
             io_state=str(st.get("Slave_IO_State") or ""),
@@ -336,15 +384,19 @@ class _Prober:
             )
         try:
             with self._hb_conn.cursor() as cur:
-                cur.execute(
-                    f"INSERT INTO {self.service.heartbeat.table} (server_id, ts) "
-                    "VALUES (@@server_id, NOW(6)) ON DUPLICATE KEY UPDATE ts = VALUES(ts)"
-                )
+                written = cur.execute(_HEARTBEAT_SQL.format(table=self.service.heartbeat.table))
         except BaseException:
             conn, self._hb_conn = self._hb_conn, None
             with contextlib.suppress(Exception):
                 conn.close()
             raise
+        if not written:
+            logger.debug(
+                "service %r: %s: heartbeat not written: the server is read-only or its "
+                "replication SQL thread runs",
+                self.service.name,
+                self.ds.name,
+            )
 
 
 def _describe_error(exc: BaseException, user: str | None = None) -> str:
@@ -420,6 +472,8 @@ class Monitor:
         self._offline: frozenset[str] = frozenset()
         self._pending_service: Service | None = None
         self._promoted: str | None = None
+        #: What the last split-brain log line said (master, writable non-masters).
+        self._warned: tuple[str | None, tuple[str, ...]] = (None, ())
         self._snapshot = Snapshot(
             service=service,
             health={ds.name: unknown(ds.name) for ds in service.datasources},
@@ -684,44 +738,57 @@ class Monitor:
                     )
                 )
         self._note_logins(observations)
-        incumbent = self._snapshot.incumbent
-        health = compute_health(
-            observations,
-            master_hint=self._promoted
-            or incumbent
-            or next((d.name for d in service.datasources if d.role.value == "master"), None),
-        )
-        self._maybe_write_heartbeat(service, health)
-        writable = [ds.name for ds in service.datasources if health[ds.name].writable]
-        if len(writable) == 1:
-            incumbent = writable[0]
-        elif incumbent not in writable:
-            incumbent = None
-        split = frozenset(writable) - {self._promoted or incumbent} if len(writable) > 1 else None
-        if split:
-            logger.warning(
-                "service %r: several writable servers (%s); writes go to %s only",
-                service.name,
-                ", ".join(writable),
-                self._promoted or incumbent or "none of them",
-            )
+        return self.publish(observations)
+
+    def publish(self, observations: Sequence[Observation]) -> Snapshot:
+        """Publish the snapshot of one round of ``observations`` (one per datasource).
+
+        :meth:`run_round` calls it after probing.  The snapshot depends on these
+        observations and the operator's state only: who the master is, the heartbeat
+        target and the lag reference follow from :func:`~sqlrouter.router.resolve_master`,
+        never from earlier rounds.
+        """
+        service = self._service
+        promoted = self._promoted
+        health = compute_health(observations, service.datasources, promoted=promoted)
         with self._lock:
             previous = self._snapshot
             snap = Snapshot(
                 service=service,
                 health=health,
                 offline=self._offline,
-                promoted=self._promoted,
+                promoted=promoted,
                 taken_at=self._clock(),
                 generation=previous.generation + 1,
-                incumbent=incumbent,
-                split_brain=split or frozenset(),
             )
             self._snapshot = snap
             self.rounds += 1
             self._round_done.notify_all()
+        mastership = resolve_master(service.datasources, health, promoted=promoted)
+        self._maybe_write_heartbeat(service, mastership)
+        self._warn_split_brain(snap, mastership)
         self._notify(previous, snap)
         return snap
+
+    def _warn_split_brain(self, snap: Snapshot, m: Mastership) -> None:
+        """Say (once per change) where writes go while a server that is not the master
+        is writable."""
+        key = (m.master.name if m.master else None, tuple(ds.name for ds in m.not_master))
+        if key == self._warned:
+            return
+        was_split, self._warned = bool(self._warned[1]), key
+        name = snap.service.name
+        if m.not_master:
+            where = f"writes go to {m.master.name} only" if m.master else "writes are refused"
+            logger.warning(
+                "service %r: writable servers: %s; %s: %s",
+                name,
+                ", ".join(ds.name for ds in m.writable),
+                where,
+                explain_master(snap),
+            )
+        elif was_split and m.master is not None:
+            logger.info("service %r: %s is the only writable server again", name, m.master.name)
 
     def _notify(self, previous: Snapshot, snap: Snapshot) -> None:
         if self._on_snapshot is not None:
@@ -730,15 +797,13 @@ class Monitor:
             except Exception:
                 logger.exception("service %r: snapshot listener failed", snap.service.name)
 
-    def _maybe_write_heartbeat(self, service: Service, health: Mapping[str, Health]) -> None:
-        if not service.heartbeat.enabled or self._pool is None:
+    def _maybe_write_heartbeat(self, service: Service, m: Mastership) -> None:
+        """Write the heartbeat on the master the rule singles out, and nowhere else."""
+        if not service.heartbeat.enabled or self._pool is None or m.master is None:
             return
         if self._heartbeat_future is not None and not self._heartbeat_future.done():
             return
-        writable = [n for n, h in health.items() if h.writable]
-        if len(writable) != 1:
-            return
-        prober = self._probers.get(writable[0])
+        prober = self._probers.get(m.master.name)
         if prober is None or not prober._heartbeat_ok:
             return
         try:

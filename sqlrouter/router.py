@@ -6,14 +6,42 @@ It returns a :class:`Decision` or raises :class:`~sqlrouter.errors.NoMasterAvail
 :class:`~sqlrouter.errors.NoReplicaAvailable` with a message that names the service and
 every datasource with the reason it was rejected.
 
-Roles are observed, not configured:
+Roles are observed, not configured.  Who the master is follows from one round of
+observations alone (:func:`resolve_master`), never from earlier rounds nor from the
+declared roles, so every process that watches the same servers, old or new, reaches
+the same answer:
 
-- The *master* is the one server that is reachable with ``read_only`` off.  When
-  several are writable (split brain), the operator's routing-level promotion breaks
-  the tie, else the declared master does, else nobody is the master and writes are
-  refused: sqlrouter never writes to an ambiguous master.  The master observed in the
-  previous rounds (the incumbent) wins over the declared one, so a server that comes
-  back believing it is the master is fenced off.
+- The *candidates* are the reachable servers with ``read_only`` off that do not
+  replicate (``SHOW SLAVE STATUS`` has no row).  A writable server that replicates is a
+  misconfigured replica: never the master, and never a replica for reads either.
+- Each reachable server that replicates names what it replicates from (``SHOW SLAVE
+  STATUS``): the datasource whose ``host:port`` is its ``Master_Host:Master_Port``,
+  else the one reachable datasource whose server id is its ``Master_Server_Id``, else
+  an address or server id that is no datasource.  The address comes first because it
+  is the replica's configuration now, where ``Master_Server_Id`` is the server its IO
+  thread last connected to (0 before it ever did, and still the old master's after a
+  ``CHANGE MASTER`` until the IO thread reconnects); the id serves registries that
+  name servers by other addresses than replication does.  Followed through servers
+  that replicate themselves (a chain), this leads to the replica's *source*.
+- The master is the candidate that is the source of every reachable replica.  When the
+  sources are several candidates, the operator's routing-level promotion (``promote
+  DS``) breaks the tie if it names one of them; it never overrides the replicas.  With
+  no reachable replica to tell, a single candidate is the master, and among several
+  only a promotion chooses.
+- Otherwise nobody is the master and writes are refused
+  (:class:`~sqlrouter.errors.NoMasterAvailable` names every writable server and why).
+  A replica whose source is not a candidate (an unreachable server, a read-only one, a
+  server that is no datasource) may replicate from a master this process cannot see or
+  that is being changed, so no candidate is safe: sqlrouter never writes to a master
+  it guessed.
+- Fencing follows from the observations: after a failover the replicas replicate from
+  the new master, so an old master that comes back writable is not their source and
+  gets no write.  While the master misses a probe its replicas still name it, so a
+  missed probe never hands the writes to another server: writes wait (up to
+  ``failover_timeout``) or fail until it answers.  The one case the observations
+  cannot decide is a single candidate while no replica is reachable: it is the
+  master, so a second writable server that is no replica (a standalone copy) gets the
+  writes if the master and every replica miss the same round.
 - A *replica* is a reachable server with ``read_only`` on that replicates and whose
   measured lag is known and at most ``max_lag``.  A stopped IO or SQL thread counts
   through the lag, which the monitor measures as the age of the last heartbeat the
@@ -48,6 +76,7 @@ import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import NoReturn
 
 from .errors import (
@@ -66,13 +95,17 @@ __all__ = [
     "MOVE_TOLERANCE",
     "Decision",
     "Fallback",
+    "Mastership",
     "Policy",
     "QoS",
+    "Source",
     "choose",
     "explain",
+    "explain_master",
     "missing",
     "observed_master",
     "reroute",
+    "resolve_master",
     "wait_here",
 ]
 
@@ -124,12 +157,12 @@ def choose(
     exactly ``weight`` times, interleaved.  Replicas of weight 0 or less are used only
     when no replica of positive weight qualifies.
 
+    Raises :class:`~sqlrouter.errors.NoMasterAvailable` (RW_STRICT) or
+    :class:`~sqlrouter.errors.NoReplicaAvailable` (RO_RELAXED) and nothing else.
+
     ``now`` (a ``time.monotonic()`` reading of the caller) makes a snapshot older than
     :attr:`Snapshot.max_age <sqlrouter.health.Snapshot.max_age>` qualify nothing: a
     monitor that stopped publishing (a forked child, a stalled thread) is not trusted.
-
-    Raises :class:`~sqlrouter.errors.NoMasterAvailable` (RW_STRICT) or
-    :class:`~sqlrouter.errors.NoReplicaAvailable` (RO_RELAXED) and nothing else.
     """
     if now is not None and snapshot.generation > 0 and snapshot.age(now) > snapshot.max_age:
         _refuse_stale(snapshot, policy, now)
@@ -156,13 +189,141 @@ def _refuse_stale(snapshot: Snapshot, policy: Policy, now: float) -> NoReturn:
     )
 
 
-def observed_master(snapshot: Snapshot) -> DataSource | None:
-    """The server that writes go to, ignoring admin state; ``None`` if none or ambiguous.
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What a replica replicates from, as far as the observations tell."""
 
-    The one writable (reachable, ``read_only`` off) server; among several, the promoted
-    one if it is writable, else the declared master if exactly one is writable.
-    """
-    return _resolve_master(snapshot)[0]
+    #: The datasource it names (by server id or by address); ``None`` when it names none.
+    datasource: str | None
+    #: How to say it: the datasource's name, else ``"server id 9"`` or ``"10.0.0.9:3306"``.
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mastership:
+    """Who the master is, and the observations that decided it (module docstring)."""
+
+    #: The master; ``None`` when the observations do not single one out.
+    master: DataSource | None
+    #: Reachable servers with ``read_only`` off, in declaration order.
+    writable: tuple[DataSource, ...]
+    #: The writable servers that do not replicate: the only ones that can be the master.
+    candidates: tuple[DataSource, ...]
+    #: For each reachable server that replicates: what it replicates from directly...
+    upstream: Mapping[str, Source]
+    #: ... and at the end of its chain of replicas.
+    source: Mapping[str, Source]
+    #: The candidates the observations cannot tell apart: the sources of the replicas
+    #: when every source is a candidate, every candidate when no replica is reachable,
+    #: none when a source is not a candidate.
+    tied: tuple[DataSource, ...]
+    #: The operator's routing-level promotion, if any, and whether it broke the tie.
+    promoted: str | None = None
+    by_promotion: bool = False
+
+    @property
+    def not_master(self) -> tuple[DataSource, ...]:
+        """Writable servers that get no write (split brain, misconfigured replicas)."""
+        return tuple(ds for ds in self.writable if ds != self.master)
+
+
+def resolve_master(
+    datasources: Sequence[DataSource],
+    health: Mapping[str, Health],
+    *,
+    promoted: str | None = None,
+) -> Mastership:
+    """Who the master is, from one round of observations (the rule of the module
+    docstring).  Pure; admin state is not considered; the order of ``datasources`` and
+    any earlier observation change nothing."""
+    seen = [(ds, h) for ds in datasources if (h := health.get(ds.name)) is not None]
+    reachable = [(ds, h) for ds, h in seen if h.reachable]
+    writable = tuple(ds for ds, h in reachable if h.read_only is False)
+    candidates = tuple(ds for ds, h in reachable if h.read_only is False and not h.replicating)
+    upstream = {
+        ds.name: _upstream(h, datasources, reachable) for ds, h in reachable if h.replicating
+    }
+    source = {name: _source(name, upstream) for name in upstream}
+    names = {src.datasource for src in source.values()}
+    if not source:
+        tied = candidates
+    elif names <= {ds.name for ds in candidates}:
+        tied = tuple(ds for ds in candidates if ds.name in names)
+    else:
+        tied = ()
+    master: DataSource | None = None
+    by_promotion = False
+    if len(tied) == 1:
+        master = tied[0]
+    else:
+        chosen = [ds for ds in tied if ds.name == promoted]
+        if chosen:
+            master, by_promotion = chosen[0], True
+    return Mastership(
+        master=master,
+        writable=writable,
+        candidates=candidates,
+        upstream=MappingProxyType(upstream),
+        source=MappingProxyType(source),
+        tied=tied,
+        promoted=promoted,
+        by_promotion=by_promotion,
+    )
+
+
+def _upstream(
+    h: Health, datasources: Sequence[DataSource], reachable: Sequence[tuple[DataSource, Health]]
+) -> Source:
+    """What the replica of health ``h`` replicates from: the datasource at its
+    ``Master_Host:Master_Port``, else the one reachable datasource with its
+    ``Master_Server_Id`` (module docstring)."""
+    host = h.master_host.lower()
+    if host:
+        for ds in datasources:
+            if ds.host.lower() == host and ds.port == h.master_port:
+                return Source(ds.name, ds.name)
+    sid = h.master_server_id or None
+    if sid is not None:
+        holders = [ds.name for ds, other in reachable if other.server_id == sid]
+        if len(holders) == 1:
+            return Source(holders[0], holders[0])
+        return Source(None, f"server id {sid}")
+    if h.master_host:
+        return Source(None, f"{h.master_host}:{h.master_port}")
+    return Source(None, "an unknown server")
+
+
+def _source(name: str, upstream: Mapping[str, Source]) -> Source:
+    """Where the chain of replicas that starts at ``name`` ends."""
+    path = [name]
+    src = upstream[name]
+    while src.datasource is not None and src.datasource in upstream:
+        if src.datasource in path:
+            return Source(None, f"a replication loop ({' -> '.join([*path, src.datasource])})")
+        path.append(src.datasource)
+        src = upstream[src.datasource]
+    return src
+
+
+def observed_master(snapshot: Snapshot) -> DataSource | None:
+    """The server that writes go to, ignoring admin state; ``None`` if there is none."""
+    return _mastership(snapshot).master
+
+
+def explain_master(snapshot: Snapshot) -> str:
+    """Who the master is and why, or why there is none, and why each other writable
+    server is not, in one line (admin state ignored): for logs and status reports."""
+    m = _mastership(snapshot)
+    if m.master is not None:
+        head = _master_reason(snapshot, m, m.master)
+    else:
+        head = _no_master_head(snapshot, m)
+    details = _join((ds.name, _writable_verdict(ds, snapshot, m)) for ds in m.not_master)
+    return f"{head}: {details}" if details else head
+
+
+def _mastership(snapshot: Snapshot) -> Mastership:
+    return resolve_master(snapshot.service.datasources, snapshot.health, promoted=snapshot.promoted)
 
 
 def explain(snapshot: Snapshot, policy: Policy) -> list[tuple[str, str]]:
@@ -170,12 +331,10 @@ def explain(snapshot: Snapshot, policy: Policy) -> list[tuple[str, str]]:
 
     For ``sqlrouter route`` tables.  The verdicts are the texts the refusal messages use.
     """
-    master, writable = _resolve_master(snapshot)
+    m = _mastership(snapshot)
+    master = m.master
     if policy.qos is QoS.RW_STRICT:
-        return [
-            (ds.name, _rw_verdict(ds, snapshot, policy, master, writable))
-            for ds in snapshot.service.datasources
-        ]
+        return [(ds.name, _rw_verdict(ds, snapshot, policy, m)) for ds in snapshot.datasources]
     rows: list[tuple[str, str]] = []
     for ds in snapshot.service.datasources:
         h = snapshot.health_of(ds.name)
@@ -184,7 +343,7 @@ def explain(snapshot: Snapshot, policy: Policy) -> list[tuple[str, str]]:
         else:
             why = _reject(ds.name, h, snapshot.offline, policy.exclude, policy.max_lag)
             if why is not None:
-                verdict = _describe(why, ds, h, policy, master=master, writable=writable)
+                verdict = _describe(why, ds, h, policy, snapshot=snapshot, m=m)
             else:
                 verdict = f"replica, lag {_secs(h.lag)} <= {_secs(policy.max_lag)}"
                 if ds.weight != 1:
@@ -203,94 +362,112 @@ def explain(snapshot: Snapshot, policy: Policy) -> list[tuple[str, str]]:
 # --- RW_STRICT -------------------------------------------------------------------------
 
 
-def _resolve_master(snapshot: Snapshot) -> tuple[DataSource | None, Sequence[DataSource]]:
-    """``(master or None, every writable datasource)``; admin state is not considered."""
-    health = snapshot.health
-    writable = [ds for ds in snapshot.service.datasources if _is_writable(health.get(ds.name))]
-    if len(writable) == 1:
-        return writable[0], writable
-    if not writable:
-        return None, writable
-    promoted = snapshot.promoted
-    for ds in writable:
-        if ds.name == promoted:
-            return ds, writable
-    # Fencing: a server that comes back writable never displaces the master the monitor
-    # has been observing (after a failover, the old declared master restarts writable).
-    for ds in writable:
-        if ds.name == snapshot.incumbent:
-            return ds, writable
-    declared = [ds for ds in writable if ds.role is Role.MASTER]
-    if len(declared) == 1:
-        return declared[0], writable
-    return None, writable
-
-
-def _is_writable(h: Health | None) -> bool:
-    return h is not None and h.reachable and h.read_only is False
-
-
 def _choose_master(snapshot: Snapshot, policy: Policy) -> Decision:
-    master, writable = _resolve_master(snapshot)
+    m = _mastership(snapshot)
+    master = m.master
     if master is None or master.name in snapshot.offline or master.name in policy.exclude:
         raise NoMasterAvailable(
             ER_NO_MASTER,
-            _no_master_message(snapshot, policy, master, writable),
+            _no_master_message(snapshot, policy, m),
             service=snapshot.service.name,
         )
-    return Decision(master, _master_reason(snapshot, master, writable))
+    return Decision(master, _master_reason(snapshot, m, master))
 
 
-def _master_reason(snapshot: Snapshot, master: DataSource, writable: Sequence[DataSource]) -> str:
-    promoted = snapshot.promoted
-    kind = "promoted master" if master.name == promoted else "master"
-    if len(writable) > 1:
-        others = ", ".join(ds.name for ds in writable if ds.name != master.name)
-        if master.name != promoted:
-            kind = "declared master"
-        return f"{kind} {master.name} (writable; split brain: {others} also writable)"
+def _master_reason(snapshot: Snapshot, m: Mastership, master: DataSource) -> str:
+    kind = "promoted master" if m.by_promotion else "master"
+    reason = f"{kind} {master.name} (writable"
+    if len(m.candidates) > 1 and not m.by_promotion:
+        reason += ", the replicas replicate from it"
+    others = m.not_master
+    if others:
+        reason += f"; split brain: {', '.join(ds.name for ds in others)} also writable"
+    promoted = m.promoted
     if promoted is not None and promoted != master.name and _knows(snapshot, promoted):
-        return f"master {master.name} (writable; promoted {promoted} is not writable)"
-    return f"{kind} {master.name} (writable)"
+        if not snapshot.health_of(promoted).writable:
+            reason += f"; promoted {promoted} is not writable"
+        else:
+            reason += f"; promoted {promoted} is not the master"
+    return reason + ")"
 
 
 def _knows(snapshot: Snapshot, name: str) -> bool:
     return any(ds.name == name for ds in snapshot.service.datasources)
 
 
-def _no_master_message(
-    snapshot: Snapshot,
-    policy: Policy,
-    master: DataSource | None,
-    writable: Sequence[DataSource],
-) -> str:
-    if master is not None:
-        head = f"master {master.name} is not available"
-    elif writable:
-        names = ", ".join(ds.name for ds in writable)
-        head = (
-            f"split brain: {names} are writable and neither a writable promoted datasource "
-            "nor a single writable declared master tells which is the master; refusing to "
-            "write (promote one with `sqlrouter promote`)"
-        )
+def _no_master_message(snapshot: Snapshot, policy: Policy, m: Mastership) -> str:
+    if m.master is not None:
+        head = f"master {m.master.name} is not available"
     else:
-        head = "no writable master"
-    details = _join(
-        (ds.name, _rw_verdict(ds, snapshot, policy, master, writable))
-        for ds in snapshot.service.datasources
-    )
+        head = _no_master_head(snapshot, m)
+    details = _join((ds.name, _rw_verdict(ds, snapshot, policy, m)) for ds in snapshot.datasources)
     return f"service {snapshot.service.name!r}: {head}: {details}"
 
 
-def _rw_verdict(
-    ds: DataSource,
-    snapshot: Snapshot,
-    policy: Policy,
-    master: DataSource | None,
-    writable: Sequence[DataSource],
-) -> str:
+def _no_master_head(snapshot: Snapshot, m: Mastership) -> str:
+    """Why the observations single out no master (``m.master`` is ``None``)."""
+    if not m.writable:
+        return "no writable master"
+    if not m.candidates:
+        names = _and(ds.name for ds in m.writable)
+        verb = "is" if len(m.writable) == 1 else "are"
+        return f"no master: {names} {verb} writable but replicating"
+    names = _and(ds.name for ds in m.candidates)
+    cands = {ds.name for ds in m.candidates}
+    strays = [(r, src) for r, src in m.source.items() if src.datasource not in cands]
+    if len(m.candidates) == 1:
+        head = f"no master: {names} is writable and not replicating, but "
+        return head + _strays(snapshot, m, strays) + ", refusing to write"
+    head = f"split brain: {names} are writable and not replicating; "
+    if strays:
+        head += _strays(snapshot, m, strays) + ", none of them"
+    elif not m.source:
+        head += "no reachable replica tells which is the master"
+    else:
+        head += (
+            "the replicas replicate from "
+            + _and(ds.name for ds in m.tied)
+            + " ("
+            + "; ".join(f"{r} from {_source_text(snapshot, m, r)}" for r in m.source)
+            + ")"
+        )
+    head += "; refusing to write"
+    if not strays:
+        if m.promoted is not None and _knows(snapshot, m.promoted):
+            head += f" (promoted {m.promoted} is not one of them)"
+        else:
+            head += " (promote one of them with `sqlrouter admin promote`)"
+    return head
+
+
+def _strays(snapshot: Snapshot, m: Mastership, strays: Sequence[tuple[str, Source]]) -> str:
+    return ", ".join(f"{r} replicates from {_source_text(snapshot, m, r)}" for r, _ in strays)
+
+
+def _source_text(snapshot: Snapshot, m: Mastership, replica: str) -> str:
+    """``"db1"``, ``"db1 (unreachable)"``, ``"db1 through db2"``, ``"server id 9"``..."""
+    src = m.source[replica]
+    text = src.text
+    if src.datasource is not None:
+        h = snapshot.health_of(src.datasource)
+        if not h.reachable:
+            text += " (unreachable)"
+        elif h.read_only is not False:
+            text += " (read-only)"
+    direct = m.upstream[replica]
+    if direct != src:
+        text += f" through {direct.text}"
+    return text
+
+
+def _and(names: Iterable[str]) -> str:
+    items = list(names)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _rw_verdict(ds: DataSource, snapshot: Snapshot, policy: Policy, m: Mastership) -> str:
     h = snapshot.health_of(ds.name)
-    is_master = master is not None and ds.name == master.name
+    is_master = m.master is not None and ds.name == m.master.name
     prefix = "writable master, " if is_master else ""
     if ds.name in snapshot.offline:
         return f"{prefix}offline (operator)"
@@ -306,9 +483,24 @@ def _rw_verdict(
         if ds.role is Role.MASTER:
             return "read_only=1 (declared master is not writable)"
         return "read_only=1"
-    if is_master:
+    return _writable_verdict(ds, snapshot, m)
+
+
+def _writable_verdict(ds: DataSource, snapshot: Snapshot, m: Mastership) -> str:
+    """The verdict of a writable server: the master, or why it is not."""
+    if m.master is not None and ds.name == m.master.name:
         return "writable master"
-    return _writable_not_master(master, writable)
+    if ds.name in m.upstream:
+        return (
+            f"writable but replicating from {m.upstream[ds.name].text}: "
+            "a misconfigured replica, never the master"
+        )
+    if m.master is not None:
+        return f"writable, but {m.master.name} is the master (split brain)"
+    if len(m.candidates) == 1:
+        return "writable, but not what the replicas replicate from"
+    names = ", ".join(c.name for c in m.candidates)
+    return f"writable (split brain: {names} are writable, none is the master)"
 
 
 # --- RO_RELAXED ------------------------------------------------------------------------
@@ -397,14 +589,15 @@ def _choose_replica(snapshot: Snapshot, policy: Policy, turn: int) -> Decision:
         if behind
         else f"no replica within max_lag {_secs(max_lag)}"
     )
-    master, writable = _resolve_master(snapshot)
+    m = _mastership(snapshot)
+    master = m.master
     if (
         policy.fallback is Fallback.MASTER
         and master is not None
         and master.name not in offline
         and master.name not in exclude
     ):
-        details = _ro_details(snapshot, policy, master, writable, skip=master)
+        details = _ro_details(snapshot, policy, m, skip=master)
         reason = f"fallback to master {master.name}: {head}: {details}"
         return Decision(master, reason, is_fallback=True)
 
@@ -412,7 +605,7 @@ def _choose_replica(snapshot: Snapshot, policy: Policy, turn: int) -> Decision:
         head += ", and fallback=error"
     else:
         head += " and no master to fall back to"
-    details = _ro_details(snapshot, policy, master, writable, skip=None)
+    details = _ro_details(snapshot, policy, m, skip=None)
     raise NoReplicaAvailable(
         ER_NO_REPLICA,
         f"service {snapshot.service.name!r}: {head}: {details}",
@@ -513,14 +706,14 @@ def reroute(snapshot: Snapshot, name: str, policy: Policy, *, fallback: bool) ->
         why = _reject(name, h, offline, exclude, max_lag)
         if why is None:
             return None
-        master, writable = _resolve_master(snapshot)
+        m = _mastership(snapshot)
         ds = next((d for d in snapshot.service.datasources if d.name == name), None)
         if ds is None:
             return f"{name} left the service's definition"
-        if master is not None and master.name == name:
+        if m.master is not None and m.master.name == name:
             return f"{name} is now the master"
         return f"{name} no longer serves reads: " + _describe(
-            why, ds, h, policy, master=master, writable=writable
+            why, ds, h, policy, snapshot=snapshot, m=m
         )
     try:
         back = _choose_replica(snapshot, policy, 0)
@@ -542,14 +735,10 @@ def _ro_master_verdict(ds: DataSource, snapshot: Snapshot, policy: Policy) -> st
 
 
 def _ro_details(
-    snapshot: Snapshot,
-    policy: Policy,
-    master: DataSource | None,
-    writable: Sequence[DataSource],
-    *,
-    skip: DataSource | None,
+    snapshot: Snapshot, policy: Policy, m: Mastership, *, skip: DataSource | None
 ) -> str:
     """``"db2 lag 3.2s > 1.0s; db3 unreachable (...)"``: every datasource but ``skip``."""
+    master = m.master
     items: list[tuple[str, str]] = []
     for ds in snapshot.service.datasources:
         if skip is not None and ds.name == skip.name:
@@ -562,7 +751,7 @@ def _ro_details(
         if why is None:
             items.append((ds.name, _not_covered(h, policy.token)))
         else:
-            items.append((ds.name, _describe(why, ds, h, policy, master=master, writable=writable)))
+            items.append((ds.name, _describe(why, ds, h, policy, snapshot=snapshot, m=m)))
     return _join(items)
 
 
@@ -572,8 +761,8 @@ def _describe(
     h: Health,
     policy: Policy,
     *,
-    master: DataSource | None,
-    writable: Sequence[DataSource],
+    snapshot: Snapshot,
+    m: Mastership,
 ) -> str:
     if why is _Why.OFFLINE:
         return "offline (operator)"
@@ -582,7 +771,7 @@ def _describe(
     if why is _Why.UNREACHABLE:
         return _unreachable(h)
     if why is _Why.WRITABLE:
-        return _writable_not_master(master, writable)
+        return _writable_verdict(ds, snapshot, m)
     if why is _Why.READ_ONLY_UNKNOWN:
         return _read_only_unknown(h)
     if why is _Why.NOT_REPLICATING:
@@ -610,13 +799,6 @@ def _unreachable(h: Health) -> str:
 
 def _read_only_unknown(h: Health) -> str:
     return f"read_only unknown ({h.error})" if h.error else "read_only unknown"
-
-
-def _writable_not_master(master: DataSource | None, writable: Sequence[DataSource]) -> str:
-    if master is None:
-        names = ", ".join(ds.name for ds in writable)
-        return f"writable (split brain: {names} are writable, none is the master)"
-    return f"writable, but {master.name} is the master (split brain)"
 
 
 def _not_covered(h: Health, token: CausalToken) -> str:

@@ -959,6 +959,8 @@ class Sandbox:
             self._wait_exit(name, pid, 10)
             return f"{name}: killed (SIGKILL, pid {pid})"
         if action == "freeze":
+            if not _wait_stopped(pid, 5.0):
+                raise SandboxError(f"{name}: SIGSTOP sent to pid {pid}, but it did not stop")
             return f"{name}: frozen (SIGSTOP, pid {pid}); undo with 'thaw'"
         return f"{name}: thawed (SIGCONT, pid {pid})"
 
@@ -977,6 +979,30 @@ class Sandbox:
                     cur.execute(sql)
         except pymysql.err.MySQLError as exc:
             raise SandboxError(f"{spec.name}: {exc.args[-1]}") from None
+
+
+def _wait_stopped(pid: int, timeout: float) -> bool:
+    """Wait until every thread of ``pid`` is stopped.
+
+    ``kill(SIGSTOP)`` returns before the process stops: one of its threads must run to
+    start the group stop, and until the others stop, a thread woken by a query may
+    still answer it.  Without ``/proc`` (not Linux) there is nothing to wait on.
+    """
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for task in tasks.iterdir():
+            with contextlib.suppress(OSError):
+                # The state follows the command name, which is in parentheses.
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(state in {"T", "t"} for state in states):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
 
 
 def format_status(rows: Sequence[NodeStatus]) -> str:

@@ -360,21 +360,39 @@ def test_promote_decides_between_writable_servers(
     assert "db3 is not writable now" in answer["applied"][0]["warning"]
     assert set(_landing(url, 3)) == {"db1"}  # never a write to a read-only server
 
-    # A tool sqlrouter cannot see made db2 writable too: the router keeps db1 (it has
-    # been the master) until the operator says db2 is the master now.
+    # A replica made writable still replicates: a promotion cannot make it the master.
     fresh_cluster.query("db2", "SET GLOBAL read_only = 0")
     handle = sqlrouter._services.handles()[0]
     handle.monitor.wait_for_round()
     handle.monitor.wait_for_round()
-    assert set(_landing(url, 3)) == {"db1"}
     answer = request(path, {"cmd": "promote", "datasource": "db2"})
-    assert answer["ok"] and answer["applied"][0]["master"] == "db2"
-    assert "warning" not in answer["applied"][0]
+    assert answer["ok"] and answer["applied"][0]["master"] == "db1"
+    assert answer["applied"][0]["warning"] == (
+        "db2 is not the master: the promotion only breaks a tie between writable servers "
+        "that do not replicate, when the replicas do not tell them apart; now: master db1 "
+        "(writable; split brain: db2 also writable; promoted db2 is not the master): db2 "
+        "writable but replicating from db1: a misconfigured replica, never the master"
+    )
+    assert set(_landing(url, 3)) == {"db1"}
+
+    # db2 stops replicating (a tool sqlrouter cannot see): db1 and db2 are both writable
+    # and not replicating.  db3 replicates from db1, which stays the master.
+    fresh_cluster.query("db2", "STOP SLAVE")
+    fresh_cluster.query("db2", "RESET SLAVE ALL")
+    _wait_for(lambda: not handle.monitor.snapshot.health_of("db2").replicating, what="db2 reset")
+    assert set(_landing(url, 3)) == {"db1"}
+    # With no replica to tell them apart (db3 down), the promotion breaks the tie.
+    fresh_cluster.fault("db3", "kill")
+    _wait_for(lambda: not handle.monitor.snapshot.health_of("db3").reachable, what="db3 down")
     assert set(_landing(url, 3)) == {"db2"}
     res = _admin("--socket", str(path), "promote", "--clear")
     assert res.returncode == 0, res.stderr
-    assert "no datasource promoted; master now: db1" in res.stdout
-    assert set(_landing(url, 3)) == {"db1"}
+    assert "no datasource promoted; master now: (none)" in res.stdout
+    with pytest.raises(sqlrouter.NoMasterAvailable) as refused:
+        sqlrouter.connect(url)
+    assert "split brain: db1 and db2 are writable and not replicating; no reachable " in str(
+        refused.value
+    )
 
 
 def test_set_max_lag_changes_routing(fresh_cluster: Sandbox, env_control: Path) -> None:

@@ -416,20 +416,28 @@ def test_connection_to_a_demoted_master_is_replaced(project: Project) -> None:
     close_old_connections()
     assert connections["default"].connection.datasource.name == "db1"
 
-    # Switchover by hand: db1 read-only, db3 (caught up) promoted.
+    # Switchover by hand: db1 read-only, db3 (caught up) promoted, db2 repointed to it
+    # (until it is, db2 replicates from db1 and nobody is the master).
     sb.query("db1", "SET GLOBAL read_only = 1")
     sb.wait_caught_up("db3")
     with sb.cursor("db3") as cur:
         cur.execute("STOP SLAVE")
         cur.execute("RESET SLAVE ALL")
         cur.execute("SET GLOBAL read_only = 0")
+    with sb.cursor("db2") as cur:
+        cur.execute("STOP SLAVE")
+        cur.execute(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s", (sb.node("db3").port,)
+        )
+        cur.execute("START SLAVE")
 
     failed = user.post("/notes/", {"author": "gus", "text": new_text()})
     assert failed.status_code == 500
     close_old_connections()  # end of request: Django drops the condemned connection
 
-    # Until the monitor's next round sees db3 writable, a new connection may still be
-    # routed to db1 and fail the same way; then the next request succeeds on db3.
+    # Until the monitor's next round sees db3 as the master, a new connection may still
+    # be routed to db1 and fail the same way, or find no master; then the next request
+    # succeeds on db3.
     text = new_text()
     deadline = time.monotonic() + 10
     statuses = []

@@ -13,6 +13,8 @@ import pytest
 import sqlrouter
 from sqlrouter import events
 from sqlrouter._services import ServiceHandle, handles
+from sqlrouter.monitor import Monitor
+from sqlrouter.router import observed_master, resolve_master
 from sqlrouter.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox
@@ -244,6 +246,13 @@ def test_frozen_master_for_half_a_second_is_not_a_failover(fresh_cluster: Sandbo
     assert not rec.seen("master_changed") and not rec.seen("datasource_down", "db1")
 
 
+def not_master(h: ServiceHandle) -> list[str]:
+    """The writable servers that get no write, as the monitor observes them now."""
+    snap = h.monitor.snapshot
+    m = resolve_master(snap.service.datasources, snap.health, promoted=snap.promoted)
+    return [ds.name for ds in m.not_master]
+
+
 def test_fencing_a_server_that_comes_back_writable(fresh_cluster: Sandbox) -> None:
     sb = fresh_cluster
     rec = Recorder()
@@ -251,29 +260,42 @@ def test_fencing_a_server_that_comes_back_writable(fresh_cluster: Sandbox) -> No
         with rw(sb) as conn:
             assert server_id(conn) == 1
         h = handle()
-        # A second server turns writable: the observed master keeps the writes.
+        # A replica turns writable: it still replicates, so db1 keeps the writes.
         sb.query("db2", "SET GLOBAL read_only = 0")
-        h.monitor.wait_for_round()
-        h.monitor.wait_for_round()
-        assert h.monitor.snapshot.split_brain == frozenset({"db2"})
+        wait_until(lambda: not_master(h) == ["db2"], 5)
         with rw(sb) as conn:
             assert server_id(conn) == 1
-        # The master is demoted by a tool sqlrouter cannot see; db2 is the only writer.
+        # A failover by a tool sqlrouter cannot see: db1 demoted, db2 stops replicating,
+        # db3 replicates from db2.
         old = rw(sb)
         sb.query("db1", "SET GLOBAL read_only = 1")
-        wait_until(lambda: rec.seen("master_changed"), 5)
+        sb.query("db2", "STOP SLAVE")
+        sb.query("db2", "RESET SLAVE ALL")
+        sb.query("db3", "STOP SLAVE")
+        sb.query(
+            "db3", f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={sb.node('db2').port}"
+        )
+        sb.query("db3", "START SLAVE")
+        wait_until(lambda: rec.seen("master_changed", "db2"), 5)
         with pytest.raises(sqlrouter.ConnectionInvalidated, match="no longer the master"):
             server_id(old)
         with rw(sb) as conn:
             assert server_id(conn) == 2
-        # The old declared master comes back believing it is the master: fenced off.
+        # The old declared master comes back writable, not replicating, believing it is
+        # the master: db3 replicates from db2, so db1 is fenced off.
         sb.query("db1", "SET GLOBAL read_only = 0")
-        h.monitor.wait_for_round()
-        h.monitor.wait_for_round()
-        assert h.monitor.snapshot.split_brain == frozenset({"db1"})
+        wait_until(lambda: not_master(h) == ["db1"], 5)
         for _ in range(5):
             with rw(sb) as conn:
                 assert server_id(conn) == 2
+        # A process that starts now, with no past to remember, agrees.
+        newcomer = Monitor(sb.service())
+        newcomer.start()
+        try:
+            master = observed_master(newcomer.wait_for_round(after=0, timeout=10))
+        finally:
+            newcomer.stop()
+        assert master is not None and master.name == "db2"
 
 
 def test_failover_writes_resume_and_relaxed_reads_never_fail(fresh_cluster: Sandbox) -> None:

@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 
 import sqlrouter
+from sqlrouter._services import handles
+from sqlrouter.monitor import Monitor
+from sqlrouter.router import observed_master
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import (
     Step,
@@ -406,6 +409,48 @@ def test_failover_promotes_the_most_advanced_replica(fresh_cluster: Sandbox) -> 
     assert writable_nodes(sb) == ["db3"]
     check_healthy(sb, "db3", ["db2"])
     check_no_write_lost(sb, writer, "db3")
+
+
+def test_an_old_master_back_writable_after_a_failover_gets_no_write(
+    fresh_cluster: Sandbox,
+) -> None:
+    sb = fresh_cluster
+    service = sb.service()
+    create_table(sb)
+    writer = Writer(writer_url(sb))
+    writer.start()
+    try:
+        wait_until(lambda: len(writer.acked) > 20, 20, "writes before the failover")
+        sb.fault("db1", "kill")
+        steps = failover(service)
+        assert all(s.ok for s in steps), steps
+        (new,) = writable_nodes(sb)
+        wait_until(lambda: writer.acked_by(new) > 20, 20, f"writes on {new}")
+        # The old master restarts writable (as with read_only=0 in its my.cnf), not
+        # replicating: the replicas replicate from the new master, so it is fenced off.
+        sb.fault("db1", "restart")
+        sb.query("db1", "SET GLOBAL read_only = 0")
+        (handle,) = handles()
+        wait_until(
+            lambda: handle.monitor.snapshot.health_of("db1").writable, 10, "db1 seen writable"
+        )
+        on_db1 = writer.acked_by("db1")
+        count = len(writer.acked)
+        wait_until(lambda: len(writer.acked) > count + 50, 20, "writes after db1 is back")
+        assert writer.acked_by("db1") == on_db1
+        master = observed_master(handle.monitor.snapshot)
+        assert master is not None and master.name == new
+        # A process that starts now, with no past to remember, agrees.
+        newcomer = Monitor(service)
+        newcomer.start()
+        try:
+            master = observed_master(newcomer.wait_for_round(after=0, timeout=10))
+        finally:
+            newcomer.stop()
+        assert master is not None and master.name == new
+    finally:
+        writer.stop()
+    assert writer.acked_by("db1") == on_db1
 
 
 def test_failover_applies_relay_logs_before_choosing(fresh_cluster: Sandbox) -> None:

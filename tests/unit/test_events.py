@@ -21,13 +21,18 @@ SERVICE = Service(
 )
 
 
-def up(name: str, *, read_only: bool = True, lag: float | None = 0.0) -> Health:
+def up(
+    name: str, *, read_only: bool = True, lag: float | None = 0.0, source: str = "db1"
+) -> Health:
+    """A writable master, or (``read_only``) a replica of ``source``."""
     return Health(
         name=name,
         reachable=True,
         observed_at=1.0,
         read_only=read_only,
         replicating=read_only,
+        master_host="127.0.0.1" if read_only else "",
+        master_port=SERVICE.datasource(source).port if read_only else None,
         io_running=True,
         sql_running=True,
         lag=lag,
@@ -60,13 +65,28 @@ def test_first_snapshot_yields_nothing() -> None:
 
 
 def test_master_changed_and_down() -> None:
-    after = snap(2, down("db1"), up("db2", read_only=False), up("db3"))
+    after = snap(2, down("db1"), up("db2", read_only=False), up("db3", source="db2"))
     assert names(HEALTHY, after) == [
         "master_changed shop/db1 -> db2",
         "datasource_down shop/db1: (2003) refused",
     ]
     (first, _) = events.diff(HEALTHY, after)
     assert first.previous == "db1" and first.datasource == "db2"
+
+
+def test_master_changed_says_what_writes_do_during_a_split() -> None:
+    # db3 made writable while it replicates from db1: writes still go to db1.
+    writable_replica = replace(up("db3"), read_only=False)
+    split = snap(2, up("db1", read_only=False), up("db2"), writable_replica)
+    assert names(HEALTHY, split) == []
+    # db1 misses a probe: nobody takes the writes (not db3), and the event says so.
+    missed = snap(3, down("db1"), up("db2"), writable_replica)
+    assert names(split, missed) == [
+        "master_changed shop/db1 -> none",
+        "datasource_down shop/db1: (2003) refused",
+    ]
+    back = snap(4, up("db1", read_only=False), up("db2"), writable_replica)
+    assert names(missed, back) == ["master_changed shop/none -> db1", "datasource_up shop/db1"]
 
 
 def test_up_again_and_lag() -> None:

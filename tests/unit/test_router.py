@@ -7,7 +7,9 @@ declared replicas.  Messages are asserted whole where a user reads them.
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -33,6 +35,7 @@ from sqlrouter.router import (
     missing,
     observed_master,
     reroute,
+    resolve_master,
     wait_here,
 )
 from sqlrouter.topology import Credentials, DataSource, Role, Service
@@ -43,11 +46,17 @@ SERVICE = "sandbox"
 SECRET = "s3cr3t-P@ss"
 
 
+def sid(name: str) -> int:
+    """The server id of ``dbN``: ``N``."""
+    return int(name.removeprefix("db"))
+
+
 def master(name: str = "db1", **kw: Any) -> Health:
-    """A healthy writable master."""
+    """A healthy writable master (a writable server that does not replicate)."""
     fields: dict[str, Any] = {
         "reachable": True,
         "observed_at": 10.0,
+        "server_id": sid(name),
         "read_only": False,
         "position": CausalToken.parse("0-1-20"),
     }
@@ -55,13 +64,22 @@ def master(name: str = "db1", **kw: Any) -> Health:
     return Health(name=name, **fields)
 
 
-def replica(name: str, lag: float | None = 0.1, position: str = "0-1-20", **kw: Any) -> Health:
-    """A healthy replica with heartbeat lag ``lag``."""
+def replica(
+    name: str,
+    lag: float | None = 0.1,
+    position: str = "0-1-20",
+    *,
+    source: str = "db1",
+    **kw: Any,
+) -> Health:
+    """A healthy replica of ``source`` with heartbeat lag ``lag``."""
     fields: dict[str, Any] = {
         "reachable": True,
         "observed_at": 10.0,
+        "server_id": sid(name),
         "read_only": True,
         "replicating": True,
+        **of(source),
         "io_running": True,
         "sql_running": True,
         "lag": lag,
@@ -70,6 +88,22 @@ def replica(name: str, lag: float | None = 0.1, position: str = "0-1-20", **kw: 
     }
     fields.update(kw)
     return Health(name=name, **fields)
+
+
+def of(source: str) -> dict[str, Any]:
+    """The fields of a server that replicates from ``source``: its server id and its
+    address as :func:`cluster` gives it to ``dbN`` when the names are db1, db2..."""
+    return {
+        "master_server_id": sid(source),
+        "master_host": "127.0.0.1",
+        "master_port": 3309 + sid(source),
+        "io_running": True,
+        "sql_running": True,
+    }
+
+
+def replace_promoted(snapshot: Snapshot, name: str) -> Snapshot:
+    return replace(snapshot, promoted=name)
 
 
 def down(name: str, error: str = "connection refused") -> Health:
@@ -195,9 +229,7 @@ def test_rw_never_gets_a_replica_when_the_declared_master_is_read_only() -> None
 
 
 def test_rw_follows_an_observed_failover_to_a_declared_replica() -> None:
-    snapshot = cluster(
-        master("db1", read_only=True, replicating=True), master("db2"), replica("db3")
-    )
+    snapshot = cluster(replica("db1", source="db2"), master("db2"), replica("db3", source="db2"))
     decision = choose(snapshot, RW)
     assert decision.datasource.name == "db2"
     assert decision.reason == "master db2 (writable)"
@@ -243,29 +275,150 @@ def test_rw_refuses_a_master_already_tried_in_this_connect() -> None:
     )
 
 
-def test_rw_split_brain_prefers_the_declared_master() -> None:
+def test_rw_split_brain_the_master_is_what_the_replicas_replicate_from() -> None:
     snapshot = cluster(master("db1"), replica("db2"), master("db3"))
     decision = choose(snapshot, RW)
     assert decision.datasource.name == "db1"
-    assert decision.reason == "declared master db1 (writable; split brain: db3 also writable)"
+    assert decision.reason == (
+        "master db1 (writable, the replicas replicate from it; split brain: db3 also writable)"
+    )
+    # The declared role does not matter: the replicas do.
+    other = cluster(master("db1"), replica("db2", source="db3"), master("db3"))
+    assert choose(other, RW).datasource.name == "db3"
 
 
-def test_rw_split_brain_prefers_the_promoted_datasource() -> None:
-    snapshot = cluster(master("db1"), replica("db2"), master("db3"), promoted="db3")
+def test_rw_a_writable_replica_is_never_the_master() -> None:
+    # db3 was made writable (SET GLOBAL read_only=0) but still replicates from db1.
+    snapshot = cluster(master("db1"), replica("db2"), master("db3", replicating=True, **of("db1")))
     decision = choose(snapshot, RW)
+    assert decision.datasource.name == "db1"
+    assert decision.reason == "master db1 (writable; split brain: db3 also writable)"
+    assert explain(snapshot, RW)[2] == (
+        "db3",
+        "writable but replicating from db1: a misconfigured replica, never the master",
+    )
+
+
+def test_rw_one_missed_probe_of_the_master_hands_nothing_to_a_writable_replica() -> None:
+    snapshot = cluster(
+        down("db1", "probe timed out after 1s"),
+        replica("db2"),
+        master("db3", replicating=True, **of("db1")),
+    )
+    assert observed_master(snapshot) is None
+    assert refusal(NoMasterAvailable, snapshot, RW) == (
+        "service 'sandbox': no master: db3 is writable but replicating: "
+        "db1 unreachable (probe timed out after 1s); db2 read_only=1; "
+        "db3 writable but replicating from db1: a misconfigured replica, never the master"
+    )
+
+
+def test_rw_fencing_an_old_master_that_comes_back_writable() -> None:
+    # After a failover to db2 the replicas replicate from db2; db1 restarts writable,
+    # not replicating, as it was before the failover.
+    snapshot = cluster(master("db1"), master("db2"), replica("db3", source="db2"))
+    decision = choose(snapshot, RW)
+    assert decision.datasource.name == "db2"
+    assert decision.reason == (
+        "master db2 (writable, the replicas replicate from it; split brain: db1 also writable)"
+    )
+    assert explain(snapshot, RW)[0] == ("db1", "writable, but db2 is the master (split brain)")
+    # While db2 misses a probe, db3 still names it: db1 gets nothing.
+    missed = cluster(master("db1"), down("db2"), replica("db3", source="db2"))
+    assert refusal(NoMasterAvailable, missed, RW) == (
+        "service 'sandbox': no master: db1 is writable and not replicating, but db3 "
+        "replicates from db2 (unreachable), refusing to write: "
+        "db1 writable, but not what the replicas replicate from; "
+        "db2 unreachable (connection refused); db3 read_only=1"
+    )
+    # Nor does the declared role or a promotion of db1 give it the writes.
+    assert choose(replace_promoted(snapshot, "db1"), RW).datasource.name == "db2"
+    assert observed_master(replace_promoted(missed, "db1")) is None
+
+
+def test_rw_a_replica_names_its_master_by_address_then_by_server_id() -> None:
+    # CHANGE MASTER keeps the old Master_Server_Id until the IO thread connects again:
+    # the address is what the replica replicates from now.
+    repointed = replica("db3", io_running=False, master_host="127.0.0.1", master_port=3311)
+    assert repointed.master_server_id == 1
+    snapshot = cluster(master("db1"), master("db2"), repointed)
+    assert choose(snapshot, RW).datasource.name == "db2"
+    # An address that is no datasource (replication uses other names): the server id.
+    aliased = replica("db3", master_host="10.9.9.9", master_port=3306)
+    master_ = observed_master(cluster(master("db1"), master("db2"), aliased))
+    assert master_ is not None and master_.name == "db1"
+    # A server id that two reachable datasources share names neither of them.
+    twins = cluster(master("db1"), master("db2", server_id=1), aliased)
+    assert "db3 replicates from server id 1, none of them" in refusal(NoMasterAvailable, twins, RW)
+
+
+def test_rw_a_replica_without_a_server_id_is_matched_by_address() -> None:
+    never_connected = replica(
+        "db2", io_running=False, master_server_id=0, master_host="127.0.0.1", master_port=3310
+    )
+    snapshot = cluster(master("db1"), never_connected)
+    assert choose(snapshot, RW).datasource.name == "db1"
+    unknown = replica("db2", io_running=False, master_server_id=0, master_host="10.0.0.9")
+    elsewhere = cluster(master("db1"), replace(unknown, master_port=3306))
+    assert refusal(NoMasterAvailable, elsewhere, RW).startswith(
+        "service 'sandbox': no master: db1 is writable and not replicating, but db2 "
+        "replicates from 10.0.0.9:3306, refusing to write: "
+    )
+    by_id = cluster(master("db1"), replica("db2", source="db9"))
+    assert "db2 replicates from server id 9, refusing" in refusal(NoMasterAvailable, by_id, RW)
+
+
+def test_rw_a_chain_of_replicas_leads_to_the_master() -> None:
+    snapshot = cluster(master("db1"), replica("db2"), replica("db3", source="db2"))
+    assert choose(snapshot, RW).datasource.name == "db1"
+    # The relay is unreachable: db3 cannot tell, so nobody is the master.
+    broken = cluster(master("db1"), down("db2"), replica("db3", source="db2"))
+    assert refusal(NoMasterAvailable, broken, RW).startswith(
+        "service 'sandbox': no master: db1 is writable and not replicating, but db3 "
+        "replicates from db2 (unreachable), refusing to write: "
+    )
+    # A loop leads nowhere.
+    loop = cluster(master("db1"), replica("db2", source="db3"), replica("db3", source="db2"))
+    assert "db2 replicates from a replication loop (db2 -> db3 -> db2)" in refusal(
+        NoMasterAvailable, loop, RW
+    )
+
+
+def test_rw_split_brain_promotion_breaks_a_tie_only() -> None:
+    tie = cluster(
+        master("db1"), replica("db2"), master("db3"), replica("db4", source="db3"), promoted="db3"
+    )
+    decision = choose(tie, RW)
     assert decision.datasource.name == "db3"
     assert decision.reason == "promoted master db3 (writable; split brain: db1 also writable)"
+    # The replicas single out db1: the promotion changes nothing.
+    singled = cluster(master("db1"), replica("db2"), master("db3"), promoted="db3")
+    assert choose(singled, RW).reason == (
+        "master db1 (writable, the replicas replicate from it; split brain: db3 also "
+        "writable; promoted db3 is not the master)"
+    )
 
 
 def test_rw_split_brain_without_a_tie_breaker_is_refused() -> None:
     snapshot = cluster(down("db1"), master("db2"), master("db3"))
     assert refusal(NoMasterAvailable, snapshot, RW) == (
-        "service 'sandbox': split brain: db2, db3 are writable and neither a writable "
-        "promoted datasource nor a single writable declared master tells which is the "
-        "master; refusing to write (promote one with `sqlrouter promote`): "
+        "service 'sandbox': split brain: db2 and db3 are writable and not replicating; "
+        "no reachable replica tells which is the master; refusing to write "
+        "(promote one of them with `sqlrouter admin promote`): "
         "db1 unreachable (connection refused); "
         "db2 writable (split brain: db2, db3 are writable, none is the master); "
         "db3 writable (split brain: db2, db3 are writable, none is the master)"
+    )
+    both = cluster(master("db1"), replica("db2"), master("db3"), replica("db4", source="db3"))
+    assert refusal(NoMasterAvailable, both, RW).startswith(
+        "service 'sandbox': split brain: db1 and db3 are writable and not replicating; "
+        "the replicas replicate from db1 and db3 (db2 from db1; db4 from db3); refusing "
+        "to write (promote one of them with `sqlrouter admin promote`): "
+    )
+    neither = cluster(master("db1"), replica("db2", source="db9"), master("db3"))
+    assert refusal(NoMasterAvailable, neither, RW).startswith(
+        "service 'sandbox': split brain: db1 and db3 are writable and not replicating; "
+        "db2 replicates from server id 9, none of them; refusing to write: "
     )
 
 
@@ -273,7 +426,7 @@ def test_rw_split_brain_with_a_read_only_promoted_datasource_is_refused() -> Non
     snapshot = cluster(down("db1"), master("db2"), master("db3"), replica("db4"), promoted="db4")
     message = refusal(NoMasterAvailable, snapshot, RW)
     assert "db4 read_only=1 (promoted master is not writable)" in message
-    assert "split brain: db2, db3 are writable" in message
+    assert "split brain: db2 and db3 are writable" in message
 
 
 def test_rw_split_brain_between_two_declared_masters_is_refused() -> None:
@@ -285,21 +438,31 @@ def test_rw_split_brain_between_two_declared_masters_is_refused() -> None:
         health={"db1": master("db1"), "db2": master("db2")},
     )
     message = refusal(NoMasterAvailable, snapshot, RW)
-    assert message.startswith("service 'sandbox': split brain: db1, db2 are writable")
+    assert message.startswith("service 'sandbox': split brain: db1 and db2 are writable")
 
 
 def test_rw_split_brain_taking_the_other_one_offline_does_not_choose_for_the_operator() -> None:
     snapshot = cluster(down("db1"), master("db2"), master("db3"), offline={"db3"})
     message = refusal(NoMasterAvailable, snapshot, RW)
     assert "db3 offline (operator)" in message
-    assert "split brain: db2, db3 are writable" in message
+    assert "split brain: db2 and db3 are writable" in message
 
 
-def test_rw_promoted_datasource_overrides_the_declared_role() -> None:
-    snapshot = cluster(master("db1", read_only=True), master("db2"), replica("db3"), promoted="db2")
+def test_rw_promotion_never_overrides_the_replicas() -> None:
+    snapshot = cluster(
+        master("db1", read_only=True), master("db2"), replica("db3", source="db2"), promoted="db2"
+    )
     decision = choose(snapshot, RW)
     assert decision.datasource.name == "db2"
-    assert decision.reason == "promoted master db2 (writable)"
+    assert decision.reason == "master db2 (writable)"
+    # db3 still replicates from db1: it may be about to get a master back.
+    old = cluster(master("db1", read_only=True), master("db2"), replica("db3"), promoted="db2")
+    assert refusal(NoMasterAvailable, old, RW) == (
+        "service 'sandbox': no master: db2 is writable and not replicating, but db3 "
+        "replicates from db1 (read-only), refusing to write: "
+        "db1 read_only=1 (declared master is not writable); "
+        "db2 writable, but not what the replicas replicate from; db3 read_only=1"
+    )
 
 
 def test_rw_read_only_promoted_datasource_is_never_written_to() -> None:
@@ -410,7 +573,12 @@ def test_ro_master_fallback_lists_every_replica_and_why() -> None:
             "lag unknown (sql thread stopped)",
         ),
         (replica("db2", lag=12.3456), set(), set(), "lag 12.346s > 1.0s"),
-        (master("db2"), set(), set(), "writable, but db1 is the master (split brain)"),
+        (
+            master("db2", replicating=True, **of("db1")),
+            set(),
+            set(),
+            "writable but replicating from db1: a misconfigured replica, never the master",
+        ),
     ],
 )
 def test_ro_rejection_reasons(
@@ -454,13 +622,18 @@ def test_ro_never_reads_from_the_master_unless_falling_back() -> None:
 
 
 def test_ro_never_reads_from_a_split_brain_writable_server() -> None:
-    snapshot = cluster(master("db1"), master("db2", replicating=True, lag=0.0))
+    snapshot = cluster(master("db1"), master("db2", replicating=True, lag=0.0, **of("db1")))
     decision = choose(snapshot, RO)
     assert decision.datasource.name == "db1"
     assert decision.is_fallback is True
     assert decision.reason == (
         "fallback to master db1: no replica within max_lag 1.0s: "
-        "db2 writable, but db1 is the master (split brain)"
+        "db2 writable but replicating from db1: a misconfigured replica, never the master"
+    )
+    split = cluster(master("db1"), replica("db2", 9.0), master("db3"))
+    assert choose(split, RO).reason == (
+        "fallback to master db1: no replica within max_lag 1.0s: "
+        "db2 lag 9.0s > 1.0s; db3 writable, but db1 is the master (split brain)"
     )
 
 
@@ -525,12 +698,19 @@ def test_ro_fallback_to_an_ambiguous_master_refuses() -> None:
 
 
 def test_ro_fallback_goes_to_the_promoted_master() -> None:
-    snapshot = cluster(master("db1"), master("db2"), replica("db3", 9.0), promoted="db2")
+    snapshot = cluster(
+        master("db1"),
+        master("db2"),
+        replica("db3", 9.0),
+        replica("db4", 9.0, source="db2"),
+        promoted="db2",
+    )
     decision = choose(snapshot, RO)
     assert decision.datasource.name == "db2"
     assert decision.reason == (
         "fallback to master db2: no replica within max_lag 1.0s: "
-        "db1 writable, but db2 is the master (split brain); db3 lag 9.0s > 1.0s"
+        "db1 writable, but db2 is the master (split brain); db3 lag 9.0s > 1.0s; "
+        "db4 lag 9.0s > 1.0s"
     )
 
 
@@ -745,6 +925,35 @@ tokens = st.builds(
 )
 
 
+def naming(n: str) -> list[dict[str, Any]]:
+    """The ways a replica of ``n`` may name it: by address and server id, by address
+    only (never connected), by server id only (another address), by address with the
+    server id of the master before (a ``CHANGE MASTER`` not yet connected)."""
+    return [
+        {"master_host": "127.0.0.1", "master_port": 3309 + sid(n), "master_server_id": sid(n)},
+        {"master_host": "127.0.0.1", "master_port": 3309 + sid(n), "master_server_id": 0},
+        {"master_host": "10.0.0.9", "master_port": 3306, "master_server_id": sid(n)},
+        {"master_host": "127.0.0.1", "master_port": 3309 + sid(n), "master_server_id": 1},
+    ]
+
+
+#: Upstreams that name no datasource.
+NOWHERE: list[dict[str, Any]] = [
+    {"master_host": "10.0.0.9", "master_port": 3306, "master_server_id": 9},
+    {"master_host": "", "master_port": None, "master_server_id": None},
+]
+
+#: What a server that replicates may name: a datasource, or nothing usable.
+upstreams: st.SearchStrategy[dict[str, Any]] = st.sampled_from(NAMES).flatmap(
+    lambda n: st.sampled_from(naming(n))
+) | st.sampled_from(NOWHERE)
+
+
+def upstream_of(draw: st.DrawFn) -> dict[str, Any]:
+    fields: dict[str, Any] = draw(upstreams)
+    return fields
+
+
 @st.composite
 def any_health(draw: st.DrawFn, name: str) -> Health:
     """Any combination of observations, most of them broken."""
@@ -754,6 +963,7 @@ def any_health(draw: st.DrawFn, name: str) -> Health:
         name=name,
         reachable=reachable,
         observed_at=1.0,
+        server_id=draw(st.sampled_from([sid(name), sid(name), None])),
         read_only=draw(st.sampled_from([True, True, False, None])),
         replicating=draw(st.booleans()),
         io_running=draw(st.sampled_from([True, True, False, None])),
@@ -761,25 +971,56 @@ def any_health(draw: st.DrawFn, name: str) -> Health:
         lag=lag,
         position=draw(tokens),
         error=None if reachable else draw(st.sampled_from(["connection refused", "timed out"])),
+        **upstream_of(draw),
+    )
+
+
+@st.composite
+def writable_health(draw: st.DrawFn, name: str) -> Health:
+    """A writable server: a master candidate, or (rarely) a misconfigured replica."""
+    replicating = draw(st.sampled_from([False, False, False, True]))
+    upstream = upstream_of(draw) if replicating else {}
+    return Health(
+        name=name,
+        reachable=True,
+        observed_at=1.0,
+        server_id=sid(name),
+        read_only=False,
+        replicating=replicating,
+        position=draw(tokens),
+        **upstream,
+    )
+
+
+@st.composite
+def working_health(draw: st.DrawFn, name: str) -> Health:
+    """A read-only server, usually a replica of db1 or db2 (a writable one most often)."""
+    replicating = draw(st.sampled_from([True, True, True, False]))
+    upstream: dict[str, Any] = {}
+    if replicating:
+        usual: st.SearchStrategy[dict[str, Any]] = st.sampled_from([of("db1"), of("db2")])
+        upstream = draw(usual | usual | upstreams)
+    return Health(
+        name=name,
+        reachable=True,
+        observed_at=1.0,
+        server_id=sid(name),
+        read_only=True,
+        replicating=replicating,
+        io_running=draw(st.sampled_from([True, True, True, False, None])),
+        sql_running=draw(st.sampled_from([True, True, True, False, None])),
+        lag=draw(st.floats(min_value=0.0, max_value=3.0) | st.none()),
+        lag_source="heartbeat",
+        position=draw(tokens),
+        **{k: v for k, v in upstream.items() if k not in {"io_running", "sql_running"}},
     )
 
 
 def healths(name: str) -> st.SearchStrategy[Health]:
     """Mostly replicas (some with a stopped thread), some writable servers, some anything."""
-    ok = {"name": st.just(name), "reachable": st.just(True), "observed_at": st.just(1.0)}
-    writable = st.builds(Health, **ok, read_only=st.just(False), position=tokens)
-    working = st.builds(
-        Health,
-        **ok,
-        read_only=st.just(True),
-        replicating=st.sampled_from([True, True, True, False]),
-        io_running=st.sampled_from([True, True, True, False, None]),
-        sql_running=st.sampled_from([True, True, True, False, None]),
-        lag=st.floats(min_value=0.0, max_value=3.0) | st.none(),
-        lag_source=st.just("heartbeat"),
-        position=tokens,
+    return st.one_of(
+        any_health(name), writable_health(name), working_health(name), working_health(name)
     )
-    return st.one_of(any_health(name), writable, working, working)
 
 
 @st.composite
@@ -799,6 +1040,41 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
         health=health,
         offline=draw(st.frozensets(st.sampled_from(names), max_size=2)),
         promoted=draw(st.none() | st.sampled_from((*names, "db9"))),
+    )
+
+
+@st.composite
+def topologies(draw: st.DrawFn) -> Snapshot:
+    """A coherent cluster (one master, replicas of it or of each other) that someone then
+    changed: servers down, made writable, repointed, reset, restarted as masters."""
+    names = NAMES[: draw(st.integers(1, 6))]
+    first = draw(st.sampled_from(names))
+    healths: list[Health] = []
+    for name in names:
+        if name == first:
+            h = master(name)
+        else:
+            h = replica(name, source=draw(st.sampled_from([first, first, first, *names])))
+        change = draw(
+            st.sampled_from(
+                ["none", "none", "none", "down", "writable", "reset", "standalone", "stop-io"]
+            )
+        )
+        if change == "down":
+            h = down(name)
+        elif change == "writable":
+            h = replace(h, read_only=False)
+        elif change == "reset":
+            h = replace(h, replicating=False, master_server_id=None, master_host="", lag=None)
+        elif change == "standalone":  # an old master back writable, a restored copy
+            h = master(name)
+        elif change == "stop-io":
+            h = replace(h, io_running=False)
+        healths.append(h)
+    return cluster(
+        *healths,
+        promoted=draw(st.none() | st.sampled_from(names)),
+        declared_master=draw(st.sampled_from(names)),
     )
 
 
@@ -829,16 +1105,51 @@ def is_replica_within(snapshot: Snapshot, policy: Policy, ds: DataSource) -> boo
     )
 
 
-def writable_names(snapshot: Snapshot) -> list[str]:
-    return [
-        ds.name
+def master_oracle(snapshot: Snapshot) -> str | None:
+    """The master rule, written plainly, as an oracle (module docstring of the router)."""
+    reach = {
+        ds.name: h
         for ds in snapshot.datasources
-        if (h := snapshot.health.get(ds.name)) is not None and h.writable
-    ]
+        if (h := snapshot.health.get(ds.name)) is not None and h.reachable
+    }
+    by_address: dict[tuple[str, int | None], str] = {
+        (ds.host, ds.port): ds.name for ds in snapshot.datasources
+    }
+
+    def upstream(name: str) -> str | None:
+        h = reach[name]
+        if h.master_host and (h.master_host, h.master_port) in by_address:
+            return by_address[h.master_host, h.master_port]
+        holders = [
+            n for n, o in reach.items() if h.master_server_id and o.server_id == h.master_server_id
+        ]
+        return holders[0] if len(holders) == 1 else None
+
+    def source(name: str) -> str | None:
+        seen = {name}
+        up = upstream(name)
+        while up is not None and up in reach and reach[up].replicating:
+            if up in seen:
+                return None
+            seen.add(up)
+            up = upstream(up)
+        return up
+
+    candidates = [n for n, h in reach.items() if h.read_only is False and not h.replicating]
+    sources = {source(n) for n, h in reach.items() if h.replicating}
+    if not sources:
+        tied = candidates
+    elif sources <= set(candidates):
+        tied = [n for n in candidates if n in sources]
+    else:
+        tied = []
+    if len(tied) == 1:
+        return tied[0]
+    return snapshot.promoted if snapshot.promoted in tied else None
 
 
 @settings(max_examples=500)
-@given(snapshots(), policies(), st.integers(-1000, 1000))
+@given(snapshots() | topologies(), policies(), st.integers(-1000, 1000))
 def test_property_choices_respect_the_rules(snapshot: Snapshot, policy: Policy, turn: int) -> None:
     try:
         decision = choose(snapshot, policy, turn=turn)
@@ -857,17 +1168,13 @@ def test_property_choices_respect_the_rules(snapshot: Snapshot, policy: Policy, 
     assert ds.name not in snapshot.offline
     assert ds.name not in policy.exclude
     assert SECRET not in decision.reason
-    writable = writable_names(snapshot)
     if policy.qos is QoS.RW_STRICT or decision.is_fallback:
-        # Only ever the writable master, and only when it is unambiguous.
+        # Only ever the writable master that does not replicate, as the rule says.
         assert h.writable
+        assert not h.replicating
         assert decision.needs_wait is None
         assert ds == observed_master(snapshot)
-        if len(writable) > 1:
-            declared = [n for n in writable if snapshot.service.datasource(n).role is Role.MASTER]
-            assert ds.name == snapshot.promoted or (
-                snapshot.promoted not in writable and declared == [ds.name]
-            )
+        assert ds.name == master_oracle(snapshot)
         if policy.qos is QoS.RO_RELAXED:
             assert policy.fallback is Fallback.MASTER
         return
@@ -952,6 +1259,47 @@ def test_property_choose_is_deterministic_and_explain_never_fails(
     assert all(verdict and SECRET not in verdict for _, verdict in rows)
 
 
+@settings(max_examples=500)
+@given(snapshots() | topologies(), st.randoms(use_true_random=False))
+def test_property_the_master_is_the_rules_whatever_the_order(
+    snapshot: Snapshot, rnd: random.Random
+) -> None:
+    m = resolve_master(snapshot.datasources, snapshot.health, promoted=snapshot.promoted)
+    name = m.master.name if m.master is not None else None
+    assert name == master_oracle(snapshot)
+    if m.master is not None:
+        h = snapshot.health[m.master.name]
+        assert h.reachable and h.read_only is False and not h.replicating
+        assert m.master in m.candidates and m.master in m.tied
+        # The promotion only ever breaks a tie.
+        assert m.by_promotion == (len(m.tied) > 1)
+    # Nothing of the declared roles, the order of the datasources or the order of the
+    # observations changes the answer.
+    shuffled = list(snapshot.datasources)
+    rnd.shuffle(shuffled)
+    roles = [replace(ds, role=rnd.choice(list(Role))) for ds in shuffled]
+    health = dict(sorted(snapshot.health.items(), key=lambda _: rnd.random()))
+    other = resolve_master(roles, health, promoted=snapshot.promoted)
+    assert (other.master.name if other.master is not None else None) == name
+    assert {ds.name for ds in other.writable} == {ds.name for ds in m.writable}
+    assert {ds.name for ds in other.candidates} == {ds.name for ds in m.candidates}
+
+
+@settings(max_examples=300)
+@given(snapshots() | topologies())
+def test_property_a_missed_probe_of_the_master_hands_writes_to_nobody_else(
+    snapshot: Snapshot,
+) -> None:
+    m = resolve_master(snapshot.datasources, snapshot.health, promoted=snapshot.promoted)
+    if m.master is None or not any(s.datasource == m.master.name for s in m.source.values()):
+        return  # no replica of the master to tell (the documented limit)
+    missed = dict(snapshot.health)
+    missed[m.master.name] = Health(
+        m.master.name, reachable=False, observed_at=2.0, error="timed out"
+    )
+    assert resolve_master(snapshot.datasources, missed, promoted=snapshot.promoted).master is None
+
+
 def test_stopped_thread_with_known_lag_still_serves() -> None:
     """The monitor counts stopped threads in the lag: with the master gone, replicas
     whose IO thread cannot connect keep serving reads within max_lag."""
@@ -981,7 +1329,12 @@ def test_reroute_uses_the_connections_own_max_lag() -> None:
 
 
 def test_reroute_leaves_a_replica_that_became_the_master() -> None:
-    snap = cluster(replica("db1", lag=0.0), master("db2"), replica("db3"), declared_master="db1")
+    snap = cluster(
+        replica("db1", lag=0.0, source="db2"),
+        master("db2"),
+        replica("db3", source="db2"),
+        declared_master="db1",
+    )
     why = reroute(snap, "db2", Policy(QoS.RO_RELAXED), fallback=False)
     assert why == "db2 is now the master"
 
