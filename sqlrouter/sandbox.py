@@ -779,6 +779,10 @@ class Sandbox:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(timeout=0.05)
             if not _pid_alive(pid):
+                if child is not None:
+                    # A zombie of ours: reap it (a Popen dropped unreaped warns).
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        child.wait(timeout=1.0)
                 _CHILDREN.pop(pid, None)
                 return True
             time.sleep(0.02)
