@@ -58,7 +58,7 @@ import pymysql.connections
 from pymysql.constants import CLIENT, COMMAND
 
 import sqlrouter
-from sqlrouter._services import ServiceHandle, handle_for
+from sqlrouter._runtime import ServiceHandle, handle_for
 from sqlrouter.consistency import Session
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.topology import Credentials

@@ -65,9 +65,9 @@ import pymysql.connections
 import pymysql.cursors
 
 import sqlrouter
-from sqlrouter._services import ServiceHandle, handle_for
+from sqlrouter._runtime import ServiceHandle, handle_for
 from sqlrouter.qos import QoS
-from sqlrouter.router import Policy, choose
+from sqlrouter.routing.router import Policy, choose
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.topology import Credentials
 from sqlrouter.url import parse_url
@@ -934,7 +934,7 @@ class ControlPoller:
 
 def poll_control(path: str, hz: float, stdin: IO[str], stdout: IO[str]) -> int:
     """The poller process: commands ``ready``/``on``/``off`` on stdin, one answer each."""
-    from sqlrouter.admin import request  # noqa: PLC0415 - only the poller process needs it
+    from sqlrouter.cli.admin import request  # noqa: PLC0415 - only the poller process needs it
     from sqlrouter.control import ControlError  # noqa: PLC0415
 
     period = 1.0 / hz
@@ -1431,7 +1431,7 @@ def connect_steps(env: Env, calls: int) -> list[list[str]]:
     place (the functions it calls patched with a stopwatch, ~0.3 µs each), next to
     PyMySQL's ``Connection(defer_connect=True)`` and ``connect()`` to the same replicas,
     without and with a ``read_timeout`` (sqlrouter bounds the handshake with one)."""
-    from sqlrouter import _services  # noqa: PLC0415 - profiling only
+    from sqlrouter import _runtime as _services  # noqa: PLC0415 - profiling only
     from sqlrouter import connection as sr_connection  # noqa: PLC0415
 
     url = env.url("RO_RELAXED")

@@ -52,10 +52,10 @@ import pymysql
 
 import sqlrouter
 import sqlrouter.events
-from sqlrouter._services import ServiceHandle, handle_for
-from sqlrouter.health import Snapshot
-from sqlrouter.monitor import Monitor
-from sqlrouter.router import observed_master
+from sqlrouter._runtime import ServiceHandle, handle_for
+from sqlrouter.routing.health import Snapshot
+from sqlrouter.routing.monitor import Monitor
+from sqlrouter.routing.router import observed_master
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import failover, switchover
 from sqlrouter.topology import Credentials

@@ -42,7 +42,7 @@ import pymysql
 import pymysql.connections
 
 import sqlrouter
-from sqlrouter._services import handle_for
+from sqlrouter._runtime import handle_for
 from sqlrouter.connection import Connection
 from sqlrouter.registry import Registry, find_registry
 from sqlrouter.sandbox import Sandbox

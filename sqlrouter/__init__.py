@@ -28,7 +28,7 @@ from pymysql import (
     cursors,
 )
 
-from ._services import shutdown
+from ._runtime import shutdown
 from .connection import Connection, connect
 from .consistency import Session, session
 from .errors import (
@@ -51,7 +51,7 @@ from .errors import (
 )
 from .gtid import CausalToken
 from .qos import Fallback, QoS
-from .registry import RegistryError, RegistryNotSupported, ServiceNotFound
+from .registry.file import RegistryError, RegistryNotSupported, ServiceNotFound
 from .url import ServiceURL, parse_url
 
 #: PEP 249 module globals.

@@ -26,7 +26,7 @@ from pymysql.connections import MySQLResult
 from pymysql.constants import COMMAND, SERVER_STATUS
 from pymysql.protocol import EOFPacketWrapper
 
-from ._services import FIRST_ROUND_TIMEOUT, ServiceHandle, handle_for
+from ._runtime import FIRST_ROUND_TIMEOUT, ServiceHandle, handle_for
 from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED, last_gtid_from_ok
 from ._statements import may_resend
 from .consistency import Session, current_session
@@ -44,9 +44,9 @@ from .errors import (
     RoutingError,
 )
 from .gtid import EMPTY, CausalToken
-from .health import Snapshot
 from .qos import QoS
-from .router import Decision, Policy, choose, observed_master, reroute, wait_here
+from .routing.health import Snapshot
+from .routing.router import Decision, Policy, choose, observed_master, reroute, wait_here
 from .topology import Credentials, DataSource
 from .url import Consistency, ServiceURL, parse_url
 

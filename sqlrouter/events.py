@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from . import _forksafe
-from .health import Snapshot
-from .router import observed_master
+from .routing.health import Snapshot
+from .routing.router import observed_master
 
 __all__ = [
     "EVENT_NAMES",

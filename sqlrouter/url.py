@@ -50,10 +50,10 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from pymysql.cursors import Cursor
 
-from ._dns import SPEC_OPTIONS
 from .errors import ProgrammingError
 from .gtid import MAX_DOMAINS, MAX_TEXT, CausalToken
 from .qos import Fallback, QoS
+from .registry._dns import SPEC_OPTIONS
 from .topology import MAX_LAG_RANGE
 
 __all__ = [

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from sqlrouter.demo import run_demo
+from sqlrouter.cli.demo import run_demo
 from sqlrouter.sandbox import Sandbox, _port_free
 
 pytestmark = pytest.mark.sandbox

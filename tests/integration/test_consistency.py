@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import sqlrouter
-from sqlrouter._services import handles
+from sqlrouter._runtime import handles
 from sqlrouter.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox

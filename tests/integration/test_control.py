@@ -29,7 +29,7 @@ import pytest
 
 import sqlrouter
 from sqlrouter import control
-from sqlrouter.admin import request
+from sqlrouter.cli.admin import request
 from sqlrouter.registry import write_registry_file
 from sqlrouter.sandbox import Sandbox
 
@@ -362,7 +362,7 @@ def test_promote_decides_between_writable_servers(
 
     # A replica made writable still replicates: a promotion cannot make it the master.
     fresh_cluster.query("db2", "SET GLOBAL read_only = 0")
-    handle = sqlrouter._services.handles()[0]
+    handle = sqlrouter._runtime.handles()[0]
     handle.monitor.wait_for_round()
     handle.monitor.wait_for_round()
     answer = request(path, {"cmd": "promote", "datasource": "db2"})
@@ -412,7 +412,7 @@ def test_set_max_lag_changes_routing(fresh_cluster: Sandbox, env_control: Path) 
     res = _admin("--socket", str(path), "set", "sandbox", "max_lag", "30")
     assert res.returncode == 0, res.stderr
     assert "max_lag 30.00s (set in this process; registry: 1.00s)" in res.stdout
-    handle = sqlrouter._services.handles()[0]
+    handle = sqlrouter._runtime.handles()[0]
     for _ in range(3):  # the monitor re-reads the registry every round: the change stays
         handle.monitor.wait_for_round()
     assert handle.service.max_lag == 30.0
@@ -586,7 +586,7 @@ def test_explain_never_opens_resolves_or_reads_what_a_request_names(
         # No registry was created for any of them: nothing cached, no thread started.
         dns = sys.modules.get("sqlrouter.dns_registry")
         assert dns is None or not dns._dns_registries
-        assert str(secret) not in repr(sqlrouter.registry._CACHE)
+        assert str(secret) not in repr(sqlrouter.registry.file._CACHE)
         assert not [t for t in threading.enumerate() if t.name.startswith("sqlrouter-dns")]
         # The URL the application uses is explained as before.
         answer = ro.ask(

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 import sqlrouter
-from sqlrouter._services import ServiceHandle, handles
-from sqlrouter.dns_registry import DnsRegistry
+from sqlrouter._runtime import ServiceHandle, handles
+from sqlrouter.registry.dns import DnsRegistry
 from sqlrouter.sandbox import SERVICE_NAME, Sandbox
 from sqlrouter.topology import Role
 from tests.fixtures.dns import DOMAIN, DnsServer, publish_sandbox

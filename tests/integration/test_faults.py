@@ -12,9 +12,9 @@ import pytest
 
 import sqlrouter
 from sqlrouter import events
-from sqlrouter._services import ServiceHandle, handles
-from sqlrouter.monitor import Monitor
-from sqlrouter.router import observed_master, resolve_master
+from sqlrouter._runtime import ServiceHandle, handles
+from sqlrouter.routing.monitor import Monitor
+from sqlrouter.routing.router import observed_master, resolve_master
 from sqlrouter.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox

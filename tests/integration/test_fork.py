@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import sqlrouter
-from sqlrouter._services import ServiceHandle, handles
+from sqlrouter._runtime import ServiceHandle, handles
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 import sqlrouter
-from sqlrouter._services import handles
+from sqlrouter._runtime import handles
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
 

@@ -12,7 +12,7 @@ import pymysql
 import pytest
 
 import sqlrouter
-from sqlrouter._services import handles
+from sqlrouter._runtime import handles
 from sqlrouter.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox

@@ -21,10 +21,10 @@ import pytest
 
 import sqlrouter
 from sqlrouter import events
-from sqlrouter._services import ServiceHandle, handles
+from sqlrouter._runtime import ServiceHandle, handles
 from sqlrouter.gtid import CausalToken
-from sqlrouter.monitor import _HEARTBEAT_SQL
-from sqlrouter.router import observed_master
+from sqlrouter.routing.monitor import _HEARTBEAT_SQL
+from sqlrouter.routing.router import observed_master
 from sqlrouter.sandbox import HEARTBEAT_TABLE, Sandbox
 
 pytestmark = pytest.mark.sandbox

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 import sqlrouter
-from sqlrouter._services import handles
-from sqlrouter.monitor import Monitor
-from sqlrouter.router import observed_master
+from sqlrouter._runtime import handles
+from sqlrouter.routing.monitor import Monitor
+from sqlrouter.routing.router import observed_master
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import (
     Step,

@@ -10,8 +10,8 @@ import pytest
 
 from sqlrouter import __version__
 from sqlrouter._table import clip, plural
-from sqlrouter.admin import format_response, format_status
 from sqlrouter.cli import build_parser, main
+from sqlrouter.cli.admin import format_response, format_status
 from sqlrouter.registry import RegistryError, find_registry, resolve_registry_path
 
 LONG_ERROR = (

@@ -19,7 +19,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sqlrouter
-from sqlrouter._dns import (
+import sqlrouter.registry.dns
+from sqlrouter.registry import (
+    RegistryError,
+    RegistryNotSupported,
+    ServiceNotFound,
+    StaticRegistry,
+    find_registry,
+    write_registry_file,
+)
+from sqlrouter.registry._dns import (
     Addresses,
     DnspythonResolver,
     DnsSettings,
@@ -34,20 +43,12 @@ from sqlrouter._dns import (
     resolve_service,
     srv_name,
 )
-from sqlrouter.dns_registry import (
+from sqlrouter.registry.dns import (
     SECRETS_CHECK_INTERVAL,
     ChainRegistry,
     DnsRegistry,
     close_dns_registries,
     get_dns_registry,
-)
-from sqlrouter.registry import (
-    RegistryError,
-    RegistryNotSupported,
-    ServiceNotFound,
-    StaticRegistry,
-    find_registry,
-    write_registry_file,
 )
 from sqlrouter.topology import Credentials, DataSource, Role, Service
 from tests.fixtures.dns import DnsServer, Srv
@@ -849,7 +850,7 @@ def test_find_registry_errors_name_the_entry(tmp_path: Path) -> None:
 def test_the_shared_dns_registries_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlrouter.dns_registry, "MAX_SHARED", 3)
+    monkeypatch.setattr(sqlrouter.registry.dns, "MAX_SHARED", 3)
     kept = [get_dns_registry(f"//127.0.0.1:5353/d{i}.test", base=tmp_path) for i in range(3)]
     assert get_dns_registry("//127.0.0.1:5353/d0.test", base=tmp_path) is kept[0]
     with pytest.raises(RegistryError) as exc:

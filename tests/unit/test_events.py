@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from sqlrouter import events
-from sqlrouter.health import Health, Snapshot
+from sqlrouter.routing.health import Health, Snapshot
 from sqlrouter.topology import DataSource, Role, Service
 
 SERVICE = Service(

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sqlrouter.monitor import Monitor, Observation, compute_health
-from sqlrouter.router import observed_master, resolve_master
+from sqlrouter.routing.monitor import Monitor, Observation, compute_health
+from sqlrouter.routing.router import observed_master, resolve_master
 from sqlrouter.topology import Credentials, DataSource, Role, Service
 
 NOW = 1_800_000_000.0

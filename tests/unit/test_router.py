@@ -24,9 +24,9 @@ from sqlrouter.errors import (
     RoutingError,
 )
 from sqlrouter.gtid import EMPTY, CausalToken
-from sqlrouter.health import Health, Snapshot
 from sqlrouter.qos import Fallback, QoS
-from sqlrouter.router import (
+from sqlrouter.routing.health import Health, Snapshot
+from sqlrouter.routing.router import (
     MOVE_TOLERANCE,
     Decision,
     Policy,

@@ -11,7 +11,7 @@ import pytest
 
 import sqlrouter
 from sqlrouter.registry import load_registry_file, write_registry_file
-from sqlrouter.switchover import (
+from sqlrouter.switchover._switchover import (
     ER_TOPOLOGY,
     Candidate,
     Plan,

@@ -21,9 +21,9 @@ from typing import Any, Final, Protocol
 
 from . import _forksafe, events
 from .errors import ProgrammingError
-from .health import Snapshot
-from .monitor import Monitor
-from .registry import Registry, find_registry
+from .registry.file import Registry, find_registry
+from .routing.health import Snapshot
+from .routing.monitor import Monitor
 from .topology import Credentials, Service
 
 __all__ = ["MAX_FOUND", "ServiceHandle", "handle_for", "handles", "shutdown", "watched"]
@@ -353,7 +353,7 @@ def _start_control(handle: ServiceHandle) -> None:
     running (a process starts watching a service, or a forked child first uses one)."""
     if os.environ.get("SQLROUTER_CONTROL") or handle.registry.control:
         # The control socket (docs/control.md) is opt-in: loaded only when configured.
-        from . import control  # noqa: PLC0415 - control builds on this module
+        from .control import server as control  # noqa: PLC0415 - control builds on this module
 
         control.on_handle_created(handle)
 
@@ -392,7 +392,7 @@ def shutdown() -> None:
     for handle in items:
         handle.close()
     # DNS registries (and dnspython, ~0.15 s to import) are loaded only when one is used.
-    dns_registry = sys.modules.get(f"{__package__}.dns_registry")
+    dns_registry = sys.modules.get(f"{__package__}.registry.dns")
     if dns_registry is not None:
         dns_registry.close_dns_registries()
 

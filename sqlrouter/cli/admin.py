@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ._table import CLIPPED_NOTE, clip, format_table, plural
-from .control import (
+from .._table import CLIPPED_NOTE, clip, format_table, plural
+from ..control.server import (
     COMMANDS,
     ControlError,
     check_socket_dir,
@@ -40,8 +40,8 @@ from .control import (
     parse_tcp,
     read_token,
 )
-from .errors import ProgrammingError
-from .registry import find_registry
+from ..errors import ProgrammingError
+from ..registry.file import find_registry
 
 __all__ = [
     "Answer",
@@ -752,7 +752,7 @@ def _run_all(args: argparse.Namespace, req: Mapping[str, Any], out: Out) -> int:
 def _run_topology(args: argparse.Namespace, out: Out) -> int:
     try:
         # Loaded here: only switchover and failover need it (and the admin credentials).
-        from . import switchover as topology  # noqa: PLC0415
+        from ..switchover import _switchover as topology  # noqa: PLC0415
     except ImportError as exc:
         raise ControlError(
             f"{args.admin_command} is not available in this installation: {exc}"

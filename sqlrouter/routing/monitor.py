@@ -52,12 +52,12 @@ from typing import Any
 import pymysql
 from pymysql.constants import CLIENT
 
-from . import _forksafe
-from .errors import AUTH_ERRNOS, PRIVILEGE_ERRNOS
-from .gtid import EMPTY, CausalToken
+from .. import _forksafe
+from ..errors import AUTH_ERRNOS, PRIVILEGE_ERRNOS
+from ..gtid import EMPTY, CausalToken
+from ..topology import Credentials, DataSource, Service
 from .health import Health, Snapshot, unknown
 from .router import Mastership, explain_master, resolve_master
-from .topology import Credentials, DataSource, Service
 
 __all__ = ["Monitor", "Observation", "compute_health"]
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import pymysql
 
-from ._services import ServiceHandle, handle_for
-from ._table import format_table
-from .errors import RoutingError
+from .._runtime import ServiceHandle, handle_for
+from .._table import format_table
+from ..errors import RoutingError
+from ..topology import Credentials, DataSource
+from ..url import ServiceURL, parse_url
 from .health import Snapshot
 from .router import Policy, choose, explain
-from .topology import Credentials, DataSource
-from .url import ServiceURL, parse_url
 
 __all__ = [
     "RouteExplanation",

@@ -8,13 +8,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from . import _services
-from .connection import connect
-from .errors import Error
-from .explain import explain_url
-from .health import Health
-from .sandbox import Sandbox, SandboxError, format_status
-from .switchover import switchover
+from .. import _runtime as _services
+from ..connection import connect
+from ..errors import Error
+from ..routing.explain import explain_url
+from ..routing.health import Health
+from ..sandbox import Sandbox, SandboxError, format_status
+from ..switchover._switchover import switchover
 
 __all__ = ["run_demo"]
 

@@ -54,8 +54,8 @@ from typing import Any, Final, Literal
 
 import pymysql
 
-from .errors import OperationalError
-from .topology import Credentials, DataSource, Service
+from ..errors import OperationalError
+from ..topology import Credentials, DataSource, Service
 
 __all__ = [
     "ER_TOPOLOGY",

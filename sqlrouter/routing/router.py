@@ -79,17 +79,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NoReturn
 
-from .errors import (
+from ..errors import (
     ER_NO_MASTER,
     ER_NO_REPLICA,
     PRIVILEGE_ERRNOS,
     NoMasterAvailable,
     NoReplicaAvailable,
 )
-from .gtid import EMPTY, CausalToken
+from ..gtid import EMPTY, CausalToken
+from ..qos import Fallback, QoS
+from ..topology import DataSource, Role
 from .health import STALE_AFTER_INTERVALS, Health, Snapshot, unknown
-from .qos import Fallback, QoS
-from .topology import DataSource, Role
 
 __all__ = [
     "MOVE_TOLERANCE",

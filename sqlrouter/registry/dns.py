@@ -30,7 +30,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from . import _dns, _forksafe
+from .. import _forksafe
+from ..topology import Service
+from . import _dns
 from ._dns import (
     CREDENTIAL_ROLES,
     DEFAULT_NEGATIVE_TTL,
@@ -47,7 +49,7 @@ from ._dns import (
     same_service,
     settings_from_options,
 )
-from .registry import (
+from .file import (
     ER_REGISTRY,
     Registry,
     RegistryError,
@@ -57,7 +59,6 @@ from .registry import (
     _secrets_changed,
     _Where,
 )
-from .topology import Service
 
 __all__ = [
     "DEFAULT_MAX_RETRY",

@@ -48,9 +48,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
-from . import _forksafe
-from .errors import NotSupportedError, ProgrammingError
-from .topology import (
+from .. import _forksafe
+from ..errors import NotSupportedError, ProgrammingError
+from ..topology import (
     MAX_LAG_RANGE,
     MONITOR_INTERVAL_RANGE,
     PROBE_TIMEOUT_RANGE,
@@ -1083,7 +1083,7 @@ def find_registry(
             resolve_registry_path(explicit, environ=environ, cwd=cwd, given_as=given_as)
         )
     # dns_registry builds on this module: imported here, when a DNS registry is named.
-    from . import dns_registry  # noqa: PLC0415 - a module-level import would be circular
+    from . import dns as dns_registry  # noqa: PLC0415 - a module-level import would be circular
 
     base = Path(cwd) if cwd is not None else Path.cwd()
     members: list[Registry] = []

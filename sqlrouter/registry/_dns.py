@@ -35,7 +35,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
-from .topology import (
+from ..topology import (
     MAX_LAG_RANGE,
     MONITOR_INTERVAL_RANGE,
     PROBE_TIMEOUT_RANGE,

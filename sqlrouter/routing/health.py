@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from .gtid import EMPTY, CausalToken
-from .topology import DataSource, Role, Service
+from ..gtid import EMPTY, CausalToken
+from ..topology import DataSource, Role, Service
 
 __all__ = ["STALE_AFTER_INTERVALS", "Health", "Snapshot"]
 

@@ -1,0 +1,1 @@
+"""Routing: what the monitor observes, and which server each connection gets."""
