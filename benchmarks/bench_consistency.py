@@ -58,8 +58,9 @@ import pymysql.connections
 from pymysql.constants import CLIENT, COMMAND
 
 import sqlrouter
-from sqlrouter._runtime import ServiceHandle, handle_for
+from sqlrouter._runtime import handle_for
 from sqlrouter.consistency import Session
+from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.topology import Credentials
 from sqlrouter.url import parse_url

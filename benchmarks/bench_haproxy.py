@@ -65,9 +65,10 @@ import pymysql.connections
 import pymysql.cursors
 
 import sqlrouter
-from sqlrouter._runtime import ServiceHandle, handle_for
+from sqlrouter._runtime import handle_for
 from sqlrouter.qos import QoS
 from sqlrouter.routing.router import Policy, choose
+from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.topology import Credentials
 from sqlrouter.url import parse_url
@@ -1431,7 +1432,6 @@ def connect_steps(env: Env, calls: int) -> list[list[str]]:
     place (the functions it calls patched with a stopwatch, ~0.3 µs each), next to
     PyMySQL's ``Connection(defer_connect=True)`` and ``connect()`` to the same replicas,
     without and with a ``read_timeout`` (sqlrouter bounds the handshake with one)."""
-    from sqlrouter import _runtime as _services  # noqa: PLC0415 - profiling only
     from sqlrouter import connection as sr_connection  # noqa: PLC0415
 
     url = env.url("RO_RELAXED")
@@ -1445,12 +1445,12 @@ def connect_steps(env: Env, calls: int) -> list[list[str]]:
         (sr_connection, "handle_for", "handle_for"),
         (cls, "__init__", "init_total"),
         (cls, "connect", "connect"),
-        (_services.ServiceHandle, "snapshot", "snapshot"),
+        (ServiceHandle, "snapshot", "snapshot"),
         (cls, "_policy", "policy"),
         (sr_connection, "choose", "choose"),
         (cls, "_connect_bounded", "socket"),
         (cls, "_after_connect", "after"),
-        (_services.ServiceHandle, "opened", "opened"),
+        (ServiceHandle, "opened", "opened"),
     ]
     samples: dict[str, list[int]] = {}
 

@@ -52,10 +52,11 @@ import pymysql
 
 import sqlrouter
 import sqlrouter.events
-from sqlrouter._runtime import ServiceHandle, handle_for
+from sqlrouter._runtime import handle_for
 from sqlrouter.routing.health import Snapshot
 from sqlrouter.routing.monitor import Monitor
 from sqlrouter.routing.router import observed_master
+from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import failover, switchover
 from sqlrouter.topology import Credentials

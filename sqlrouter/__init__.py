@@ -51,7 +51,7 @@ from .errors import (
 )
 from .gtid import CausalToken
 from .qos import Fallback, QoS
-from .registry.file import RegistryError, RegistryNotSupported, ServiceNotFound
+from .registry.base import RegistryError, RegistryNotSupported, ServiceNotFound
 from .url import ServiceURL, parse_url
 
 #: PEP 249 module globals.

@@ -26,7 +26,7 @@ from pymysql.connections import MySQLResult
 from pymysql.constants import COMMAND, SERVER_STATUS
 from pymysql.protocol import EOFPacketWrapper
 
-from ._runtime import FIRST_ROUND_TIMEOUT, ServiceHandle, handle_for
+from ._runtime import handle_for
 from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED, last_gtid_from_ok
 from ._statements import may_resend
 from .consistency import Session, current_session
@@ -47,6 +47,7 @@ from .gtid import EMPTY, CausalToken
 from .qos import QoS
 from .routing.health import Snapshot
 from .routing.router import Decision, Policy, choose, observed_master, reroute, wait_here
+from .routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
 from .topology import Credentials, DataSource
 from .url import Consistency, ServiceURL, parse_url
 

@@ -37,7 +37,7 @@ from urllib.parse import quote, urlencode
 import pymysql
 
 from ._table import CLIPPED_NOTE, clip, format_table
-from .registry.file import write_registry_file
+from .registry._write import write_registry_file
 from .topology import Credentials, DataSource, HeartbeatSettings, Role, Service
 
 __all__ = [

@@ -53,7 +53,7 @@ from pymysql.cursors import Cursor
 from .errors import ProgrammingError
 from .gtid import MAX_DOMAINS, MAX_TEXT, CausalToken
 from .qos import Fallback, QoS
-from .registry._dns import SPEC_OPTIONS
+from .registry._dnsspec import SPEC_OPTIONS
 from .topology import MAX_LAG_RANGE
 
 __all__ = [

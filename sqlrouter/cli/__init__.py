@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import Error
-from ..routing.explain import explain_route
 from ..sandbox import FAULTS, Sandbox, SandboxError, format_status
 from .admin import add_admin_parser, run_admin
 from .demo import run_demo
+from .route import explain_route
 
 __all__ = ["main"]
 

@@ -41,7 +41,7 @@ from ..control.server import (
     read_token,
 )
 from ..errors import ProgrammingError
-from ..registry.file import find_registry
+from ..registry.find import find_registry
 
 __all__ = [
     "Answer",

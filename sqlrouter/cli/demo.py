@@ -11,10 +11,10 @@ from pathlib import Path
 from .. import _runtime as _services
 from ..connection import connect
 from ..errors import Error
-from ..routing.explain import explain_url
 from ..routing.health import Health
 from ..sandbox import Sandbox, SandboxError, format_status
 from ..switchover._switchover import switchover
+from .route import explain_url
 
 __all__ = ["run_demo"]
 

@@ -60,15 +60,15 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from .. import _forksafe
-from .._runtime import ServiceHandle
 from .._runtime import handles as all_handles
 from .._runtime import watched as watched_handle
 from ..errors import OperationalError, ProgrammingError
 from ..qos import QoS
-from ..registry.file import Registry
+from ..registry.base import Registry
 from ..routing.explain import explain_handle, snapshot_rows
 from ..routing.health import Health, Snapshot
 from ..routing.router import Policy, explain_master, observed_master, resolve_master
+from ..routing.service import ServiceHandle
 from ..topology import MAX_LAG_RANGE, range_text
 from ..url import parse_url
 

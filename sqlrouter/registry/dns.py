@@ -1,10 +1,11 @@
-"""Registries read from DNS SRV records, and lists of registries.
+"""Registries read from DNS SRV records.
 
 ``registry=dns:DOMAIN`` (the system resolver) or ``registry=dns://IP[:PORT]/DOMAIN``
 (that nameserver) reads service SERVICE from the SRV records
 ``_mysql._tcp.SERVICE.DOMAIN``, the declared master from
 ``_master._mysql._tcp.SERVICE.DOMAIN``, and the targets' A/AAAA records; see
-``docs/registry.md`` for the convention and :mod:`sqlrouter._dns` for the parsing.
+``docs/registry.md`` for the convention and :mod:`sqlrouter.registry._dns` for the
+parsing.
 
 :class:`DnsRegistry` resolves a service the first time it is looked up (the caller
 waits, at most ``timeout`` seconds), then keeps every answer for its TTL and
@@ -12,9 +13,6 @@ re-resolves it in a background thread of its own when the TTL expires, so that
 ``lookup()`` never waits for DNS again.  A failed re-resolution (timeout, SERVFAIL, a
 name gone) keeps the last good answer and says so in :attr:`DnsRegistry.last_error`;
 ``sqlrouter.shutdown()`` stops the threads.
-
-:class:`ChainRegistry` is a list (``registry=file:PATH,dns:DOMAIN``): the first
-registry that knows a service serves it.
 """
 
 from __future__ import annotations
@@ -24,52 +22,40 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Final
 
 from .. import _forksafe
 from ..topology import Service
 from . import _dns
+from ._checks import _read_password_file, _Secret, _secrets_changed, _Where
 from ._dns import (
-    CREDENTIAL_ROLES,
     DEFAULT_NEGATIVE_TTL,
-    DEFAULT_TIMEOUT,
     DnsError,
-    DnspythonResolver,
-    DnsSettings,
-    DnsSpec,
     InvalidAnswer,
     NameNotFound,
     Resolver,
-    parse_dns_spec,
     resolve_service,
     same_service,
+)
+from ._dnsspec import (
+    CREDENTIAL_ROLES,
+    DEFAULT_TIMEOUT,
+    DnsSettings,
+    DnsSpec,
+    parse_dns_spec,
     settings_from_options,
 )
-from .file import (
-    ER_REGISTRY,
-    Registry,
-    RegistryError,
-    ServiceNotFound,
-    _read_password_file,
-    _Secret,
-    _secrets_changed,
-    _Where,
-)
+from .base import ER_REGISTRY, Registry, RegistryError, ServiceNotFound
 
 __all__ = [
     "DEFAULT_MAX_RETRY",
     "DEFAULT_MIN_TTL",
-    "MAX_SHARED",
     "SECRETS_CHECK_INTERVAL",
-    "ChainRegistry",
     "DnsRegistry",
-    "close_dns_registries",
-    "get_chain_registry",
-    "get_dns_registry",
 ]
 
 logger = logging.getLogger("sqlrouter.registry")
@@ -160,6 +146,10 @@ class DnsRegistry(Registry):
         self._secrets_lock = _forksafe.lock()
         if resolver is None:
             timeout = float(spec.options.get("timeout", DEFAULT_TIMEOUT))
+            # dnspython (25 ms to import) is loaded here, by the first DNS registry that
+            # needs a resolver: never by a process that reads no DNS registry.
+            from ._resolver import DnspythonResolver  # noqa: PLC0415
+
             try:
                 resolver = DnspythonResolver(spec.nameserver, timeout=timeout)
             except DnsError as exc:
@@ -504,153 +494,4 @@ def _with_settings(service: Service, settings: DnsSettings) -> Service:
     )
 
 
-class ChainRegistry(Registry):
-    """A list of registries: the first one that knows a service serves it.
-
-    Only :class:`ServiceNotFound` moves on to the next registry.  Any other error (a
-    DNS server that does not answer the first lookup) stops the search: which
-    registry serves a service never depends on which one is reachable.
-    """
-
-    def __init__(self, registries: Sequence[Registry]) -> None:
-        if not registries:
-            raise ValueError("a list of registries needs at least one registry")
-        self._registries = tuple(registries)
-
-    @property
-    def registries(self) -> tuple[Registry, ...]:
-        return self._registries
-
-    def lookup(self, service_name: str) -> Service:
-        misses: list[str] = []
-        for registry in self._registries:
-            try:
-                return registry.lookup(service_name)
-            except ServiceNotFound as exc:
-                misses.append(str(exc.args[1]))
-        raise ServiceNotFound(
-            ER_REGISTRY,
-            f"no registry of {self.describe()} defines service {service_name!r}: "
-            + "; ".join(misses),
-            service=service_name,
-        )
-
-    def services(self) -> list[str]:
-        names: dict[str, None] = {}
-        for registry in self._registries:
-            names.update(dict.fromkeys(registry.services()))
-        return list(names)
-
-    def describe(self) -> str:
-        return ", then ".join(registry.describe() for registry in self._registries)
-
-    @property
-    def control(self) -> Mapping[str, Any]:
-        """The ``[control]`` table of the first registry that has one."""
-        for registry in self._registries:
-            if registry.control:
-                return registry.control
-        return MappingProxyType({})
-
-    @property
-    def last_error(self) -> str | None:
-        errors = [e for e in (registry.last_error for registry in self._registries) if e]
-        return "; ".join(errors) if errors else None
-
-    def refresh(self, *, force: bool = False) -> bool:
-        changed = [registry.refresh(force=force) for registry in self._registries]
-        return any(changed)
-
-    def __repr__(self) -> str:
-        return f"<ChainRegistry {self.describe()}>"
-
-
 # --------------------------------------------------------------------------- sharing
-
-_cache_lock = _forksafe.lock()
-_dns_registries: dict[str, DnsRegistry] = {}
-_chains: dict[tuple[int, ...], ChainRegistry] = {}
-#: The most DNS registries (and lists of registries) one process shares.  Each DNS
-#: registry has a thread, and may be in use by a monitor: none is ever dropped before
-#: ``sqlrouter.shutdown()``, so past this number new ones are refused.
-MAX_SHARED: Final = 32
-
-
-def _after_fork_in_child() -> None:
-    """A forked child has none of the parent's refresh threads: each registry starts
-    one of its own at its next resolution (until then, callers re-resolve)."""
-    for registry in list(_dns_registries.values()):
-        registry._thread = None
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def get_dns_registry(
-    value: str, *, origin: str = "", base: str | os.PathLike[str] | None = None
-) -> DnsRegistry:
-    """The process-wide :class:`DnsRegistry` of ``value`` (what follows ``dns:``).
-
-    One registry (one background thread) per spec, password files made absolute
-    against ``base`` (default: the current directory).  ``origin`` (``registry=...``)
-    starts error messages.
-    """
-    folder = Path(base) if base is not None else Path.cwd()
-    try:
-        spec = parse_dns_spec(value)
-    except ValueError as exc:
-        entry = f"dns:{value}"
-        if not origin:
-            where = f"registry {entry}"
-        elif origin.endswith(entry):
-            where = origin  # the whole spec is this entry: say it once
-        else:
-            where = f"{origin}: {entry}"
-        raise RegistryError(ER_REGISTRY, f"{where}: {exc}") from None
-    options = dict(spec.options)
-    for key in (f"{role}_password_file" for role in CREDENTIAL_ROLES):
-        if key in options:
-            options[key] = os.path.abspath(folder / Path(options[key]).expanduser())
-    spec = replace(spec, options=MappingProxyType(options))
-    key = str(spec)
-    with _cache_lock:
-        registry = _dns_registries.get(key)
-        if registry is None:
-            if len(_dns_registries) >= MAX_SHARED:
-                raise RegistryError(
-                    ER_REGISTRY,
-                    f"registry {spec.location}: this process uses {MAX_SHARED} DNS registries "
-                    "already (each registry= text with other options is one), the most it "
-                    "keeps: use fewer distinct registry specs",
-                )
-            registry = DnsRegistry(spec, base=folder)
-            _dns_registries[key] = registry
-    return registry
-
-
-def get_chain_registry(registries: Sequence[Registry]) -> ChainRegistry:
-    """The process-wide :class:`ChainRegistry` of these (shared) registries, in order."""
-    key = tuple(id(registry) for registry in registries)
-    with _cache_lock:
-        chain = _chains.get(key)
-        if chain is None:
-            if len(_chains) >= MAX_SHARED:
-                raise RegistryError(
-                    ER_REGISTRY,
-                    f"registry list {', then '.join(r.describe() for r in registries)}: this "
-                    f"process uses {MAX_SHARED} lists of registries already, the most it "
-                    "keeps: use fewer distinct registry= lists",
-                )
-            chain = ChainRegistry(registries)  # holds them: their ids stay theirs
-            _chains[key] = chain
-    return chain
-
-
-def close_dns_registries() -> None:
-    """Stop every shared DNS registry's thread and forget them (``sqlrouter.shutdown()``)."""
-    with _cache_lock:
-        registries = list(_dns_registries.values())
-        _dns_registries.clear()
-        _chains.clear()
-    for registry in registries:
-        registry.close()

@@ -16,20 +16,9 @@ writes go, or that they are refused and why.
 Lag is measured from a heartbeat row (pt-heartbeat style) that the monitor writes on
 that master every round, and nowhere else, on its own connection so that a slow write
 (semi-sync waiting for a replica) never delays a probe.  The statement itself writes
-nothing on a read-only server or on one whose replication SQL thread runs.  All
-timestamps compared are written or read by the reference server, so the clocks of the
-machines do not matter:
-
-- a replica whose IO or SQL thread is not running lags by the age of the last heartbeat
-  it applied (reference ``NOW()`` minus its heartbeat): it grows while it is stopped,
-  where ``Seconds_Behind_Master`` reads NULL or 0;
-- a replica whose GTID position covers the reference's position has lag 0;
-- otherwise lag is the reference's freshest heartbeat minus the replica's;
-- without a usable heartbeat, ``Seconds_Behind_Master`` (NULL counts as unknown).
-
-The reference is that master.  While there is none it is the most advanced replica:
-replicas keep serving reads, their lag measured against the best copy of the data that
-exists.
+nothing on a read-only server or on one whose replication SQL thread runs.  How the
+round's observations become each replica's lag is pure, in
+:mod:`sqlrouter.routing.lag`.
 
 A probe that does not answer within ``probe_timeout`` marks its datasource unreachable
 for that round; it never delays the probes of the other datasources.
@@ -38,384 +27,27 @@ for that round; it never delays the probes of the other datasources.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import pymysql
-from pymysql.constants import CLIENT
 
 from .. import _forksafe
-from ..errors import AUTH_ERRNOS, PRIVILEGE_ERRNOS
-from ..gtid import EMPTY, CausalToken
+from ..errors import AUTH_ERRNOS
 from ..topology import Credentials, DataSource, Service
-from .health import Health, Snapshot, unknown
+from ._probe import Clock, Connect, Prober, describe_error
+from .health import Snapshot, unknown
+from .lag import Observation, compute_health
 from .router import Mastership, explain_master, resolve_master
 
-__all__ = ["Monitor", "Observation", "compute_health"]
+__all__ = ["Monitor"]
 
 logger = logging.getLogger("sqlrouter.monitor")
-
-#: Error numbers meaning "the heartbeat table is not there or not readable".
-_NO_HEARTBEAT_ERRNOS = frozenset({1049, 1142, 1146})
-_HEARTBEAT_STALE_ROUNDS = 4
-
-#: The heartbeat write.  The monitor sends it only to the master the rule singles out;
-#: the statement itself also writes nothing on a server that is read-only (which an
-#: account with READ ONLY ADMIN could write to) or whose replication SQL thread runs
-#: (``Slaves_running``, readable without privilege): a row written there would give the
-#: server GTIDs of its own, which ``gtid_strict_mode`` refuses to follow with its
-#: master's.  A writable server whose replication is configured but stopped cannot be
-#: told in one statement: the rule alone keeps the heartbeat off it.
-_HEARTBEAT_SQL = (
-    "INSERT INTO {table} (server_id, ts) SELECT @@server_id, NOW(6) FROM DUAL "
-    "WHERE @@global.read_only = 0 AND (SELECT VARIABLE_VALUE FROM "
-    "information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVES_RUNNING') = 0 "
-    "ON DUPLICATE KEY UPDATE ts = VALUES(ts)"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What one probe read from one server (before lag is computed)."""
-
-    name: str
-    observed_at: float
-    reachable: bool
-    error: str | None = None
-    #: The server's (or the client's) error number of ``error``, when there is one.
-    error_code: int | None = None
-    server_id: int | None = None
-    read_only: bool | None = None
-    gtid_binlog_pos: str = ""
-    gtid_slave_pos: str = ""
-    #: The server's ``NOW(6)`` and freshest heartbeat, as seconds since the epoch.
-    now: float | None = None
-    heartbeat: float | None = None
-    replicating: bool = False
-    #: ``SHOW SLAVE STATUS``'s ``Master_Server_Id``, ``Master_Host``, ``Master_Port``.
-    master_server_id: int | None = None
-    master_host: str = ""
-    master_port: int | None = None
-    io_running: bool | None = None
-    sql_running: bool | None = None
-    io_state: str = ""
-    seconds_behind_master: int | None = None
-    tracks_last_gtid: bool | None = None
-
-
-def _epoch(value: object) -> float | None:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return None
-
-
-def _position(obs: Observation) -> CausalToken:
-    try:
-        binlog, slave = obs.gtid_binlog_pos, obs.gtid_slave_pos
-        return CausalToken.from_gtid_list(binlog).merge(CausalToken.from_gtid_list(slave))
-    except ValueError:
-        return EMPTY
-
-
-def compute_health(
-    observations: Sequence[Observation],
-    datasources: Sequence[DataSource],
-    *,
-    promoted: str | None = None,
-) -> dict[str, Health]:
-    """Turn one round of observations into Health values, computing each lag.
-
-    Pure: all the times it uses come from the observations.  The lag reference is the
-    master as :func:`~sqlrouter.router.resolve_master` singles it out of these
-    observations (``promoted``: the operator's routing-level promotion, which may break
-    a tie); without one, the most advanced reachable replica.
-    """
-    positions = {o.name: _position(o) for o in observations}
-    observed = {o.name: _observed(o, positions[o.name]) for o in observations}
-    master = resolve_master(datasources, observed, promoted=promoted).master
-    reference = next((o for o in observations if master and o.name == master.name), None)
-    if reference is None:
-        # No master: measure against the most advanced reachable replica (the freshest
-        # heartbeat, then the furthest GTID position).
-        replicas = [o for o in observations if o.reachable and o.replicating]
-        if replicas:
-            reference = max(
-                replicas,
-                key=lambda o: (
-                    o.heartbeat or 0.0,
-                    sum(seq for _, seq in positions[o.name].domains.values()),
-                ),
-            )
-    health: dict[str, Health] = {}
-    for obs in observations:
-        h = observed[obs.name]
-        if obs.reachable:
-            lag, source = _lag(obs, reference, positions, master_alive=master is not None)
-            h = replace(h, lag=lag, lag_source=source)
-        health[obs.name] = h
-    return health
-
-
-def _observed(obs: Observation, position: CausalToken) -> Health:
-    """What one observation says, without the lag (which needs the whole round)."""
-    if not obs.reachable:
-        return Health(
-            name=obs.name,
-            reachable=False,
-            observed_at=obs.observed_at,
-            error=obs.error,
-            error_code=obs.error_code,
-            position=position,
-        )
-    return Health(
-        name=obs.name,
-        reachable=True,
-        observed_at=obs.observed_at,
-        read_only=obs.read_only,
-        server_id=obs.server_id,
-        replicating=obs.replicating,
-        master_server_id=obs.master_server_id,
-        master_host=obs.master_host,
-        master_port=obs.master_port,
-        io_running=obs.io_running,
-        sql_running=obs.sql_running,
-        position=position,
-        gtid_binlog_pos=obs.gtid_binlog_pos,
-        gtid_slave_pos=obs.gtid_slave_pos,
-        tracks_last_gtid=obs.tracks_last_gtid,
-        error=obs.error,
-    )
-
-
-def _lag(
-    obs: Observation,
-    ref: Observation | None,
-    positions: Mapping[str, CausalToken],
-    *,
-    master_alive: bool,
-) -> tuple[float | None, str]:
-    """``obs``'s lag behind ``ref`` (the master when ``master_alive``, else the most
-    advanced replica), and how it was measured."""
-    if not obs.replicating:
-        return (0.0, "master") if obs.read_only is False else (None, "")
-    threads_ok = bool(obs.io_running) and bool(obs.sql_running)
-    if ref is not None and ref.name == obs.name:
-        return 0.0, "heartbeat"
-    if not threads_ok and master_alive:
-        if ref is not None and ref.now is not None and obs.heartbeat is not None:
-            return max(0.0, ref.now - obs.heartbeat), "heartbeat"
-        return None, ""
-    if ref is not None and positions[obs.name].covers(positions[ref.name]):
-        return 0.0, "gtid"
-    if ref is not None and ref.heartbeat is not None and obs.heartbeat is not None:
-        fresh = ref.now is not None and ref.now - ref.heartbeat < _HEARTBEAT_STALE_ROUNDS * 2.0
-        if fresh or not master_alive:
-            return max(0.0, ref.heartbeat - obs.heartbeat), "heartbeat"
-    if obs.sql_running and obs.seconds_behind_master is not None:
-        return float(obs.seconds_behind_master), "seconds_behind_master"
-    return None, ""
-
-
-Connect = Callable[..., Any]
-Clock = Callable[[], float]
-
-
-class _Prober:
-    """The monitoring connection of one datasource, used by one worker at a time."""
-
-    def __init__(
-        self,
-        ds: DataSource,
-        service: Service,
-        credentials: Credentials,
-        connect: Connect,
-        clock: Clock,
-    ) -> None:
-        self.ds = ds
-        self.service = service
-        self.credentials = credentials
-        self._connect = connect
-        self._clock = clock
-        self._conn: Any = None
-        self._hb_conn: Any = None
-        self._heartbeat_ok = service.heartbeat.enabled
-
-    def _open(self) -> Any:
-        timeout = self.service.probe_timeout
-        return self._connect(
-            host=self.ds.host,
-            port=self.ds.port,
-            user=self.credentials.user,
-            password=self.credentials.password,
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            write_timeout=timeout,
-            autocommit=True,
-            client_flag=CLIENT.MULTI_STATEMENTS,
-            program_name="sqlrouter-monitor",
-        )
-
-    def _close_probe(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def close(self) -> None:
-        for attr in ("_conn", "_hb_conn"):
-            conn = getattr(self, attr)
-            setattr(self, attr, None)
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
-
-    def forget(self) -> None:
-        """In a forked child: drop the connections without a word to the server (they
-        are the parent's: only this process's copies of the sockets are closed)."""
-        for attr in ("_conn", "_hb_conn"):
-            conn = getattr(self, attr)
-            setattr(self, attr, None)
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn._force_close()
-
-    def probe(self) -> Observation:
-        try:
-            if self._conn is None:
-                self._conn = self._open()
-            return self._query()
-        except pymysql.err.MySQLError as exc:
-            self._close_probe()
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-            return Observation(
-                self.ds.name,
-                self._clock(),
-                reachable=False,
-                error=_describe_error(exc, self.credentials.user),
-                error_code=code,
-            )
-        except OSError as exc:
-            self._close_probe()
-            return Observation(self.ds.name, self._clock(), reachable=False, error=str(exc))
-
-    def _query(self) -> Observation:
-        hb = self.service.heartbeat.table
-        heartbeat = f"(SELECT MAX(ts) FROM {hb})" if self._heartbeat_ok else "NULL"
-        sql = (
-            "SELECT @@server_id, @@read_only, @@gtid_binlog_pos, @@gtid_slave_pos, "
-            f"NOW(6), {heartbeat}, @@global.session_track_system_variables; "
-            "SHOW SLAVE STATUS"
-        )
-        with self._conn.cursor() as cur:
-            try:
-                cur.execute(sql)
-            except pymysql.err.MySQLError as exc:
-                if self._heartbeat_ok and exc.args and exc.args[0] in _NO_HEARTBEAT_ERRNOS:
-                    logger.warning(
-                        "service %r: %s: heartbeat table %s unusable (%s); measuring lag "
-                        "with Seconds_Behind_Master",
-                        self.service.name,
-                        self.ds.name,
-                        hb,
-                        exc.args[-1],
-                    )
-                    self._heartbeat_ok = False
-                    return self._query()
-                raise
-            server_id, read_only, binlog_pos, slave_pos, now, beat, tracked = cur.fetchone()
-            cur.nextset()
-            slave = cur.fetchone()
-            cols = [d[0] for d in cur.description] if cur.description else []
-        observed_at = self._clock()
-        base = Observation(
-            name=self.ds.name,
-            observed_at=observed_at,
-            reachable=True,
-            server_id=int(server_id),
-            read_only=bool(read_only),
-            gtid_binlog_pos=binlog_pos or "",
-            gtid_slave_pos=slave_pos or "",
-            now=_epoch(now),
-            heartbeat=_epoch(beat),
-            tracks_last_gtid="last_gtid" in str(tracked or "").split(","),
-        )
-        if slave is None:
-            return base
-        st = dict(zip(cols, slave, strict=False))
-        sbm = st.get("Seconds_Behind_Master")
-        master_id = st.get("Master_Server_Id")
-        master_port = st.get("Master_Port")
-        error = st.get("Last_IO_Error") or st.get("Last_SQL_Error") or None
-        return replace(
-            base,
-            replicating=True,
-            master_server_id=None if master_id is None else int(master_id),
-            master_host=str(st.get("Master_Host") or ""),
-            master_port=None if master_port is None else int(master_port),
-            io_running=st.get("Slave_IO_Running") == "Yes",
-            sql_running=st.get("Slave_SQL_Running") == "Yes",
-            io_state=str(st.get("Slave_IO_State") or ""),
-            seconds_behind_master=None if sbm is None else int(sbm),
-            error=str(error) if error else None,
-        )
-
-    def write_heartbeat(self) -> None:
-        """Write the heartbeat row, on a connection of its own: the write may wait for a
-        semi-sync acknowledgement, which must not delay the probes."""
-        if self._hb_conn is None:
-            self._hb_conn = self._connect(
-                host=self.ds.host,
-                port=self.ds.port,
-                user=self.credentials.user,
-                password=self.credentials.password,
-                connect_timeout=self.service.probe_timeout,
-                read_timeout=max(5.0, self.service.probe_timeout),
-                write_timeout=self.service.probe_timeout,
-                autocommit=True,
-                program_name="sqlrouter-heartbeat",
-            )
-        try:
-            with self._hb_conn.cursor() as cur:
-                written = cur.execute(_HEARTBEAT_SQL.format(table=self.service.heartbeat.table))
-        except BaseException:
-            conn, self._hb_conn = self._hb_conn, None
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise
-        if not written:
-            logger.debug(
-                "service %r: %s: heartbeat not written: the server is read-only or its "
-                "replication SQL thread runs",
-                self.service.name,
-                self.ds.name,
-            )
-
-
-def _describe_error(exc: BaseException, user: str | None = None) -> str:
-    """An error as a short line, without credentials (PyMySQL never includes them).
-
-    A privilege the monitor's account lacks is named with the grant that gives it.
-    """
-    args: tuple[object, ...] = exc.args
-    if len(args) >= 2 and isinstance(args[0], int):
-        text = f"({args[0]}) {args[1]}"
-        if args[0] in PRIVILEGE_ERRNOS:
-            who = f"'{user}'@'<host>'" if user else "the monitor's account"
-            return (
-                f"the monitor's account lacks a privilege: {text}; the probe runs SHOW "
-                f"SLAVE STATUS: GRANT SLAVE MONITOR ON *.* TO {who} (REPLICATION CLIENT "
-                "before MariaDB 10.5.9 and on MySQL)"
-            )
-        return text
-    return str(exc) or type(exc).__name__
 
 
 class Monitor:
@@ -466,7 +98,7 @@ class Monitor:
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._probers: dict[str, _Prober] = {}
+        self._probers: dict[str, Prober] = {}
         self._inflight: dict[str, concurrent.futures.Future[Observation]] = {}
         self._heartbeat_future: concurrent.futures.Future[None] | None = None
         self._offline: frozenset[str] = frozenset()
@@ -668,10 +300,10 @@ class Monitor:
             logger.info("service %r: registry changed, following it", service.name)
             self.update_service(service)
 
-    def _prober(self, ds: DataSource) -> _Prober:
+    def _prober(self, ds: DataSource) -> Prober:
         prober = self._probers.get(ds.name)
         if prober is None:
-            prober = _Prober(ds, self._service, self._credentials, self._connect, self._clock)
+            prober = Prober(ds, self._service, self._credentials, self._connect, self._clock)
             self._probers[ds.name] = prober
         return prober
 
@@ -811,7 +443,7 @@ class Monitor:
         except RuntimeError:  # stop() shut the pool down under this round
             return
 
-    def _write_heartbeat(self, prober: _Prober) -> None:
+    def _write_heartbeat(self, prober: Prober) -> None:
         try:
             prober.write_heartbeat()
         except (pymysql.err.MySQLError, OSError) as exc:
@@ -819,5 +451,5 @@ class Monitor:
                 "service %r: heartbeat write on %s failed: %s",
                 self._service.name,
                 prober.ds.name,
-                _describe_error(exc),
+                describe_error(exc),
             )

@@ -584,7 +584,7 @@ def test_explain_never_opens_resolves_or_reads_what_a_request_names(
         )
         assert answer["code"] == "not_found" and "the-secret-content" not in answer["error"]
         # No registry was created for any of them: nothing cached, no thread started.
-        dns = sys.modules.get("sqlrouter.dns_registry")
+        dns = sys.modules.get("sqlrouter.registry.find")
         assert dns is None or not dns._dns_registries
         assert str(secret) not in repr(sqlrouter.registry.file._CACHE)
         assert not [t for t in threading.enumerate() if t.name.startswith("sqlrouter-dns")]

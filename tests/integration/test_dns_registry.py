@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 import sqlrouter
-from sqlrouter._runtime import ServiceHandle, handles
+from sqlrouter._runtime import handles
 from sqlrouter.registry.dns import DnsRegistry
+from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import SERVICE_NAME, Sandbox
 from sqlrouter.topology import Role
 from tests.fixtures.dns import DOMAIN, DnsServer, publish_sandbox

@@ -12,9 +12,10 @@ import pytest
 
 import sqlrouter
 from sqlrouter import events
-from sqlrouter._runtime import ServiceHandle, handles
+from sqlrouter._runtime import handles
 from sqlrouter.routing.monitor import Monitor
 from sqlrouter.routing.router import observed_master, resolve_master
+from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
 
 pytestmark = pytest.mark.sandbox

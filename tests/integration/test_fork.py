@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 import sqlrouter
-from sqlrouter._runtime import ServiceHandle, handles
+from sqlrouter._runtime import handles
+from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
 

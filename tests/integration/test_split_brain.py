@@ -21,10 +21,11 @@ import pytest
 
 import sqlrouter
 from sqlrouter import events
-from sqlrouter._runtime import ServiceHandle, handles
+from sqlrouter._runtime import handles
 from sqlrouter.gtid import CausalToken
-from sqlrouter.routing.monitor import _HEARTBEAT_SQL
+from sqlrouter.routing._probe import HEARTBEAT_SQL
 from sqlrouter.routing.router import observed_master
+from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import HEARTBEAT_TABLE, Sandbox
 
 pytestmark = pytest.mark.sandbox
@@ -175,7 +176,7 @@ def test_the_heartbeat_statement_writes_only_on_a_writable_server_that_does_not_
     ADMIN, so the server's read-only check alone would let it write)."""
     sb = cluster
     admin = sb.state.admin
-    statement = _HEARTBEAT_SQL.format(table=HEARTBEAT_TABLE)
+    statement = HEARTBEAT_SQL.format(table=HEARTBEAT_TABLE)
 
     def heartbeat(name: str) -> int:
         conn = pymysql.connect(

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sqlrouter
-import sqlrouter.registry.dns
+import sqlrouter.registry.find
 from sqlrouter.registry import (
     RegistryError,
     RegistryNotSupported,
@@ -30,8 +30,6 @@ from sqlrouter.registry import (
 )
 from sqlrouter.registry._dns import (
     Addresses,
-    DnspythonResolver,
-    DnsSettings,
     InvalidAnswer,
     NameNotFound,
     ResolverUnavailable,
@@ -39,17 +37,14 @@ from sqlrouter.registry._dns import (
     SrvRecord,
     build_datasources,
     order_srv,
-    parse_dns_spec,
     resolve_service,
     srv_name,
 )
-from sqlrouter.registry.dns import (
-    SECRETS_CHECK_INTERVAL,
-    ChainRegistry,
-    DnsRegistry,
-    close_dns_registries,
-    get_dns_registry,
-)
+from sqlrouter.registry._dnsspec import DnsSettings, parse_dns_spec
+from sqlrouter.registry._resolver import DnspythonResolver
+from sqlrouter.registry.chain import ChainRegistry
+from sqlrouter.registry.dns import SECRETS_CHECK_INTERVAL, DnsRegistry
+from sqlrouter.registry.find import close_dns_registries, get_dns_registry
 from sqlrouter.topology import Credentials, DataSource, Role, Service
 from tests.fixtures.dns import DnsServer, Srv
 
@@ -850,7 +845,7 @@ def test_find_registry_errors_name_the_entry(tmp_path: Path) -> None:
 def test_the_shared_dns_registries_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlrouter.registry.dns, "MAX_SHARED", 3)
+    monkeypatch.setattr(sqlrouter.registry.find, "MAX_SHARED", 3)
     kept = [get_dns_registry(f"//127.0.0.1:5353/d{i}.test", base=tmp_path) for i in range(3)]
     assert get_dns_registry("//127.0.0.1:5353/d0.test", base=tmp_path) is kept[0]
     with pytest.raises(RegistryError) as exc:

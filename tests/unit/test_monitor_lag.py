@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sqlrouter.routing.monitor import Monitor, Observation, compute_health
+from sqlrouter.routing.lag import Observation, compute_health
+from sqlrouter.routing.monitor import Monitor
 from sqlrouter.routing.router import observed_master, resolve_master
 from sqlrouter.topology import Credentials, DataSource, Role, Service
 

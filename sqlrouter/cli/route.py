@@ -1,0 +1,72 @@
+"""``sqlrouter route URL``: which datasource a service URL would get now, and why."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pymysql
+
+from .._runtime import handle_for
+from ..routing.explain import RouteExplanation, explain
+from ..topology import Credentials, DataSource
+from ..url import ServiceURL, parse_url
+
+__all__ = ["explain_route", "explain_url"]
+
+
+def explain_url(url: str | ServiceURL, **overrides: Any) -> str:
+    """The datasource ``url`` would get now, and the snapshot behind the decision.
+
+    Pure reporting: no connection is opened (the control socket's ``explain`` uses it
+    in a running application, which must not log in as whoever asks).
+    """
+    return explain_route(url, login=False, **overrides).text
+
+
+def _login(parsed: ServiceURL, ds: DataSource) -> str | None:
+    """Log in to ``ds`` as the URL's user (its password, database and options); None
+    when it works, else the server's or the network's error."""
+    options = {**parsed.connect_args, "autocommit": True}
+    try:
+        conn = pymysql.connect(
+            host=ds.host,
+            port=ds.port,
+            user=parsed.user or "",
+            password=parsed.password or "",
+            database=parsed.database,
+            connect_timeout=parsed.connect_timeout,
+            read_timeout=parsed.connect_timeout,
+            write_timeout=parsed.connect_timeout,
+            **options,
+        )
+    except pymysql.err.MySQLError as exc:
+        args: tuple[object, ...] = exc.args
+        if len(args) >= 2 and isinstance(args[0], int):
+            return f"({args[0]}) {args[1]}"
+        return str(exc) or type(exc).__name__
+    conn.close()
+    return None
+
+
+def explain_route(
+    url: str | ServiceURL, *, login: bool = True, **overrides: Any
+) -> RouteExplanation:
+    """The datasource ``url`` would get now, the snapshot behind the decision, and
+    (``login``) whether the URL's own user logs in there: the monitor may use another
+    account, so a healthy table says nothing about the URL's credentials."""
+    parsed = parse_url(url, **overrides)
+    handle = handle_for(
+        parsed.registry, parsed.service, Credentials(parsed.user or "", parsed.password or "")
+    )
+    explanation = explain(handle, parsed)
+    ds = explanation.datasource
+    if not login or ds is None:
+        return explanation
+    who = f"login as {parsed.user or '(no user)'!r}" + (
+        f" to database {parsed.database!r}" if parsed.database else ""
+    )
+    error = _login(parsed, ds)
+    outcome = "ok" if error is None else f"FAILED: {error}"
+    text = f"{explanation.text}\n{who} on {ds.name} ({ds.address}): {outcome}"
+    return replace(explanation, text=text, ok=error is None)

@@ -1,0 +1,248 @@
+"""One datasource as the monitor sees it: its probe and heartbeat connections.
+
+A :class:`Prober` reads, in one round trip (a multi-statement query), what
+:class:`~sqlrouter.routing.lag.Observation` holds, and writes the heartbeat row on the
+master; :class:`~sqlrouter.routing.monitor.Monitor` runs one per datasource in its
+worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import pymysql
+from pymysql.constants import CLIENT
+
+from ..errors import PRIVILEGE_ERRNOS
+from ..topology import Credentials, DataSource, Service
+from .lag import Observation
+
+__all__ = ["HEARTBEAT_SQL", "Clock", "Connect", "Prober", "describe_error"]
+
+logger = logging.getLogger("sqlrouter.monitor")
+
+
+#: Error numbers meaning "the heartbeat table is not there or not readable".
+_NO_HEARTBEAT_ERRNOS = frozenset({1049, 1142, 1146})
+
+
+#: The heartbeat write.  The monitor sends it only to the master the rule singles out;
+#: the statement itself also writes nothing on a server that is read-only (which an
+#: account with READ ONLY ADMIN could write to) or whose replication SQL thread runs
+#: (``Slaves_running``, readable without privilege): a row written there would give the
+#: server GTIDs of its own, which ``gtid_strict_mode`` refuses to follow with its
+#: master's.  A writable server whose replication is configured but stopped cannot be
+#: told in one statement: the rule alone keeps the heartbeat off it.
+HEARTBEAT_SQL = (
+    "INSERT INTO {table} (server_id, ts) SELECT @@server_id, NOW(6) FROM DUAL "
+    "WHERE @@global.read_only = 0 AND (SELECT VARIABLE_VALUE FROM "
+    "information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVES_RUNNING') = 0 "
+    "ON DUPLICATE KEY UPDATE ts = VALUES(ts)"
+)
+
+
+def _epoch(value: object) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return None
+
+
+Connect = Callable[..., Any]
+
+
+Clock = Callable[[], float]
+
+
+class Prober:
+    """The monitoring connection of one datasource, used by one worker at a time."""
+
+    def __init__(
+        self,
+        ds: DataSource,
+        service: Service,
+        credentials: Credentials,
+        connect: Connect,
+        clock: Clock,
+    ) -> None:
+        self.ds = ds
+        self.service = service
+        self.credentials = credentials
+        self._connect = connect
+        self._clock = clock
+        self._conn: Any = None
+        self._hb_conn: Any = None
+        self._heartbeat_ok = service.heartbeat.enabled
+
+    def _open(self) -> Any:
+        timeout = self.service.probe_timeout
+        return self._connect(
+            host=self.ds.host,
+            port=self.ds.port,
+            user=self.credentials.user,
+            password=self.credentials.password,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            write_timeout=timeout,
+            autocommit=True,
+            client_flag=CLIENT.MULTI_STATEMENTS,
+            program_name="sqlrouter-monitor",
+        )
+
+    def _close_probe(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        for attr in ("_conn", "_hb_conn"):
+            conn = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def forget(self) -> None:
+        """In a forked child: drop the connections without a word to the server (they
+        are the parent's: only this process's copies of the sockets are closed)."""
+        for attr in ("_conn", "_hb_conn"):
+            conn = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn._force_close()
+
+    def probe(self) -> Observation:
+        try:
+            if self._conn is None:
+                self._conn = self._open()
+            return self._query()
+        except pymysql.err.MySQLError as exc:
+            self._close_probe()
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+            return Observation(
+                self.ds.name,
+                self._clock(),
+                reachable=False,
+                error=describe_error(exc, self.credentials.user),
+                error_code=code,
+            )
+        except OSError as exc:
+            self._close_probe()
+            return Observation(self.ds.name, self._clock(), reachable=False, error=str(exc))
+
+    def _query(self) -> Observation:
+        hb = self.service.heartbeat.table
+        heartbeat = f"(SELECT MAX(ts) FROM {hb})" if self._heartbeat_ok else "NULL"
+        sql = (
+            "SELECT @@server_id, @@read_only, @@gtid_binlog_pos, @@gtid_slave_pos, "
+            f"NOW(6), {heartbeat}, @@global.session_track_system_variables; "
+            "SHOW SLAVE STATUS"
+        )
+        with self._conn.cursor() as cur:
+            try:
+                cur.execute(sql)
+            except pymysql.err.MySQLError as exc:
+                if self._heartbeat_ok and exc.args and exc.args[0] in _NO_HEARTBEAT_ERRNOS:
+                    logger.warning(
+                        "service %r: %s: heartbeat table %s unusable (%s); measuring lag "
+                        "with Seconds_Behind_Master",
+                        self.service.name,
+                        self.ds.name,
+                        hb,
+                        exc.args[-1],
+                    )
+                    self._heartbeat_ok = False
+                    return self._query()
+                raise
+            server_id, read_only, binlog_pos, slave_pos, now, beat, tracked = cur.fetchone()
+            cur.nextset()
+            slave = cur.fetchone()
+            cols = [d[0] for d in cur.description] if cur.description else []
+        observed_at = self._clock()
+        base = Observation(
+            name=self.ds.name,
+            observed_at=observed_at,
+            reachable=True,
+            server_id=int(server_id),
+            read_only=bool(read_only),
+            gtid_binlog_pos=binlog_pos or "",
+            gtid_slave_pos=slave_pos or "",
+            now=_epoch(now),
+            heartbeat=_epoch(beat),
+            tracks_last_gtid="last_gtid" in str(tracked or "").split(","),
+        )
+        if slave is None:
+            return base
+        st = dict(zip(cols, slave, strict=False))
+        sbm = st.get("Seconds_Behind_Master")
+        master_id = st.get("Master_Server_Id")
+        master_port = st.get("Master_Port")
+        error = st.get("Last_IO_Error") or st.get("Last_SQL_Error") or None
+        return replace(
+            base,
+            replicating=True,
+            master_server_id=None if master_id is None else int(master_id),
+            master_host=str(st.get("Master_Host") or ""),
+            master_port=None if master_port is None else int(master_port),
+            io_running=st.get("Slave_IO_Running") == "Yes",
+            sql_running=st.get("Slave_SQL_Running") == "Yes",
+            io_state=str(st.get("Slave_IO_State") or ""),
+            seconds_behind_master=None if sbm is None else int(sbm),
+            error=str(error) if error else None,
+        )
+
+    def write_heartbeat(self) -> None:
+        """Write the heartbeat row, on a connection of its own: the write may wait for a
+        semi-sync acknowledgement, which must not delay the probes."""
+        if self._hb_conn is None:
+            self._hb_conn = self._connect(
+                host=self.ds.host,
+                port=self.ds.port,
+                user=self.credentials.user,
+                password=self.credentials.password,
+                connect_timeout=self.service.probe_timeout,
+                read_timeout=max(5.0, self.service.probe_timeout),
+                write_timeout=self.service.probe_timeout,
+                autocommit=True,
+                program_name="sqlrouter-heartbeat",
+            )
+        try:
+            with self._hb_conn.cursor() as cur:
+                written = cur.execute(HEARTBEAT_SQL.format(table=self.service.heartbeat.table))
+        except BaseException:
+            conn, self._hb_conn = self._hb_conn, None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        if not written:
+            logger.debug(
+                "service %r: %s: heartbeat not written: the server is read-only or its "
+                "replication SQL thread runs",
+                self.service.name,
+                self.ds.name,
+            )
+
+
+def describe_error(exc: BaseException, user: str | None = None) -> str:
+    """An error as a short line, without credentials (PyMySQL never includes them).
+
+    A privilege the monitor's account lacks is named with the grant that gives it.
+    """
+    args: tuple[object, ...] = exc.args
+    if len(args) >= 2 and isinstance(args[0], int):
+        text = f"({args[0]}) {args[1]}"
+        if args[0] in PRIVILEGE_ERRNOS:
+            who = f"'{user}'@'<host>'" if user else "the monitor's account"
+            return (
+                f"the monitor's account lacks a privilege: {text}; the probe runs SHOW "
+                f"SLAVE STATUS: GRANT SLAVE MONITOR ON *.* TO {who} (REPLICATION CLIENT "
+                "before MariaDB 10.5.9 and on MySQL)"
+            )
+        return text
+    return str(exc) or type(exc).__name__
