@@ -65,7 +65,9 @@ import pymysql.connections
 import pymysql.cursors
 
 import sqlrouter
+from sqlrouter import control
 from sqlrouter._runtime import handle_for
+from sqlrouter.control import ControlError, request
 from sqlrouter.qos import QoS
 from sqlrouter.routing.router import Policy, choose
 from sqlrouter.routing.service import ServiceHandle
@@ -935,9 +937,6 @@ class ControlPoller:
 
 def poll_control(path: str, hz: float, stdin: IO[str], stdout: IO[str]) -> int:
     """The poller process: commands ``ready``/``on``/``off`` on stdin, one answer each."""
-    from sqlrouter.cli.admin import request  # noqa: PLC0415 - only the poller process needs it
-    from sqlrouter.control import ControlError  # noqa: PLC0415
-
     period = 1.0 / hz
     active = False
     polls = errors = 0
@@ -2397,10 +2396,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _control_socket() -> tuple[Path | None, str]:
     """This process's control socket, or why there is none (W7 is then pending)."""
-    try:
-        from sqlrouter import control  # noqa: PLC0415 - optional, loaded when enabled
-    except ImportError as exc:
-        return None, f"pending: sqlrouter.control cannot be imported ({exc})"
     server = control.current()
     if server is None or server.socket_path is None:
         return None, "pending: the control socket did not start (see the sqlrouter.control log)"

@@ -16,14 +16,13 @@ import atexit
 import collections
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Final
 
-from . import _forksafe
+from . import _forksafe, control
 from .registry.base import Registry
-from .registry.find import find_registry
+from .registry.find import close_dns_registries, find_registry
 from .routing.service import ServiceHandle
 from .topology import Credentials
 
@@ -111,11 +110,8 @@ def handle_for(
 def _start_control(handle: ServiceHandle) -> None:
     """Start this process's control socket if the settings enable it and it is not
     running (a process starts watching a service, or a forked child first uses one)."""
-    if os.environ.get("SQLROUTER_CONTROL") or handle.registry.control:
-        # The control socket (docs/control.md) is opt-in: loaded only when configured.
-        from .control import server as control  # noqa: PLC0415 - control builds on this module
-
-        control.on_handle_created(handle)
+    if os.environ.get(control.ENV_VAR) or handle.registry.control:
+        control.on_handle_created(handle, handles=handles, watched=watched)
 
 
 def handles() -> list[ServiceHandle]:
@@ -141,9 +137,7 @@ def watched(registry_spec: str | None, service_name: str) -> ServiceHandle | Non
 
 def shutdown() -> None:
     """Stop every monitor and DNS registry thread, and forget them (bounded time)."""
-    control = sys.modules.get(f"{__package__}.control")
-    if control is not None:
-        control.stop()
+    control.stop()
     with _lock:
         items = list(_handles.values())
         _handles.clear()
@@ -151,10 +145,7 @@ def shutdown() -> None:
         _next_refresh.clear()
     for handle in items:
         handle.close()
-    # DNS registries (and dnspython, ~0.15 s to import) are loaded only when one is used.
-    dns_registry = sys.modules.get(f"{__package__}.registry.find")
-    if dns_registry is not None:
-        dns_registry.close_dns_registries()
+    close_dns_registries()
 
 
 def _after_fork_in_child() -> None:

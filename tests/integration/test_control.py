@@ -29,7 +29,7 @@ import pytest
 
 import sqlrouter
 from sqlrouter import control
-from sqlrouter.cli.admin import request
+from sqlrouter.control import request
 from sqlrouter.registry import write_registry_file
 from sqlrouter.sandbox import Sandbox
 
