@@ -216,7 +216,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     parser.error(f"unknown command {args.command}")
     return 2  # pragma: no cover
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -486,7 +486,7 @@ def _run_all(args: argparse.Namespace, req: Mapping[str, Any], out: Out) -> int:
 def _run_topology(args: argparse.Namespace, out: Out) -> int:
     try:
         # Loaded here: only switchover and failover need it (and the admin credentials).
-        from ..switchover import _switchover as topology  # noqa: PLC0415
+        from .. import switchover as topology  # noqa: PLC0415
     except ImportError as exc:
         raise ControlError(
             f"{args.admin_command} is not available in this installation: {exc}"

@@ -13,7 +13,7 @@ from ..connection import connect
 from ..errors import Error
 from ..routing.health import Health
 from ..sandbox import Sandbox, SandboxError, format_status
-from ..switchover._switchover import switchover
+from ..switchover import switchover
 from .route import explain_url
 
 __all__ = ["run_demo"]

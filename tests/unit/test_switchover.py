@@ -11,25 +11,21 @@ import pytest
 
 import sqlrouter
 from sqlrouter.registry import load_registry_file, write_registry_file
-from sqlrouter.switchover._switchover import (
+from sqlrouter.switchover import (
     ER_TOPOLOGY,
     Candidate,
     Plan,
     Step,
     TopologyError,
-    _change_master,
-    _history,
-    _missing,
-    _parse_gtids,
-    _report_plan_notes,
-    _Run,
-    _tail,
     choose_candidate,
     failover,
     plan_failover,
     plan_switchover,
     switchover,
 )
+from sqlrouter.switchover._history import _history, _missing, _parse_gtids, _tail
+from sqlrouter.switchover._servers import _change_master
+from sqlrouter.switchover._steps import _report_plan_notes, _Run
 from sqlrouter.topology import Credentials, DataSource, Role, Service
 
 SECRET = "s3cr:et@/%pw"
