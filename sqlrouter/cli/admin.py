@@ -9,8 +9,7 @@ The command line built on :mod:`sqlrouter.control.client`::
 
 ``switchover`` and ``failover`` are different: they change the cluster itself, and run
 in the ``sqlrouter admin`` process with the registry's admin credentials
-(:mod:`sqlrouter.switchover`); every application sees the new master through its own
-monitor.  See docs/control.md.
+(:mod:`sqlrouter.cli.topology`).  See docs/control.md.
 """
 
 from __future__ import annotations
@@ -20,14 +19,12 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._table import CLIPPED_NOTE, clip, format_table, plural
 from ..control.client import (
-    DEFAULT_TIMEOUT,
     Answer,
     checked_socket_dir,
     list_sockets,
@@ -38,10 +35,9 @@ from ..control.client import (
     send_all,
 )
 from ..control.config import parse_tcp, read_token
-from ..control.protocol import COMMANDS, ControlError
-from ..registry.find import find_registry
+from ..control.protocol import ControlError
 
-__all__ = ["add_admin_parser", "format_response", "format_status", "run_admin"]
+__all__ = ["format_response", "format_status", "run"]
 
 
 Out = Callable[[str], None]
@@ -226,114 +222,6 @@ def _aggregate_status(answers: Sequence[Answer]) -> str:
 # --------------------------------------------------------------------------- the command line
 
 
-def _max_lag_value(text: str) -> float | None:
-    if text.lower() in ("default", "registry"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds >= 0 or 'default', got {text!r}"
-        )
-    return value
-
-
-def add_admin_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``sqlrouter admin`` to the ``sqlrouter`` command's subcommands."""
-    ap = sub.add_parser(
-        "admin",
-        help="command running processes (control socket); switchover and failover",
-        description=(
-            "Send a command to the control socket of running processes of this user "
-            "(enabled with SQLROUTER_CONTROL or [control] enabled = true), or run a "
-            "switchover or failover on the servers. See docs/control.md."
-        ),
-    )
-    target = ap.add_mutually_exclusive_group()
-    target.add_argument("--socket", metavar="PATH", help="the control socket of one process")
-    target.add_argument(
-        "--all",
-        action="store_true",
-        help="every process with a socket in the directory (answers aggregated)",
-    )
-    target.add_argument("--tcp", metavar="HOST:PORT", help="a control TCP listener")
-    ap.add_argument("--token-file", metavar="FILE", help="the token for --tcp")
-    ap.add_argument(
-        "--dir",
-        metavar="DIR",
-        help=(
-            "the socket directory (default: $SQLROUTER_CONTROL when it names one, the "
-            "registry's [control] socket_dir, $XDG_RUNTIME_DIR/sqlrouter or "
-            "/tmp/sqlrouter-UID)"
-        ),
-    )
-    ap.add_argument("--json", action="store_true", help="print the answers as JSON")
-    ap.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        help=f"seconds to wait for each process's answer (default {DEFAULT_TIMEOUT:g})",
-    )
-    cmds = ap.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
-
-    def service_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--service", help="the service (needed when several have DATASOURCE)")
-
-    status = cmds.add_parser("status", help=COMMANDS["status"].help)
-    status.add_argument("--service", help="show this service only (default: every service)")
-    explain = cmds.add_parser("explain", help=COMMANDS["explain"].help)
-    explain.add_argument("url", metavar="URL")
-    for name in ("offline", "online"):
-        p = cmds.add_parser(name, help=COMMANDS[name].help)
-        p.add_argument("datasource", metavar="DATASOURCE")
-        service_option(p)
-    promote = cmds.add_parser("promote", help=COMMANDS["promote"].help)
-    promote.add_argument("datasource", metavar="DATASOURCE", nargs="?")
-    promote.add_argument("--clear", action="store_true", help="forget the promotion")
-    service_option(promote)
-    setp = cmds.add_parser(
-        "set",
-        help="change a setting of SERVICE in the process: set SERVICE max_lag SECONDS|default",
-    )
-    setp.add_argument("service", metavar="SERVICE")
-    setp.add_argument("setting", metavar="SETTING", choices=["max_lag"], help="max_lag")
-    setp.add_argument("value", metavar="VALUE", type=_max_lag_value, help="seconds, or default")
-    cmds.add_parser("reload", help=COMMANDS["reload"].help)
-
-    sw = cmds.add_parser(
-        "switchover",
-        help="make DATASOURCE the master of SERVICE (the master alive); runs here",
-        description=(
-            "Planned switchover on the servers, with the registry's admin credentials. "
-            "Applications see the new master through their own monitors."
-        ),
-    )
-    sw.add_argument("service", metavar="SERVICE")
-    sw.add_argument("--to", required=True, metavar="DATASOURCE", help="the new master")
-    fo = cmds.add_parser(
-        "failover",
-        help="promote the most advanced replica of SERVICE (the master dead); runs here",
-        description=(
-            "Failover on the servers, with the registry's admin credentials. It refuses "
-            "when acknowledged writes could be lost, unless --force."
-        ),
-    )
-    fo.add_argument("service", metavar="SERVICE")
-    fo.add_argument("--force", action="store_true", help="even if writes could be lost")
-    for p in (sw, fo):
-        p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-        p.add_argument("--registry", metavar="SPEC", help="the registry (default as connect())")
-        p.add_argument(
-            "--timeout",
-            dest="op_timeout",
-            type=float,
-            default=30.0,
-            help="seconds the whole operation may take (default 30)",
-        )
-
-
 def _request_of(args: argparse.Namespace) -> dict[str, Any]:
     cmd: str = args.admin_command
     req: dict[str, Any] = {"cmd": cmd}
@@ -356,15 +244,11 @@ def _failed(response: Mapping[str, Any]) -> bool:
     return not response.get("ok")
 
 
-def run_admin(args: argparse.Namespace, out: Out) -> int:
-    """Run ``sqlrouter admin`` as parsed by :func:`add_admin_parser`; the exit status."""
-    if args.admin_command in ("switchover", "failover"):
-        if args.socket or args.all or args.tcp:
-            raise ControlError(
-                f"{args.admin_command} runs in this command, on the servers, with the "
-                "registry's admin credentials: --socket, --all and --tcp do not apply"
-            )
-        return _run_topology(args, out)
+def run(args: argparse.Namespace, out: Out) -> int:
+    """Run ``sqlrouter admin COMMAND`` on control sockets; the exit status.
+
+    ``switchover`` and ``failover`` are :mod:`sqlrouter.cli.topology`.
+    """
     if args.timeout <= 0 or not math.isfinite(args.timeout):
         raise ControlError(f"--timeout must be a number of seconds > 0, got {args.timeout:g}")
     req = _request_of(args)
@@ -481,67 +365,3 @@ def _run_all(args: argparse.Namespace, req: Mapping[str, Any], out: Out) -> int:
     blocks.append(tally)
     out("\n\n".join(blocks))
     return status
-
-
-def _run_topology(args: argparse.Namespace, out: Out) -> int:
-    try:
-        # Loaded here: only switchover and failover need it (and the admin credentials).
-        from .. import switchover as topology  # noqa: PLC0415
-    except ImportError as exc:
-        raise ControlError(
-            f"{args.admin_command} is not available in this installation: {exc}"
-        ) from None
-    service = find_registry(args.registry, given_as="--registry ").lookup(args.service)
-    steps: list[Any] = []
-
-    def report(step: Any) -> None:
-        steps.append(step)
-        if not args.json:
-            out(str(step))
-
-    started = time.monotonic()
-    if args.admin_command == "switchover":
-        topology.switchover(
-            service, args.to, dry_run=args.dry_run, timeout=args.op_timeout, report=report
-        )
-    else:
-        topology.failover(
-            service,
-            force=args.force,
-            dry_run=args.dry_run,
-            timeout=args.op_timeout,
-            report=report,
-        )
-    elapsed = time.monotonic() - started
-    if args.json:
-        out(
-            json.dumps(
-                {
-                    "ok": True,
-                    "steps": [
-                        {
-                            "name": s.name,
-                            "kind": s.kind,
-                            "ok": s.ok,
-                            "detail": s.detail,
-                            "seconds": s.seconds,
-                        }
-                        for s in steps
-                    ],
-                },
-                indent=2,
-            )
-        )
-    else:
-        what = f"{args.admin_command} of service {service.name!r}: " + (
-            "dry run, nothing was changed" if args.dry_run else f"done in {elapsed:.2f}s"
-        )
-        warnings = sum(1 for s in steps if s.kind == "warning")
-        left_out = sum(1 for s in steps if s.kind == "left out")
-        notes = [plural(warnings, "warning")] if warnings else []
-        if left_out:
-            notes.append(f"{plural(left_out, 'server')} left out")
-        if notes:
-            what += f" ({' and '.join(notes)}: see above)"
-        out(what)
-    return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -16,7 +18,7 @@ from ..sandbox import Sandbox, SandboxError, format_status
 from ..switchover import switchover
 from .route import explain_url
 
-__all__ = ["run_demo"]
+__all__ = ["run", "run_demo"]
 
 Out = Callable[[str], None]
 
@@ -177,3 +179,13 @@ def run_demo(
             sb.destroy()
             if tmp:
                 Path(tmp).rmdir()
+
+
+def run(args: argparse.Namespace, out: Out) -> int:
+    """Run ``sqlrouter demo``; the exit status."""
+    try:
+        run_demo(args.dir, keep=args.keep, base_port=args.base_port, out=out)
+    except SandboxError as exc:
+        print(f"sqlrouter demo: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

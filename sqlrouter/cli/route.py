@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -12,14 +14,23 @@ from ..routing.explain import RouteExplanation, explain
 from ..topology import Credentials, DataSource
 from ..url import ServiceURL, parse_url
 
-__all__ = ["explain_route", "explain_url"]
+__all__ = ["explain_route", "explain_url", "run"]
+
+Out = Callable[[str], None]
+
+
+def run(args: argparse.Namespace, out: Out) -> int:
+    """Run ``sqlrouter route URL``: 0 when a connect would succeed now, else 1."""
+    explanation = explain_route(args.url)
+    out(explanation.text)
+    return 0 if explanation.ok else 1
 
 
 def explain_url(url: str | ServiceURL, **overrides: Any) -> str:
     """The datasource ``url`` would get now, and the snapshot behind the decision.
 
-    Pure reporting: no connection is opened (the control socket's ``explain`` uses it
-    in a running application, which must not log in as whoever asks).
+    Pure reporting: no connection is opened (the demo shows it; the control socket's
+    ``explain`` is :func:`sqlrouter.routing.explain.explain_handle`).
     """
     return explain_route(url, login=False, **overrides).text
 
