@@ -11,7 +11,8 @@ from urllib.parse import quote
 import pytest
 
 from sqlrouter.cli.demo import run_demo
-from sqlrouter.sandbox import Sandbox, _port_free
+from sqlrouter.sandbox import Sandbox
+from sqlrouter.sandbox._process import _port_free
 
 pytestmark = pytest.mark.sandbox
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
-import sqlrouter.sandbox as sandbox_mod
+import sqlrouter.sandbox._process as sandbox_mod
 from sqlrouter.cli import main
 from sqlrouter.sandbox import Sandbox, SandboxError
 

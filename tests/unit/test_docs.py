@@ -14,7 +14,7 @@ import re
 import pytest
 
 from sqlrouter import ServiceURL
-from sqlrouter.url import (
+from sqlrouter._urlparams import (
     _BOOL_ARGS,
     _BYTES_ARGS,
     _INT_ARGS,
@@ -24,8 +24,8 @@ from sqlrouter.url import (
     _ROUTING_PARAMETERS,
     _STR_ARGS,
     URL_PARAMETERS,
-    _render_value,
 )
+from sqlrouter.url import _render_value
 from tests.fixtures.docs import ROOT, RUN_ELSEWHERE, blocks, documents
 
 CONNECT = "docs/connect.md"

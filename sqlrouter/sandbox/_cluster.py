@@ -1,24 +1,13 @@
-"""A real local replicated MariaDB cluster, for trying and testing sqlrouter.
+"""The :class:`Sandbox`: create, start, stop, inspect and break a local cluster.
 
-``sqlrouter sandbox up --dir DIR`` builds it from the MariaDB server installed on the
-machine (``mariadbd`` and ``mariadb-install-db``): one master and N replicas bound to
-127.0.0.1, GTID replication (``MASTER_USE_GTID=slave_pos``, ``gtid_strict_mode``,
-``log_slave_updates``, a binlog on every node, ``read_only=1`` on replicas),
-semi-synchronous replication, an application user and database, a monitoring user, an
-administrative user, the heartbeat table, and ``DIR/sqlrouter.toml``: the registry
-describing service ``sandbox``.
-
-The same :class:`Sandbox` class is the Python API the test fixtures use.  The sandbox
-trades durability for speed (``innodb_flush_log_at_trx_commit=2``, ``sync_binlog=0``):
-it is for development and tests, never for data that matters.
-"""
+Kept whole (over 600 lines): one class whose methods share the cluster's state file
+and its servers; the processes (:mod:`._process`) and the state (:mod:`._state`) are
+apart."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import json
 import logging
 import os
 import pwd
@@ -28,226 +17,44 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import pymysql
 
-from ._table import CLIPPED_NOTE, clip, format_table
-from .registry._write import write_registry_file
-from .topology import Credentials, DataSource, HeartbeatSettings, Role, Service
+from ..registry._write import write_registry_file
+from ..topology import Credentials, DataSource, HeartbeatSettings, Role, Service
+from ._process import (
+    _CHILDREN,
+    Binaries,
+    _free_ports,
+    _pdeathsig,
+    _pid_alive,
+    _pid_state,
+    _port_free,
+    _wait_stopped,
+    find_server_binaries,
+)
+from ._state import (
+    FAULTS,
+    HEARTBEAT_TABLE,
+    REGISTRY_FILE,
+    START_TIMEOUT,
+    STATE_FILE,
+    STOP_TIMEOUT,
+    NodeSpec,
+    NodeStatus,
+    SandboxError,
+    SandboxState,
+)
 
 __all__ = [
-    "FAULTS",
-    "NodeStatus",
     "Sandbox",
-    "SandboxError",
-    "find_server_binaries",
-    "format_status",
 ]
 
 logger = logging.getLogger("sqlrouter.sandbox")
-
-SERVICE_NAME = "sandbox"
-DATABASE = "appdb"
-STATE_FILE = "sandbox.json"
-REGISTRY_FILE = "sqlrouter.toml"
-HEARTBEAT_TABLE = "sqlrouter.heartbeat"
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
-#: Fault actions of ``sqlrouter sandbox fault`` (``delay`` takes SECONDS).
-FAULTS = ("delay", "stop-io", "stop-sql", "resume", "kill", "freeze", "thaw", "restart")
-
-_SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/usr/libexec")
-_INSTALL_HINT = "install it with: apt-get install mariadb-server (Debian/Ubuntu)"
-
-
-class SandboxError(Exception):
-    """A sandbox operation failed; the message says what and what to do."""
-
-    __module__ = "sqlrouter.sandbox"
-
-
-@dataclass(frozen=True, slots=True)
-class Binaries:
-    server: Path
-    install_db: Path
-
-
-def _which(names: Sequence[str]) -> Path | None:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return Path(found)
-        for d in _SEARCH_DIRS:
-            candidate = Path(d) / name
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                return candidate
-    return None
-
-
-def find_server_binaries() -> Binaries:
-    """Locate ``mariadbd`` (or ``mysqld``) and ``mariadb-install-db``.
-
-    Raises :class:`SandboxError` saying what to install when either is missing.
-    """
-    server = _which(("mariadbd", "mysqld"))
-    install_db = _which(("mariadb-install-db", "mysql_install_db"))
-    if server is None or install_db is None:
-        missing = "mariadbd" if server is None else "mariadb-install-db"
-        raise SandboxError(
-            f"the MariaDB server is not installed: {missing} was not found on PATH "
-            f"nor in {', '.join(_SEARCH_DIRS)}; {_INSTALL_HINT}"
-        )
-    return Binaries(server=server, install_db=install_db)
-
-
-@dataclass(slots=True)
-class NodeSpec:
-    name: str
-    port: int
-    server_id: int
-    #: The role given at creation; topology operations may change the real one.
-    initial_role: str
-
-
-@dataclass(slots=True)
-class SandboxState:
-    """What ``DIR/sandbox.json`` holds (mode 0600: it has the passwords)."""
-
-    nodes: list[NodeSpec]
-    app: Credentials
-    monitor: Credentials
-    admin: Credentials
-    repl: Credentials
-    database: str = DATABASE
-    service: str = SERVICE_NAME
-    version: int = 1
-    #: The node last seen as the writable master (the one made writable again when
-    #: the sandbox starts): topology operations move it.
-    master: str = "db1"
-
-    def to_json(self) -> str:
-        def cred(c: Credentials) -> dict[str, str]:
-            return {"user": c.user, "password": c.password}
-
-        return json.dumps(
-            {
-                "version": self.version,
-                "master": self.master,
-                "service": self.service,
-                "database": self.database,
-                "nodes": [asdict(n) for n in self.nodes],
-                "app": cred(self.app),
-                "monitor": cred(self.monitor),
-                "admin": cred(self.admin),
-                "repl": cred(self.repl),
-            },
-            indent=2,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> SandboxState:
-        data = json.loads(text)
-
-        def cred(key: str) -> Credentials:
-            return Credentials(data[key]["user"], data[key]["password"])
-
-        return cls(
-            nodes=[NodeSpec(**n) for n in data["nodes"]],
-            app=cred("app"),
-            monitor=cred("monitor"),
-            admin=cred("admin"),
-            repl=cred("repl"),
-            database=data["database"],
-            service=data["service"],
-            version=data["version"],
-            master=data.get("master", data["nodes"][0]["name"]),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    """One row of ``sqlrouter sandbox status``."""
-
-    name: str
-    port: int
-    pid: int | None
-    state: str  # running, stopped, frozen, unresponsive
-    role: str  # master, replica, ...; for a node that cannot be asked, what its files say
-    read_only: bool | None = None
-    io_running: str | None = None
-    sql_running: str | None = None
-    gtid_pos: str | None = None
-    seconds_behind_master: int | None = None
-    sql_delay: int | None = None
-    error: str | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGKILL the child when the thread that started it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # As mariadbd does: connections in TIME_WAIT must not count as "in use".
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own child that nobody reaped yet) is not alive.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _pid_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "?"
-
-
-#: Servers this process started, by pid: reaped when they exit, whichever Sandbox
-#: object (several may describe one directory) stops them.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _password() -> str:
@@ -983,53 +790,3 @@ class Sandbox:
                     cur.execute(sql)
         except pymysql.err.MySQLError as exc:
             raise SandboxError(f"{spec.name}: {exc.args[-1]}") from None
-
-
-def _wait_stopped(pid: int, timeout: float) -> bool:
-    """Wait until every thread of ``pid`` is stopped.
-
-    ``kill(SIGSTOP)`` returns before the process stops: one of its threads must run to
-    start the group stop, and until the others stop, a thread woken by a query may
-    still answer it.  Without ``/proc`` (not Linux) there is nothing to wait on.
-    """
-    tasks = Path(f"/proc/{pid}/task")
-    if not tasks.is_dir():
-        return True
-    deadline = time.monotonic() + timeout
-    while True:
-        states = []
-        for task in tasks.iterdir():
-            with contextlib.suppress(OSError):
-                # The state follows the command name, which is in parentheses.
-                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
-        if states and all(state in {"T", "t"} for state in states):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.005)
-
-
-def format_status(rows: Sequence[NodeStatus]) -> str:
-    """The rows as a table; long errors are cut (``sandbox status --json`` has them)."""
-    table = format_table(
-        ["node", "role", "port", "pid", "state", "io", "sql", "behind", "delay", "gtid", "error"],
-        [
-            (
-                r.name,
-                r.role,
-                r.port,
-                r.pid,
-                r.state,
-                r.io_running,
-                r.sql_running,
-                r.seconds_behind_master,
-                r.sql_delay,
-                r.gtid_pos,
-                clip(r.error),
-            )
-            for r in rows
-        ],
-    )
-    if any(clip(r.error) != r.error for r in rows):
-        table += "\n" + CLIPPED_NOTE
-    return table
