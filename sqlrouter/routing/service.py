@@ -22,6 +22,7 @@ from .. import _forksafe, events
 from ..errors import ProgrammingError
 from ..registry.base import Registry
 from ..topology import Credentials, Service
+from .changes import diff
 from .health import Snapshot
 from .monitor import Monitor
 
@@ -128,7 +129,7 @@ class ServiceHandle:
         ``max_lag``, a switchover that made its replica the master...): one that no
         longer fits moves at its next transaction start.
         """
-        found = events.diff(previous, current)
+        found = diff(previous, current)
         with self._lock:
             conns = list(self._connections)
         for conn in conns:

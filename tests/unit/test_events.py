@@ -1,4 +1,4 @@
-"""events.diff: what changed between two snapshots (pure)."""
+"""routing.changes.diff: what changed between two snapshots, as events (pure)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from sqlrouter import events
+from sqlrouter.routing.changes import diff
 from sqlrouter.routing.health import Health, Snapshot
 from sqlrouter.topology import DataSource, Role, Service
 
@@ -53,15 +54,15 @@ HEALTHY = snap(1, up("db1", read_only=False), up("db2"), up("db3"))
 
 
 def names(previous: Snapshot, current: Snapshot) -> list[str]:
-    return [str(e) for e in events.diff(previous, current)]
+    return [str(e) for e in diff(previous, current)]
 
 
 def test_nothing_changed() -> None:
-    assert events.diff(HEALTHY, replace(HEALTHY, generation=2)) == []
+    assert diff(HEALTHY, replace(HEALTHY, generation=2)) == []
 
 
 def test_first_snapshot_yields_nothing() -> None:
-    assert events.diff(snap(0), HEALTHY) == []
+    assert diff(snap(0), HEALTHY) == []
 
 
 def test_master_changed_and_down() -> None:
@@ -70,7 +71,7 @@ def test_master_changed_and_down() -> None:
         "master_changed shop/db1 -> db2",
         "datasource_down shop/db1: (2003) refused",
     ]
-    (first, _) = events.diff(HEALTHY, after)
+    (first, _) = diff(HEALTHY, after)
     assert first.previous == "db1" and first.datasource == "db2"
 
 
@@ -111,9 +112,7 @@ def test_subscribe_publish_cancel() -> None:
     sub = events.subscribe(["datasource_down", "datasource_up"], seen.append)
     boom = events.subscribe("datasource_down", lambda e: 1 / 0)  # logged, not raised
     try:
-        events.publish(
-            events.diff(HEALTHY, snap(2, up("db1", read_only=False), down("db2"), up("db3")))
-        )
+        events.publish(diff(HEALTHY, snap(2, up("db1", read_only=False), down("db2"), up("db3"))))
     finally:
         sub.cancel()
         boom.cancel()
