@@ -370,7 +370,7 @@ class Connection(_PyMySQLConnection):
             return True
         ds = decision.datasource
         health = snapshot.health_of(ds.name)
-        self._on_master = health.writable
+        self._on_master = decision.on_master
         if self._on_master:
             self._checked_version = session.version
             if not health.tracks_last_gtid and not self._relaxed:

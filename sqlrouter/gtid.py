@@ -14,9 +14,11 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Final
 
-__all__ = ["MAX_DOMAINS", "MAX_TEXT", "CausalToken"]
+__all__ = ["MAX_DOMAINS", "MAX_TEXT", "CausalToken", "Gtid", "format_gtid_list", "parse_gtid_list"]
 
 _GTID_RE = re.compile(r"\s*(\d{1,10})-(\d{1,10})-(\d{1,20})\s*\Z", re.ASCII)
+#: A GTID: ``(domain, server_id, sequence)``.
+Gtid = tuple[int, int, int]
 _MAX_U32 = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 #: The most GTIDs (one per replication domain), and characters, of a token read by
@@ -24,6 +26,34 @@ _MAX_U64 = 2**64 - 1
 #: process), and every write of a session costs in proportion to its domains.
 MAX_DOMAINS: Final = 64
 MAX_TEXT: Final = 4096
+
+
+def _gtid(part: str) -> Gtid | None:
+    """``"0-1-15"`` (spaces around allowed) as ``(0, 1, 15)``; ``None`` if it is no GTID."""
+    m = _GTID_RE.match(part)
+    return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
+
+
+def parse_gtid_list(text: str | None) -> list[Gtid]:
+    """A server's GTID list (``"0-1-5,0-2-9"``) as ``[(0, 1, 5), (0, 2, 9)]``, in order.
+
+    Every GTID is kept (a ``@@gtid_binlog_state`` holds one per domain and server);
+    :class:`ValueError` names a part that is not a GTID.
+    """
+    if text is None or not text.strip():
+        return []
+    out = []
+    for part in text.split(","):
+        gtid = _gtid(part)
+        if gtid is None:
+            raise ValueError(f"{part.strip()!r} is not a GTID (domain-server_id-sequence)")
+        out.append(gtid)
+    return out
+
+
+def format_gtid_list(gtids: Iterable[Gtid]) -> str:
+    """GTIDs as a GTID list (``0-1-5,0-2-9``), sorted: what the servers accept."""
+    return ",".join(f"{d}-{s}-{n}" for d, s, n in sorted(gtids))
 
 
 def _quoted(text: str) -> str:
@@ -64,7 +94,7 @@ class CausalToken:
             if current is None or (seq, server_id) > (current[1], current[0]):
                 by_domain[domain] = (server_id, seq)
         object.__setattr__(self, "_by_domain", MappingProxyType(dict(sorted(by_domain.items()))))
-        text = ",".join(f"{d}-{s}-{n}" for d, (s, n) in self._by_domain.items())
+        text = format_gtid_list((d, s, n) for d, (s, n) in self._by_domain.items())
         object.__setattr__(self, "_text", text)
         object.__setattr__(self, "_hash", hash(text))
 
@@ -110,14 +140,14 @@ class CausalToken:
                 )
         gtids = []
         for part in text.split(","):
-            m = _GTID_RE.match(part)
-            if m is None:
+            gtid = _gtid(part)
+            if gtid is None:
                 raise ValueError(
                     f"invalid causal token {_quoted(text)}: {_quoted(part.strip())} is not a "
                     "GTID; expected a comma-separated list of domain-server_id-sequence, "
                     "for example '0-1-15,1-2-7'"
                 )
-            gtids.append((int(m[1]), int(m[2]), int(m[3])))
+            gtids.append(gtid)
         try:
             return cls(gtids)
         except ValueError as exc:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from .._pid import exists as pid_exists
 from ..errors import ProgrammingError
 from ..registry.find import find_registry
 from .config import check_socket_dir, control_config, default_socket_dir, env_setting
@@ -123,19 +124,9 @@ def list_sockets(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, another user's
-    return True
-
-
 def remove_stale(pid: int, path: Path) -> bool:
     """Remove ``path`` if its process is gone and nothing listens on it; True if removed."""
-    if _pid_alive(pid):
+    if pid_exists(pid):
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
@@ -271,7 +262,7 @@ def _ask(pid: int, path: Path, req: Mapping[str, Any], timeout: float) -> Answer
         return Answer(pid, path, request(path, req, timeout=timeout))
     except ControlError as exc:
         message = str(exc.args[-1])
-        if "connection refused" in message and not _pid_alive(pid):
+        if "connection refused" in message and not pid_exists(pid):
             try:
                 if stat_mode.S_ISSOCK(os.lstat(path).st_mode):
                     os.unlink(path)

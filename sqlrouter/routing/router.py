@@ -106,6 +106,7 @@ __all__ = [
     "observed_master",
     "reroute",
     "resolve_master",
+    "upstream_of",
     "wait_here",
 ]
 
@@ -144,6 +145,9 @@ class Decision:
     #: Set when the replica is not known to cover the session's token: the caller must
     #: ``MASTER_GTID_WAIT`` for this token on it before using it (see module docstring).
     needs_wait: CausalToken | None = None
+    #: The datasource is the master (RW_STRICT, or a RO_RELAXED fallback): it has every
+    #: write, so a session's token needs no check there.
+    on_master: bool = False
 
 
 def choose(
@@ -293,6 +297,16 @@ def _upstream(
     return Source(None, "an unknown server")
 
 
+def upstream_of(
+    name: str, datasources: Sequence[DataSource], health: Mapping[str, Health]
+) -> Source:
+    """What the server ``name`` replicates from directly, by the rule of the module
+    docstring (address first, then the server id among the reachable servers): the
+    same answer the monitor's rule reaches, for a topology operation to act on."""
+    reachable = [(ds, h) for ds in datasources if (h := health.get(ds.name)) and h.reachable]
+    return _upstream(health[name], datasources, reachable)
+
+
 def _source(name: str, upstream: Mapping[str, Source]) -> Source:
     """Where the chain of replicas that starts at ``name`` ends."""
     path = [name]
@@ -371,7 +385,7 @@ def _choose_master(snapshot: Snapshot, policy: Policy) -> Decision:
             _no_master_message(snapshot, policy, m),
             service=snapshot.service.name,
         )
-    return Decision(master, _master_reason(snapshot, m, master))
+    return Decision(master, _master_reason(snapshot, m, master), on_master=True)
 
 
 def _master_reason(snapshot: Snapshot, m: Mastership, master: DataSource) -> str:
@@ -599,7 +613,7 @@ def _choose_replica(snapshot: Snapshot, policy: Policy, turn: int) -> Decision:
     ):
         details = _ro_details(snapshot, policy, m, skip=master)
         reason = f"fallback to master {master.name}: {head}: {details}"
-        return Decision(master, reason, is_fallback=True)
+        return Decision(master, reason, is_fallback=True, on_master=True)
 
     if policy.fallback is Fallback.ERROR:
         head += ", and fallback=error"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._pid import exists
 from ._state import SandboxError
 
 __all__ = [
@@ -94,21 +95,14 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own child that nobody reaped yet) is not alive.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    """``pid`` exists and is no zombie (our own child that nobody reaped yet); a state
+    that cannot be read counts as gone."""
+    return exists(pid) and _pid_state(pid) not in ("Z", "?")
 
 
 def _pid_state(pid: int) -> str:
+    """The process state letter of ``/proc/PID/stat`` (``R``, ``S``, ``T``, ``Z``...);
+    ``"?"`` when it cannot be read."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             return f.read().rsplit(")", 1)[1].split()[0]

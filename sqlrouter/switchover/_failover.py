@@ -12,21 +12,19 @@ from typing import Final
 
 import pymysql
 
+from ..gtid import Gtid, format_gtid_list, parse_gtid_list
 from ..topology import Credentials, DataSource, Service
 from ._history import (
     Candidate,
     Choice,
-    Gtid,
-    _gtid_text,
     _missing,
-    _parse_gtids,
     _tail,
     choose_candidate,
 )
 from ._servers import (
     _describe,
-    _ds_of_address,
     _Failure,
+    _master_of,
     _Node,
     _positions,
     _repoint_sql,
@@ -175,7 +173,7 @@ def _candidates(replicas: Sequence[_Node], *, include_pending: bool) -> list[Can
             tail = _tail(n.current_pos, n.io_pos)
             out.append(Candidate(n.name, n.history, tail, (), False, why))
             continue
-        pending = tuple(_parse_gtids(n.io_pos)) if include_pending else ()
+        pending = tuple(parse_gtid_list(n.io_pos)) if include_pending else ()
         out.append(Candidate(n.name, n.history, _tail(n.current_pos), pending, not why, why))
     return out
 
@@ -188,7 +186,7 @@ _BOTH_STOPPED: Final = (
 
 def _unapplied(n: _Node) -> list[Gtid]:
     """What replica ``n`` received (``Gtid_IO_Pos``) but has not applied."""
-    return _missing(n.history, _parse_gtids(n.io_pos))
+    return _missing(n.history, parse_gtid_list(n.io_pos))
 
 
 def _can_apply(n: _Node) -> bool:
@@ -234,7 +232,7 @@ def _plan_failover(
             "no reachable replica: "
             + "; ".join(f"{n.name}: {n.error or 'not a replica'}" for n in nodes.values()),
         )
-    sources = {n.name: _ds_of_address(service, *n.master_address) for n in replicas}
+    sources = {n.name: _master_of(service, n, nodes) for n in replicas}
     masters = {ds.name for ds in sources.values() if ds is not None}
     if len(masters) != 1 or None in sources.values():
         shown = ", ".join(
@@ -312,8 +310,8 @@ def _plan_failover(
                 f"delayed by {n.sql_delay}s" if n.sql_delay > 0 else _BOTH_STOPPED
             )
             warnings.append(
-                f"{n.name} received {_gtid_text(_unapplied(n))} but cannot apply it ({cause}); "
-                f"the new master must have it"
+                f"{n.name} received {format_gtid_list(_unapplied(n))} but cannot apply it "
+                f"({cause}); the new master must have it"
             )
     warnings.append(
         f"{old.name} must not come back as it was: start it read-only (read_only=1 in its "
@@ -332,7 +330,7 @@ def _plan_failover(
     rest = [n for n in replicas if n.name != new.name]
     repointed = [n for n in rest if n.name not in choice.diverged]
     left_out = [
-        f"{n}: has {_gtid_text(g)} that {new.name} lacks; replication stopped, rebuild it "
+        f"{n}: has {format_gtid_list(g)} that {new.name} lacks; replication stopped, rebuild it "
         f"from {new.name}"
         for n, g in choice.diverged.items()
     ]
@@ -547,7 +545,7 @@ def _run_failover(
     def leave(node: _Node) -> Callable[[], str]:
         def action() -> str:
             servers[node.name].run("STOP SLAVE")
-            lacking = _gtid_text(choice.diverged[node.name])
+            lacking = format_gtid_list(choice.diverged[node.name])
             return (
                 f"{node.name} not repointed: it has {lacking} that {new_name} lacks; "
                 f"rebuild it from {new_name}"
@@ -633,7 +631,7 @@ def _apply_relay_log(
     name = server.ds.name
     node = server.inspect(None)
     target = node.io_pos
-    if not target or not _missing(node.history, _parse_gtids(target)):
+    if not target or not _missing(node.history, parse_gtid_list(target)):
         return f"{name} has applied everything it received (at {node.current_pos or 'empty'})"
     if note is not None:
         note(

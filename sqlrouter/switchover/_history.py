@@ -3,24 +3,17 @@ to promote (pure)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+
+from ..gtid import EMPTY, CausalToken, Gtid, format_gtid_list, parse_gtid_list
 
 __all__ = [
     "Candidate",
     "Choice",
-    "Gtid",
     "History",
     "choose_candidate",
 ]
-
-
-_GTID_RE: Final = re.compile(r"\s*(\d{1,10})-(\d{1,10})-(\d{1,20})\s*\Z", re.ASCII)
-
-
-Gtid = tuple[int, int, int]
 
 
 #: What a server's binlog and slave state contain: ``{(domain, server_id): seq}``, the
@@ -28,42 +21,21 @@ Gtid = tuple[int, int, int]
 History = Mapping[tuple[int, int], int]
 
 
-def _parse_gtids(text: str | None) -> list[Gtid]:
-    """``"0-1-5,0-2-9"`` as ``[(0, 1, 5), (0, 2, 9)]``; ValueError names a bad part."""
-    if text is None or not text.strip():
-        return []
-    out = []
-    for part in text.split(","):
-        m = _GTID_RE.match(part)
-        if m is None:
-            raise ValueError(f"{part.strip()!r} is not a GTID (domain-server_id-sequence)")
-        out.append((int(m[1]), int(m[2]), int(m[3])))
-    return out
-
-
-def _gtid_text(gtids: Iterable[Gtid]) -> str:
-    return ",".join(f"{d}-{s}-{n}" for d, s, n in sorted(gtids))
-
-
 def _history(*lists: str | None) -> dict[tuple[int, int], int]:
     """The merged history of GTID lists (``@@gtid_binlog_state``, ``@@gtid_slave_pos``)."""
     hist: dict[tuple[int, int], int] = {}
     for text in lists:
-        for d, s, n in _parse_gtids(text):
+        for d, s, n in parse_gtid_list(text):
             if hist.get((d, s), -1) < n:
                 hist[(d, s)] = n
     return hist
 
 
 def _tail(*lists: str | None) -> dict[int, Gtid]:
-    """The last GTID of each domain (highest sequence number) in GTID lists."""
-    tail: dict[int, Gtid] = {}
-    for text in lists:
-        for g in _parse_gtids(text):
-            cur = tail.get(g[0])
-            if cur is None or (g[2], g[1]) > (cur[2], cur[1]):
-                tail[g[0]] = g
-    return tail
+    """The last GTID of each domain in GTID lists: their merged position
+    (:meth:`CausalToken.merge <sqlrouter.gtid.CausalToken.merge>`)."""
+    position = EMPTY.merge(*(CausalToken.from_gtid_list(text) for text in lists))
+    return {d: (d, s, n) for d, (s, n) in position.domains.items()}
 
 
 def _missing(history: History, gtids: Iterable[Gtid]) -> list[Gtid]:
@@ -158,7 +130,8 @@ def choose_candidate(candidates: Sequence[Candidate], old_master_id: int | None)
             return Choice(c.name, True, {}, reason)
     best = ordered[0][1]
     detail = "; ".join(
-        f"{c.name} lacks " + ", ".join(f"{_gtid_text(g)} (on {n})" for n, g in lost(c).items())
+        f"{c.name} lacks "
+        + ", ".join(f"{format_gtid_list(g)} (on {n})" for n, g in lost(c).items())
         for _, c in ordered
     )
     return Choice(

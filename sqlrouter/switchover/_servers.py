@@ -11,8 +11,11 @@ from typing import Any, Final
 
 import pymysql
 
+from ..gtid import Gtid
+from ..routing.health import Health
+from ..routing.router import upstream_of
 from ..topology import Credentials, DataSource, Service
-from ._history import Gtid, _history, _tail
+from ._history import _history, _tail
 
 __all__ = [
     "_Node",
@@ -73,6 +76,22 @@ class _Node:
     @property
     def name(self) -> str:
         return self.ds.name
+
+    @property
+    def health(self) -> Health:
+        """What the routing rule needs of this inspection (who replicates from whom)."""
+        host, port = self.master_address
+        return Health(
+            name=self.name,
+            reachable=self.reachable,
+            observed_at=0.0,
+            read_only=self.read_only if self.reachable else None,
+            server_id=self.server_id if self.reachable else None,
+            replicating=self.is_replica,
+            master_server_id=self.master_id,
+            master_host=host,
+            master_port=port or None,
+        )
 
     @property
     def is_replica(self) -> bool:
@@ -327,24 +346,13 @@ class _Servers:
         return {n.name: n for n in nodes}
 
 
-def _ds_of_address(service: Service, host: str, port: int) -> DataSource | None:
-    """The datasource a replica's ``Master_Host:Master_Port`` names."""
-    exact = [
-        ds for ds in service.datasources if ds.host.lower() == host.lower() and ds.port == port
-    ]
-    if exact:
-        return exact[0]
-    same_port = [ds for ds in service.datasources if ds.port == port]
-    return same_port[0] if len(same_port) == 1 else None
-
-
 def _master_of(service: Service, node: _Node, nodes: Mapping[str, _Node]) -> DataSource | None:
-    """The datasource replica ``node`` replicates from, by server id, else by address."""
-    if node.master_id:
-        for other in nodes.values():
-            if other.reachable and other.server_id == node.master_id and other is not node:
-                return other.ds
-    return _ds_of_address(service, *node.master_address)
+    """The datasource replica ``node`` replicates from, by the routing rule
+    (:func:`~sqlrouter.routing.router.upstream_of`: its ``Master_Host:Master_Port``,
+    else the reachable server with its ``Master_Server_Id``), as every monitor sees it."""
+    health = {name: n.health for name, n in nodes.items()}
+    source = upstream_of(node.name, service.datasources, health)
+    return None if source.datasource is None else service.datasource(source.datasource)
 
 
 def _positions(nodes: Mapping[str, _Node]) -> tuple[tuple[str, str], ...]:

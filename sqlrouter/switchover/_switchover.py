@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import pymysql
 
+from ..gtid import format_gtid_list
 from ..topology import Credentials, Service
-from ._history import _gtid_text, _missing, _tail
+from ._history import _missing, _tail
 from ._servers import (
     _SYSTEM_COMMANDS,
     _SYSTEM_USERS,
@@ -236,7 +237,7 @@ def _plan_switchover(
     if old.semi_master is None:
         warnings.append(f"{old.name} has no semi-synchronous replication support")
     if lacking and not cand.sql_running:
-        warnings.append(f"{to} lacks {_gtid_text(lacking)} and its SQL thread is stopped")
+        warnings.append(f"{to} lacks {format_gtid_list(lacking)} and its SQL thread is stopped")
     if lag:
         warnings.append(f"{to} lags {lag}s behind {old.name}: writes stop while it catches up")
     for node in (old, *others):
@@ -385,10 +386,11 @@ def _run_switchover(
                 run.note(
                     f"catch up {c}",
                     f"waiting up to {left:.1f}s for {c} to apply {o}'s last transactions "
-                    f"(up to {_gtid_text(behind)})",
+                    f"(up to {format_gtid_list(behind)})",
                 )
                 rows = sc.long(
-                    [("SELECT MASTER_GTID_WAIT(%s, %s) AS r", [_gtid_text(behind), left])], left
+                    [("SELECT MASTER_GTID_WAIT(%s, %s) AS r", [format_gtid_list(behind), left])],
+                    left,
                 )
                 result = rows[0]["r"] if rows else None
                 if result != 0:
@@ -408,7 +410,7 @@ def _run_switchover(
             if lacking:
                 raise _Failure(
                     f"{c} reached {o}'s sequence numbers but not its transactions "
-                    f"({_gtid_text(lacking)} are missing): the histories diverged"
+                    f"({format_gtid_list(lacking)} are missing): the histories diverged"
                 )
             extra = f" ({rounds} writes by privileged users after read-only)" if rounds else ""
             return f"{c} has applied everything {o} wrote, up to {target or 'empty'}{extra}"

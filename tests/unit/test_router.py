@@ -210,7 +210,7 @@ def test_qos_and_fallback_values_are_the_url_spellings() -> None:
 def test_rw_gets_the_writable_declared_master() -> None:
     decision = choose(healthy(), RW)
     assert decision == Decision(
-        healthy().service.datasource("db1"), "master db1 (writable)", False, None
+        healthy().service.datasource("db1"), "master db1 (writable)", False, None, on_master=True
     )
 
 

@@ -10,6 +10,7 @@ import pymysql
 import pytest
 
 import sqlrouter
+from sqlrouter.gtid import parse_gtid_list
 from sqlrouter.registry import load_registry_file, write_registry_file
 from sqlrouter.switchover import (
     ER_TOPOLOGY,
@@ -23,7 +24,7 @@ from sqlrouter.switchover import (
     plan_switchover,
     switchover,
 )
-from sqlrouter.switchover._history import _history, _missing, _parse_gtids, _tail
+from sqlrouter.switchover._history import _history, _missing, _tail
 from sqlrouter.switchover._servers import _change_master
 from sqlrouter.switchover._steps import _report_plan_notes, _Run
 from sqlrouter.topology import Credentials, DataSource, Role, Service
@@ -55,7 +56,7 @@ def candidate(
         name,
         _history(history),
         _tail(tail if tail is not None else history),
-        tuple(_parse_gtids(pending)),
+        tuple(parse_gtid_list(pending)),
         eligible,
         "" if eligible else "delayed replica",
     )
@@ -64,11 +65,11 @@ def candidate(
 # --------------------------------------------------------------------------- GTIDs
 
 
-def test_parse_gtids() -> None:
-    assert _parse_gtids("") == [] and _parse_gtids(None) == []
-    assert _parse_gtids("0-1-5, 1-2-9") == [(0, 1, 5), (1, 2, 9)]
+def testparse_gtid_list() -> None:
+    assert parse_gtid_list("") == [] and parse_gtid_list(None) == []
+    assert parse_gtid_list("0-1-5, 1-2-9") == [(0, 1, 5), (1, 2, 9)]
     with pytest.raises(ValueError, match="'0-1' is not a GTID"):
-        _parse_gtids("0-1")
+        parse_gtid_list("0-1")
 
 
 def test_history_keeps_the_highest_sequence_per_server_and_domain() -> None:
