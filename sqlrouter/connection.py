@@ -26,6 +26,7 @@ from pymysql.connections import MySQLResult
 from pymysql.constants import COMMAND, SERVER_STATUS
 from pymysql.protocol import EOFPacketWrapper
 
+from ._connstate import ConnState
 from ._runtime import handle_for
 from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED, last_gtid_from_ok
 from ._statements import may_resend
@@ -107,28 +108,11 @@ class Connection(_PyMySQLConnection):
         self.datasource = None
         self.decision = None
         args: dict[str, Any] = dict(url.connect_args)
-        # Session consistency (see sqlrouter.session): the session this connection
-        # belongs to, whether it is on the master (capture GTIDs) or on a replica
-        # (check the token at each transaction start), and what it last checked.
-        self._session: Session | None = None
-        self._on_master = False
-        self._relaxed = url.qos is QoS.RO_RELAXED
-        self._checked_version = -1
-        self._merged_generation = -1
-        self._gtid_by_select = False
-        self._wrote = False
-        self._allow_wait = True
-        # Set by the service table when this connection's datasource was demoted, went
-        # down or was taken offline: (reason, wait for the transaction boundary).
-        self._invalid: tuple[str, bool] | None = None
-        self._exclude_next: frozenset[str] = frozenset()
-        self._in_connect = False
-        #: Why and when (time.time()) this connection was closed, when sqlrouter knows.
-        self._closed_why: tuple[str, float] | None = None
+        session: Session | None = None
         if url.consistency is Consistency.SESSION:
-            self._session = current_session() or Session()
+            session = current_session() or Session()
             if url.causal_token:
-                self._session.advance(CausalToken.parse(url.causal_token))
+                session.advance(CausalToken.parse(url.causal_token))
             if url.qos is QoS.RW_STRICT:
                 # Only writers need the GTID in OK packets; readers leave the server
                 # the work of tracking.
@@ -149,6 +133,9 @@ class Connection(_PyMySQLConnection):
             defer_connect=True,
             **args,
         )
+        # Session consistency (see sqlrouter.session) and invalidation: what sqlrouter
+        # knows of this connection beyond PyMySQL's state.
+        self._state = ConnState(relaxed=url.qos is QoS.RO_RELAXED, session=session)
         if preferred_tls:
             self.ssl = True
             self._ssl_required = False
@@ -181,15 +168,14 @@ class Connection(_PyMySQLConnection):
     @property
     def causal_token(self) -> CausalToken:
         """The causal token of this connection's session (``str()`` it to carry it on)."""
-        return self._session.token if self._session is not None else EMPTY
+        session = self._state.session
+        return session.token if session is not None else EMPTY
 
     @property
     def session(self) -> Session | None:
         """The session this connection shares its causal token with (None: consistency=none)."""
-        return self._session
+        return self._state.session
 
-    # Added for sqlrouter.contrib.django (pooled connections serve one request after
-    # another): an additive public method, nothing else in this class depends on it.
     def use_session(self, session: Session) -> None:
         """Share ``session``'s causal token from now on, instead of the current session's.
 
@@ -200,25 +186,24 @@ class Connection(_PyMySQLConnection):
         its server has not applied it.  Raises :class:`sqlrouter.ProgrammingError` on a
         connection opened with ``consistency=none`` (it does not track its writes).
         """
-        if self._session is None:
+        state = self._state
+        if state.session is None:
             raise pymysql.err.ProgrammingError(
                 0,
                 f"service {self._url.service!r}: this connection was opened with "
                 "consistency=none and has no session; open it with consistency=session "
                 "to share a causal token",
             )
-        if session is self._session:
-            return
-        self._session = session
-        self._checked_version = -1
-        self._merged_generation = -1
+        if session is not state.session:
+            state.share(session)
 
     def _policy(
         self, snapshot: Snapshot, exclude: frozenset[str], *, allow_wait: bool = True
     ) -> Policy:
         url = self._url
         max_lag = url.max_lag if url.max_lag is not None else snapshot.service.max_lag
-        token = self._session.token if self._session is not None else EMPTY
+        session = self._state.session
+        token = session.token if session is not None else EMPTY
         return Policy(
             qos=url.qos,
             max_lag=max_lag,
@@ -229,7 +214,19 @@ class Connection(_PyMySQLConnection):
         )
 
     def connect(self, sock: Any = None) -> None:
+        """Route, then open the connection on the chosen datasource (PyMySQL's
+        ``connect``, also called by ``ping(reconnect=True)``): see :meth:`_route`."""
+        if sock is not None:  # a caller-provided socket: no routing possible
+            super().connect(sock)
+            return
+        self._route()
+
+    def _route(self, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True) -> None:
         """Route, then open the connection on the chosen datasource.
+
+        ``exclude`` names datasources this connect must not use (a server a read just
+        failed on); ``allow_wait=False`` goes to the fallback rather than wait for a
+        replica to catch up with the session's token (one just did not).
 
         Attempts are driven by a tenacity policy:
 
@@ -241,18 +238,13 @@ class Connection(_PyMySQLConnection):
           ``min(1, connect_timeout)`` seconds, so one frozen server costs at most
           ``connect_timeout + 1`` seconds.
         """
-        if sock is not None:  # a caller-provided socket: no routing possible
-            super().connect(sock)
-            return
         url = self._url
         attempt = _Attempt(
             deadline=time.monotonic() + url.connect_timeout,
             grace=min(1.0, url.connect_timeout),
-            exclude=self._exclude_next,
-            # A connection moving because its replica did not catch up waits no more.
-            allow_wait=self._allow_wait,
+            exclude=exclude,
+            allow_wait=allow_wait,
         )
-        self._exclude_next, self._allow_wait = frozenset(), True
         started = time.monotonic()
         try:
             self._connect_once(attempt)  # the common case: no policy to build
@@ -340,7 +332,9 @@ class Connection(_PyMySQLConnection):
             raise _TryAgain(error) from exc
         self.datasource = ds
         self.decision = decision
-        if self._session is not None and not self._after_connect(snapshot, decision):
+        state = self._state
+        state.opened(on_master=decision.on_master)
+        if state.session is not None and not self._after_connect(snapshot, decision):
             attempt.allow_wait = False  # the replica did not catch up in time: stop waiting
             raise _TryAgain(
                 NoReplicaAvailable(
@@ -350,8 +344,6 @@ class Connection(_PyMySQLConnection):
                     service=url.service,
                 )
             )
-        self._invalid = None
-        self._closed_why = None
         handle.opened(self)
         latest = handle.monitor.snapshot
         if latest.generation != snapshot.generation:
@@ -365,15 +357,15 @@ class Connection(_PyMySQLConnection):
 
     def _after_connect(self, snapshot: Snapshot, decision: Decision) -> bool:
         """Set up session consistency on a new connection; False: go elsewhere."""
-        session = self._session
+        state = self._state
+        session = state.session
         if session is None:
             return True
         ds = decision.datasource
         health = snapshot.health_of(ds.name)
-        self._on_master = decision.on_master
-        if self._on_master:
-            self._checked_version = session.version
-            if not health.tracks_last_gtid and not self._relaxed:
+        if state.on_master:
+            state.checked(session.version)
+            if not health.tracks_last_gtid and not state.relaxed:
                 self._enable_gtid_tracking()
             return True
         if decision.needs_wait is not None:
@@ -387,12 +379,12 @@ class Connection(_PyMySQLConnection):
                 )
                 self._force_close()
                 return False
-            self._checked_version = session.version
+            state.checked(session.version)
         else:
             # Monotonic reads: later reads of the session require what this one may see.
             session.advance(health.position)
-            self._merged_generation = snapshot.generation
-            self._checked_version = session.version
+            state.merged_generation = snapshot.generation
+            state.checked(session.version)
         return True
 
     def _enable_gtid_tracking(self) -> None:
@@ -414,7 +406,7 @@ class Connection(_PyMySQLConnection):
                 self.datasource,
                 exc.args[-1],
             )
-            self._gtid_by_select = True
+            self._state.gtid_by_select = True
 
     def _gtid_wait(self, token: CausalToken) -> bool:
         """``MASTER_GTID_WAIT(token, consistency_wait)`` in one round trip."""
@@ -453,29 +445,32 @@ class Connection(_PyMySQLConnection):
         ds = self.datasource
         if ds is None:
             raise InterfaceError(0, "connection is not open")
+        state = self._state
         version = session.version
-        if self._on_master:
-            self._checked_version = version
+        if state.on_master:
+            state.checked(version)
             return
         snapshot = self._handle.monitor.snapshot
         health = snapshot.health_of(ds.name)
-        if snapshot.generation != self._merged_generation:
+        if snapshot.generation != state.merged_generation:
             # Monotonic reads: what this replica had is now required of later reads.
             session.advance(health.position)
-            self._merged_generation = snapshot.generation
+            state.merged_generation = snapshot.generation
             version = session.version
         token = session.token
         if health.position.covers(token):
-            self._checked_version = version
+            state.checked(version)
             return
         # Not known to have the token: wait for it here (one round trip) unless another
         # replica is clearly closer to it (moving costs a new connection).
-        if wait_here(snapshot, ds.name, self._policy(snapshot, frozenset())):
-            if self._gtid_wait(token):
-                self._checked_version = version
-                return
-            self._allow_wait = False
-        self._move(f"{ds.name} has not applied {token}")
+        why = f"{ds.name} has not applied {token}"
+        if not wait_here(snapshot, ds.name, self._policy(snapshot, frozenset())):
+            self._move(why)
+        elif self._gtid_wait(token):
+            state.checked(version)
+        else:
+            # It did not catch up in time: the next server is one that needs no wait.
+            self._move(why, allow_wait=False)
 
     def check_route(self, snapshot: Snapshot) -> None:
         """After a monitor round (in the monitor's thread): a relaxed connection whose
@@ -485,27 +480,32 @@ class Connection(_PyMySQLConnection):
         pays nothing for it.
         """
         ds = self.datasource
-        if not self._relaxed or ds is None or self._invalid is not None or self._sock is None:
+        state = self._state
+        if not state.relaxed or ds is None or state.invalid is not None or self._sock is None:
             return
         why = reroute(
-            snapshot, ds.name, self._policy(snapshot, frozenset()), fallback=self._on_master
+            snapshot, ds.name, self._policy(snapshot, frozenset()), fallback=state.on_master
         )
         if why is not None:
-            self._invalid = (why, True)
+            state.invalidate(why, at_transaction_boundary=True)
 
-    def _move(self, why: str) -> None:
+    def _move(
+        self, why: str, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
+    ) -> None:
+        """Close the connection and route it again (see :meth:`_route` for the rest)."""
         logger.debug(
             "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
         )
         self._handle.closed(self)
         self._force_close()
-        self.connect()
+        self._route(exclude=exclude, allow_wait=allow_wait)
 
     def _capture(self, status: int, message: bytes | str | None) -> None:
         if isinstance(message, bytes) and status & SERVER_SESSION_STATE_CHANGED:
             gtid = last_gtid_from_ok(status, message)
-            if gtid and self._session is not None:
-                self._session.advance_gtid(gtid)
+            session = self._state.session
+            if gtid and session is not None:
+                session.advance_gtid(gtid)
 
     def _unbuffered_done(self, result: MySQLResult) -> None:
         """An unbuffered result (server-side cursor) read its final EOF packet.
@@ -519,11 +519,12 @@ class Connection(_PyMySQLConnection):
         if status is None or self._sock is None:
             return
         self.server_status = status
-        if result.has_next or self._session is None or not self._on_master or self._relaxed:
+        state = self._state
+        if result.has_next or state.session is None or not state.on_master or state.relaxed:
             return  # more results follow: next_result() reads them first
-        if self._gtid_by_select:
+        if state.gtid_by_select:
             if not status & _IN_TRANS:
-                self._wrote = False
+                state.gtid_pending = False
                 self._select_last_gtid()
         elif status & SERVER_SESSION_STATE_CHANGED:
             self._select_last_gtid()
@@ -536,8 +537,9 @@ class Connection(_PyMySQLConnection):
             rows = self._result.rows if self._result is not None else None
         finally:
             self._result, self._affected_rows = result, affected
-        if rows and rows[0][0] and self._session is not None:
-            self._session.advance_gtid(str(rows[0][0]))
+        session = self._state.session
+        if rows and rows[0][0] and session is not None:
+            session.advance_gtid(str(rows[0][0]))
 
     def _read_query_result(self, unbuffered: bool = False) -> int:
         # PyMySQL's, with a result that keeps the final EOF packet's server status.
@@ -552,34 +554,40 @@ class Connection(_PyMySQLConnection):
             self.server_status = result.server_status
         return result.affected_rows  # type: ignore[return-value]  # None as in PyMySQL
 
-    def _needs_check(self, session: Session) -> bool:
-        """A relaxed connection must check its session's token before this transaction."""
-        return not self.server_status & _IN_TRANS and session.version != self._checked_version
-
     # PyMySQL calls query() for every statement a cursor executes: keep this cheap.
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
-        # The fast paths: a RW_STRICT connection, and a relaxed connection on a replica
-        # whose session's token has not moved since its last check (reads, the common
-        # case).  A few attribute reads, then PyMySQL's own query().
-        if self._invalid is None:
-            if not self._relaxed:
+        # The fast path, the only place it is stated: nothing invalidated the connection,
+        # and it is a writer, or a relaxed connection whose session's token has not moved
+        # since its last check (ConnState.due_check finds nothing due, whatever the transaction).
+        # A few attribute reads, then PyMySQL's own query().
+        state = self._state
+        if state.invalid is None:
+            if not state.relaxed:
                 return self._write(sql, unbuffered)
-            session = self._session
-            if session is None or session.version == self._checked_version:
+            session = state.session
+            if session is None or session.version == state.checked_version:
                 return self._read(sql, unbuffered)
         return self._query(sql, unbuffered)
 
     def _query(self, sql: str | bytes, unbuffered: bool) -> int:
-        if self._in_connect:  # PyMySQL's own set-up statements (init_command, sql_mode)
+        """The slow path: PyMySQL's own set-up statements, an invalidation to act on, or
+        a token to check before the statement that starts a transaction."""
+        state = self._state
+        if state.connecting:  # PyMySQL's own set-up statements (init_command, sql_mode)
             return super().query(sql, unbuffered)
-        if self._invalid is not None:
-            self._raise_if_invalid()
-        if not self._relaxed:
+        if state.invalid is not None:
+            self._raise_or_move()
+        if not state.relaxed:
             return self._write(sql, unbuffered)
-        session = self._session
-        if session is not None and self._needs_check(session):
-            self._at_transaction_start(session)
+        self._check_token()
         return self._read(sql, unbuffered)
+
+    def _check_token(self) -> None:
+        """Before a statement that may start a transaction: keep the session's guarantee
+        if its token moved since the last check (:meth:`_at_transaction_start`)."""
+        session = self._state.due_check(in_transaction=bool(self.server_status & _IN_TRANS))
+        if session is not None:
+            self._at_transaction_start(session)
 
     def _read(self, sql: str | bytes, unbuffered: bool) -> int:
         """A relaxed connection's statement."""
@@ -613,9 +621,10 @@ class Connection(_PyMySQLConnection):
             if exc.args[0] in _LOST:
                 raise self._lost(exc, status, "a statement") from exc
             raise
-        if self._session is not None:
-            if self._gtid_by_select:
-                if self._result is not None and self._on_master:
+        state = self._state
+        if state.session is not None:
+            if state.gtid_by_select:
+                if self._result is not None and state.on_master:
                     self._after_write_by_select(self._result.affected_rows)
             elif self.server_status & SERVER_SESSION_STATE_CHANGED:
                 self._after_write(self._result)
@@ -623,7 +632,8 @@ class Connection(_PyMySQLConnection):
 
     def _after_write(self, result: MySQLResult | None) -> None:
         """The session's state changed under the last statement: learn its GTID."""
-        if result is None or not self._on_master or self._in_connect:
+        state = self._state
+        if result is None or not state.on_master or state.connecting:
             return
         if result.unbuffered_active:
             # Its rows are still on the socket (a server-side cursor): nothing may be
@@ -639,33 +649,34 @@ class Connection(_PyMySQLConnection):
 
     def next_result(self, unbuffered: bool = False) -> int:
         rows = super().next_result(unbuffered)
-        if self._on_master and self._result is not None and not self._gtid_by_select:
+        state = self._state
+        if state.on_master and self._result is not None and not state.gtid_by_select:
             self._capture(self.server_status, self._result.message)
         return rows
 
     def _after_write_by_select(self, affected: int | None) -> None:
         if self._result is not None and self._result.unbuffered_active:
             return  # rows still on the socket: _unbuffered_done() takes over at their end
+        state = self._state
         if affected and affected != _UNBUFFERED:
-            self._wrote = True
-        if self._wrote and not self.server_status & _IN_TRANS:
-            self._wrote = False
+            state.gtid_pending = True
+        if state.gtid_pending and not self.server_status & _IN_TRANS:
+            state.gtid_pending = False
             self._select_last_gtid()
 
     def begin(self) -> None:
-        if self._invalid is not None:
-            self._raise_if_invalid()
-        session = self._session
-        if session is not None and self._relaxed and self._needs_check(session):
-            self._at_transaction_start(session)
+        if self._state.invalid is not None:
+            self._raise_or_move()
+        self._check_token()
         try:
             super().begin()
         except pymysql.err.InterfaceError:
             raise self._closed_error() from None
 
     def commit(self) -> None:
-        if self._invalid is not None and not self._invalid[1]:
-            self._raise_if_invalid()
+        invalid = self._state.invalid
+        if invalid is not None and not invalid.at_transaction_boundary:
+            self._raise_or_move()
         status = self.server_status
         try:
             self._execute_command(COMMAND.COM_QUERY, "COMMIT")
@@ -678,11 +689,12 @@ class Connection(_PyMySQLConnection):
             if exc.args[0] in _LOST and status & _IN_TRANS:
                 raise self._lost(exc, status, "COMMIT") from exc
             raise
-        if self._session is None or not self._on_master:
+        state = self._state
+        if state.session is None or not state.on_master:
             return
-        if self._gtid_by_select:
-            if self._wrote:
-                self._wrote = False
+        if state.gtid_by_select:
+            if state.gtid_pending:
+                state.gtid_pending = False
                 self._select_last_gtid()
         else:
             self._capture(ok.server_status, ok.message)
@@ -690,12 +702,13 @@ class Connection(_PyMySQLConnection):
     def ping(self, reconnect: bool | None = False) -> None:
         """PyMySQL's ping; an invalidated connection raises ConnectionInvalidated
         (``reconnect=True`` routes again instead)."""
-        if self._invalid is not None:
+        state = self._state
+        if state.invalid is not None:
             if reconnect:
-                self._invalid = None
+                state.invalid = None
                 self._force_close()
             else:
-                self._raise_if_invalid()
+                self._raise_or_move()
         if reconnect:
             super().ping(True)  # PyMySQL warns that reconnecting this way is deprecated
         else:
@@ -711,31 +724,33 @@ class Connection(_PyMySQLConnection):
         """Close the connection (PEP 249).  On a connection inherited across ``fork()``
         this only forgets it: its socket is the parent's, and was never used here."""
         self._handle.closed(self)
-        if self._closed_why is not None and self._closed_why[0].startswith(_INHERITED):
+        state = self._state
+        if state.closed_why is not None and state.closed_why[0].startswith(_INHERITED):
             return
         if self._sock is not None:
-            self._closed_why = ("closed by close()", time.time())
+            state.closed_why = ("closed by close()", time.time())
         super().close()
 
     def inherited(self, parent: int) -> None:
         """In a forked child (called by the service table, before anything else runs):
         close this process's copy of the socket, which is the parent's (nothing is sent
-        on it), and make the next use raise or move (see ``_raise_if_invalid``)."""
+        on it), and make the next use raise or move (see ``_raise_or_move``)."""
         if self._sock is None:
             return
         why = f"{_INHERITED} {parent} before fork(), whose socket it keeps"
         self._force_close()
-        self._closed_why = (why, time.time())
-        self._invalid = (why, False)
+        self._state.closed_why = (why, time.time())
+        self._state.invalidate(why, at_transaction_boundary=False)
 
     def _closed_error(self) -> InterfaceError:
         """PyMySQL's ``InterfaceError(0, '')`` for a closed connection, saying which
         connection, since when and why (SQLAlchemy sees "already closed": a disconnect)."""
         where = f"to {self.datasource} " if self.datasource is not None else ""
-        if self._closed_why is None:
+        closed_why = self._state.closed_why
+        if closed_why is None:
             why = "closed after an error, or never opened"
         else:
-            text, when = self._closed_why
+            text, when = closed_why
             why = f"{text}, {max(0.0, time.time() - when):.1f}s ago"
         return InterfaceError(
             0,
@@ -760,26 +775,26 @@ class Connection(_PyMySQLConnection):
 
         With ``at_transaction_boundary`` the current transaction may finish first.
         """
-        self._invalid = (reason, at_transaction_boundary)
+        self._state.invalidate(reason, at_transaction_boundary=at_transaction_boundary)
 
-    def _raise_if_invalid(self) -> None:
-        invalid = self._invalid
+    def _raise_or_move(self) -> None:
+        """Act on the connection's invalidation: a relaxed connection between
+        transactions moves to another server (it holds nothing); any other raises
+        :class:`ConnectionInvalidated`.  Nothing while an invalidation that waits for the
+        transaction boundary meets an open transaction."""
+        state = self._state
+        in_transaction = bool(self.server_status & _IN_TRANS)
+        invalid = state.take_invalidation(in_transaction=in_transaction)
         if invalid is None:
             return
-        reason, at_boundary = invalid
-        status = self.server_status
-        if at_boundary and status & _IN_TRANS:
-            return
-        self._invalid = None
-        if self._relaxed and not status & _IN_TRANS:
-            # A relaxed connection between transactions holds nothing: it moves to
-            # another server instead of failing the read.
+        reason = invalid.reason
+        if state.moves_instead(in_transaction=in_transaction):
             self._move(reason)
             return
         where = self.datasource
         self._handle.closed(self)
         self._force_close()
-        self._closed_why = (f"invalidated: {reason}", time.time())
+        state.closed_why = (f"invalidated: {reason}", time.time())
         raise ConnectionInvalidated(
             ER_CONNECTION_INVALIDATED,
             f"service {self._url.service!r}: connection to {where} invalidated: {reason}; "
@@ -793,7 +808,7 @@ class Connection(_PyMySQLConnection):
         """
         where = f"service {self._url.service!r}: connection to {self.datasource} lost"
         self._handle.closed(self)
-        self._closed_why = (f"lost during {what}: {exc.args[-1]}", time.time())
+        self._state.closed_why = (f"lost during {what}: {exc.args[-1]}", time.time())
         if what == "COMMIT":
             return OutcomeUnknown(
                 exc.args[0],
@@ -824,10 +839,8 @@ class Connection(_PyMySQLConnection):
         )
         self._handle.closed(self)
         self._force_close()
-        if failed is not None:
-            self._exclude_next = frozenset({failed.name})
         try:
-            self.connect()
+            self._route(exclude=frozenset({failed.name}) if failed is not None else frozenset())
         except Error as again:
             raise again from exc
         return super().query(sql, unbuffered)
@@ -842,11 +855,11 @@ class Connection(_PyMySQLConnection):
         connect_timeout = self.connect_timeout
         self.connect_timeout = timeout
         self._read_timeout = timeout if read_timeout is None else min(timeout, read_timeout)
-        self._in_connect = True
+        self._state.connecting = True
         try:
             super().connect()
         finally:
-            self._in_connect = False
+            self._state.connecting = False
             # PyMySQL re-applies _read_timeout to the socket at the next read.
             self._read_timeout = read_timeout
             self.connect_timeout = connect_timeout
