@@ -9,7 +9,7 @@ handlers run: this module registers its handler first, since every module that m
 lock imports it.
 
 What the child then does with the parent's monitors, control socket and connections is
-decided by their owners (``sqlrouter._services``, ``sqlrouter.control``): never use or
+decided by their owners (``sqlrouter._runtime``, ``sqlrouter.control``): never use or
 close what belongs to the parent, start watching anew on first use.
 """
 

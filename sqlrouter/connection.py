@@ -433,7 +433,7 @@ class Connection(_PyMySQLConnection):
           master has every write;
         - on a replica the monitor last saw at or past the token: nothing to do;
         - else, if this replica is as close to the token as any qualifying one
-          (:func:`sqlrouter.router.wait_here`): one
+          (:func:`sqlrouter.routing.router.wait_here`): one
           ``MASTER_GTID_WAIT(token, consistency_wait)`` round trip;
         - else, or when the wait times out: the connection moves (reconnects through
           the router, which picks a replica known to have the token, waits on the
@@ -476,7 +476,7 @@ class Connection(_PyMySQLConnection):
         """After a monitor round (in the monitor's thread): a relaxed connection whose
         server no longer suits its own policy moves at its next transaction start.
 
-        See :func:`sqlrouter.router.reroute`.  Only sets a flag: the statement path
+        See :func:`sqlrouter.routing.router.reroute`.  Only sets a flag: the statement path
         pays nothing for it.
         """
         ds = self.datasource

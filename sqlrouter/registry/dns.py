@@ -100,7 +100,7 @@ class DnsRegistry(Registry):
     """The services published in DNS under one domain (see the module docstring).
 
     ``spec`` is what follows ``dns:`` (``example.test``, ``//127.0.0.1:5353/example.test``,
-    options included) or a parsed :class:`~sqlrouter._dns.DnsSpec`.  Seams, for tests:
+    options included) or a parsed :class:`~sqlrouter.registry._dnsspec.DnsSpec`.  Seams, for tests:
     ``resolver`` (default: dnspython, on the spec's nameserver or the system's),
     ``settings`` (default: from the spec's options, password files read relative to
     ``base``), ``clock``, ``randbelow`` (RFC 2782 ordering) and ``background``: with

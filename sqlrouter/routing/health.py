@@ -81,7 +81,7 @@ class Snapshot:
     Routing reads snapshots and never blocks the monitor, which publishes a new one
     after each round.  A snapshot holds what one round observed and the operator's
     routing-level state, nothing remembered from earlier rounds: who the master is
-    follows from it alone (:func:`sqlrouter.router.resolve_master`), so every process
+    follows from it alone (:func:`sqlrouter.routing.router.resolve_master`), so every process
     that observes the same servers reaches the same answer.
     """
 

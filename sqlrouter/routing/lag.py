@@ -80,7 +80,7 @@ def compute_health(
     """Turn one round of observations into Health values, computing each lag.
 
     Pure: all the times it uses come from the observations.  The lag reference is the
-    master as :func:`~sqlrouter.router.resolve_master` singles it out of these
+    master as :func:`~sqlrouter.routing.router.resolve_master` singles it out of these
     observations (``promoted``: the operator's routing-level promotion, which may break
     a tie); without one, the most advanced reachable replica.
     """

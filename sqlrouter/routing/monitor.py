@@ -4,10 +4,10 @@ Each round (every ``monitor_interval`` seconds, jittered by +-10%) probes every
 datasource in parallel on a persistent monitoring connection, in one round trip (a
 multi-statement query: ``@@server_id``, ``@@read_only``, the GTID positions, the
 server's clock, the freshest heartbeat, then ``SHOW SLAVE STATUS``), computes each
-replica's lag, and publishes an immutable :class:`~sqlrouter.health.Snapshot`.
+replica's lag, and publishes an immutable :class:`~sqlrouter.routing.health.Snapshot`.
 
 Who the master is follows from each round's observations alone, by the routing rule
-(:func:`~sqlrouter.router.resolve_master`: the writable server that does not replicate
+(:func:`~sqlrouter.routing.router.resolve_master`: the writable server that does not replicate
 and that the replicas replicate from), never from earlier rounds: a process that starts
 now and one that has watched for hours reach the same answer.  While a server that is
 not the master is writable, the monitor logs a WARNING (once per change) saying where
@@ -377,7 +377,7 @@ class Monitor:
 
         :meth:`run_round` calls it after probing.  The snapshot depends on these
         observations and the operator's state only: who the master is, the heartbeat
-        target and the lag reference follow from :func:`~sqlrouter.router.resolve_master`,
+        target and the lag reference follow from :func:`~sqlrouter.routing.router.resolve_master`,
         never from earlier rounds.
         """
         service = self._service

@@ -1,6 +1,6 @@
 """The routing decision: which datasource of a service serves a new connection.
 
-:func:`choose` is a pure function of a monitor :class:`~sqlrouter.health.Snapshot`, a
+:func:`choose` is a pure function of a monitor :class:`~sqlrouter.routing.health.Snapshot`, a
 :class:`Policy` and a caller-side counter: no I/O, no clock, no randomness, no lock.
 It returns a :class:`Decision` or raises :class:`~sqlrouter.errors.NoMasterAvailable` /
 :class:`~sqlrouter.errors.NoReplicaAvailable` with a message that names the service and
@@ -165,7 +165,7 @@ def choose(
     :class:`~sqlrouter.errors.NoReplicaAvailable` (RO_RELAXED) and nothing else.
 
     ``now`` (a ``time.monotonic()`` reading of the caller) makes a snapshot older than
-    :attr:`Snapshot.max_age <sqlrouter.health.Snapshot.max_age>` qualify nothing: a
+    :attr:`Snapshot.max_age <sqlrouter.routing.health.Snapshot.max_age>` qualify nothing: a
     monitor that stopped publishing (a forked child, a stalled thread) is not trusted.
     """
     if now is not None and snapshot.generation > 0 and snapshot.age(now) > snapshot.max_age:

@@ -148,7 +148,7 @@ _SCRIPT = textwrap.dedent(
     rw_url, ro_url = sys.argv[1], sys.argv[2]
     rw = sqlrouter.connect(rw_url)
     ro = sqlrouter.connect(ro_url)
-    (handle,) = sqlrouter._services.handles()
+    (handle,) = sqlrouter._runtime.handles()
     sessions = {n: p._conn.thread_id() for n, p in handle.monitor._probers.items()}
 
     def sid(conn):

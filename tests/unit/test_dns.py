@@ -75,7 +75,7 @@ class Clock:
 
 
 class ScriptedDns:
-    """A :class:`~sqlrouter._dns.Resolver` answering from dicts; ``down`` is an outage."""
+    """A :class:`~sqlrouter.registry._dns.Resolver` answering from dicts; ``down`` is an outage."""
 
     def __init__(self) -> None:
         self.srv_records: dict[str, tuple[list[SrvRecord], int]] = {}
