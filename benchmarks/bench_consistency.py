@@ -173,18 +173,20 @@ def count_commands(conn: AnyConnection, counts: Counter[str], prefix: str) -> No
     on every side.
     """
     execute = conn._execute_command  # type: ignore[attr-defined]  # PyMySQL internal
-    connect = conn.connect
+    # Every connect: a sqlrouter connection's moves route again without calling connect().
+    reconnect = "_route" if isinstance(conn, sqlrouter.Connection) else "connect"
+    route = getattr(conn, reconnect)
 
     def counting_execute(command: int, sql: str | bytes) -> Any:
         counts[f"{prefix} {_kind(command, sql)}"] += 1
         return execute(command, sql)
 
-    def counting_connect(*args: Any) -> Any:
+    def counting_connect(*args: Any, **kwargs: Any) -> Any:
         counts[f"{prefix} connect"] += 1
-        return connect(*args)
+        return route(*args, **kwargs)
 
     setattr(conn, "_execute_command", counting_execute)  # noqa: B010 - shadows a method
-    setattr(conn, "connect", counting_connect)  # noqa: B010 - shadows a method
+    setattr(conn, reconnect, counting_connect)
 
 
 # --------------------------------------------------------------------------- the sides
@@ -608,7 +610,7 @@ def breakdown(ctx: Context, plan: Plan) -> Breakdown:
     On one lane, instance attributes shadow sqlrouter's private steps with timers (the
     library is not edited): the writer's ``_capture`` (decode the GTID from the OK
     packet, merge it into the token); the reader's ``_at_transaction_start`` (the whole
-    check), ``_gtid_wait`` (the ``MASTER_GTID_WAIT`` round trip) and ``connect`` (a
+    check), ``_gtid_wait`` (the ``MASTER_GTID_WAIT`` round trip) and ``_route`` (a
     move).  The rest of a read is PyMySQL's query.  For comparison, a plain PyMySQL
     connection to the same replica runs the same SELECT (in alternating order with
     sqlrouter's), then ``MASTER_GTID_WAIT`` for the token already applied: the bare
@@ -625,10 +627,10 @@ def breakdown(ctx: Context, plan: Plan) -> Breakdown:
     calls = Counter[str]()
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             t0 = clock()
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             finally:
                 acc[name] += clock() - t0
                 calls[name] += 1
@@ -639,7 +641,7 @@ def breakdown(ctx: Context, plan: Plan) -> Breakdown:
         (writer, "_capture", "capture"),
         (reader, "_at_transaction_start", "check"),
         (reader, "_gtid_wait", "wait"),
-        (reader, "connect", "connect"),
+        (reader, "_route", "connect"),
     ):
         setattr(conn, attr, timed(name, getattr(conn, attr)))
     ds = reader.datasource

@@ -1421,7 +1421,7 @@ CONNECT_STEPS: Final = (
     ("socket", "`Connection._connect_bounded`: PyMySQL's `connect()`"),
     ("after", "`Connection._after_connect`: session set-up"),
     ("opened", "`ServiceHandle.opened`: register the connection"),
-    ("connect_rest", "rest of `Connection.connect`: `_Attempt`, deadline, log call"),
+    ("connect_rest", "rest of `Connection.connect`: `Attempt`, deadline, log call"),
     ("total", "total: `sqlrouter.connect(url, **kw)`"),
 )
 

@@ -7,6 +7,13 @@ extra: execute and fetch run PyMySQL's own code.  What sqlrouter adds happens wh
 connection is opened: :meth:`Connection.connect` asks the router which datasource to
 use, then opens the socket there.  Reconnecting (``ping(reconnect=True)``) routes
 again, so a reconnected RW_STRICT connection follows the master.
+
+Around it: :mod:`sqlrouter._connstate` (what the connection knows: its session's token,
+invalidation), :mod:`sqlrouter._gtidcapture` (each write's GTID into the session),
+:mod:`sqlrouter._attempts` (one connect's attempts and errors) and
+:mod:`sqlrouter._pymysql` (every PyMySQL internal used).  This module is kept whole
+(over 600 lines): the connect path, the statement path and invalidation act on one
+connection's state, and read best side by side.
 """
 
 from __future__ import annotations
@@ -14,21 +21,27 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
-from ssl import SSLContext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pymysql
 import pymysql.connections
 import pymysql.cursors
 import tenacity
-from pymysql.connections import MySQLResult
-from pymysql.constants import COMMAND, SERVER_STATUS
-from pymysql.protocol import EOFPacketWrapper
+from pymysql.constants import SERVER_STATUS
 
+from ._attempts import (
+    Attempt,
+    TryAgain,
+    auth_error,
+    refused_everywhere,
+    stale_after_connect,
+    with_failures,
+)
 from ._connstate import ConnState
+from ._gtidcapture import GtidCapture
+from ._pymysql import SSL_ENABLED, pymysql_query
 from ._runtime import handle_for
-from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED, last_gtid_from_ok
+from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED
 from ._statements import may_resend
 from .consistency import Session, current_session
 from .errors import (
@@ -47,7 +60,7 @@ from .errors import (
 from .gtid import EMPTY, CausalToken
 from .qos import QoS
 from .routing.health import Snapshot
-from .routing.router import Decision, Policy, choose, observed_master, reroute, wait_here
+from .routing.router import Decision, Policy, choose, reroute, wait_here
 from .routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
 from .topology import Credentials, DataSource
 from .url import Consistency, ServiceURL, parse_url
@@ -56,26 +69,16 @@ __all__ = ["Connection", "connect"]
 
 logger = logging.getLogger("sqlrouter.connection")
 
-_pymysql_query = pymysql.connections.Connection.query
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 #: PyMySQL's errors for a connection that died under a statement.
 _LOST = frozenset({2006, 2013, 2055})
-#: PyMySQL's affected_rows of an unbuffered result set (not a write).
-_UNBUFFERED = 18446744073709551615
 
 #: How often a RW_STRICT connect re-reads the snapshot while waiting for a master.
 _FAILOVER_POLL = 0.05
 
 
-if TYPE_CHECKING:
-    _PyMySQLConnection = pymysql.connections.Connection[pymysql.cursors.Cursor]
-    from pymysql.protocol import OKPacketWrapper
-else:  # generic in the type stubs only
-    _PyMySQLConnection = pymysql.connections.Connection
-
-
-class Connection(_PyMySQLConnection):
+class Connection(GtidCapture):
     """A PyMySQL connection opened on the datasource the router chose.
 
     Extra attributes: :attr:`datasource` (where it is), :attr:`qos`, :attr:`service`,
@@ -87,24 +90,9 @@ class Connection(_PyMySQLConnection):
     datasource: DataSource | None
     decision: Decision | None
 
-    if TYPE_CHECKING:  # PyMySQL internals that its type stubs leave out
-        server_status: int
-        _result: MySQLResult | None
-        ssl: bool
-        _ssl_required: bool
-        ctx: SSLContext
-        _affected_rows: int
-
-        def _execute_command(self, command: int, sql: str | bytes) -> None: ...
-        def _read_ok_packet(self) -> OKPacketWrapper: ...
-        def _force_close(self) -> None: ...
-
-        _sock: object
-
     def __init__(self, url: ServiceURL, handle: ServiceHandle) -> None:
         self._url = url
         self._handle = handle
-        self._read_timeout: float | None = url.read_timeout
         self.datasource = None
         self.decision = None
         args: dict[str, Any] = dict(url.connect_args)
@@ -120,7 +108,7 @@ class Connection(_PyMySQLConnection):
         # TLS: PyMySQL's default is PREFERRED, with a new SSL context built at every
         # connection (it loads the system's CA bundle: tens of milliseconds).  sqlrouter
         # keeps PREFERRED and builds that same context once per process.
-        preferred_tls = _SSL_ENABLED and not any(k == "ssl" or k.startswith("ssl_") for k in args)
+        preferred_tls = SSL_ENABLED and not any(k == "ssl" or k.startswith("ssl_") for k in args)
         if preferred_tls:
             args["ssl_disabled"] = True
         super().__init__(
@@ -137,9 +125,7 @@ class Connection(_PyMySQLConnection):
         # knows of this connection beyond PyMySQL's state.
         self._state = ConnState(relaxed=url.qos is QoS.RO_RELAXED, session=session)
         if preferred_tls:
-            self.ssl = True
-            self._ssl_required = False
-            self.ctx = _preferred_ssl_context()
+            self._prefer_tls()
         self.connect()
 
     # -- what sqlrouter adds -------------------------------------------------------
@@ -239,7 +225,7 @@ class Connection(_PyMySQLConnection):
           ``connect_timeout + 1`` seconds.
         """
         url = self._url
-        attempt = _Attempt(
+        attempt = Attempt(
             deadline=time.monotonic() + url.connect_timeout,
             grace=min(1.0, url.connect_timeout),
             exclude=exclude,
@@ -248,7 +234,7 @@ class Connection(_PyMySQLConnection):
         started = time.monotonic()
         try:
             self._connect_once(attempt)  # the common case: no policy to build
-        except _TryAgain:
+        except TryAgain:
             pass
         else:
             return
@@ -257,7 +243,7 @@ class Connection(_PyMySQLConnection):
             policy = tenacity.Retrying(
                 stop=tenacity.stop_after_delay(max(0.0, url.failover_timeout - spent)),
                 wait=tenacity.wait_fixed(_FAILOVER_POLL),
-                retry=tenacity.retry_if_exception_type(_TryAgain),
+                retry=tenacity.retry_if_exception_type(TryAgain),
                 reraise=True,
             )
         else:
@@ -266,34 +252,34 @@ class Connection(_PyMySQLConnection):
                     max(0.0, url.connect_timeout + attempt.grace - spent)
                 )
                 | tenacity.stop_after_attempt(2 * len(self._handle.service.datasources) + 2),
-                retry=tenacity.retry_if_exception_type(_TryAgain),
+                retry=tenacity.retry_if_exception_type(TryAgain),
                 reraise=True,
             )
         try:
             policy(self._connect_once, attempt)
-        except _TryAgain as exc:
+        except TryAgain as exc:
             raise exc.error from exc.__cause__
 
-    def _connect_once(self, attempt: _Attempt) -> None:
-        """One routing decision and one connection attempt; _TryAgain to go on."""
+    def _connect_once(self, attempt: Attempt) -> None:
+        """One routing decision and one connection attempt; TryAgain to go on."""
         handle = self._handle
         url = self._url
         snapshot = handle.snapshot(
             Credentials(url.user or "", url.password or ""),
             timeout=max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - time.monotonic())),
         )
-        refused = _refused_everywhere(snapshot)
+        refused = refused_everywhere(snapshot)
         if refused is not None:
             raise refused
         policy = self._policy(snapshot, attempt.exclude, allow_wait=attempt.allow_wait)
         try:
             decision = choose(snapshot, policy, turn=handle.next_turn(), now=time.monotonic())
         except NoMasterAvailable as exc:
-            raise _TryAgain(_with_failures(exc, attempt.failures)) from None
+            raise TryAgain(with_failures(exc, attempt.failures)) from None
         except RoutingError as exc:
             if attempt.auth_failures and len(attempt.auth_failures) == len(attempt.failures):
-                raise _auth_error(url, attempt.auth_errno, attempt.auth_failures) from None
-            raise _with_failures(exc, attempt.failures) from None
+                raise auth_error(url, attempt.auth_errno, attempt.auth_failures) from None
+            raise with_failures(exc, attempt.failures) from None
         ds = decision.datasource
         logger.debug(
             "service %r qos=%s: connecting to %s: %s",
@@ -315,7 +301,7 @@ class Connection(_PyMySQLConnection):
                 attempt.auth_errno = exc.args[0]
                 attempt.auth_failures.append(failure)
                 if url.qos is QoS.RW_STRICT:
-                    raise _auth_error(url, exc.args[0], [failure]) from exc
+                    raise auth_error(url, exc.args[0], [failure]) from exc
             if url.qos is QoS.RW_STRICT:
                 error = OperationalError(
                     exc.args[0],
@@ -329,14 +315,14 @@ class Connection(_PyMySQLConnection):
                     f"service {url.service!r}: no connection within connect_timeout "
                     f"{url.connect_timeout:g}s: {'; '.join(attempt.failures)}",
                 )
-            raise _TryAgain(error) from exc
+            raise TryAgain(error) from exc
         self.datasource = ds
         self.decision = decision
         state = self._state
         state.opened(on_master=decision.on_master)
         if state.session is not None and not self._after_connect(snapshot, decision):
             attempt.allow_wait = False  # the replica did not catch up in time: stop waiting
-            raise _TryAgain(
+            raise TryAgain(
                 NoReplicaAvailable(
                     ER_NO_REPLICA,
                     f"service {url.service!r}: {ds.name} did not reach the session's "
@@ -349,7 +335,7 @@ class Connection(_PyMySQLConnection):
         if latest.generation != snapshot.generation:
             # Routed on a snapshot that a newer one replaced while connecting: an event
             # published meanwhile may not have seen this connection.
-            stale = _stale(latest, ds, writes=url.qos is QoS.RW_STRICT)
+            stale = stale_after_connect(latest, ds, writes=url.qos is QoS.RW_STRICT)
             if stale is not None:
                 self.invalidate(stale)
 
@@ -411,18 +397,10 @@ class Connection(_PyMySQLConnection):
     def _gtid_wait(self, token: CausalToken) -> bool:
         """``MASTER_GTID_WAIT(token, consistency_wait)`` in one round trip."""
         wait = self._url.consistency_wait
-        read_timeout = self._read_timeout
         bound = wait + self.connect_timeout if self.connect_timeout else wait + 10
-        self._read_timeout = bound if read_timeout is None else min(read_timeout, bound)
-        try:
-            # The token's text is digits, dashes and commas only (CausalToken validates).
-            super().query(f"SELECT MASTER_GTID_WAIT('{token}', {wait:.6f})")
-        finally:
-            self._read_timeout = read_timeout
-        rows = self._result.rows if self._result is not None else None
-        if not rows:
-            return False
-        return bool(rows[0][0] == 0)
+        # The token's text is digits, dashes and commas only (CausalToken validates).
+        found = self._first_value_within(f"SELECT MASTER_GTID_WAIT('{token}', {wait:.6f})", bound)
+        return bool(found == 0)
 
     def _at_transaction_start(self, session: Session) -> None:
         """Keep the session's guarantee on a relaxed connection, at a transaction start.
@@ -500,60 +478,6 @@ class Connection(_PyMySQLConnection):
         self._force_close()
         self._route(exclude=exclude, allow_wait=allow_wait)
 
-    def _capture(self, status: int, message: bytes | str | None) -> None:
-        if isinstance(message, bytes) and status & SERVER_SESSION_STATE_CHANGED:
-            gtid = last_gtid_from_ok(status, message)
-            session = self._state.session
-            if gtid and session is not None:
-                session.advance_gtid(gtid)
-
-    def _unbuffered_done(self, result: MySQLResult) -> None:
-        """An unbuffered result (server-side cursor) read its final EOF packet.
-
-        PyMySQL leaves the connection's ``server_status`` as the previous statement's for
-        such a result: take the final one (a transaction opened, the session's state
-        changed).  If the statement wrote (``INSERT ... RETURNING`` streamed), learn its
-        GTID now: the socket is idle, and nothing else ran on this session since.
-        """
-        status = result.server_status
-        if status is None or self._sock is None:
-            return
-        self.server_status = status
-        state = self._state
-        if result.has_next or state.session is None or not state.on_master or state.relaxed:
-            return  # more results follow: next_result() reads them first
-        if state.gtid_by_select:
-            if not status & _IN_TRANS:
-                state.gtid_pending = False
-                self._select_last_gtid()
-        elif status & SERVER_SESSION_STATE_CHANGED:
-            self._select_last_gtid()
-
-    def _select_last_gtid(self) -> None:
-        """``SELECT @@last_gtid`` (one round trip), keeping the caller's result."""
-        result, affected = self._result, self._affected_rows
-        try:
-            super().query("SELECT @@last_gtid")
-            rows = self._result.rows if self._result is not None else None
-        finally:
-            self._result, self._affected_rows = result, affected
-        session = self._state.session
-        if rows and rows[0][0] and session is not None:
-            session.advance_gtid(str(rows[0][0]))
-
-    def _read_query_result(self, unbuffered: bool = False) -> int:
-        # PyMySQL's, with a result that keeps the final EOF packet's server status.
-        self._result = None
-        result = _Result(self)
-        if unbuffered:
-            result.init_unbuffered_query()
-        else:
-            result.read()
-        self._result = result
-        if result.server_status is not None:
-            self.server_status = result.server_status
-        return result.affected_rows  # type: ignore[return-value]  # None as in PyMySQL
-
     # PyMySQL calls query() for every statement a cursor executes: keep this cheap.
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
         # The fast path, the only place it is stated: nothing invalidated the connection,
@@ -593,7 +517,7 @@ class Connection(_PyMySQLConnection):
         """A relaxed connection's statement."""
         status = self.server_status
         try:
-            return _pymysql_query(self, sql, unbuffered)
+            return pymysql_query(self, sql, unbuffered)
         except pymysql.err.InterfaceError:
             if self._sock is not None:
                 raise
@@ -612,7 +536,7 @@ class Connection(_PyMySQLConnection):
         """A RW_STRICT connection's statement: never re-sent; its GTID learnt."""
         status = self.server_status
         try:
-            rows = _pymysql_query(self, sql, unbuffered)
+            rows = pymysql_query(self, sql, unbuffered)
         except pymysql.err.InterfaceError:
             if self._sock is not None:
                 raise
@@ -630,40 +554,6 @@ class Connection(_PyMySQLConnection):
                 self._after_write(self._result)
         return rows
 
-    def _after_write(self, result: MySQLResult | None) -> None:
-        """The session's state changed under the last statement: learn its GTID."""
-        state = self._state
-        if result is None or not state.on_master or state.connecting:
-            return
-        if result.unbuffered_active:
-            # Its rows are still on the socket (a server-side cursor): nothing may be
-            # sent now.  ``server_status`` is still the previous statement's; the result
-            # reports its own at its end (_unbuffered_done).
-            return
-        if result.message is not None:
-            self._capture(self.server_status, result.message)
-        elif result.field_count:
-            # A statement that wrote and returned rows (INSERT ... RETURNING): its final
-            # EOF packet has no room for the GTID; ask for it.
-            self._select_last_gtid()
-
-    def next_result(self, unbuffered: bool = False) -> int:
-        rows = super().next_result(unbuffered)
-        state = self._state
-        if state.on_master and self._result is not None and not state.gtid_by_select:
-            self._capture(self.server_status, self._result.message)
-        return rows
-
-    def _after_write_by_select(self, affected: int | None) -> None:
-        if self._result is not None and self._result.unbuffered_active:
-            return  # rows still on the socket: _unbuffered_done() takes over at their end
-        state = self._state
-        if affected and affected != _UNBUFFERED:
-            state.gtid_pending = True
-        if state.gtid_pending and not self.server_status & _IN_TRANS:
-            state.gtid_pending = False
-            self._select_last_gtid()
-
     def begin(self) -> None:
         if self._state.invalid is not None:
             self._raise_or_move()
@@ -679,8 +569,7 @@ class Connection(_PyMySQLConnection):
             self._raise_or_move()
         status = self.server_status
         try:
-            self._execute_command(COMMAND.COM_QUERY, "COMMIT")
-            ok = self._read_ok_packet()
+            ok = self._commit_ok()
         except pymysql.err.InterfaceError:
             if self._sock is not None:
                 raise
@@ -846,149 +735,16 @@ class Connection(_PyMySQLConnection):
         return super().query(sql, unbuffered)
 
     def _connect_bounded(self, timeout: float) -> None:
-        """PyMySQL's connect, with the TCP connect and the handshake bounded by ``timeout``.
-
-        PyMySQL reads the handshake with ``read_timeout`` (None: forever), so a frozen
-        server that still accepts TCP connections would hang the connect.
-        """
-        read_timeout: float | None = self._read_timeout
-        connect_timeout = self.connect_timeout
-        self.connect_timeout = timeout
-        self._read_timeout = timeout if read_timeout is None else min(timeout, read_timeout)
+        """PyMySQL's connect, bounded by ``timeout``; its set-up statements pass through."""
         self._state.connecting = True
         try:
-            super().connect()
+            self._connect_within(timeout)
         finally:
             self._state.connecting = False
-            # PyMySQL re-applies _read_timeout to the socket at the next read.
-            self._read_timeout = read_timeout
-            self.connect_timeout = connect_timeout
-
-
-class _Result(MySQLResult):
-    """PyMySQL's query result, keeping the server status of a result set's final EOF
-    packet, which PyMySQL drops.  It tells whether a transaction is open after a
-    SELECT, and whether a statement that returned rows also wrote.
-
-    An unbuffered result (server-side cursor) tells its connection when its final EOF
-    packet arrives (:meth:`Connection._unbuffered_done`): only then may anything else
-    be sent on the socket.
-    """
-
-    connection: Connection | None
-
-    def _check_packet_is_eof(self, packet: Any) -> bool:
-        if not packet.is_eof_packet():
-            return False
-        wp = EOFPacketWrapper(packet)
-        self.warning_count = wp.warning_count
-        self.has_next = wp.has_next
-        self.server_status = wp.server_status
-        return True
-
-    def _read_rowdata_packet_unbuffered(self) -> Any:
-        conn = self.connection
-        row = super()._read_rowdata_packet_unbuffered()  # type: ignore[misc]  # not in the stubs
-        if row is None and conn is not None and not self.unbuffered_active:
-            conn._unbuffered_done(self)
-        return row
-
-    def _finish_unbuffered_query(self) -> None:
-        conn, active = self.connection, self.unbuffered_active
-        super()._finish_unbuffered_query()  # type: ignore[misc]  # not in the stubs
-        if active and conn is not None and not self.unbuffered_active:
-            conn._unbuffered_done(self)
-
-
-class _TryAgain(Exception):
-    """An attempt failed in a way another attempt may fix; ``error`` if none does."""
-
-    def __init__(self, error: Error) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-@dataclass(slots=True)
-class _Attempt:
-    """The state one connect() carries from attempt to attempt."""
-
-    deadline: float
-    grace: float
-    exclude: frozenset[str]
-    allow_wait: bool
-    failures: list[str] = field(default_factory=list)
-    #: The failures that were refused logins, and the last such errno.
-    auth_failures: list[str] = field(default_factory=list)
-    auth_errno: int = 1045
-
-
-def _auth_error(url: ServiceURL, errno: int, failures: list[str]) -> OperationalError:
-    where = "the master" if url.qos is QoS.RW_STRICT else "every server tried"
-    return OperationalError(
-        errno,
-        f"service {url.service!r}: authentication failed on {where} for user "
-        f"{url.user!r}: {'; '.join(failures)}; not retried (check the user and password)",
-    )
-
-
-def _refused_everywhere(snapshot: Snapshot) -> OperationalError | None:
-    """The error to raise when the monitor's own logins were refused by every server:
-    nothing can be observed, so nothing can be routed, and the cause is the account."""
-    health = [snapshot.health_of(ds.name) for ds in snapshot.service.datasources]
-    if not health or not all(h.error_code in AUTH_ERRNOS for h in health):
-        return None
-    service = snapshot.service
-    account = (
-        f"the monitor's account {service.monitor_credentials.user!r} (the registry's "
-        "[monitor] of this service)"
-        if service.monitor_credentials is not None
-        else "the credentials of this process's connections (the registry names no "
-        "[monitor] account)"
-    )
-    details = "; ".join(f"{h.name}: {h.error}" for h in health)
-    return OperationalError(
-        health[0].error_code or 1045,
-        f"service {service.name!r}: authentication failed on every server: the monitor "
-        f"logs in with {account}, and every server refused it: {details}",
-    )
 
 
 #: How an inherited connection's reason starts (see Connection.inherited).
 _INHERITED = "opened by process"
-
-_SSL_ENABLED: bool = getattr(pymysql.connections, "SSL_ENABLED", False)
-
-
-@functools.cache
-def _preferred_ssl_context() -> SSLContext:
-    """The SSL context PyMySQL builds for TLS PREFERRED (no ssl option given), once."""
-    build: Any = getattr(pymysql.connections.Connection, "_create_ssl_ctx")  # noqa: B009
-    context: SSLContext = build(None, {})  # it does not use its instance
-    return context
-
-
-def _stale(snapshot: Snapshot, ds: DataSource, *, writes: bool) -> str | None:
-    """Why a connection just opened on ``ds`` is already invalid, if it is."""
-    if ds.name in snapshot.offline:
-        return f"{ds.name} was taken offline by an operator"
-    if not snapshot.health_of(ds.name).reachable:
-        return f"{ds.name} went down"
-    if writes:
-        master = observed_master(snapshot)
-        if master is None or master.name != ds.name:
-            return f"{ds.name} is no longer the master"
-    return None
-
-
-def _with_failures(exc: RoutingError, failures: list[str]) -> RoutingError:
-    """``exc`` with the failed connection attempts of this connect added to its message."""
-    if not failures:
-        return exc
-    return type(exc)(
-        exc.args[0],
-        f"{exc.args[1]}; connection attempts failed: {'; '.join(failures)}",
-        service=exc.service,
-    )
 
 
 @functools.lru_cache(maxsize=128)

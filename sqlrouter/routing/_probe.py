@@ -18,6 +18,7 @@ from typing import Any
 import pymysql
 from pymysql.constants import CLIENT
 
+from .._pymysql import force_close
 from ..errors import PRIVILEGE_ERRNOS
 from ..topology import Credentials, DataSource, Service
 from .lag import Observation
@@ -115,7 +116,7 @@ class Prober:
             setattr(self, attr, None)
             if conn is not None:
                 with contextlib.suppress(Exception):
-                    conn._force_close()
+                    force_close(conn)
 
     def probe(self) -> Observation:
         try:

@@ -1,0 +1,99 @@
+"""One ``connect()``'s attempts: what they carry from one to the next, and the errors
+they end with (no I/O: the connection does the connecting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import AUTH_ERRNOS, Error, OperationalError, RoutingError
+from .qos import QoS
+from .routing.health import Snapshot
+from .routing.router import observed_master
+from .topology import DataSource
+from .url import ServiceURL
+
+__all__ = [
+    "Attempt",
+    "TryAgain",
+    "auth_error",
+    "refused_everywhere",
+    "stale_after_connect",
+    "with_failures",
+]
+
+
+class TryAgain(Exception):
+    """An attempt failed in a way another attempt may fix; ``error`` if none does."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The state one connect() carries from attempt to attempt."""
+
+    deadline: float
+    grace: float
+    exclude: frozenset[str]
+    allow_wait: bool
+    failures: list[str] = field(default_factory=list)
+    #: The failures that were refused logins, and the last such errno.
+    auth_failures: list[str] = field(default_factory=list)
+    auth_errno: int = 1045
+
+
+def auth_error(url: ServiceURL, errno: int, failures: list[str]) -> OperationalError:
+    where = "the master" if url.qos is QoS.RW_STRICT else "every server tried"
+    return OperationalError(
+        errno,
+        f"service {url.service!r}: authentication failed on {where} for user "
+        f"{url.user!r}: {'; '.join(failures)}; not retried (check the user and password)",
+    )
+
+
+def refused_everywhere(snapshot: Snapshot) -> OperationalError | None:
+    """The error to raise when the monitor's own logins were refused by every server:
+    nothing can be observed, so nothing can be routed, and the cause is the account."""
+    health = [snapshot.health_of(ds.name) for ds in snapshot.service.datasources]
+    if not health or not all(h.error_code in AUTH_ERRNOS for h in health):
+        return None
+    service = snapshot.service
+    account = (
+        f"the monitor's account {service.monitor_credentials.user!r} (the registry's "
+        "[monitor] of this service)"
+        if service.monitor_credentials is not None
+        else "the credentials of this process's connections (the registry names no "
+        "[monitor] account)"
+    )
+    details = "; ".join(f"{h.name}: {h.error}" for h in health)
+    return OperationalError(
+        health[0].error_code or 1045,
+        f"service {service.name!r}: authentication failed on every server: the monitor "
+        f"logs in with {account}, and every server refused it: {details}",
+    )
+
+
+def stale_after_connect(snapshot: Snapshot, ds: DataSource, *, writes: bool) -> str | None:
+    """Why a connection just opened on ``ds`` is already invalid, if it is."""
+    if ds.name in snapshot.offline:
+        return f"{ds.name} was taken offline by an operator"
+    if not snapshot.health_of(ds.name).reachable:
+        return f"{ds.name} went down"
+    if writes:
+        master = observed_master(snapshot)
+        if master is None or master.name != ds.name:
+            return f"{ds.name} is no longer the master"
+    return None
+
+
+def with_failures(exc: RoutingError, failures: list[str]) -> RoutingError:
+    """``exc`` with the failed connection attempts of this connect added to its message."""
+    if not failures:
+        return exc
+    return type(exc)(
+        exc.args[0],
+        f"{exc.args[1]}; connection attempts failed: {'; '.join(failures)}",
+        service=exc.service,
+    )
