@@ -188,9 +188,6 @@ class CausalToken:
                 return False
         return True
 
-    def is_covered_by(self, other: CausalToken) -> bool:
-        return other.covers(self)
-
     def __bool__(self) -> bool:
         return bool(self._by_domain)
 

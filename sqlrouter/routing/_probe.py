@@ -193,7 +193,6 @@ class Prober:
             master_port=None if master_port is None else int(master_port),
             io_running=st.get("Slave_IO_Running") == "Yes",
             sql_running=st.get("Slave_SQL_Running") == "Yes",
-            io_state=str(st.get("Slave_IO_State") or ""),
             seconds_behind_master=None if sbm is None else int(sbm),
             error=str(error) if error else None,
         )

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Final
 
 from ..gtid import EMPTY, CausalToken
-from ..topology import DataSource, Role, Service
+from ..topology import DataSource, Service
 
 __all__ = ["STALE_AFTER_INTERVALS", "Health", "Snapshot"]
 
@@ -118,6 +118,3 @@ class Snapshot:
     def health_of(self, name: str) -> Health:
         h = self.health.get(name)
         return h if h is not None else unknown(name)
-
-    def declared(self, role: Role) -> tuple[DataSource, ...]:
-        return tuple(ds for ds in self.service.datasources if ds.role is role)

@@ -31,7 +31,10 @@ from .router import resolve_master
 __all__ = ["Observation", "compute_health"]
 
 
-_HEARTBEAT_STALE_ROUNDS = 4
+#: Seconds after which the reference's own freshest heartbeat is stale (the master writes
+#: one every round): a replica's lag is then not measured against it while the master
+#: is alive.
+_HEARTBEAT_FRESH_SECONDS = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +61,6 @@ class Observation:
     master_port: int | None = None
     io_running: bool | None = None
     sql_running: bool | None = None
-    io_state: str = ""
     seconds_behind_master: int | None = None
     tracks_last_gtid: bool | None = None
 
@@ -162,7 +164,7 @@ def _lag(
     if ref is not None and positions[obs.name].covers(positions[ref.name]):
         return 0.0, "gtid"
     if ref is not None and ref.heartbeat is not None and obs.heartbeat is not None:
-        fresh = ref.now is not None and ref.now - ref.heartbeat < _HEARTBEAT_STALE_ROUNDS * 2.0
+        fresh = ref.now is not None and ref.now - ref.heartbeat < _HEARTBEAT_FRESH_SECONDS
         if fresh or not master_alive:
             return max(0.0, ref.heartbeat - obs.heartbeat), "heartbeat"
     if obs.sql_running and obs.seconds_behind_master is not None:

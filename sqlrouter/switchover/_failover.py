@@ -198,7 +198,7 @@ def _can_apply(n: _Node) -> bool:
     """
     if n.sql_error or n.sql_delay > 0:
         return False
-    return n.sql_running or n.io_state != "No" or not _unapplied(n)
+    return n.sql_running or n.io_thread != "No" or not _unapplied(n)
 
 
 def _plan_failover(
@@ -351,7 +351,7 @@ def _plan_failover(
     steps += [
         f"freeze {n.name}: STOP SLAVE IO_THREAD on {n.name} (what the replicas hold stops changing)"
         for n in replicas
-        if n.io_state != "No"
+        if n.io_thread != "No"
     ]
     steps += [
         f"apply relay log {n.name}: MASTER_GTID_WAIT(Gtid_IO_Pos) on {n.name}" for n in appliers
@@ -488,7 +488,7 @@ def _run_failover(
                     ),
                 )
         for node in replicas.values():
-            if node.io_state != "No":
+            if node.io_thread != "No":
                 undo.push(
                     f"restart IO thread {node.name}",
                     node.name,
@@ -501,7 +501,7 @@ def _run_failover(
                     statement(
                         node,
                         "STOP SLAVE IO_THREAD",
-                        f"{node.name} stopped receiving (IO thread was {node.io_state})",
+                        f"{node.name} stopped receiving (IO thread was {node.io_thread})",
                     ),
                 )
         for node in appliers:

@@ -106,12 +106,13 @@ class _Node:
         return None if value is None else int(value)
 
     @property
-    def io_state(self) -> str:
+    def io_thread(self) -> str:
+        """``Slave_IO_Running``: ``Yes``, ``No`` or ``Connecting``."""
         return self.slave_str("Slave_IO_Running")
 
     @property
     def io_running(self) -> bool:
-        return self.io_state == "Yes"
+        return self.io_thread == "Yes"
 
     @property
     def sql_running(self) -> bool:
@@ -163,7 +164,7 @@ class _Node:
         if self.slave is None:
             return "not a replica"
         host, port = self.master_address
-        text = f"replicates from {host}:{port} (IO {self.io_state}, SQL "
+        text = f"replicates from {host}:{port} (IO {self.io_thread}, SQL "
         text += "Yes" if self.sql_running else self.slave_str("Slave_SQL_Running")
         text += ")"
         errors = [e for e in (self.io_error, self.sql_error) if e]
