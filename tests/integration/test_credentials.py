@@ -17,6 +17,7 @@ import pytest
 import sqlrouter
 from sqlrouter._runtime import handles
 from sqlrouter.sandbox import Sandbox
+from tests.fixtures.helpers import server_id
 
 pytestmark = pytest.mark.sandbox
 
@@ -65,14 +66,6 @@ def url(
 ) -> str:
     extra = "".join(f"&{k}={v}" for k, v in params.items())
     return f"sqlrouter://{user}:{password}@sandbox/appdb?qos={qos}&registry={registry}{extra}"
-
-
-def server_id(conn: sqlrouter.Connection) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT @@server_id")
-        row = cur.fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_a_wrong_first_password_does_not_blind_the_monitor(registry: Path) -> None:

@@ -11,8 +11,8 @@ loaded machine.
 
 from __future__ import annotations
 
+import functools
 import os
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +25,12 @@ from sqlrouter.registry.dns import DnsRegistry
 from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import SERVICE_NAME, Sandbox
 from sqlrouter.topology import Role
+from tests.fixtures import helpers
 from tests.fixtures.dns import DOMAIN, DnsServer, publish_sandbox
+from tests.fixtures.helpers import node_of
+
+#: DNS changes are timed against bounds: look often.
+wait_until = functools.partial(helpers.wait_until, step=0.02)
 
 pytestmark = pytest.mark.sandbox
 
@@ -52,14 +57,6 @@ def dns_spec(server: DnsServer, sb: Sandbox, tmp_path: Path) -> str:
     )
 
 
-def node_of(sb: Sandbox, conn: sqlrouter.Connection) -> str:
-    with conn.cursor() as cur:
-        cur.execute("SELECT @@server_id")
-        row = cur.fetchone()
-    assert row is not None
-    return next(n.name for n in sb.nodes if n.server_id == int(row[0]))
-
-
 def handle_of(service: str = SERVICE_NAME) -> ServiceHandle:
     (handle,) = [h for h in handles() if h.name == service]
     return handle
@@ -67,16 +64,6 @@ def handle_of(service: str = SERVICE_NAME) -> ServiceHandle:
 
 def names(handle: ServiceHandle) -> set[str]:
     return {ds.name for ds in handle.monitor.service.datasources}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
-    """Seconds until ``predicate()`` held; fails the test after ``timeout``."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(step)
-    return time.monotonic() - start
 
 
 def relaxed(sb: Sandbox, url: str, count: int) -> Counter[str]:

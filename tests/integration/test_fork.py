@@ -28,24 +28,9 @@ from sqlrouter._runtime import handles
 from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
+from tests.fixtures.helpers import server_id, wait_until
 
 pytestmark = pytest.mark.sandbox
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
-
-
-def server_id(conn: sqlrouter.Connection) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT @@server_id")
-        row = cur.fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def handle() -> ServiceHandle:

@@ -8,38 +8,20 @@ longer suits them at their next transaction start, never in the middle of one.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 
 import sqlrouter
 from sqlrouter._runtime import handles
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
+from tests.fixtures.helpers import server_id, wait_until
 
 pytestmark = pytest.mark.sandbox
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
 
 
 def where(conn: sqlrouter.Connection) -> str:
     assert conn.datasource is not None
     return conn.datasource.name
-
-
-def read(conn: sqlrouter.Connection) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT @@server_id")
-        row = cur.fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_open_connection_uses_its_own_max_lag(fresh_cluster: Sandbox) -> None:
@@ -52,7 +34,7 @@ def test_open_connection_uses_its_own_max_lag(fresh_cluster: Sandbox) -> None:
         sb.fault(stuck, "stop-sql")
         try:
             conn.begin()
-            read(conn)
+            server_id(conn)
             # The replica falls behind by more than the connection's max_lag (1 s) ...
             wait_until(
                 lambda: (handle.monitor.snapshot.health_of(stuck).lag or 0.0) > 1.5,
@@ -60,11 +42,11 @@ def test_open_connection_uses_its_own_max_lag(fresh_cluster: Sandbox) -> None:
                 what=f"{stuck}'s lag past 1.5s",
             )
             # ... but the open transaction finishes where it started.
-            read(conn)
+            server_id(conn)
             assert where(conn) == stuck
             conn.commit()
             # The next transaction starts on another server.
-            read(conn)
+            server_id(conn)
             assert where(conn) != stuck
             conn.commit()
         finally:
@@ -93,7 +75,7 @@ def test_open_connection_leaves_a_replica_made_master(fresh_cluster: Sandbox) ->
             for conn in on_db2:
                 # Within a monitor round or two, the next statement runs on a replica.
                 wait_until(
-                    lambda conn=conn: read(conn) != 2,  # type: ignore[misc]
+                    lambda conn=conn: server_id(conn) != 2,  # type: ignore[misc]
                     timeout=10,
                     what="a relaxed connection leaving the new master",
                 )

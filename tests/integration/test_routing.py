@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pymysql
@@ -14,21 +13,9 @@ import pytest
 import sqlrouter
 from sqlrouter._runtime import handles
 from sqlrouter.sandbox import Sandbox
+from tests.fixtures.helpers import node_of, server_id, wait_until
 
 pytestmark = pytest.mark.sandbox
-
-
-def server_id(conn: sqlrouter.Connection) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT @@server_id")
-        row = cur.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def node_of(sb: Sandbox, conn: sqlrouter.Connection) -> str:
-    sid = server_id(conn)
-    return next(n.name for n in sb.nodes if n.server_id == sid)
 
 
 def relaxed_nodes(sb: Sandbox, count: int, **params: Any) -> Counter[str]:
@@ -37,16 +24,6 @@ def relaxed_nodes(sb: Sandbox, count: int, **params: Any) -> Counter[str]:
         with sqlrouter.connect(sb.url("RO_RELAXED", **params)) as conn:
             seen[node_of(sb, conn)] += 1
     return seen
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
-    """Seconds until ``predicate()`` held; fails the test after ``timeout``."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(step)
-    return time.monotonic() - start
 
 
 def snapshot_lag(node: str) -> float | None:
@@ -181,10 +158,12 @@ def test_delayed_replica_drops_out_and_returns(fresh_cluster: Sandbox) -> None:
     sb = fresh_cluster
     assert set(relaxed_nodes(sb, 6, max_lag=1)) == {"db2", "db3"}
     sb.fault("db2", "delay", 3)
-    wait_until(lambda: lag_over("db2", 1.0), timeout=10)
-    seen = relaxed_nodes(sb, 10, max_lag=1)
-    assert seen == Counter({"db3": 10}), seen
-    sb.fault("db2", "resume")
+    try:
+        wait_until(lambda: lag_over("db2", 1.0), timeout=10)
+        seen = relaxed_nodes(sb, 10, max_lag=1)
+        assert seen == Counter({"db3": 10}), seen
+    finally:
+        sb.fault("db2", "resume")
     wait_until(lambda: lag_within("db2", 1.0), timeout=10)
     assert "db2" in relaxed_nodes(sb, 6, max_lag=1)
 

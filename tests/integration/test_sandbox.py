@@ -144,18 +144,20 @@ def test_delay_fault(fresh_cluster: Sandbox) -> None:
     write_row(sb, "delay")  # create the table before delaying
     sb.wait_caught_up("db2")
     print(sb.fault("db2", "delay", 3))
-    # MASTER_DELAY compares with the event's timestamp, which has a resolution of one
-    # second: write right after a second boundary so the delay is the full 3 s.
-    time.sleep(1.02 - time.time() % 1)
-    start = time.monotonic()
-    marker = write_row(sb, "delay")
-    assert seconds_until_seen(sb, "db3", "delay", marker, start=start, limit=5) is not None
-    seen = seconds_until_seen(sb, "db2", "delay", marker, start=start, limit=10)
-    assert seen is not None
-    assert seen >= 2.9, f"delayed replica had the row after {seen:.2f}s"
-    rows = {r.name: r for r in sb.status()}
-    assert rows["db2"].sql_delay == 3
-    sb.fault("db2", "resume")
+    try:
+        # MASTER_DELAY compares with the event's timestamp, which has a resolution of
+        # one second: write right after a second boundary so the delay is the full 3 s.
+        time.sleep(1.02 - time.time() % 1)
+        start = time.monotonic()
+        marker = write_row(sb, "delay")
+        assert seconds_until_seen(sb, "db3", "delay", marker, start=start, limit=5) is not None
+        seen = seconds_until_seen(sb, "db2", "delay", marker, start=start, limit=10)
+        assert seen is not None
+        assert seen >= 2.9, f"delayed replica had the row after {seen:.2f}s"
+        rows = {r.name: r for r in sb.status()}
+        assert rows["db2"].sql_delay == 3
+    finally:
+        sb.fault("db2", "resume")
     assert {r.name: r for r in sb.status()}["db2"].sql_delay == 0
 
 
@@ -165,17 +167,20 @@ def test_stopped_thread_faults_and_resume(fresh_cluster: Sandbox, action: str) -
     write_row(sb, "stop")
     sb.wait_caught_up("db3")
     sb.fault("db3", action)
-    row = {r.name: r for r in sb.status()}["db3"]
-    if action == "stop-io":
-        assert (row.io_running, row.sql_running) == ("No", "Yes")
-        assert row.seconds_behind_master is None
-    else:
-        assert (row.io_running, row.sql_running) == ("Yes", "No")
-    start = time.monotonic()
-    marker = write_row(sb, "stop")
-    assert seconds_until_seen(sb, "db2", "stop", marker, start=start, limit=5) is not None
-    assert seconds_until_seen(sb, "db3", "stop", marker, start=time.monotonic(), limit=1.5) is None
-    sb.fault("db3", "resume")
+    try:
+        row = {r.name: r for r in sb.status()}["db3"]
+        if action == "stop-io":
+            assert (row.io_running, row.sql_running) == ("No", "Yes")
+            assert row.seconds_behind_master is None
+        else:
+            assert (row.io_running, row.sql_running) == ("Yes", "No")
+        start = time.monotonic()
+        marker = write_row(sb, "stop")
+        assert seconds_until_seen(sb, "db2", "stop", marker, start=start, limit=5) is not None
+        later = time.monotonic()
+        assert seconds_until_seen(sb, "db3", "stop", marker, start=later, limit=1.5) is None
+    finally:
+        sb.fault("db3", "resume")
     assert (
         seconds_until_seen(sb, "db3", "stop", marker, start=time.monotonic(), limit=10) is not None
     )
@@ -197,12 +202,14 @@ def test_kill_restart_freeze_thaw(fresh_cluster: Sandbox) -> None:
     )
 
     sb.fault("db3", "freeze")
-    assert {r.name: r.state for r in sb.status()}["db3"] == "frozen"
-    start = time.monotonic()
-    with pytest.raises(pymysql.err.OperationalError):
-        sb.query("db3", "SELECT 1", timeout=1)
-    assert time.monotonic() - start < 5
-    sb.fault("db3", "thaw")
+    try:
+        assert {r.name: r.state for r in sb.status()}["db3"] == "frozen"
+        start = time.monotonic()
+        with pytest.raises(pymysql.err.OperationalError):
+            sb.query("db3", "SELECT 1", timeout=1)
+        assert time.monotonic() - start < 5
+    finally:
+        sb.fault("db3", "thaw")
     assert sb.query("db3", "SELECT 1") == [(1,)]
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pymysql
@@ -27,6 +25,7 @@ from sqlrouter.routing._probe import HEARTBEAT_SQL
 from sqlrouter.routing.router import observed_master
 from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import HEARTBEAT_TABLE, Sandbox
+from tests.fixtures.helpers import server_id, wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -45,14 +44,6 @@ else:
 """
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
-
-
 def handle() -> ServiceHandle:
     (h,) = handles()
     return h
@@ -60,14 +51,6 @@ def handle() -> ServiceHandle:
 
 def rw(sb: Sandbox, **params: Any) -> sqlrouter.Connection:
     return sqlrouter.connect(sb.url("RW_STRICT", autocommit="true", **params))
-
-
-def server_id(conn: sqlrouter.Connection) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT @@server_id")
-        row = cur.fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def newcomer(sb: Sandbox) -> str:

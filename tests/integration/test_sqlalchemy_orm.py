@@ -50,6 +50,7 @@ from sqlrouter.contrib.sqlalchemy_orm import RoutingSession, routing_sessionmake
 from sqlrouter.gtid import CausalToken
 from sqlrouter.sandbox import Sandbox, SandboxError, find_server_binaries
 from sqlrouter.switchover import switchover
+from tests.fixtures.helpers import wait_until
 from tests.fixtures.sqla import sa_url
 
 pytestmark = pytest.mark.sandbox
@@ -88,14 +89,6 @@ def dbapi(conn: sqlalchemy.Connection) -> sqlrouter.Connection:
 
 def new_tag() -> str:
     return uuid.uuid4().hex
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout}s")
-        time.sleep(0.02)
 
 
 @dataclass

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from sqlrouter.switchover import (
     switchover,
 )
 from sqlrouter.topology import Credentials
+from tests.fixtures.helpers import wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -87,15 +87,6 @@ class Writer(threading.Thread):
         if conn is not None:
             with contextlib.suppress(sqlrouter.Error):
                 conn.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def create_table(sb: Sandbox, master: str = "db1") -> None:
@@ -300,18 +291,20 @@ def test_switchover_refuses_a_bad_candidate(fresh_cluster: Sandbox) -> None:
     ]
     for fault, expected in cases:
         sb.fault("db3", fault, 30 if fault == "delay" else None)
-        before = topology(sb)
-        with pytest.raises(TopologyError) as info:
-            switchover(sb.service(), "db3")
-        message = str(info.value)
-        assert expected in message, message
-        assert "service 'sandbox'" in message and "nothing was changed" in message
-        if fault == "kill":
-            assert "unreachable" in message
-        assert topology(sb) == before, fault
-        assert writable_nodes(sb) == ["db1"]
-        if fault != "kill":
-            sb.fault("db3", "resume")
+        try:
+            before = topology(sb)
+            with pytest.raises(TopologyError) as info:
+                switchover(sb.service(), "db3")
+            message = str(info.value)
+            assert expected in message, message
+            assert "service 'sandbox'" in message and "nothing was changed" in message
+            if fault == "kill":
+                assert "unreachable" in message
+            assert topology(sb) == before, fault
+            assert writable_nodes(sb) == ["db1"]
+        finally:
+            if fault != "kill":
+                sb.fault("db3", "resume")
 
 
 def test_switchover_with_the_documented_admin_privileges(fresh_cluster: Sandbox) -> None:

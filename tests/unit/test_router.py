@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sqlrouter.errors import (
@@ -1221,7 +1221,26 @@ def test_property_fallback_only_when_no_replica_qualifies(
 
 
 @settings(max_examples=300)
-@given(snapshots(), st.floats(0.0, 3.0), tokens, st.integers(-50, 50))
+@st.composite
+def spreads(draw: st.DrawFn) -> Snapshot:
+    """A master and 1-5 replicas in step with it, of any weights, one maybe offline: a
+    snapshot where the spread over qualifying replicas has something to show."""
+    names = NAMES[1 : 1 + draw(st.integers(1, 5))]
+    weights = {name: draw(st.integers(0, 4)) for name in names}
+    return cluster(
+        master("db1"),
+        *(replica(name, lag=draw(st.sampled_from([0.0, 0.5, 2.0]))) for name in names),
+        weights=weights,
+        offline=draw(st.frozensets(st.sampled_from(names), max_size=1)),
+    )
+
+
+@given(
+    snapshots() | spreads(),
+    st.floats(0.0, 3.0),
+    st.just(EMPTY) | tokens,
+    st.integers(-50, 50),
+)
 def test_property_weighted_spread_is_exact(
     snapshot: Snapshot, max_lag: float, token: CausalToken, start: int
 ) -> None:
@@ -1233,8 +1252,7 @@ def test_property_weighted_spread_is_exact(
         and snapshot.health[ds.name].position.covers(token)
     ]
     weighted = [ds for ds in qualifying if ds.weight > 0] or qualifying
-    if not weighted:
-        return
+    assume(weighted)  # a snapshot with no qualifying replica says nothing of the spread
     window = sum(ds.weight for ds in weighted) if weighted[0].weight > 0 else len(weighted)
     picks = Counter(
         choose(snapshot, policy, turn=t).datasource.name for t in range(start, start + window)
