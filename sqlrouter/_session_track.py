@@ -178,6 +178,14 @@ def _expect_end(pos: int, end: int, what: str) -> None:
         raise _fail(pos, f"the end of the {what} entry", f"{_bytes(end - pos)} more")
 
 
+def _variable(message: bytes, start: int, end: int) -> tuple[int, int, int, int]:
+    """The name's and the value's spans of a system-variable entry at ``start:end``."""
+    name_start, name_end = _span(message, start, end, "a system variable name")
+    value_start, value_end = _span(message, name_end, end, "a system variable value")
+    _expect_end(value_end, end, "system variable")
+    return name_start, name_end, value_start, value_end
+
+
 def decode_session_state(
     message: bytes, server_status: int = SERVER_SESSION_STATE_CHANGED
 ) -> SessionState:
@@ -211,9 +219,7 @@ def decode_session_state(
     while pos < block_end:
         kind, start, end = _entry(message, pos, block_end)
         if kind == SESSION_TRACK_SYSTEM_VARIABLES:
-            name_start, name_end = _span(message, start, end, "a system variable name")
-            value_start, value_end = _span(message, name_end, end, "a system variable value")
-            _expect_end(value_end, end, "system variable")
+            name_start, name_end, value_start, value_end = _variable(message, start, end)
             variables[_text(message, name_start, name_end)] = _text(message, value_start, value_end)
         elif kind == SESSION_TRACK_SCHEMA:
             name_start, name_end = _span(message, start, end, "a schema name")
@@ -285,9 +291,7 @@ def last_gtid_from_ok(server_status: int, message: bytes) -> str | None:
     while pos < block_end:
         kind, start, end = _entry(message, pos, block_end)
         if kind == SESSION_TRACK_SYSTEM_VARIABLES:
-            name_start, name_end = _span(message, start, end, "a system variable name")
-            value_start, value_end = _span(message, name_end, end, "a system variable value")
-            _expect_end(value_end, end, "system variable")
+            name_start, name_end, value_start, value_end = _variable(message, start, end)
             if name_end - name_start == 9 and message.startswith(_LAST_GTID, name_start):
                 found = _text(message, value_start, value_end) or None
         pos = end

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from . import _forksafe
 
@@ -51,15 +51,7 @@ EventName = Literal[
     "lag_exceeded",
     "lag_recovered",
 ]
-EVENT_NAMES: Final[tuple[EventName, ...]] = (
-    "master_changed",
-    "datasource_down",
-    "datasource_up",
-    "datasource_offline",
-    "datasource_online",
-    "lag_exceeded",
-    "lag_recovered",
-)
+EVENT_NAMES: Final[tuple[EventName, ...]] = get_args(EventName)
 
 
 @dataclass(frozen=True, slots=True)

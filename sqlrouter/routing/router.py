@@ -68,6 +68,10 @@ Causal tokens (session consistency) for RO_RELAXED:
   :class:`~sqlrouter.errors.NoReplicaAvailable`.  Read-your-writes holds either way;
   ``fallback`` only chooses between loading the master and failing, and the user
   asked not to load the master.
+
+This module is kept whole (over 600 lines): it is every routing rule, and each
+verdict's wording sits next to the rule that gives it, so that what a refusal says is
+read with what decides it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The failover: the master dead, the most advanced replica promoted (see the package)."""
+"""The failover: the master dead, the most advanced replica promoted (see the package).
+
+Kept whole (over 600 lines): the plan and the run are one procedure, whose steps and
+their undo actions read best in order.
+"""
 
 from __future__ import annotations
 
