@@ -72,6 +72,8 @@ class Sandbox:
     so an interrupted test run leaves no server behind.
     """
 
+    __module__ = "sqlrouter.sandbox"
+
     def __init__(
         self,
         directory: str | os.PathLike[str],

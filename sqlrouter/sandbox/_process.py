@@ -31,6 +31,7 @@ _INSTALL_HINT = "install it with: apt-get install mariadb-server (Debian/Ubuntu)
 
 @dataclass(frozen=True, slots=True)
 class Binaries:
+    __module__ = "sqlrouter.sandbox"
     server: Path
     install_db: Path
 

@@ -59,6 +59,7 @@ class SandboxError(Exception):
 
 @dataclass(slots=True)
 class NodeSpec:
+    __module__ = "sqlrouter.sandbox"
     name: str
     port: int
     server_id: int
@@ -69,6 +70,8 @@ class NodeSpec:
 @dataclass(slots=True)
 class SandboxState:
     """What ``DIR/sandbox.json`` holds (mode 0600: it has the passwords)."""
+
+    __module__ = "sqlrouter.sandbox"
 
     nodes: list[NodeSpec]
     app: Credentials
@@ -124,6 +127,8 @@ class SandboxState:
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     """One row of ``sqlrouter sandbox status``."""
+
+    __module__ = "sqlrouter.sandbox"
 
     name: str
     port: int

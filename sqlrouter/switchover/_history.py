@@ -52,6 +52,8 @@ def _missing(history: History, gtids: Iterable[Gtid]) -> list[Gtid]:
 class Candidate:
     """A replica considered by :func:`choose_candidate` (pure data, for unit tests)."""
 
+    __module__ = "sqlrouter.switchover"
+
     name: str
     #: Transactions applied: ``@@gtid_binlog_state`` merged with ``@@gtid_slave_pos``.
     history: History
@@ -76,6 +78,8 @@ class Candidate:
 @dataclass(frozen=True, slots=True)
 class Choice:
     """The outcome of :func:`choose_candidate`."""
+
+    __module__ = "sqlrouter.switchover"
 
     chosen: str | None
     #: True when the chosen replica contains every other replica's position.

@@ -76,6 +76,8 @@ StepKind = Literal["step", "warning", "left out", "wait"]
 class Step:
     """One step of an operation as it ended, or a warning or wait note (``kind``)."""
 
+    __module__ = "sqlrouter.switchover"
+
     name: str
     ok: bool
     detail: str
@@ -94,6 +96,8 @@ class Step:
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What an operation will do, computed from the servers as they are now."""
+
+    __module__ = "sqlrouter.switchover"
 
     service: str
     kind: Literal["switchover", "failover"]
