@@ -14,7 +14,9 @@ PyMySQL's cost).  What it needs beyond PyMySQL's public API is here, and only he
   unbuffered result ends;
 - :func:`preferred_ssl_context` (PyMySQL's ``_create_ssl_ctx``, called once),
   :data:`pymysql_query` (PyMySQL's own ``query``, called without ``super()``) and
-  :func:`force_close` (for the monitor's connections in a forked child).
+  :func:`abandon_after_fork` (a parent's connection, in a forked child),
+  :func:`finish_pending` and :func:`drop_result` (a streamed result, before a socket is
+  closed or replaced).
 
 :data:`CHECKED` records, for each PyMySQL function overridden, copied or called
 although private, the SHA-256 of its source in :data:`PYMYSQL_TESTED`;
@@ -26,9 +28,12 @@ the new hashes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
+import os
+import warnings
 from collections.abc import Mapping
 from ssl import SSLContext
 from types import MappingProxyType
@@ -50,7 +55,9 @@ __all__ = [
     "SSL_ENABLED",
     "PyMySQLConnection",
     "Result",
-    "force_close",
+    "abandon_after_fork",
+    "drop_result",
+    "finish_pending",
     "preferred_ssl_context",
     "pymysql_query",
     "source_hash",
@@ -118,10 +125,77 @@ def preferred_ssl_context() -> SSLContext:
     return context
 
 
-def force_close(conn: Any) -> None:
-    """Close ``conn``'s socket without a word to the server (PyMySQL's ``_force_close``):
-    for a forked child's copy of its parent's connection."""
-    conn._force_close()
+#: What forked children dropped of their parents' connections (socket objects, buffered
+#: readers, results), kept for the life of the process and never closed nor collected:
+#: a buffered reader's lock may be held by one of the parent's threads (one was reading
+#: when the process forked), which does not exist in the child; closing or finalizing
+#: that reader would wait for the lock for ever.
+_ABANDONED: list[tuple[object, ...]] = []
+
+
+class _Gone:
+    """Stands for the connection of a result whose socket sqlrouter closed: reading the
+    rest of its rows raises a clear error instead of reading another socket."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def _read_packet(self, *args: object, **kwargs: object) -> Any:
+        raise pymysql.err.OperationalError(
+            2013, f"the rest of this result is lost: {self.why}; run the statement again"
+        )
+
+
+def abandon_after_fork(conn: Any, why: str) -> None:
+    """In a forked child: make ``conn`` (the parent's connection, as this process sees
+    it) unusable, without a word to the server and without touching its buffered reader
+    (see :data:`_ABANDONED`); only this process's copy of the socket's descriptor is
+    closed.  A result it was streaming raises ``why`` at its next row."""
+    sock = getattr(conn, "_sock", None)
+    rfile = getattr(conn, "_rfile", None)
+    result = getattr(conn, "_result", None)
+    for attr in ("_sock", "_rfile", "_result"):
+        if hasattr(conn, attr):
+            setattr(conn, attr, None)
+    if isinstance(result, MySQLResult) and result.unbuffered_active:
+        result.connection = _Gone(  # type: ignore[assignment]  # reads raise
+            why
+        )
+    _ABANDONED.append((sock, rfile, result))
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.close(sock.detach())
+
+
+def finish_pending(conn: Any, *, warn: bool) -> None:
+    """Read the rows an unbuffered result (a server-side cursor) left on ``conn``'s
+    socket, as PyMySQL does before its next command (it warns "Previous unbuffered result
+    was left incomplete"), so that nothing else reads them and the socket can be used or
+    closed.  A result whose socket fails meanwhile raises a clear error at its next row."""
+    result = conn._result
+    if not isinstance(result, MySQLResult) or not result.unbuffered_active:
+        return
+    if warn:
+        warnings.warn("Previous unbuffered result was left incomplete", stacklevel=3)
+    try:
+        result._finish_unbuffered_query()  # type: ignore[attr-defined]  # private
+    except (pymysql.err.MySQLError, OSError):
+        result.connection = _Gone(  # type: ignore[assignment]  # reads raise
+            "the connection failed while its rows were read"
+        )
+        result.unbuffered_active = False
+
+
+def drop_result(conn: Any, why: str) -> None:
+    """Before ``conn`` reconnects on another socket: PyMySQL's connect keeps the last
+    result, and would drain a streamed one from the new socket.  A result still
+    streaming raises ``why`` at its next row."""
+    result = conn._result
+    conn._result = None
+    if isinstance(result, MySQLResult) and result.unbuffered_active:
+        result.connection = _Gone(  # type: ignore[assignment]  # reads raise
+            why
+        )
 
 
 if TYPE_CHECKING:

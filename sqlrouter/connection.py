@@ -18,6 +18,7 @@ connection's state, and read best side by side.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -39,7 +40,13 @@ from ._attempts import (
 )
 from ._connstate import ConnState
 from ._gtidcapture import GtidCapture
-from ._pymysql import SSL_ENABLED, pymysql_query
+from ._pymysql import (
+    SSL_ENABLED,
+    abandon_after_fork,
+    drop_result,
+    finish_pending,
+    pymysql_query,
+)
 from ._runtime import handle_for
 from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED
 from ._statements import may_resend
@@ -60,7 +67,7 @@ from .errors import (
 from .gtid import EMPTY, CausalToken
 from .qos import QoS
 from .routing.health import Snapshot
-from .routing.router import Decision, Policy, choose, reroute, wait_here
+from .routing.router import Decision, Policy, choose, observed_master, reroute, wait_here
 from .routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
 from .topology import Credentials, DataSource
 from .url import Consistency, ServiceURL, parse_url
@@ -124,6 +131,7 @@ class Connection(GtidCapture):
         # Session consistency (see sqlrouter.session) and invalidation: what sqlrouter
         # knows of this connection beyond PyMySQL's state.
         self._state = ConnState(relaxed=url.qos is QoS.RO_RELAXED, session=session)
+        self._inherited_from: int | None = None
         if preferred_tls:
             self._prefer_tls()
         self.connect()
@@ -407,8 +415,8 @@ class Connection(GtidCapture):
 
         Runs only when the session's token advanced since this connection last checked:
 
-        - on the master (no replica qualified when it connected): nothing to do, the
-          master has every write;
+        - on the master (no replica qualified when it connected) while it is still the
+          observed master: nothing to do, the master has every write;
         - on a replica the monitor last saw at or past the token: nothing to do;
         - else, if this replica is as close to the token as any qualifying one
           (:func:`sqlrouter.routing.router.wait_here`): one
@@ -425,10 +433,15 @@ class Connection(GtidCapture):
             raise InterfaceError(0, "connection is not open")
         state = self._state
         version = session.version
-        if state.on_master:
-            state.checked(version)
-            return
         snapshot = self._handle.monitor.snapshot
+        if state.on_master:
+            master = observed_master(snapshot)
+            if master is not None and master.name == ds.name:
+                state.checked(version)
+                return
+            # Demoted since (by some tool, its sessions left open): it may lack the
+            # session's writes, made on the new master.  Check it as a replica.
+            state.on_master = False
         health = snapshot.health_of(ds.name)
         if snapshot.generation != state.merged_generation:
             # Monotonic reads: what this replica had is now required of later reads.
@@ -475,6 +488,9 @@ class Connection(GtidCapture):
             "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
         )
         self._handle.closed(self)
+        # Rows a server-side cursor left unread are read first, as PyMySQL does before
+        # its next command (it warns): a move never leaves them to the new socket.
+        finish_pending(self, warn=True)
         self._force_close()
         self._route(exclude=exclude, allow_wait=allow_wait)
 
@@ -617,6 +633,11 @@ class Connection(GtidCapture):
         if state.closed_why is not None and state.closed_why[0].startswith(_INHERITED):
             return
         if self._sock is not None:
+            if not state.relaxed and state.session is not None:
+                # A streamed write's GTID is learnt at the end of its rows: read them
+                # (the session would lose the write otherwise).
+                with contextlib.suppress(pymysql.err.MySQLError, OSError):
+                    finish_pending(self, warn=False)
             state.closed_why = ("closed by close()", time.time())
         super().close()
 
@@ -627,9 +648,16 @@ class Connection(GtidCapture):
         if self._sock is None:
             return
         why = f"{_INHERITED} {parent} before fork(), whose socket it keeps"
-        self._force_close()
+        self._inherited_from = parent
+        abandon_after_fork(self, f"the connection was {why}")
         self._state.closed_why = (why, time.time())
         self._state.invalidate(why, at_transaction_boundary=False)
+
+    @property
+    def inherited_from(self) -> int | None:
+        """The pid of the process that opened this connection, when this process
+        inherited it across ``fork()`` (it is closed here); ``None`` otherwise."""
+        return self._inherited_from
 
     def _closed_error(self) -> InterfaceError:
         """PyMySQL's ``InterfaceError(0, '')`` for a closed connection, saying which
@@ -736,6 +764,9 @@ class Connection(GtidCapture):
 
     def _connect_bounded(self, timeout: float) -> None:
         """PyMySQL's connect, bounded by ``timeout``; its set-up statements pass through."""
+        # PyMySQL's connect keeps the last result: a streamed one would be drained from
+        # the new socket.
+        drop_result(self, "the connection was closed under it and opened again elsewhere")
         self._state.connecting = True
         try:
             self._connect_within(timeout)

@@ -9,7 +9,8 @@ sqlrouter's events:
   (delivered in the monitor's thread): the pooled connections that the event concerns
   (:func:`condemnation`) are *marked*, never closed there, since another thread may be
   using them.
-- ``checkout``: a marked connection raises :class:`sqlalchemy.exc.DisconnectionError`,
+- ``checkout``: a marked connection (or one inherited across ``fork()``) raises
+  :class:`sqlalchemy.exc.DisconnectionError`,
   so that SQLAlchemy discards it and opens a new, routed connection in its place, in
   the same checkout: the application never sees it.  The same listener binds the
   connection to the current :func:`sqlrouter.session`, if one is open.
@@ -185,6 +186,14 @@ class PoolFollower:
     ) -> None:
         if not isinstance(dbapi_connection, Connection):
             return
+        parent = dbapi_connection.inherited_from
+        if parent is not None:
+            # A connection of the pool as it was at fork(): the parent's socket, closed
+            # in this process.  SQLAlchemy opens a new one in this checkout.
+            raise exc.DisconnectionError(
+                f"service {dbapi_connection.service!r}: pooled connection replaced: it "
+                f"was opened by process {parent} before fork()"
+            )
         if self._condemned:
             with self._lock:
                 why = self._condemned.pop(dbapi_connection, None)

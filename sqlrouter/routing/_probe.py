@@ -18,7 +18,7 @@ from typing import Any
 import pymysql
 from pymysql.constants import CLIENT
 
-from .._pymysql import force_close
+from .._pymysql import abandon_after_fork
 from ..errors import PRIVILEGE_ERRNOS
 from ..topology import Credentials, DataSource, Service
 from .lag import Observation
@@ -115,8 +115,7 @@ class Prober:
             conn = getattr(self, attr)
             setattr(self, attr, None)
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    force_close(conn)
+                abandon_after_fork(conn, "a monitoring connection of the parent process")
 
     def probe(self) -> Observation:
         try:

@@ -714,9 +714,8 @@ def reroute(snapshot: Snapshot, name: str, policy: Policy, *, fallback: bool) ->
     became writable (a switchover made it the master), went down or offline.  A
     connection on the master because no replica qualified (``fallback``) moves when
     :func:`choose` would pick a replica again (one that covers the session's token, or
-    the closest one to wait on).
-    The master itself is not checked here: a master that goes away invalidates its
-    connections through the monitor's events.
+    the closest one to wait on), and as soon as its server is no longer the master (it
+    was demoted by some tool: it may lack the session's writes made on the new master).
     """
     offline, exclude, max_lag = snapshot.offline, policy.exclude, policy.max_lag
     if not fallback:
@@ -733,6 +732,10 @@ def reroute(snapshot: Snapshot, name: str, policy: Policy, *, fallback: bool) ->
         return f"{name} no longer serves reads: " + _describe(
             why, ds, h, policy, snapshot=snapshot, m=m
         )
+    master = _mastership(snapshot).master
+    if master is None or master.name != name:
+        now = f"{master.name} is" if master is not None else "no server is"
+        return f"{name} is no longer the master ({now})"
     try:
         back = _choose_replica(snapshot, policy, 0)
     except NoReplicaAvailable:

@@ -346,3 +346,100 @@ def _answers(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _fork_and_wait(timeout: float) -> int | None:
+    """fork(); the child exits at once.  The child's exit status, or None when it did
+    not come back from fork() within ``timeout`` seconds (then it is killed)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os._exit(7)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return None
+
+
+def test_fork_while_threads_read_from_connections(cluster: Sandbox) -> None:
+    """A fork while other threads wait for results (an application query, the monitor's
+    probes): the child comes back from fork() (nothing it runs at fork waits for a lock
+    that one of those threads holds)."""
+    conns = [
+        sqlrouter.connect(cluster.url(q, autocommit="true")) for q in ("RW_STRICT", "RO_RELAXED")
+    ]
+    started = threading.Barrier(len(conns) + 1)
+
+    def busy(conn: sqlrouter.Connection) -> None:
+        with conn.cursor() as cur:
+            started.wait(10)
+            cur.execute("SELECT SLEEP(3)")
+            cur.fetchall()
+
+    threads = [threading.Thread(target=busy, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    started.wait(10)
+    time.sleep(0.3)  # the threads are inside their reads
+    try:
+        # 60 s: a child that is merely slow comes back in well under a second; one
+        # stuck in fork() never does.
+        assert _fork_and_wait(60) == 7
+    finally:
+        for t in threads:
+            t.join(30)
+    for conn in conns:  # the parent's connections are as they were
+        assert server_id(conn) in {1, 2, 3}
+        conn.close()
+
+
+def test_inherited_stream_says_its_rows_are_the_parents(cluster: Sandbox) -> None:
+    import pymysql.cursors
+
+    conn = sqlrouter.connect(cluster.url("RO_RELAXED", autocommit="true", consistency="none"))
+    ss = conn.cursor(pymysql.cursors.SSCursor)
+    ss.execute("SELECT seq FROM seq_1_to_10000")
+    assert ss.fetchone() == (1,)
+
+    def child() -> dict[str, Any]:
+        try:
+            ss.fetchall()
+        except sqlrouter.OperationalError as exc:
+            error = str(exc)
+        else:
+            error = "no error"
+        sid = server_id(conn)  # the relaxed connection moves to a socket of its own
+        return {"message": error, "sid": sid}
+
+    result = in_child(child)
+    assert "the rest of this result is lost" in result["message"], result
+    assert "before fork()" in result["message"]
+    assert result["sid"] in {2, 3}
+    # The parent still streams its rows.
+    assert len(ss.fetchall()) == 9999
+    conn.close()
+
+
+@pytest.mark.parametrize("qos", ["RW_STRICT", "RO_RELAXED"])
+def test_sqlalchemy_pool_used_before_fork_works_in_the_child(cluster: Sandbox, qos: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine("mysql+" + cluster.url(qos, hide_password=False))
+    try:
+        with engine.connect() as c:
+            c.execute(sa.text("SELECT 1"))
+
+        def child() -> dict[str, Any]:
+            with engine.connect() as c:
+                return {"sid": c.execute(sa.text("SELECT @@server_id")).scalar_one()}
+
+        result = in_child(child)
+        assert result["sid"] == 1 if qos == "RW_STRICT" else result["sid"] in {2, 3}
+        with engine.connect() as c:  # the parent's pool is intact
+            c.execute(sa.text("SELECT 1"))
+    finally:
+        engine.dispose()

@@ -12,6 +12,7 @@ import pytest
 
 import sqlrouter
 from sqlrouter._runtime import handles
+from sqlrouter.routing.router import observed_master
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
 from tests.fixtures.helpers import server_id, wait_until
@@ -31,6 +32,13 @@ def test_open_connection_uses_its_own_max_lag(fresh_cluster: Sandbox) -> None:
         (handle,) = handles()
         handle.override(max_lag=30.0)  # the service's threshold is far above the URL's
         stuck = where(conn)
+        # Lag is measured from the heartbeat: let one reach the replica before it stops
+        # applying (else its lag is unknown, not growing).
+        wait_until(
+            lambda: sb.query(stuck, "SELECT COUNT(*) FROM sqlrouter.heartbeat")[0][0] > 0,
+            timeout=30,
+            what=f"a heartbeat on {stuck}",
+        )
         sb.fault(stuck, "stop-sql")
         try:
             conn.begin()
@@ -85,3 +93,60 @@ def test_open_connection_leaves_a_replica_made_master(fresh_cluster: Sandbox) ->
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_fallback_on_a_master_demoted_by_another_tool(fresh_cluster: Sandbox) -> None:
+    """A relaxed connection on the master because no replica qualified; another tool
+    demotes that master without killing its sessions; the session writes on the new
+    master: the relaxed connection's next read sees that write."""
+    sb = fresh_cluster
+    repl = sb.service().replication_credentials
+    assert repl is not None
+    with sqlrouter.session():
+        probe = sqlrouter.connect(sb.url("RO_RELAXED", autocommit="true", max_lag=3600))
+        probe.close()
+        (handle,) = handles()
+        for name in ("db2", "db3"):
+            handle.monitor.set_offline(name, True)
+        reader = sqlrouter.connect(sb.url("RO_RELAXED", autocommit="true", max_lag=3600))
+        try:
+            assert where(reader) == "db1" and reader.decision is not None
+            assert reader.decision.is_fallback
+            # Another tool's switchover db1 -> db2: no session is killed.
+            sb.query("db1", "SET GLOBAL read_only = 1")
+            (pos,) = sb.query("db1", "SELECT @@gtid_binlog_pos")[0]
+            sb.query("db2", f"SELECT MASTER_GTID_WAIT('{pos}', 10)")
+            sb.query("db2", "STOP SLAVE")
+            sb.query("db2", "RESET SLAVE ALL")
+            sb.query("db2", "SET GLOBAL read_only = 0")
+            for name in ("db1", "db3"):
+                sb.query(name, "STOP SLAVE")
+                sb.query(
+                    name,
+                    f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={sb.node('db2').port}, "
+                    f"MASTER_USER='{repl.user}', MASTER_PASSWORD='{repl.password}', "
+                    "MASTER_USE_GTID=slave_pos",
+                )
+                sb.query(name, "START SLAVE")
+            handle.monitor.set_offline("db2", False)
+
+            def db2_is_master() -> bool:
+                master = observed_master(handle.monitor.snapshot)
+                return master is not None and master.name == "db2"
+
+            wait_until(db2_is_master, timeout=10, what="db2 seen as the master")
+            sb.query("db1", "STOP SLAVE SQL_THREAD")  # the old master lags behind
+            try:
+                writer = sqlrouter.connect(sb.url("RW_STRICT", autocommit="true"))
+                with writer.cursor() as cur:
+                    cur.execute("CREATE TABLE appdb.demoted (n INT)")
+                    cur.execute("INSERT INTO appdb.demoted VALUES (1)")
+                writer.close()
+                with reader.cursor() as cur:
+                    cur.execute("SELECT COUNT(*) FROM appdb.demoted")
+                    assert cur.fetchone() == (1,)
+                assert where(reader) != "db1"
+            finally:
+                sb.query("db1", "START SLAVE SQL_THREAD")
+        finally:
+            reader.close()

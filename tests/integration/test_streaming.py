@@ -229,3 +229,45 @@ def test_abandoned_streamed_write_still_reaches_the_session(cluster: Sandbox, ta
         assert conn.causal_token != before and conn.causal_token.covers(before)
     finally:
         conn.close()
+
+
+def test_streamed_write_closed_early_still_reaches_the_session(
+    cluster: Sandbox, table: str
+) -> None:
+    """``close()`` with a streamed ``INSERT ... RETURNING`` half read: the rows are read
+    to their end, so that the write's GTID reaches the session."""
+    with sqlrouter.session() as session:
+        rw = sqlrouter.connect(cluster.url("RW_STRICT", autocommit="true"))
+        before = session.token
+        ss = rw.cursor(pymysql.cursors.SSCursor)
+        ss.execute("INSERT INTO stream_t (v) VALUES (1), (2), (3) RETURNING n")
+        assert ss.fetchone() is not None
+        rw.close()
+        assert session.token != before and session.token.covers(before)
+        ro = sqlrouter.connect(cluster.url("RO_RELAXED", autocommit="true", max_lag=5))
+        try:
+            with ro.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM stream_t")
+                assert cur.fetchone() == (3,)
+        finally:
+            ro.close()
+
+
+def test_a_move_reads_what_a_stream_left_first(cluster: Sandbox, table: str) -> None:
+    """A relaxed connection that must move while a server-side cursor has unread rows:
+    the rows are read off the old socket first (as PyMySQL does before its next command,
+    with its warning), and the next statement runs on the new connection at once."""
+    conn = sqlrouter.connect(cluster.url("RO_RELAXED", autocommit="true", consistency="none"))
+    try:
+        ss = conn.cursor(pymysql.cursors.SSCursor)
+        ss.execute("SELECT seq FROM seq_1_to_50000")
+        assert ss.fetchone() == (1,)
+        conn.invalidate("a test moves it", at_transaction_boundary=True)
+        with pytest.warns(UserWarning, match="left incomplete"), conn.cursor() as cur:
+            cur.execute("SELECT 42")
+            assert cur.fetchone() == (42,)
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM seq_1_to_10")
+            assert cur.fetchone() == (10,)
+    finally:
+        conn.close()

@@ -1385,10 +1385,26 @@ def test_reroute_from_the_master_fallback_once_a_replica_qualifies() -> None:
     healthy = cluster(master(), replica("db2", lag=9.0), replica("db3", lag=0.2))
     why = reroute(healthy, "db1", policy, fallback=True)
     assert why is not None and why.startswith("a replica serves reads again: replica db3")
-    # fallback=error: no fallback connection exists, and none moves back to the master.
+    # No replica qualifies with fallback=error: nothing better to move to.
     assert (
-        reroute(lagging, "db2", Policy(QoS.RO_RELAXED, fallback=Fallback.ERROR), fallback=True)
+        reroute(lagging, "db1", Policy(QoS.RO_RELAXED, fallback=Fallback.ERROR), fallback=True)
         is None
+    )
+
+
+def test_reroute_from_a_fallback_master_that_was_demoted() -> None:
+    """A relaxed connection on the master by fallback, the master demoted by some tool
+    (its sessions left open): it moves, it may lack the session's new writes."""
+    policy = Policy(QoS.RO_RELAXED, max_lag=1.0)
+    demoted = cluster(
+        replica("db1", lag=0.3, source="db2"),
+        master("db2"),
+        replica("db3", lag=9.0, source="db2"),
+    )
+    assert reroute(demoted, "db1", policy, fallback=True) == "db1 is no longer the master (db2 is)"
+    headless = cluster(down("db1"), replica("db2"), replica("db3"))
+    assert reroute(headless, "db1", policy, fallback=True) == (
+        "db1 is no longer the master (no server is)"
     )
 
 
