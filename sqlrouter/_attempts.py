@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import AUTH_ERRNOS, Error, OperationalError, RoutingError
+from .errors import Error, OperationalError, RoutingError
 from .qos import QoS
 from .routing.health import Snapshot
-from .routing.router import observed_master
+from .routing.router import logins_refused, observed_master
 from .topology import DataSource
 from .url import ServiceURL
 
@@ -55,24 +55,13 @@ def auth_error(url: ServiceURL, errno: int, failures: list[str]) -> OperationalE
 
 def refused_everywhere(snapshot: Snapshot) -> OperationalError | None:
     """The error to raise when the monitor's own logins were refused by every server:
-    nothing can be observed, so nothing can be routed, and the cause is the account."""
-    health = [snapshot.health_of(ds.name) for ds in snapshot.service.datasources]
-    if not health or not all(h.error_code in AUTH_ERRNOS for h in health):
+    nothing can be observed, so nothing can be routed, and the cause is the account
+    (see :func:`sqlrouter.routing.router.logins_refused`)."""
+    refused = logins_refused(snapshot)
+    if refused is None:
         return None
-    service = snapshot.service
-    account = (
-        f"the monitor's account {service.monitor_credentials.user!r} (the registry's "
-        "[monitor] of this service)"
-        if service.monitor_credentials is not None
-        else "the credentials of this process's connections (the registry names no "
-        "[monitor] account)"
-    )
-    details = "; ".join(f"{h.name}: {h.error}" for h in health)
-    return OperationalError(
-        health[0].error_code or 1045,
-        f"service {service.name!r}: authentication failed on every server: the monitor "
-        f"logs in with {account}, and every server refused it: {details}",
-    )
+    errno, message = refused
+    return OperationalError(errno, message)
 
 
 def stale_after_connect(snapshot: Snapshot, ds: DataSource, *, writes: bool) -> str | None:

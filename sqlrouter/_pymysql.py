@@ -82,6 +82,11 @@ CHECKED: Final[Mapping[str, str]] = MappingProxyType(
         "Connection.ping": "ec9750ef9e026bbe702964c0a0148786",
         "Connection.close": "4c6144c21f9cadf7a8a16f2121f87a28",
         "Connection.next_result": "125872099ab2d52debd3f2dd71c72922",
+        # o: a closed connection's error says which and why (they raise InterfaceError(0, ''))
+        "Connection.autocommit": "d1cf405e6a708089e4f3e3fa316b77d0",
+        "Connection.select_db": "c009c05f07e5fca28d6d48cdb7401a5e",
+        "Connection.set_character_set": "6cc6ecccda42b9694faad039657a4cc4",
+        "Connection.show_warnings": "5564974aeff3e5ad53909fe952b3a4be",
         # c: copied in PyMySQLConnection._read_query_result, with Result
         "Connection._read_query_result": "0158eebefe7697b6288aae15122efb6a",
         # p: called, or its private state (``_read_timeout``, ``ctx``...) set

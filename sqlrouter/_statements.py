@@ -16,11 +16,13 @@ cannot have an effect that running it once would not:
   own results (``LAST_INSERT_ID``, ``FOUND_ROWS``, ``ROW_COUNT``, ``CONNECTION_ID``) and
   user variables (``@name``; ``@@system`` variables are fine).
 
-Everything else (``CALL``, ``DO``, ``SET``, writes, an executable comment ``/*! ... */``
-first, anything unrecognised) is never re-sent.  The markers are searched as words,
-case-insensitively, anywhere in the text, string literals included: a false match only
-means the statement is not re-sent.  A ``SELECT`` of a stored function that writes has
-no marker: run such statements in a transaction (nothing in a transaction is re-sent).
+Everything else (``CALL``, ``DO``, ``SET``, writes, anything unrecognised, an
+executable comment ``/*! ... */`` anywhere, several statements separated by ``;``) is
+never re-sent.  The markers are searched as words, case-insensitively, anywhere in the
+text once its comments are blanked (``FOR/**/UPDATE`` is ``FOR UPDATE``), string
+literals included: a false match only means the statement is not re-sent.  A ``SELECT``
+of a stored function that writes has no marker: run such statements in a transaction
+(nothing in a transaction is re-sent).
 """
 
 from __future__ import annotations
@@ -71,13 +73,48 @@ def first_keyword(sql: str | bytes) -> str | None:
     return None
 
 
+def _code(text: str) -> str | None:
+    """``text`` with each comment replaced by a blank (string literals kept whole, so a
+    comment marker inside one is not taken for a comment); ``None`` when it holds an
+    executable comment (``/*! ... */``: what it runs is unknown) or more than one
+    statement (a ``;`` that is not the last character, blanks aside)."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "'\"`":
+            j = i + 1
+            while j < n and text[j] != c:
+                j += 2 if text[j] == "\\" and c != "`" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("/*", i):
+            if text.startswith(("/*!", "/*M!"), i):
+                return None
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+            out.append(" ")
+        elif (text.startswith("--", i) and (i + 2 == n or text[i + 2].isspace())) or c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end + 1
+            out.append(" ")
+        elif c == ";":
+            if text[i + 1 :].strip():
+                return None
+            i = n
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
 def may_resend(sql: str | bytes) -> bool:
     """Can ``sql``, which may or may not have run on a server that went away, run once
     more on another server without an effect that running it once would not have?"""
     keyword = first_keyword(sql)
-    if keyword in _READ_ONLY:
-        return True
-    if keyword not in _CHECKED:
+    if keyword not in _READ_ONLY and keyword not in _CHECKED:
         return False
-    text = sql.decode("latin-1") if isinstance(sql, bytes) else sql
-    return _EFFECTS.search(text) is None
+    code = _code(sql.decode("latin-1") if isinstance(sql, bytes) else sql)
+    if code is None:
+        return False
+    return keyword in _READ_ONLY or _EFFECTS.search(code) is None

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["CLIPPED_NOTE", "ERROR_WIDTH", "clip", "format_table", "plural"]
+__all__ = ["CLIPPED_NOTE", "ERROR_WIDTH", "GTID_WIDTH", "clip", "format_table", "plural"]
 
 #: The widest an error message is shown in a table cell (``--json`` shows it whole).
 ERROR_WIDTH: Final = 60
+#: The widest a GTID position is shown in a table cell (a cluster with many replication
+#: domains has positions of hundreds of characters).
+GTID_WIDTH: Final = 40
 #: The line printed under a table whose cells were cut by :func:`clip`.
-CLIPPED_NOTE: Final = "(long messages are cut at ... ; --json shows them in full)"
+CLIPPED_NOTE: Final = "(long values are cut at ... ; --json shows them in full)"
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -28,6 +28,7 @@ import pymysql
 import pymysql.connections
 import pymysql.cursors
 import tenacity
+from pymysql.charset import charset_by_name
 from pymysql.constants import SERVER_STATUS
 
 from ._attempts import (
@@ -62,6 +63,7 @@ from .errors import (
     NoReplicaAvailable,
     OperationalError,
     OutcomeUnknown,
+    ProgrammingError,
     RoutingError,
 )
 from .gtid import EMPTY, CausalToken
@@ -118,16 +120,27 @@ class Connection(GtidCapture):
         preferred_tls = SSL_ENABLED and not any(k == "ssl" or k.startswith("ssl_") for k in args)
         if preferred_tls:
             args["ssl_disabled"] = True
-        super().__init__(
-            user=url.user,
-            password=url.password or "",
-            database=url.database,
-            connect_timeout=url.connect_timeout,
-            read_timeout=url.read_timeout,
-            write_timeout=url.write_timeout,
-            defer_connect=True,
-            **args,
-        )
+        charset = args.get("charset")
+        if charset and charset_by_name(charset) is None:
+            raise ProgrammingError(
+                f"service {url.service!r}: unknown charset {charset!r} (try utf8mb4)"
+            )
+        try:
+            super().__init__(
+                user=url.user,
+                password=url.password or "",
+                database=url.database,
+                connect_timeout=url.connect_timeout,
+                read_timeout=url.read_timeout,
+                write_timeout=url.write_timeout,
+                defer_connect=True,
+                **args,
+            )
+        except (OSError, ValueError) as exc:  # a TLS file that cannot be read...
+            hint = " (check the files the ssl options name)" if isinstance(exc, OSError) else ""
+            raise ProgrammingError(
+                f"service {url.service!r}: cannot use the connection's options: {exc}{hint}"
+            ) from exc
         # Session consistency (see sqlrouter.session) and invalidation: what sqlrouter
         # knows of this connection beyond PyMySQL's state.
         self._state = ConnState(relaxed=url.qos is QoS.RO_RELAXED, session=session)
@@ -616,8 +629,36 @@ class Connection(GtidCapture):
                 self._raise_or_move()
         if reconnect:
             super().ping(True)  # PyMySQL warns that reconnecting this way is deprecated
+        elif self._sock is None:
+            raise self._closed_error()
         else:
             super().ping(False)
+
+    # PyMySQL's other commands, with the closed connection's error saying which and why.
+
+    def autocommit(self, value: Any) -> None:
+        try:
+            super().autocommit(value)
+        except pymysql.err.InterfaceError:
+            raise self._closed_error() from None
+
+    def select_db(self, db: Any) -> None:
+        try:
+            super().select_db(db)
+        except pymysql.err.InterfaceError:
+            raise self._closed_error() from None
+
+    def set_character_set(self, charset: str, collation: str | None = None) -> None:
+        try:
+            super().set_character_set(charset, collation)
+        except pymysql.err.InterfaceError:
+            raise self._closed_error() from None
+
+    def show_warnings(self) -> Any:
+        try:
+            return super().show_warnings()  # type: ignore[no-untyped-call]  # untyped stub
+        except pymysql.err.InterfaceError:
+            raise self._closed_error() from None
 
     def rollback(self) -> None:
         try:

@@ -23,9 +23,11 @@ _MAX_U32 = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 #: The most GTIDs (one per replication domain), and characters, of a token read by
 #: :meth:`CausalToken.parse`: a token comes from outside (a URL, a cookie, another
-#: process), and every write of a session costs in proportion to its domains.
-MAX_DOMAINS: Final = 64
-MAX_TEXT: Final = 4096
+#: process), and every write of a session costs in proportion to its domains.  Far
+#: above what a cluster has (a token built from a server's positions must read back:
+#: 1024 GTIDs of the longest form fit in the text bound).
+MAX_DOMAINS: Final = 1024
+MAX_TEXT: Final = 65536
 
 
 def _gtid(part: str) -> Gtid | None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._table import CLIPPED_NOTE, clip, format_table, plural
+from .._table import CLIPPED_NOTE, GTID_WIDTH, clip, format_table, plural
 from ..control.client import (
     Answer,
     checked_socket_dir,
@@ -103,7 +103,7 @@ def format_status(response: Mapping[str, Any]) -> str:
                 _yes_no(ds.get("io_running")),
                 _yes_no(ds.get("sql_running")),
                 _secs(ds.get("lag")),
-                ds.get("gtid"),
+                clip(ds.get("gtid"), GTID_WIDTH),
                 ds.get("open_connections"),
                 clip(ds.get("error")),
             )
@@ -126,7 +126,11 @@ def format_status(response: Mapping[str, Any]) -> str:
             rows,
         )
         lines += ["", table]
-        if any(clip(ds.get("error")) != ds.get("error") for ds in svc.get("datasources", [])):
+        if any(
+            clip(ds.get("error")) != ds.get("error")
+            or clip(ds.get("gtid"), GTID_WIDTH) != ds.get("gtid")
+            for ds in svc.get("datasources", [])
+        ):
             lines.append(CLIPPED_NOTE)
     return "\n".join(lines)
 
@@ -305,9 +309,12 @@ def _run_all(args: argparse.Namespace, req: Mapping[str, Any], out: Out) -> int:
     directory = resolve_socket_dir(args.dir)
     answers = send_all(directory, req, timeout=args.timeout)
     if not answers:
-        raise ControlError(
-            f"no control socket in {directory}: no process of this user has one here"
-        )
+        error = f"no control socket in {directory}: no process of this user has one here"
+        if args.json:
+            # Machine readers get JSON whatever happened (and the exit status 1).
+            out(json.dumps({"ok": False, "answers": [], "error": error}))
+            return 1
+        raise ControlError(error)
     cmd = str(req["cmd"])
     live = [a for a in answers if not a.stale]
     answered = [a for a in live if a.response is not None]

@@ -67,9 +67,11 @@ def explain_route(
     (``login``) whether the URL's own user logs in there: the monitor may use another
     account, so a healthy table says nothing about the URL's credentials."""
     parsed = parse_url(url, **overrides)
-    handle = handle_for(
-        parsed.registry, parsed.service, Credentials(parsed.user or "", parsed.password or "")
-    )
+    credentials = Credentials(parsed.user or "", parsed.password or "")
+    handle = handle_for(parsed.registry, parsed.service, credentials)
+    # As a connect would: without a [monitor] account, the monitor logs in as the URL's
+    # user (and the table says so when the servers refuse it).
+    handle.snapshot(credentials)
     explanation = explain(handle, parsed)
     ds = explanation.datasource
     if not login or ds is None:

@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .._table import format_table
+from .._table import GTID_WIDTH, clip, format_table
 from ..errors import RoutingError
 from ..topology import DataSource
 from ..url import ServiceURL
 from .health import Snapshot
-from .router import Policy, choose
+from .router import Policy, choose, logins_refused
 from .router import explain as verdicts
 from .service import ServiceHandle
 
@@ -105,7 +105,7 @@ def explain(handle: ServiceHandle, parsed: ServiceURL) -> RouteExplanation:
                 _yes_no(r["io"]),
                 _yes_no(r["sql"]),
                 None if r["lag"] is None else f"{r['lag']:.2f}s ({r['lag_source']})",
-                r["gtid"] or None,
+                clip(r["gtid"], GTID_WIDTH) or None,
                 r["verdict"],
             )
             for r in rows
@@ -115,7 +115,11 @@ def explain(handle: ServiceHandle, parsed: ServiceURL) -> RouteExplanation:
         f"service {parsed.service!r} from {handle.registry.describe()}, qos={parsed.qos.value}, "
         f"max_lag={max_lag:g}s, fallback={parsed.fallback.value}"
     )
+    refused = logins_refused(snapshot)
     try:
+        if refused is not None:
+            verdict = f"no datasource: {refused[1]}"
+            return RouteExplanation(f"{head}\n\n{table}\n\n{verdict}", ok=False)
         decision = choose(snapshot, policy, turn=0, now=time.monotonic())
     except RoutingError as exc:
         verdict = f"no datasource: {exc.args[1]}"

@@ -87,6 +87,10 @@ class Monitor:
         self._fixed_credentials = service.monitor_credentials is not None
         self._logged_in = False
         self._pending_credentials: Credentials | None = None
+        #: The generation after which snapshots use the pending credentials.
+        self._pending_after = 0
+        #: The first generation made with the current credentials.
+        self._credentials_from = 0
         self._in_round = False
         self._connect = connect
         self._clock = clock
@@ -173,13 +177,22 @@ class Monitor:
         blind the monitor for the life of the process).  Returns the generation after
         which snapshots are made with them (``None``: nothing changes).
         """
-        if self._fixed_credentials or self._logged_in or credentials == self._credentials:
+        if self._fixed_credentials:
+            return None
+        if credentials == self._credentials:
+            # Taken already: wait for the first round made with them, if it is to come.
+            first = self._credentials_from
+            return first - 1 if self._snapshot.generation < first else None
+        if self._logged_in:
             return None
         with self._lock:
-            if self._logged_in or credentials in (self._credentials, self._pending_credentials):
+            if self._logged_in:
                 return None
+            if credentials == self._pending_credentials:
+                return self._pending_after
             self._pending_credentials = credentials
             after = self._snapshot.generation + (1 if self._in_round else 0)
+            self._pending_after = after
         logger.info(
             "service %r: the monitor's credentials (user %r) have not logged in; trying "
             "those of a new connection (user %r)",
@@ -313,20 +326,25 @@ class Monitor:
             if creds is None or self._logged_in:
                 return
             self._credentials = creds
+            self._credentials_from = self._snapshot.generation + 1
             probers, self._probers = self._probers, {}
             self._inflight = {}
         for prober in probers.values():
             prober.close()
 
     def _note_logins(self, observations: Sequence[Observation]) -> None:
-        """Whether this round's probes logged in: the credentials are then kept."""
+        """Whether this round's probes logged in: the credentials are then kept.
+
+        Kept only while no server refuses them: one refusal (a password changed on the
+        servers, seen where a monitoring session had to log in again) lets a connect's
+        credentials replace them.
+        """
         if self._fixed_credentials:
             return
-        if any(o.reachable for o in observations):
-            self._logged_in = True
-        elif any(o.error_code in AUTH_ERRNOS for o in observations):
-            # Refused now (a password changed): a connect's credentials may replace them.
+        if any(o.error_code in AUTH_ERRNOS for o in observations):
             self._logged_in = False
+        elif any(o.reachable for o in observations):
+            self._logged_in = True
 
     def run_round(self) -> Snapshot:
         """Probe every datasource once (in parallel) and publish a new snapshot."""

@@ -84,6 +84,7 @@ from types import MappingProxyType
 from typing import NoReturn
 
 from ..errors import (
+    AUTH_ERRNOS,
     ER_NO_MASTER,
     ER_NO_REPLICA,
     PRIVILEGE_ERRNOS,
@@ -106,6 +107,7 @@ __all__ = [
     "choose",
     "explain",
     "explain_master",
+    "logins_refused",
     "missing",
     "observed_master",
     "reroute",
@@ -745,6 +747,29 @@ def reroute(snapshot: Snapshot, name: str, policy: Policy, *, fallback: bool) ->
     return f"a replica serves reads again: {back.reason}"
 
 
+def logins_refused(snapshot: Snapshot) -> tuple[int, str] | None:
+    """``(errno, message)`` when every server refused the monitor's login: nothing can
+    be observed, so nothing can be routed, and the cause is the account, not the
+    servers; ``None`` otherwise."""
+    health = [snapshot.health_of(ds.name) for ds in snapshot.service.datasources]
+    if not health or not all(h.error_code in AUTH_ERRNOS for h in health):
+        return None
+    service = snapshot.service
+    account = (
+        f"the monitor's account {service.monitor_credentials.user!r} (the registry's "
+        "[monitor] of this service)"
+        if service.monitor_credentials is not None
+        else "the credentials of this process's connections (the registry names no "
+        "[monitor] account)"
+    )
+    details = "; ".join(f"{h.name}: {h.error}" for h in health)
+    return (
+        health[0].error_code or 1045,
+        f"service {service.name!r}: authentication failed on every server: the monitor "
+        f"logs in with {account}, and every server refused it: {details}",
+    )
+
+
 def _ro_master_verdict(ds: DataSource, snapshot: Snapshot, policy: Policy) -> str:
     if ds.name in snapshot.offline:
         return "master, offline (operator)"
@@ -815,6 +840,8 @@ def _unreachable(h: Health) -> str:
         return "not probed yet"
     if h.error_code in PRIVILEGE_ERRNOS:
         return f"not observable ({h.error})"
+    if h.error_code in AUTH_ERRNOS:
+        return f"not observable: the monitor's login was refused ({h.error})"
     return f"unreachable ({h.error})" if h.error else "unreachable"
 
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from .._table import CLIPPED_NOTE, clip, format_table
+from .._table import CLIPPED_NOTE, GTID_WIDTH, clip, format_table
 from ..topology import Credentials
 
 __all__ = [
@@ -163,12 +163,12 @@ def format_status(rows: Sequence[NodeStatus]) -> str:
                 r.sql_running,
                 r.seconds_behind_master,
                 r.sql_delay,
-                r.gtid_pos,
+                clip(r.gtid_pos, GTID_WIDTH),
                 clip(r.error),
             )
             for r in rows
         ],
     )
-    if any(clip(r.error) != r.error for r in rows):
+    if any(clip(r.error) != r.error or clip(r.gtid_pos, GTID_WIDTH) != r.gtid_pos for r in rows):
         table += "\n" + CLIPPED_NOTE
     return table

@@ -1070,6 +1070,15 @@ def _stale_socket(directory: Path) -> Path:
     return stale
 
 
+def test_admin_all_json_with_no_process_at_all(env_control: Path) -> None:
+    env_control.mkdir(mode=0o700, parents=True, exist_ok=True)
+    res = _admin("--all", "--json", "status")
+    assert res.returncode == 1
+    answer = json.loads(res.stdout)
+    assert answer["ok"] is False and answer["answers"] == []
+    assert answer["error"].startswith("no control socket in ")
+
+
 def test_admin_all_fails_when_it_reached_nobody(env_control: Path) -> None:
     stale = _stale_socket(env_control)
     res = _admin("--all", "offline", "db2")

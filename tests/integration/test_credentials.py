@@ -8,7 +8,9 @@ credentials of the process's connect() calls (user ``appmon``, given the monitor
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pymysql
@@ -121,8 +123,18 @@ def test_a_closed_connection_says_since_when_and_why(cluster: Sandbox) -> None:
         r"\(closed by close\(\), \d+\.\ds ago\); open a new connection",
         message,
     ), message
-    for call in (conn.commit, conn.rollback, conn.begin):
-        with pytest.raises(sqlrouter.InterfaceError, match="already closed"):
+    calls: list[Callable[[], object]] = [
+        conn.commit,
+        conn.rollback,
+        conn.begin,
+        conn.ping,
+        conn.show_warnings,
+        lambda: conn.autocommit(True),
+        lambda: conn.select_db("appdb"),
+        lambda: conn.set_character_set("utf8mb4"),
+    ]
+    for call in calls:
+        with pytest.raises(sqlrouter.InterfaceError, match=r"db1 .* already closed \(closed by"):
             call()
     # Lost under a statement: the next use says how it was lost.
     lost = sqlrouter.connect(cluster.url("RW_STRICT", autocommit="true"))
@@ -131,3 +143,35 @@ def test_a_closed_connection_says_since_when_and_why(cluster: Sandbox) -> None:
         cur.execute("SELECT 1")
     with pytest.raises(sqlrouter.InterfaceError, match=r"already closed \(lost during a statement"):
         lost.cursor().execute("SELECT 1")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("ssl_ca=/nonexistent", "cannot use the connection's options: [Errno 2] No such file"),
+        ("charset=nope", "unknown charset 'nope' (try utf8mb4)"),
+    ],
+)
+def test_bad_pymysql_options_are_programming_errors(
+    cluster: Sandbox, option: str, message: str
+) -> None:
+    with pytest.raises(sqlrouter.ProgrammingError) as info:
+        sqlrouter.connect(cluster.url("RW_STRICT") + "&" + option)
+    assert str(info.value).startswith("service 'sandbox': ")
+    assert message in str(info.value)
+
+
+def test_route_with_a_wrong_password_leads_with_the_refusal(registry: Path) -> None:
+    """``sqlrouter route`` as a connect would see it: without a [monitor] account the
+    monitor logs in as the URL's user, and every server refuses that password."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sqlrouter", "route", url(registry, "RO_RELAXED", password=WRONG)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no datasource: service 'sandbox': authentication failed on every server" in proc.stdout
+    assert "not observable: the monitor's login was refused ((1045)" in proc.stdout
+    assert WRONG not in proc.stdout + proc.stderr

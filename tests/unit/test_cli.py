@@ -100,6 +100,16 @@ def test_status_tables_cut_long_errors() -> None:
     assert "(1045) Access denied" in short and "--json" not in short
 
 
+def test_status_tables_cut_long_gtid_positions() -> None:
+    status = _status(None)
+    position = ",".join(f"{d}-1-{d * 1000}" for d in range(71))
+    status["services"][0]["datasources"][0]["gtid"] = position  # type: ignore[index]
+    text = format_status(status)
+    assert position not in text and "0-1-0,1-1-1000,2-1-2000," in text
+    assert "--json shows them in full" in text
+    assert max(len(line) for line in text.splitlines()) < 160
+
+
 def test_reload_answers_say_what_happened_once() -> None:
     error = "registry /etc/sqlrouter.toml: invalid TOML: Expected '=' (at line 3, column 2)"
     failed = {

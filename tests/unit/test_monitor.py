@@ -150,9 +150,14 @@ class Cluster:
         self.connections: list[FakeConnection] = []
         self.logins: list[tuple[int, str]] = []
         self.lock = threading.Lock()
+        #: While set to an unset event, logins wait for it (a round held in flight).
+        self.gate: threading.Event | None = None
 
     def connect(self, **kw: Any) -> FakeConnection:
         server = self.servers[kw["port"]]
+        gate = self.gate
+        if gate is not None:
+            gate.wait(10)
         with self.lock:
             self.logins.append((kw["port"], kw["user"]))
         if kw["user"] not in server.users:
@@ -277,6 +282,49 @@ def test_a_refused_login_gives_way_to_a_connects_credentials(
     assert (3310, "other") in cluster.logins
     # Logged in: a later connect's credentials change nothing.
     assert monitor.offer_credentials(APP) is None
+
+
+def test_credentials_taken_wait_for_the_round_made_with_them(
+    started: Callable[..., Monitor],
+) -> None:
+    """Between the round that takes a connect's credentials and its snapshot, a connect
+    with the same credentials waits for that snapshot (it must not route on the one
+    that shows every login refused)."""
+    cluster = healthy()
+    for server in cluster.servers.values():
+        server.users = frozenset({"other"})
+    monitor = started(cluster, credentials=APP)
+    cluster.gate = gate = threading.Event()  # the next round's logins wait
+    try:
+        after = monitor.offer_credentials(OTHER)
+        assert after is not None
+        wait_until(lambda: monitor._credentials == OTHER, "the round taking the credentials")
+        assert monitor.snapshot.generation == after  # not published yet
+        assert monitor.offer_credentials(OTHER) == after
+    finally:
+        gate.set()
+    snap = monitor.wait_for_round(after=after, timeout=10)
+    assert snap.health_of("db1").reachable
+    assert monitor.offer_credentials(OTHER) is None
+
+
+def test_one_refusal_lets_a_new_password_in(started: Callable[..., Monitor]) -> None:
+    """A password changed on the servers: the monitor's sessions that stay open keep
+    working, the one that logs in again is refused; a connect's new credentials then
+    replace the monitor's."""
+    cluster = healthy()
+    monitor = started(cluster, credentials=APP)
+    assert monitor.offer_credentials(OTHER) is None  # logged in: kept
+    for server in cluster.servers.values():
+        server.users = frozenset({"other"})
+    monitor._probers["db1"]._close_probe()  # its session ends (a restart, wait_timeout)
+    snap = monitor.run_round()
+    assert snap.health_of("db2").reachable and snap.health_of("db1").error_code == 1045
+    after = monitor.offer_credentials(OTHER)
+    assert after is not None
+    snap = monitor.wait_for_round(after=after, timeout=10)
+    assert all(snap.health_of(n).reachable for n in ("db1", "db2", "db3"))
+    assert monitor._credentials == OTHER
 
 
 def test_the_registrys_monitor_account_is_kept(started: Callable[..., Monitor]) -> None:

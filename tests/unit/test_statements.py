@@ -111,3 +111,33 @@ def test_may_resend_never_raises_and_needs_a_read_keyword(sql: str) -> None:
 def test_a_marker_anywhere_forbids_a_resend(marker: str, tail: str) -> None:
     assert not may_resend(f"SELECT a FROM t {marker.lower()} {tail}")
     assert not may_resend(f"SELECT a FROM t {marker} {tail}")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM t FOR/**/UPDATE",
+        "SELECT NEXT/**/VALUE/**/FOR s",
+        "SELECT * FROM t LOCK/* x */IN -- y\n SHARE#z\n MODE",
+        "SELECT 1; UPDATE t SET a = 1",
+        "SHOW TABLES; DELETE FROM t",
+        "SELECT 1 /*! , GET_LOCK('x', 1) */",
+        "SELECT '/*', GET_LOCK('x', 1), '*/'",
+    ],
+)
+def test_comments_and_several_statements_hide_no_effect(sql: str) -> None:
+    assert not may_resend(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT a FROM t /* traceparent='00-abc' */",
+        "SELECT a FROM t;",
+        "SELECT ';' AS semicolon",
+        "SELECT 'it''s', \"a\\\"b\" FROM t -- trailing\n",
+        "SHOW TABLES;  ",
+    ],
+)
+def test_trailing_comments_and_semicolons_still_allow_a_resend(sql: str) -> None:
+    assert may_resend(sql)

@@ -702,7 +702,7 @@ def test_hash_pickle_and_copy() -> None:
         ),
         ("sqlrouter://shop?causal_token=0-99999999999-1", "invalid causal_token '0-99999999999-1'"),
         (
-            "sqlrouter://shop?causal_token=" + "%2C".join(f"{d}-1-1" for d in range(65)),
+            "sqlrouter://shop?causal_token=" + "%2C".join(f"{d}-1-1" for d in range(1025)),
             "invalid causal_token '0-1-1,1-1-1,2-1-1,3-1-1,4-1-1,5-1-1,6-1-1,7-1-1,8-1-1,9-1-1,10",
         ),
         (
