@@ -41,10 +41,19 @@ def _health(name: str) -> Health:
 
 
 def _wait_for(what: str, predicate: Callable[[], bool], out: Out, timeout: float = 20) -> float:
+    """Wait until ``predicate()`` holds; a routing error while waiting (a switchover
+    under way: no master for an instant) counts as not yet."""
     start = time.monotonic()
-    while not predicate():
+    last: Error | None = None
+    while True:
+        try:
+            if predicate():
+                break
+        except Error as exc:
+            last = exc
         if time.monotonic() - start > timeout:
-            raise RuntimeError(f"demo: gave up waiting for {what} after {timeout:.0f}s")
+            why = f" (last error: {last.args[-1]})" if last is not None else ""
+            raise RuntimeError(f"demo: gave up waiting for {what} after {timeout:.0f}s{why}")
         time.sleep(0.1)
     took = time.monotonic() - start
     out(f"   ... {what}: after {took:.1f}s")
