@@ -18,6 +18,9 @@ MAX_LAG_RANGE: Final = (0.0, 31_536_000.0)  # seconds: up to a year
 MONITOR_INTERVAL_RANGE: Final = (0.05, 3600.0)  # seconds
 PROBE_TIMEOUT_RANGE: Final = (0.05, 60.0)  # seconds
 WEIGHT_RANGE: Final = (0, 65535)  # as a DNS SRV weight; a registry file needs >= 1
+AUTOFAILOVER_ROUNDS_RANGE: Final = (1, 100)  # detection rounds
+AUTOFAILOVER_PERIOD_RANGE: Final = (0.0, 31_536_000.0)  # seconds: up to a year
+AUTOFAILOVER_LEASE_RANGE: Final = (2, 3600)  # whole seconds: etcd leases are in seconds
 
 
 def range_text(bounds: tuple[float, float]) -> str:
@@ -75,6 +78,28 @@ class HeartbeatSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AutofailoverSettings:
+    """Automatic failover of a service (``[services.NAME.autofailover]``): off by default.
+
+    Run by ``sqlrouter agent`` processes (see docs/autofailover.md), never by
+    applications.  ``interval`` ``None`` means the service's ``monitor_interval``.
+    """
+
+    enabled: bool = False
+    #: etcd endpoints, ``host:port`` (the v3 JSON gateway, etcd's client port).
+    etcd: tuple[str, ...] = ()
+    #: Consecutive failed rounds of the leader's own probes before the master may be
+    #: declared dead (with the agents' majority and the replicas' agreement).
+    rounds: int = 3
+    #: Seconds between two rounds; ``None``: the service's ``monitor_interval``.
+    interval: float | None = None
+    #: At most one automatic failover per ``period`` seconds until acknowledged.
+    period: float = 3600.0
+    #: Seconds of an agent's etcd lease (its registration and its leadership).
+    lease_ttl: int = 5
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     """A named group of datasources replicating the same data, and its settings."""
 
@@ -94,6 +119,8 @@ class Service:
     #: The replication account (``REPLICATION SLAVE``) that a demoted master uses to
     #: replicate from the new master in a switchover; ``None`` when not configured.
     replication_credentials: Credentials | None = None
+    #: Automatic failover (off unless the registry enables it).
+    autofailover: AutofailoverSettings = AutofailoverSettings()
     #: Where this service was defined (a file path, ``dns:DOMAIN``), for error messages.
     source: str = "<code>"
 

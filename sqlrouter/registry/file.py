@@ -39,10 +39,14 @@ from typing import Any, Final
 
 from .. import _forksafe
 from ..topology import (
+    AUTOFAILOVER_LEASE_RANGE,
+    AUTOFAILOVER_PERIOD_RANGE,
+    AUTOFAILOVER_ROUNDS_RANGE,
     MAX_LAG_RANGE,
     MONITOR_INTERVAL_RANGE,
     PROBE_TIMEOUT_RANGE,
     WEIGHT_RANGE,
+    AutofailoverSettings,
     Credentials,
     DataSource,
     HeartbeatSettings,
@@ -91,7 +95,11 @@ _SERVICE_KEYS: Final = (
     "admin",
     "replication",
     "datasources",
+    "autofailover",
 )
+_AUTOFAILOVER_KEYS: Final = ("enabled", "etcd", "rounds", "interval", "period", "lease_ttl")
+#: An etcd endpoint: ``host:port`` (a name or an IPv4 address; IPv6 in brackets).
+_ENDPOINT_RE: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}):(\d{1,5})")
 _HEARTBEAT_KEYS: Final = ("enabled", "table")
 _CREDENTIAL_KEYS: Final = ("user", "password", "password_file")
 _DATASOURCE_KEYS: Final = ("name", "host", "port", "role", "weight")
@@ -162,6 +170,7 @@ def _parse_service(name: str, table: object, path: Path, secrets: list[_Secret])
     admin = _parse_credentials(where, "admin", svc.get("admin"), folder, secrets)
     replication = _parse_credentials(where, "replication", svc.get("replication"), folder, secrets)
     datasources = _parse_datasources(where, svc.get("datasources"))
+    autofailover = _parse_autofailover(where, svc.get("autofailover", {}))
     return Service(
         name=name,
         datasources=datasources,
@@ -172,7 +181,57 @@ def _parse_service(name: str, table: object, path: Path, secrets: list[_Secret])
         monitor_credentials=monitor,
         admin_credentials=admin,
         replication_credentials=replication,
+        autofailover=autofailover,
         source=str(path),
+    )
+
+
+def _parse_autofailover(where: _Where, value: object) -> AutofailoverSettings:
+    header = f"[services.{where.service}.autofailover]"
+    table = where.table("autofailover", value, header)
+    where.check_keys("autofailover", table, _AUTOFAILOVER_KEYS)
+    defaults = AutofailoverSettings()
+    enabled = where.boolean("autofailover.enabled", table.get("enabled", False))
+    raw = table.get("etcd", [])
+    if not isinstance(raw, list) or not all(isinstance(e, str) for e in raw):
+        raise where.error(
+            "autofailover.etcd",
+            f"expected a list of 'host:port' strings (etcd's client endpoints), got {_show(raw)}",
+        )
+    for endpoint in raw:
+        match = _ENDPOINT_RE.fullmatch(endpoint)
+        if match is None or not 1 <= int(match.group(2)) <= 65535:
+            raise where.error(
+                "autofailover.etcd",
+                f"expected 'host:port' with a port 1-65535, got {_show(endpoint)}",
+            )
+    if enabled and not raw:
+        raise where.error(
+            "autofailover.etcd",
+            "automatic failover is enabled but no etcd endpoint is given: "
+            "etcd = ['127.0.0.1:2379', ...]",
+        )
+    low, high = AUTOFAILOVER_ROUNDS_RANGE
+    rounds = where.integer("autofailover.rounds", table.get("rounds", defaults.rounds), low, high)
+    interval = (
+        where.seconds("autofailover.interval", table["interval"], MONITOR_INTERVAL_RANGE)
+        if "interval" in table
+        else None
+    )
+    period = where.seconds(
+        "autofailover.period", table.get("period", defaults.period), AUTOFAILOVER_PERIOD_RANGE
+    )
+    low, high = AUTOFAILOVER_LEASE_RANGE
+    lease_ttl = where.integer(
+        "autofailover.lease_ttl", table.get("lease_ttl", defaults.lease_ttl), low, high
+    )
+    return AutofailoverSettings(
+        enabled=enabled,
+        etcd=tuple(raw),
+        rounds=rounds,
+        interval=interval,
+        period=period,
+        lease_ttl=lease_ttl,
     )
 
 

@@ -403,18 +403,22 @@ def failover(
     dry_run: bool = False,
     timeout: float = 30.0,
     report: Callable[[Step], None] | None = None,
+    guard: Callable[[str], str | None] | None = None,
 ) -> list[Step]:
     """Promote the most advanced replica of ``service``, whose master is dead.
 
     Refuses (see :func:`plan_failover`) when acknowledged writes could be lost, unless
     ``force``.  The repointed replicas keep the replication account they use, so no
     replication credentials are needed.  The dead master is left alone: it must not
-    come back as it was (see docs/operations.md).  Returns the steps; raises
+    come back as it was (see docs/operations.md).  ``guard``, when given, is called with
+    each step's name before it runs (rollback steps excepted) and returns ``None`` to go
+    on or why not: the step then fails, before the point of no return the failover rolls
+    back (an automatic failover's leader checks its lease there).  Returns the steps; raises
     :class:`TopologyError` saying which step failed and the state the cluster is left in.
     """
     _check_timeout(timeout)
     creds = _admin(service, "failover")
-    run = _Run(service, "failover", report, _secrets(service, None))
+    run = _Run(service, "failover", report, _secrets(service, None), guard)
     started = time.monotonic()
     with _Servers(service, creds, timeout) as servers:
         _note_inspection(run, service, servers)

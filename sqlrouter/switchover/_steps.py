@@ -153,6 +153,7 @@ class _Run:
         kind: str,
         report: Callable[[Step], None] | None,
         secrets: Sequence[str],
+        guard: Callable[[str], str | None] | None = None,
     ) -> None:
         self.service = service
         self.kind = kind
@@ -161,6 +162,9 @@ class _Run:
         self.failures: list[tuple[str, str, str]] = []
         self._report = report
         self._secrets = [s for s in secrets if s]
+        #: Asked before every step but a rollback's: ``None`` to go on, else why not
+        #: (an automatic failover's leader that lost its lease).
+        self._guard = guard
 
     def scrub(self, text: str) -> str:
         """``text`` without any password (a server may echo a statement in an error)."""
@@ -188,7 +192,7 @@ class _Run:
     ) -> bool:
         started = time.monotonic()
         try:
-            detail = action()
+            detail = self._guarded(name, action)
         except (_Failure, pymysql.err.MySQLError, OSError) as exc:
             reason = self.scrub(_describe(exc))
             self.failures.append((name, server, reason))
@@ -198,6 +202,13 @@ class _Run:
             return False
         self.add(Step(name, True, detail, time.monotonic() - started))
         return True
+
+    def _guarded(self, name: str, action: Callable[[], str]) -> str:
+        if self._guard is not None and not name.startswith("rollback: "):
+            stop = self._guard(name)
+            if stop is not None:
+                raise _Failure(f"not run: {stop}")
+        return action()
 
     def error(self, verb: str, step: str, server: str, reason: str, state: str) -> TopologyError:
         message = self.scrub(
