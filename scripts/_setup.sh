@@ -1,5 +1,5 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run).
-# On a fresh Debian/Ubuntu machine it installs what is missing: the MariaDB server,
+# On a fresh Debian/Ubuntu machine it installs what is missing: the MariaDB server, etcd,
 # Python's venv module, then a virtual environment in .venv with sqlrouter and its
 # extras.  Every step is skipped when already done.
 set -euo pipefail
@@ -26,6 +26,12 @@ if ! have_mariadbd; then
     apt_install mariadb-server
 fi
 
+# etcd: the coordination store of automatic failover (tests/fixtures/etcd.py starts
+# its own members on free loopback ports; the package's own service is not used).
+if ! command -v etcd >/dev/null 2>&1; then
+    apt_install etcd-server
+fi
+
 if [ -z "$PYTHON" ]; then
     apt_install python3 python3-venv
     PYTHON="$(command -v python3)"
@@ -47,7 +53,7 @@ STAMP="$VENV/.sqlrouter-installed"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     echo "setup: installing sqlrouter and its extras into $VENV" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[dev,sqlalchemy,django]'
+    "$VENV/bin/python" -m pip install -q -e '.[dev,sqlalchemy,django,etcd]'
     touch "$STAMP"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

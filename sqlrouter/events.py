@@ -50,6 +50,9 @@ EventName = Literal[
     "datasource_online",
     "lag_exceeded",
     "lag_recovered",
+    "autofailover_decision",
+    "autofailover_outcome",
+    "master_fenced",
 ]
 EVENT_NAMES: Final[tuple[EventName, ...]] = get_args(EventName)
 

@@ -56,8 +56,11 @@ class TopologyError(OperationalError):
         reason: str = "",
         state: str = "",
         steps: Sequence[Step] = (),
+        refused: bool = False,
     ) -> None:
         super().__init__(errno, message)
+        #: Refused before changing anything (the plan or the choice said no).
+        self.refused = refused
         self.service = service
         self.server = server
         self.step = step
@@ -224,6 +227,7 @@ class _Run:
             reason=self.scrub(reason),
             state=self.scrub(state),
             steps=self.steps,
+            refused=verb == "refused",
         )
 
 
@@ -287,6 +291,7 @@ def _refuse(service: Service, kind: str, step: str, server: str, reason: str) ->
         step=step,
         reason=reason,
         state="nothing was changed",
+        refused=True,
     )
 
 

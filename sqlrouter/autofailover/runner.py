@@ -1,0 +1,431 @@
+"""The runner: automatic failover of one service, as one agent process runs it.
+
+A :class:`Runner` owns one thread.  Every ``interval`` seconds it runs a round:
+
+1. refresh the agent's etcd lease (register again if it had expired);
+2. observe the servers (:func:`._observe.observe`) and resolve the master from what
+   they are, publish this agent's view of it (reachable or not) under its lease;
+3. fence an old master that came back: the store's last outcome names it; if it is
+   reachable and writable and is not the master by observation, ``SET GLOBAL
+   read_only=1`` at once (any agent does it, the first to see it);
+4. campaign for leadership; the leader gathers the views of the live agents and the
+   replicas' IO threads into a :class:`.decision.Round`, applies
+   :func:`.decision.decide`, publishes the decision with its evidence, and when the
+   verdict is ``failover`` runs the existing failover (:func:`sqlrouter.switchover.failover`)
+   with a guard that checks the leadership (lease and term) in etcd before every step,
+   then publishes the outcome (new master, old master, term) and the history.
+
+A round that cannot reach etcd does nothing (no leader can act without the store);
+``status()`` says so.  :meth:`Runner.stop` ends the thread, revokes the lease and joins,
+within a timeout.  The runner never runs in an application's process: ``sqlrouter
+agent`` starts one per opted-in service (:func:`sqlrouter.autofailover.start_runners`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any, Final
+
+import pymysql
+
+from .. import events
+from ..switchover import Step, TopologyError, failover
+from ..topology import Credentials, Service
+from ._observe import Address, ServerView, fence, observe, registry_address, resolve_master
+from .decision import AgentView, Decision, Detection, ReplicaView, Round, decide
+from .store import Store, StoreError
+
+__all__ = ["Runner"]
+
+logger = logging.getLogger("sqlrouter.autofailover")
+
+#: Seconds :meth:`Runner.stop` waits for the round in progress to end.
+DEFAULT_STOP_TIMEOUT: Final = 10.0
+
+
+class Runner:
+    """Automatic failover of ``service`` by this agent (see the module's docstring).
+
+    ``store``: the agent's :class:`Store` (default: one on the service's ``etcd``
+    endpoints).  ``address``: where this agent reaches each datasource (default: the
+    registry's address).  ``failover_timeout``: the bound of the failover itself.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        store: Store | None = None,
+        agent: str | None = None,
+        address: Address = registry_address,
+        failover_timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        settings = service.autofailover
+        if not settings.enabled:
+            raise ValueError(
+                f"service {service.name!r}: automatic failover is not enabled "
+                f"(set enabled = true in [services.{service.name}.autofailover], {service.source})"
+            )
+        if service.admin_credentials is None:
+            raise ValueError(
+                f"service {service.name!r}: automatic failover needs the admin credentials "
+                f"([services.{service.name}.admin] in {service.source})"
+            )
+        self.service = service
+        self._creds: Credentials = service.admin_credentials
+        self.store = store or Store(
+            settings.etcd, service=service.name, agent=agent, lease_ttl=settings.lease_ttl
+        )
+        self.agent = self.store.agent
+        self.interval = settings.interval or service.monitor_interval
+        #: An agent's view older than this is not counted (its lease outlives it).
+        self.stale_after = settings.lease_ttl + self.interval
+        self._address = address
+        self._failover_timeout = failover_timeout
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._detection = Detection()
+        self._term: int | None = None
+        self._decision: Decision | None = None
+        self._store_error: str | None = None
+        self._rounds = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Runner:
+        if self._thread is not None:
+            raise RuntimeError(f"{self!r} was already started")
+        self._thread = threading.Thread(
+            target=self._loop, name=f"sqlrouter-autofailover-{self.service.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """End the thread (after the round in progress), revoke the lease, and join."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.warning("%r: its round did not end within %gs", self, timeout)
+        self.store.close()
+
+    def __enter__(self) -> Runner:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        with self._lock:
+            role = f"leader (term {self._term})" if self._term is not None else "follower"
+            verdict = self._decision.verdict if self._decision else "no decision"
+            error = f", store: {self._store_error}" if self._store_error else ""
+        return (
+            f"<Runner {self.service.name!r} agent {self.agent!r}: {role}, {verdict}, "
+            f"{self._rounds} rounds{error}>"
+        )
+
+    def status(self) -> dict[str, Any]:
+        """This agent's part, for ``status`` output (the store has the rest)."""
+        with self._lock:
+            return {
+                "service": self.service.name,
+                "agent": self.agent,
+                "leader": self._term is not None,
+                "term": self._term,
+                "rounds": self._rounds,
+                "decision": self._decision.as_dict() if self._decision else None,
+                "store_error": self._store_error,
+            }
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.run_round()
+            except StoreError as exc:
+                self._lost_store(str(exc))
+            except Exception:  # a round's bug must not end automatic failover silently
+                logger.exception("%r: round failed", self)
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def _lost_store(self, error: str) -> None:
+        with self._lock:
+            first = self._store_error is None
+            self._store_error = error
+            self._term = None
+        if first:
+            logger.warning(
+                "service %r: agent %s: no automatic failover while the store cannot be used: %s",
+                self.service.name,
+                self.agent,
+                error,
+            )
+
+    # ------------------------------------------------------------------ one round
+
+    def run_round(self) -> Decision | None:
+        """One round (see the module's docstring); the leader's decision, else ``None``."""
+        store = self.store
+        store.keepalive()
+        with self._lock:
+            if self._store_error is not None:
+                logger.info(
+                    "service %r: agent %s: the store answers again", self.service.name, self.agent
+                )
+            self._store_error = None
+            self._rounds += 1
+        timeout = self.service.probe_timeout
+        views = observe(self.service, self._creds, timeout, self._address)
+        master = resolve_master(self.service, views)
+        self._fence_old_master(views, master)
+        now = self._clock()
+        mv = views.get(master) if master is not None else None
+        store.publish_view(
+            AgentView(self.agent, master, bool(mv and mv.reachable), now, mv.detail if mv else "")
+        )
+        term = store.campaign()
+        with self._lock:
+            if term != self._term and term is not None:
+                logger.info(
+                    "service %r: agent %s leads (term %d)", self.service.name, self.agent, term
+                )
+                self._detection = Detection()
+            self._term = term
+        if term is None:
+            return None
+        if master is None or mv is None:
+            decision = Decision(
+                "disagreement",
+                "-",
+                "the observations do not single out a master: "
+                + "; ".join(f"{v.name}: {_describe(v)}" for v in views.values()),
+                (),
+                Detection(),
+            )
+        else:
+            replicas = tuple(
+                ReplicaView(v.name, v.reachable, _source(self.service, v), v.io_connected, v.detail)
+                for v in views.values()
+                if v.name != master and (v.source_address is not None or not v.reachable)
+            )
+            rnd = Round(master, mv.reachable, mv.detail, store.views(), replicas, now)
+            decision = decide(
+                self._detection,
+                rnd,
+                store.history(),
+                rounds=self.service.autofailover.rounds,
+                period=self.service.autofailover.period,
+                stale_after=self.stale_after,
+            )
+        self._record(term, decision, now)
+        self._settle_interrupted(term, master, decision)
+        if decision.verdict == "failover":
+            self._failover(term, decision)
+        return decision
+
+    def _record(self, term: int, decision: Decision, now: float) -> None:
+        with self._lock:
+            previous = self._decision
+            self._decision = decision
+            self._detection = decision.detection
+        changed = previous is None or (previous.verdict, previous.reason) != (
+            decision.verdict,
+            decision.reason,
+        )
+        if changed:
+            log = logger.info if decision.verdict in ("healthy", "suspect") else logger.warning
+            log(
+                "service %r: leader %s (term %d): %s; evidence: %s",
+                self.service.name,
+                self.agent,
+                term,
+                decision,
+                "; ".join(decision.evidence) or "-",
+            )
+            events.publish(
+                [
+                    events.Event(
+                        "autofailover_decision",
+                        self.service.name,
+                        decision.master,
+                        detail=f"{decision.verdict}: {decision.reason}",
+                    )
+                ]
+            )
+        if changed or decision.verdict != "healthy":
+            self.store.put_as_leader(
+                term,
+                {"decision": {**decision.as_dict(), "term": term, "leader": self.agent, "at": now}},
+            )
+
+    # ------------------------------------------------------------------ fencing
+
+    def _fence_old_master(self, views: Mapping[str, ServerView], master: str | None) -> None:
+        outcome = self.store.get("outcome")
+        if not outcome or not outcome.get("ok"):
+            return
+        old = outcome.get("old_master")
+        view = views.get(old) if isinstance(old, str) else None
+        if view is None or not view.reachable or view.read_only or old == master:
+            return
+        ds = self.service.datasource(view.name)
+        try:
+            done = fence(ds, self._creds, self.service.probe_timeout, self._address)
+        except (pymysql.err.MySQLError, OSError) as exc:  # tried again next round
+            logger.warning("service %r: could not fence %s: %s", self.service.name, ds.name, exc)
+            return
+        logger.warning(
+            "service %r: old master fenced by %s: %s", self.service.name, self.agent, done
+        )
+        self.store.put(
+            "fenced",
+            {"datasource": ds.name, "by": self.agent, "at": self._clock(), "detail": done},
+        )
+        events.publish([events.Event("master_fenced", self.service.name, ds.name, detail=done)])
+
+    # ------------------------------------------------------------------ the failover
+
+    def _settle_interrupted(self, term: int, master: str | None, decision: Decision) -> None:
+        """A failover record left by an earlier leader: settled by observation."""
+        record = self.store.get("failover")
+        if record is None or record.get("term") == term or decision.verdict != "healthy":
+            return
+        old = record.get("old_master")
+        ok = master is not None and master != old
+        outcome = {
+            "service": self.service.name,
+            "ok": ok,
+            "old_master": old,
+            "new_master": master if ok else None,
+            "term": record.get("term"),
+            "at": self._clock(),
+            "detail": (
+                f"the failover of term {record.get('term')} was interrupted; observed: "
+                + (f"{master} is the master" if ok else f"{old} is the master again (rolled back)")
+            ),
+        }
+        puts: dict[str, Mapping[str, Any]] = {"outcome": outcome}
+        if ok:
+            puts["history"] = {
+                "at": outcome["at"],
+                "term": record.get("term"),
+                "acknowledged": False,
+            }
+        if self.store.put_as_leader(term, puts, deletes=["failover"]):
+            logger.warning("service %r: %s", self.service.name, outcome["detail"])
+
+    def _failover(self, term: int, decision: Decision) -> None:
+        service = self.service
+        started = self._clock()
+        record: dict[str, Any] = {
+            "term": term,
+            "leader": self.agent,
+            "old_master": decision.master,
+            "started_at": started,
+            "decision": decision.as_dict(),
+            "steps": [],
+        }
+        if not self.store.put_as_leader(term, {"failover": record}):
+            logger.warning("service %r: %s no longer leads: no failover", service.name, self.agent)
+            return
+        steps: list[dict[str, Any]] = []
+
+        def report(step: Step) -> None:
+            steps.append({"name": step.name, "ok": step.ok, "detail": step.detail})
+            with contextlib.suppress(StoreError):
+                self.store.put_as_leader(term, {"failover": {**record, "steps": steps[-50:]}})
+
+        def guard(step: str) -> str | None:
+            try:
+                leads = self.store.is_leader(term)
+            except StoreError as exc:
+                return (
+                    f"the store cannot confirm that {self.agent} still leads (term {term}): {exc}"
+                )
+            return None if leads else f"{self.agent} no longer leads (term {term})"
+
+        logger.warning(
+            "service %r: automatic failover of %s by %s (term %d)",
+            service.name,
+            decision.master,
+            self.agent,
+            term,
+        )
+        new: str | None = None
+        error: TopologyError | None = None
+        try:
+            failover(service, timeout=self._failover_timeout, report=report, guard=guard)
+        except TopologyError as exc:
+            error = exc
+        views = observe(service, self._creds, service.probe_timeout, self._address)
+        master = resolve_master(service, views)
+        writable = [v.name for v in views.values() if v.reachable and not v.read_only]
+        if master is not None and master != decision.master and writable == [master]:
+            new = master
+        now = self._clock()
+        outcome = {
+            "service": service.name,
+            "ok": new is not None,
+            "old_master": decision.master,
+            "new_master": new,
+            "term": term,
+            "leader": self.agent,
+            "at": now,
+            "seconds": round(now - started, 3),
+            "detail": str(error.args[1]) if error is not None else f"{new} is the master",
+            "steps": steps,
+        }
+        puts: dict[str, Mapping[str, Any]] = {"outcome": outcome}
+        if new is not None:
+            puts["history"] = {"at": now, "term": term, "acknowledged": False}
+        elif error is not None and error.refused and not _transient(error):
+            puts["blocked"] = {"reason": error.reason, "at": now, "term": term}
+        if not self.store.put_as_leader(term, puts, deletes=["failover"]):
+            logger.error(
+                "service %r: outcome not published: %s no longer leads", service.name, self.agent
+            )
+        log = logger.warning if new is not None else logger.error
+        log("service %r: automatic failover: %s", service.name, outcome["detail"])
+        events.publish(
+            [
+                events.Event(
+                    "autofailover_outcome",
+                    service.name,
+                    new,
+                    previous=decision.master,
+                    detail=str(outcome["detail"]),
+                )
+            ]
+        )
+        with self._lock:
+            self._detection = replace(self._detection, failed_rounds=0)
+
+
+def _transient(error: TopologyError) -> bool:
+    """A refusal that says the master is there after all: not a reason to block."""
+    return " is alive" in error.reason or " is writable" in error.reason
+
+
+def _source(service: Service, view: ServerView) -> str | None:
+    for ds in service.datasources:
+        if (ds.host, ds.port) == view.source_address:
+            return ds.name
+    return None
+
+
+def _describe(view: ServerView) -> str:
+    if not view.reachable:
+        return f"unreachable ({view.detail})"
+    role = "read-only" if view.read_only else "writable"
+    return f"{role}, {view.detail}" if view.detail else role

@@ -1,0 +1,344 @@
+"""The coordination store of automatic failover: etcd, through its v3 JSON gateway.
+
+The client is etcd3gw (OpenStack's, typed, on ``requests``): plain HTTP requests with a
+timeout each, no gRPC, no thread of its own as long as its watches are not used (they
+are not).  One :class:`Store` per agent and service; every key is under
+``/sqlrouter/autofailover/SERVICE/``:
+
+================  ======================================================  ===========
+key               value (JSON)                                            lease
+================  ======================================================  ===========
+``agents/ID``     the agent: host, pid, since                             the agent's
+``seen/ID``       its latest view of the master (:class:`AgentView`)       the agent's
+``leader``        the leader's agent id; its ``create_revision`` is the    the leader's
+                  *term*, which grows with every election
+``decision``      the leader's latest decision, with its evidence          none
+``failover``      a failover under way: term, leader, old master, steps    none
+``outcome``       the last failover's outcome: service, new master, term   none
+``history``       last automatic failover (time, term), acknowledged       none
+``blocked``       why automation is blocked until acknowledged             none
+``fenced``        the old master made read-only, when, by whom             none
+================  ======================================================  ===========
+
+An agent's keys vanish with its lease (``lease_ttl`` seconds after its last refresh):
+a dead agent stops counting, and a dead leader's ``leader`` key is free for another.
+Every write of a leader is a transaction that first compares the ``leader`` key with
+its id and its term (:meth:`Store.put_as_leader`): a leader that lost its lease cannot
+write anything, and :meth:`Store.is_leader` is what the failover asks before each step.
+
+Every request has a timeout (``timeout``, default 2 s); a store that cannot be reached
+(or that lost its quorum) raises :class:`StoreError` naming the endpoints: automation
+then does nothing, and says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+try:
+    import etcd3gw
+    import etcd3gw.exceptions
+    import etcd3gw.lease
+except ImportError as exc:  # pragma: no cover - the extra is installed by scripts/_setup.sh
+    raise ImportError(
+        "automatic failover needs etcd3gw, the etcd client: pip install 'sqlrouter[etcd]'"
+    ) from exc
+
+from .decision import AgentView, History
+
+__all__ = ["PREFIX", "Store", "StoreError", "acknowledge", "read_status"]
+
+logger = logging.getLogger("sqlrouter.autofailover")
+
+PREFIX = "/sqlrouter/autofailover/"
+
+_T = TypeVar("_T")
+
+
+class StoreError(Exception):
+    """The coordination store could not be used (unreachable, no quorum, lease lost)."""
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _client(endpoint: str, timeout: float) -> etcd3gw.Etcd3Client:
+    host, _, port = endpoint.rpartition(":")
+    # The v3 gateway's path is fixed (etcd >= 3.4): no discovery request per client.
+    return etcd3gw.Etcd3Client(
+        host=host.strip("[]"), port=int(port), timeout=timeout, api_path="/v3/"
+    )
+
+
+class _Endpoints:
+    """The etcd endpoints, tried in turn: the first that answers is kept."""
+
+    def __init__(self, endpoints: Sequence[str], timeout: float) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoint given (expected 'host:port', ...)")
+        self.endpoints = tuple(endpoints)
+        self._clients = [_client(e, timeout) for e in self.endpoints]
+        self._current = 0
+
+    def call(self, what: str, op: Callable[[etcd3gw.Etcd3Client], _T]) -> _T:
+        errors = []
+        for i in range(len(self._clients)):
+            index = (self._current + i) % len(self._clients)
+            try:
+                result = op(self._clients[index])
+            except (etcd3gw.exceptions.Etcd3Exception, OSError, ValueError) as exc:
+                errors.append(f"{self.endpoints[index]}: {str(exc).strip()[:200]}")
+                continue
+            self._current = index
+            return result
+        raise StoreError(f"etcd: {what} failed on every endpoint: " + "; ".join(errors))
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.session.close()
+
+
+class Store:
+    """One agent's access to the keys of one service (see the module's docstring)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        service: str,
+        agent: str | None = None,
+        lease_ttl: int = 5,
+        timeout: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.service = service
+        self.agent = agent or f"{socket.gethostname()}-{os.getpid()}"
+        self.lease_ttl = lease_ttl
+        self._etcd = _Endpoints(endpoints, timeout)
+        self._clock = clock
+        self._lease: etcd3gw.lease.Lease | None = None
+        self.prefix = f"{PREFIX}{service}/"
+
+    def __repr__(self) -> str:
+        lease = f"lease {self._lease.id}" if self._lease else "no lease"
+        return (
+            f"<Store {self.service!r} agent {self.agent!r}, {lease}, etcd {self._etcd.endpoints}>"
+        )
+
+    # ------------------------------------------------------------------ plain keys
+
+    def _key(self, name: str) -> str:
+        return self.prefix + name
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        values = self._etcd.call(f"get {name}", lambda c: c.get(self._key(name)))
+        return _loads(values[0]) if values else None
+
+    def _prefix(self, name: str) -> list[dict[str, Any]]:
+        values = self._etcd.call(f"get {name}*", lambda c: c.get_prefix(self._key(name)))
+        return [v for v in (_loads(value) for value, _meta in values) if v is not None]
+
+    def put(self, name: str, value: Mapping[str, Any], *, leased: bool = False) -> None:
+        lease = self._lease if leased else None
+        self._etcd.call(
+            f"put {name}", lambda c: c.put(self._key(name), json.dumps(value), lease=lease)
+        )
+
+    def delete(self, name: str) -> None:
+        self._etcd.call(f"delete {name}", lambda c: c.delete(self._key(name)))
+
+    # ------------------------------------------------------------------ the agent's lease
+
+    def register(self) -> None:
+        """Take a lease and register this agent under it (again, if the lease was lost)."""
+        self._lease = self._etcd.call("lease grant", lambda c: c.lease(self.lease_ttl))
+        info = {"agent": self.agent, "host": socket.gethostname(), "pid": os.getpid()}
+        self.put(f"agents/{self.agent}", {**info, "since": self._clock()}, leased=True)
+
+    def keepalive(self) -> None:
+        """Refresh the lease; register anew when it had expired (the keys went with it)."""
+        lease = self._lease
+        if lease is None:
+            self.register()
+            return
+        ttl = self._etcd.call("lease keepalive", lambda c: lease.refresh())
+        if ttl <= 0:
+            logger.warning(
+                "service %r: agent %s: its etcd lease had expired; registering again",
+                self.service,
+                self.agent,
+            )
+            self.register()
+
+    def publish_view(self, view: AgentView) -> None:
+        self.put(
+            f"seen/{self.agent}",
+            {
+                "agent": view.agent,
+                "master": view.master,
+                "reachable": view.reachable,
+                "at": view.at,
+                "detail": view.detail,
+            },
+            leased=True,
+        )
+
+    def views(self) -> tuple[AgentView, ...]:
+        """The latest view of every agent whose lease is alive."""
+        out = []
+        for v in self._prefix("seen/"):
+            try:
+                out.append(
+                    AgentView(
+                        str(v["agent"]),
+                        None if v.get("master") is None else str(v["master"]),
+                        bool(v["reachable"]),
+                        float(v["at"]),
+                        str(v.get("detail", "")),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+        return tuple(out)
+
+    def agents(self) -> list[str]:
+        return sorted(str(a.get("agent")) for a in self._prefix("agents/"))
+
+    # ------------------------------------------------------------------ leadership
+
+    def campaign(self) -> int | None:
+        """Become the leader if nobody is; the term if this agent leads, else ``None``."""
+        if self._lease is None:
+            return None
+        key = _b64(self._key("leader"))
+        txn = {
+            "compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
+            "success": [
+                {"request_put": {"key": key, "value": _b64(self.agent), "lease": self._lease.id}}
+            ],
+            "failure": [{"request_range": {"key": key}}],
+        }
+        answer = self._etcd.call("campaign", lambda c: c.transaction(txn))
+        if answer.get("succeeded"):
+            return int(answer["header"]["revision"])
+        kvs = answer["responses"][0]["response_range"].get("kvs", [])
+        if kvs and base64.b64decode(kvs[0].get("value", "")).decode() == self.agent:
+            return int(kvs[0]["create_revision"])
+        return None
+
+    def leader(self) -> tuple[str, int] | None:
+        """``(agent, term)`` of the current leader, ``None`` if there is none."""
+        found = self._etcd.call("get leader", lambda c: c.get(self._key("leader"), metadata=True))
+        if not found:
+            return None
+        value, meta = found[0]
+        return value.decode(), int(meta["create_revision"])
+
+    def _as_leader(self, term: int) -> list[dict[str, Any]]:
+        key = _b64(self._key("leader"))
+        return [
+            {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": term},
+            {"key": key, "result": "EQUAL", "target": "VALUE", "value": _b64(self.agent)},
+        ]
+
+    def is_leader(self, term: int) -> bool:
+        """Does this agent still lead with ``term``?  (Asked before every failover step.)"""
+        txn = {"compare": self._as_leader(term), "success": [], "failure": []}
+        answer = self._etcd.call("check leadership", lambda c: c.transaction(txn))
+        return bool(answer.get("succeeded"))
+
+    def put_as_leader(
+        self,
+        term: int,
+        puts: Mapping[str, Mapping[str, Any]],
+        deletes: Sequence[str] = (),
+    ) -> bool:
+        """Write ``puts`` and delete ``deletes`` in one transaction, only while leading."""
+        ops: list[dict[str, Any]] = [
+            {"request_put": {"key": _b64(self._key(k)), "value": _b64(json.dumps(v))}}
+            for k, v in puts.items()
+        ]
+        ops += [{"request_delete_range": {"key": _b64(self._key(k))}} for k in deletes]
+        txn = {"compare": self._as_leader(term), "success": ops, "failure": []}
+        answer = self._etcd.call("write as leader", lambda c: c.transaction(txn))
+        return bool(answer.get("succeeded"))
+
+    # ------------------------------------------------------------------ history
+
+    def history(self) -> History:
+        hist = self.get("history") or {}
+        blocked = self.get("blocked")
+        at = hist.get("at")
+        return History(
+            last_failover_at=float(at) if isinstance(at, int | float) else None,
+            acknowledged=bool(hist.get("acknowledged", True)),
+            blocked=str(blocked.get("reason")) if blocked else None,
+        )
+
+    def close(self) -> None:
+        """Revoke the lease (this agent's keys go at once) and close the connections."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            try:
+                self._etcd.call("lease revoke", lambda c: lease.revoke())
+            except StoreError as exc:
+                logger.info("service %r: lease not revoked (%s)", self.service, exc)
+        self._etcd.close()
+
+
+def _loads(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_status(endpoints: Sequence[str], service: str, timeout: float = 2.0) -> dict[str, Any]:
+    """What the store holds about ``service``'s automatic failover (for ``sqlrouter admin``)."""
+    store = Store(endpoints, service=service, agent="admin", timeout=timeout)
+    try:
+        leader = store.leader()
+        return {
+            "service": service,
+            "agents": store.agents(),
+            "leader": None if leader is None else {"agent": leader[0], "term": leader[1]},
+            "views": [
+                {"agent": v.agent, "master": v.master, "reachable": v.reachable, "at": v.at}
+                for v in store.views()
+            ],
+            **{
+                name: store.get(name)
+                for name in ("decision", "failover", "outcome", "history", "blocked", "fenced")
+            },
+        }
+    finally:
+        store.close()
+
+
+def acknowledge(
+    endpoints: Sequence[str], service: str, by: str, timeout: float = 2.0
+) -> dict[str, Any]:
+    """Acknowledge ``service``'s last automatic failover and any block: automation resumes.
+
+    Returns what was acknowledged (the history and block records as they were).
+    """
+    store = Store(endpoints, service=service, agent="admin", timeout=timeout)
+    try:
+        hist = store.get("history")
+        blocked = store.get("blocked")
+        if hist is not None:
+            store.put("history", {**hist, "acknowledged": True, "acknowledged_by": by})
+        if blocked is not None:
+            store.delete("blocked")
+        return {"service": service, "history": hist, "blocked": blocked}
+    finally:
+        store.close()
