@@ -37,6 +37,7 @@ import base64
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -95,7 +96,7 @@ class _Endpoints:
             try:
                 result = op(self._clients[index])
             except (etcd3gw.exceptions.Etcd3Exception, OSError, ValueError) as exc:
-                errors.append(f"{self.endpoints[index]}: {str(exc).strip()[:200]}")
+                errors.append(f"{self.endpoints[index]}: {_reason(exc)}")
                 continue
             self._current = index
             return result
@@ -292,6 +293,16 @@ class Store:
             except StoreError as exc:
                 logger.info("service %r: lease not revoked (%s)", self.service, exc)
         self._etcd.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """etcd3gw's error as one short line (its text is in ``detail_text``)."""
+    text = str(getattr(exc, "detail_text", None) or exc or type(exc).__name__)
+    if "[Errno" in text:  # requests' "HTTPConnectionPool(...): Max retries ... [Errno 111] ..."
+        text = re.split(r"['\"]", text[text.index("[Errno") :])[0].rstrip(")")
+    elif "timed out" in text.lower():
+        text = "timed out"
+    return " ".join(text.split())[:200]
 
 
 def _loads(raw: bytes) -> dict[str, Any] | None:

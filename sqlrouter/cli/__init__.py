@@ -2,7 +2,8 @@
 
 The parser (:mod:`._parser`) knows every command; each command runs in a module of its
 own (:mod:`.sandbox`, :mod:`.route`, :mod:`.demo`, :mod:`.admin`, and :mod:`.topology`
-for ``admin switchover`` and ``admin failover``), imported when that command runs: so
+for ``admin switchover`` and ``admin failover``, :mod:`.autofailover` for
+``admin autofailover``), imported when that command runs: so
 ``sqlrouter admin status`` starts without loading the switchover package or the sandbox,
 and ``sqlrouter route`` without the control client's formatting.
 """
@@ -28,6 +29,8 @@ def _runner(args: argparse.Namespace) -> str:
     """The module of :mod:`sqlrouter.cli` that runs the parsed command."""
     if args.command == "admin" and args.admin_command in ("switchover", "failover"):
         return "topology"
+    if args.command == "admin" and args.admin_command == "autofailover":
+        return "autofailover"
     return str(args.command)
 
 

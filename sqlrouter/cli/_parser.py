@@ -234,6 +234,22 @@ def _admin_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     fo.add_argument("service", metavar="SERVICE")
     fo.add_argument("--force", action="store_true", help="even if writes could be lost")
+    af = cmds.add_parser(
+        "autofailover",
+        help="automatic failover of SERVICE: status (what the agents decided), acknowledge",
+        description=(
+            "Read the etcd store of the agents that run the automatic failover of SERVICE: "
+            "'status' shows the agents, the leader, the last decision with its evidence and "
+            "the last failover; 'acknowledge' acknowledges the last automatic failover and "
+            "any block, arming automatic failover again. See docs/autofailover.md."
+        ),
+    )
+    af.add_argument("action", choices=["status", "acknowledge"], metavar="ACTION")
+    af.add_argument("service", metavar="SERVICE")
+    af.add_argument("--registry", metavar="SPEC", help="the registry (default as connect())")
+    af.add_argument(
+        "--etcd", metavar="HOST:PORT,...", help="etcd endpoints (default: the registry's)"
+    )
     for p in (sw, fo):
         p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
         p.add_argument("--registry", metavar="SPEC", help="the registry (default as connect())")
