@@ -1,0 +1,330 @@
+"""Automatic failover's decision (pure) and its registry settings.
+
+The decision is exhaustively exercised here without a server or a store; the runner,
+the store and the failover they drive are tested against real servers and a real etcd
+in tests/integration/test_autofailover.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sqlrouter.autofailover import (
+    AgentView,
+    Detection,
+    History,
+    ReplicaView,
+    Round,
+    decide,
+)
+from sqlrouter.registry import RegistryError, load_registry_file
+from sqlrouter.topology import AutofailoverSettings
+
+NOW = 1_000_000.0
+ROUNDS = 3
+PERIOD = 3600.0
+STALE = 5.0
+
+
+def agents(*reachable: bool, master: str = "db1", age: float = 0.0) -> tuple[AgentView, ...]:
+    return tuple(AgentView(f"a{i}", master, r, NOW - age) for i, r in enumerate(reachable))
+
+
+def replicas(*connected: bool, source: str = "db1") -> tuple[ReplicaView, ...]:
+    return tuple(ReplicaView(f"db{i + 2}", True, source, c) for i, c in enumerate(connected))
+
+
+def dead_round(**changes: object) -> Round:
+    base: dict[str, object] = {
+        "master": "db1",
+        "probe_ok": False,
+        "probe_detail": "(2003) Can't connect",
+        "agents": agents(False, False, False),
+        "replicas": replicas(False, False),
+        "now": NOW,
+    }
+    base.update(changes)
+    return Round(**base)  # type: ignore[arg-type]
+
+
+NO_HISTORY = History()
+
+
+def run(rounds: list[Round], history: History = NO_HISTORY) -> list[str]:
+    detection = Detection()
+    verdicts = []
+    for rnd in rounds:
+        d = decide(detection, rnd, history, rounds=ROUNDS, period=PERIOD, stale_after=STALE)
+        detection = d.detection
+        verdicts.append(d.verdict)
+    return verdicts
+
+
+def test_a_dead_master_is_failed_over_after_the_configured_rounds_only() -> None:
+    assert run([dead_round()] * 4) == ["suspect", "suspect", "failover", "failover"]
+
+
+def test_one_answer_resets_the_count_a_slow_master_is_not_dead() -> None:
+    alive = dead_round(probe_ok=True, probe_detail="")
+    verdicts = run([dead_round(), dead_round(), alive, dead_round(), dead_round()])
+    assert verdicts == ["suspect", "suspect", "healthy", "suspect", "suspect"]
+
+
+def test_the_count_restarts_when_the_master_changes() -> None:
+    other = dead_round(master="db2", replicas=replicas(False, source="db2"))
+    assert run([dead_round(), dead_round(), other]) == ["suspect", "suspect", "suspect"]
+
+
+def test_one_observer_alone_is_not_a_majority() -> None:
+    d = decide(
+        Detection("db1", 5),
+        dead_round(agents=agents(False, True, True)),
+        History(),
+        rounds=ROUNDS,
+        period=PERIOD,
+        stale_after=STALE,
+    )
+    assert d.verdict == "disagreement"
+    assert d.reason == "1 of 3 live agents cannot reach db1: no majority"
+    assert "agent a1: reaches db1" in d.evidence
+
+
+def test_half_is_not_a_majority_and_stale_or_other_views_do_not_count() -> None:
+    def verdict(views: tuple[AgentView, ...]) -> str:
+        return decide(
+            Detection("db1", 5),
+            dead_round(agents=views),
+            History(),
+            rounds=ROUNDS,
+            period=PERIOD,
+            stale_after=STALE,
+        ).verdict
+
+    assert verdict(agents(False, True)) == "disagreement"
+    assert verdict(agents(False, False, age=STALE + 1)) == "disagreement"
+    assert verdict(agents(False, False, master="db2")) == "disagreement"
+    assert verdict(agents(False, False)) == "failover"
+
+
+def test_a_replica_still_receiving_from_the_master_vetoes() -> None:
+    d = decide(
+        Detection("db1", 5),
+        dead_round(replicas=replicas(False, True)),
+        History(),
+        rounds=ROUNDS,
+        period=PERIOD,
+        stale_after=STALE,
+    )
+    assert d.verdict == "disagreement"
+    assert d.reason == "db3 still receive(s) from db1: it is alive for them"
+
+
+def test_no_reachable_replica_means_no_confirmation() -> None:
+    gone = (ReplicaView("db2", False, "db1", False, "timed out"),)
+    d = decide(
+        Detection("db1", 5),
+        dead_round(replicas=gone),
+        History(),
+        rounds=ROUNDS,
+        period=PERIOD,
+        stale_after=STALE,
+    )
+    assert (d.verdict, d.reason) == (
+        "disagreement",
+        "no reachable replica of db1 to confirm it is dead",
+    )
+
+
+def test_a_second_failover_within_the_period_waits_for_an_acknowledgement() -> None:
+    recent = History(last_failover_at=NOW - 60, acknowledged=False)
+    d = decide(
+        Detection("db1", 5), dead_round(), recent, rounds=ROUNDS, period=PERIOD, stale_after=STALE
+    )
+    assert d.verdict == "blocked"
+    assert "ran 60s ago (at most one per 3600s until an operator acknowledges it)" in d.reason
+    for history in (
+        History(last_failover_at=NOW - 60, acknowledged=True),
+        History(last_failover_at=NOW - PERIOD - 1, acknowledged=False),
+    ):
+        again = decide(
+            Detection("db1", 5),
+            dead_round(),
+            history,
+            rounds=ROUNDS,
+            period=PERIOD,
+            stale_after=STALE,
+        )
+        assert again.verdict == "failover"
+
+
+def test_a_refused_candidate_blocks_until_acknowledged() -> None:
+    blocked = History(blocked="the replicas diverged: db3 lacks 0-2-5 (on db2)")
+    d = decide(
+        Detection("db1", 5), dead_round(), blocked, rounds=ROUNDS, period=PERIOD, stale_after=STALE
+    )
+    assert d.verdict == "blocked"
+    assert d.reason.endswith(
+        "until an operator acknowledges: the replicas diverged: db3 lacks 0-2-5 (on db2)"
+    )
+
+
+def test_the_decision_carries_its_evidence() -> None:
+    d = decide(
+        Detection("db1", 2),
+        dead_round(),
+        History(),
+        rounds=ROUNDS,
+        period=PERIOD,
+        stale_after=STALE,
+    )
+    assert d.as_dict() == {
+        "verdict": "failover",
+        "master": "db1",
+        "reason": "db1 is dead: 3 failed rounds, 3 of 3 agents and 2 replica(s) agree",
+        "evidence": [
+            "leader's probe of db1: failed ((2003) Can't connect)",
+            "failed rounds in a row: 3 of 3",
+            "agent a0: cannot reach db1",
+            "agent a1: cannot reach db1",
+            "agent a2: cannot reach db1",
+            "replica db2: IO thread lost the master",
+            "replica db3: IO thread lost the master",
+        ],
+        "failed_rounds": 3,
+    }
+
+
+# --------------------------------------------------------------------------- properties
+
+views = st.builds(
+    AgentView,
+    agent=st.sampled_from(["a0", "a1", "a2", "a3", "a4"]),
+    master=st.sampled_from(["db1", "db2", None]),
+    reachable=st.booleans(),
+    at=st.floats(NOW - 20, NOW),
+)
+replica_views = st.builds(
+    ReplicaView,
+    name=st.sampled_from(["db2", "db3", "db4"]),
+    reachable=st.booleans(),
+    source=st.sampled_from(["db1", "db2", None]),
+    io_connected=st.booleans(),
+)
+rounds_ = st.builds(
+    Round,
+    master=st.just("db1"),
+    probe_ok=st.booleans(),
+    probe_detail=st.just(""),
+    agents=st.lists(views, max_size=5).map(tuple),
+    replicas=st.lists(replica_views, max_size=3).map(tuple),
+    now=st.just(NOW),
+)
+histories = st.builds(
+    History,
+    last_failover_at=st.none() | st.floats(NOW - 2 * PERIOD, NOW),
+    acknowledged=st.booleans(),
+    blocked=st.none() | st.just("diverged"),
+)
+
+
+@given(st.lists(rounds_, min_size=1, max_size=8), histories)
+def test_failover_only_when_every_condition_holds(seq: list[Round], history: History) -> None:
+    detection = Detection()
+    for i, rnd in enumerate(seq):
+        d = decide(detection, rnd, history, rounds=ROUNDS, period=PERIOD, stale_after=STALE)
+        detection = d.detection
+        if d.verdict != "failover":
+            continue
+        # the leader's probes failed for the last ROUNDS rounds in a row
+        assert i + 1 >= ROUNDS and not any(r.probe_ok for r in seq[i + 1 - ROUNDS : i + 1])
+        # a strict majority of the live agents saw it unreachable, recently
+        fresh_no = [
+            v for v in rnd.agents if v.master == "db1" and not v.reachable and NOW - v.at <= STALE
+        ]
+        assert 2 * len(fresh_no) > len(rnd.agents)
+        # a reachable replica of it, and none still receiving from it
+        own = [r for r in rnd.replicas if r.source == "db1" and r.reachable]
+        assert own and not any(r.io_connected for r in own)
+        # not blocked, not flapping
+        assert history.blocked is None
+        last = history.last_failover_at
+        assert last is None or history.acknowledged or NOW - last >= PERIOD
+
+
+@given(rounds_, histories, st.integers(0, 10))
+def test_a_master_that_answers_is_healthy_and_resets_the_count(
+    rnd: Round, history: History, failed: int
+) -> None:
+    answered = Round(rnd.master, True, "", rnd.agents, rnd.replicas, rnd.now)
+    d = decide(
+        Detection("db1", failed), answered, history, rounds=ROUNDS, period=PERIOD, stale_after=STALE
+    )
+    assert d.verdict == "healthy" and d.detection == Detection("db1", 0)
+
+
+# --------------------------------------------------------------------------- registry
+
+BASE = """\
+[services.shop]
+[[services.shop.datasources]]
+name = "db1"
+host = "127.0.0.1"
+port = 3306
+role = "master"
+"""
+
+
+def load(tmp_path: Path, table: str) -> AutofailoverSettings:
+    path = tmp_path / "sqlrouter.toml"
+    path.write_text(BASE + table, encoding="utf-8")
+    return load_registry_file(path).lookup("shop").autofailover
+
+
+def test_automatic_failover_is_off_by_default(tmp_path: Path) -> None:
+    assert load(tmp_path, "") == AutofailoverSettings()
+    assert AutofailoverSettings().enabled is False
+
+
+def test_the_autofailover_table_is_read(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        "[services.shop.autofailover]\nenabled = true\netcd = ['127.0.0.1:2379', 'etcd2:2379']\n"
+        "rounds = 5\ninterval = 0.25\nperiod = 600\nlease_ttl = 3\n",
+    )
+    assert settings == AutofailoverSettings(
+        enabled=True,
+        etcd=("127.0.0.1:2379", "etcd2:2379"),
+        rounds=5,
+        interval=0.25,
+        period=600.0,
+        lease_ttl=3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("enabled = 'yes'", "autofailover.enabled: expected true or false, got 'yes'"),
+        ("enabled = true", "autofailover.etcd: automatic failover is enabled but no etcd endpoint"),
+        ("etcd = '127.0.0.1:2379'", "autofailover.etcd: expected a list of 'host:port' strings"),
+        (
+            "etcd = ['127.0.0.1']",
+            "autofailover.etcd: expected 'host:port' with a port 1-65535, got '127.0.0.1'",
+        ),
+        ("etcd = ['h:70000']", "got 'h:70000'"),
+        ("rounds = 0", "autofailover.rounds: expected an integer 1-100, got 0"),
+        ("interval = 0", "autofailover.interval: expected a number of seconds 0.05-3600, got 0"),
+        ("period = -1", "autofailover.period: expected a number of seconds 0-31536000, got -1"),
+        ("lease_ttl = 1", "autofailover.lease_ttl: expected an integer 2-3600, got 1"),
+        ("enable = true", "autofailover"),
+    ],
+)
+def test_autofailover_settings_are_validated(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(RegistryError) as info:
+        load(tmp_path, f"[services.shop.autofailover]\n{table}\n")
+    assert message in str(info.value)
+    assert "service 'shop'" in str(info.value)
