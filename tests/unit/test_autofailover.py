@@ -56,7 +56,7 @@ NO_HISTORY = History()
 
 def run(rounds: list[Round], history: History = NO_HISTORY) -> list[str]:
     detection = Detection()
-    verdicts = []
+    verdicts: list[str] = []
     for rnd in rounds:
         d = decide(detection, rnd, history, rounds=ROUNDS, period=PERIOD, stale_after=STALE)
         detection = d.detection
