@@ -1,10 +1,15 @@
-"""Shared fixtures: real MariaDB sandbox clusters and a real DNS server on loopback."""
+"""Shared fixtures: real MariaDB sandbox clusters, a real DNS server and etcd on loopback."""
 
 from __future__ import annotations
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.dns", "tests.fixtures.sqla"]
+pytest_plugins = [
+    "tests.fixtures.cluster",
+    "tests.fixtures.dns",
+    "tests.fixtures.etcd",
+    "tests.fixtures.sqla",
+]
 
 # The machine is shared and the integration tests load it: a property test must not fail
 # because one example was slow (no timing thresholds in tests).

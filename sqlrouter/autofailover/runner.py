@@ -2,7 +2,7 @@
 
 A :class:`Runner` owns one thread.  Every ``interval`` seconds it runs a round:
 
-1. refresh the agent's etcd lease (register again if it had expired);
+1. read every key of the service in etcd (one request);
 2. observe the servers (:func:`._observe.observe`) and resolve the master from what
    they are, publish this agent's view of it (reachable or not) under its lease;
 3. fence an old master that came back: the store's last outcome names it; if it is
@@ -15,10 +15,13 @@ A :class:`Runner` owns one thread.  Every ``interval`` seconds it runs a round:
    with a guard that checks the leadership (lease and term) in etcd before every step,
    then publishes the outcome (new master, old master, term) and the history.
 
-A round that cannot reach etcd does nothing (no leader can act without the store);
-``status()`` says so.  :meth:`Runner.stop` ends the thread, revokes the lease and joins,
-within a timeout.  The runner never runs in an application's process: ``sqlrouter
-agent`` starts one per opted-in service (:func:`sqlrouter.autofailover.start_runners`).
+A second thread refreshes the agent's lease every ``lease_ttl / 3`` seconds (registering
+again if it had expired), so that a failover longer than the lease does not lose the
+leadership half way.  A round that cannot reach etcd does nothing (no leader can act
+without the store); ``status()`` says so.  :meth:`Runner.stop` ends the threads, revokes
+the lease and joins, within a timeout.  The runner never runs in an application's
+process: ``sqlrouter agent`` starts one per opted-in service
+(:func:`sqlrouter.autofailover.start_runners`).
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class Runner:
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._keeper: threading.Thread | None = None
         self._lock = threading.Lock()
         self._detection = Detection()
         self._term: int | None = None
@@ -103,20 +107,22 @@ class Runner:
     def start(self) -> Runner:
         if self._thread is not None:
             raise RuntimeError(f"{self!r} was already started")
-        self._thread = threading.Thread(
-            target=self._loop, name=f"sqlrouter-autofailover-{self.service.name}", daemon=True
-        )
+        name = f"sqlrouter-autofailover-{self.service.name}"
+        self._keeper = threading.Thread(target=self._keep_lease, name=f"{name}-lease", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._keeper.start()
         self._thread.start()
         return self
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """End the thread (after the round in progress), revoke the lease, and join."""
         self._stop.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                logger.warning("%r: its round did not end within %gs", self, timeout)
+        deadline = time.monotonic() + timeout
+        for thread in (self._thread, self._keeper):
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    logger.warning("%r: %s did not end within %gs", self, thread.name, timeout)
         self.store.close()
 
     def __enter__(self) -> Runner:
@@ -159,6 +165,14 @@ class Runner:
                 logger.exception("%r: round failed", self)
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
+    def _keep_lease(self) -> None:
+        every = max(0.2, self.service.autofailover.lease_ttl / 3)
+        while not self._stop.wait(every):
+            try:
+                self.store.keepalive()
+            except StoreError as exc:
+                self._lost_store(str(exc))
+
     def _lost_store(self, error: str) -> None:
         with self._lock:
             first = self._store_error is None
@@ -177,7 +191,9 @@ class Runner:
     def run_round(self) -> Decision | None:
         """One round (see the module's docstring); the leader's decision, else ``None``."""
         store = self.store
-        store.keepalive()
+        if not store.registered:
+            store.register()
+        snap = store.snapshot()
         with self._lock:
             if self._store_error is not None:
                 logger.info(
@@ -188,12 +204,13 @@ class Runner:
         timeout = self.service.probe_timeout
         views = observe(self.service, self._creds, timeout, self._address)
         master = resolve_master(self.service, views)
-        self._fence_old_master(views, master)
+        self._fence_old_master(views, master, snap.get("outcome"))
         now = self._clock()
         mv = views.get(master) if master is not None else None
-        store.publish_view(
-            AgentView(self.agent, master, bool(mv and mv.reachable), now, mv.detail if mv else "")
+        mine = AgentView(
+            self.agent, master, bool(mv and mv.reachable), now, mv.detail if mv else ""
         )
+        store.publish_view(mine)
         term = store.campaign()
         with self._lock:
             if term != self._term and term is not None:
@@ -219,17 +236,19 @@ class Runner:
                 for v in views.values()
                 if v.name != master and (v.source_address is not None or not v.reachable)
             )
-            rnd = Round(master, mv.reachable, mv.detail, store.views(), replicas, now)
+            # The snapshot was read before this round's view was published.
+            others = tuple(v for v in store.views(snap) if v.agent != self.agent)
+            rnd = Round(master, mv.reachable, mv.detail, (*others, mine), replicas, now)
             decision = decide(
                 self._detection,
                 rnd,
-                store.history(),
+                store.history(snap),
                 rounds=self.service.autofailover.rounds,
                 period=self.service.autofailover.period,
                 stale_after=self.stale_after,
             )
         self._record(term, decision, now)
-        self._settle_interrupted(term, master, decision)
+        self._settle_interrupted(term, master, decision, snap.get("failover"))
         if decision.verdict == "failover":
             self._failover(term, decision)
         return decision
@@ -271,8 +290,12 @@ class Runner:
 
     # ------------------------------------------------------------------ fencing
 
-    def _fence_old_master(self, views: Mapping[str, ServerView], master: str | None) -> None:
-        outcome = self.store.get("outcome")
+    def _fence_old_master(
+        self,
+        views: Mapping[str, ServerView],
+        master: str | None,
+        outcome: Mapping[str, Any] | None,
+    ) -> None:
         if not outcome or not outcome.get("ok"):
             return
         old = outcome.get("old_master")
@@ -296,9 +319,14 @@ class Runner:
 
     # ------------------------------------------------------------------ the failover
 
-    def _settle_interrupted(self, term: int, master: str | None, decision: Decision) -> None:
+    def _settle_interrupted(
+        self,
+        term: int,
+        master: str | None,
+        decision: Decision,
+        record: Mapping[str, Any] | None,
+    ) -> None:
         """A failover record left by an earlier leader: settled by observation."""
-        record = self.store.get("failover")
         if record is None or record.get("term") == term or decision.verdict != "healthy":
             return
         old = record.get("old_master")

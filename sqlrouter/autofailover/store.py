@@ -39,6 +39,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -88,8 +89,15 @@ class _Endpoints:
         self.endpoints = tuple(endpoints)
         self._clients = [_client(e, timeout) for e in self.endpoints]
         self._current = 0
+        #: One request at a time: a requests session is not thread-safe, and the
+        #: runner's keepalive thread shares the store with its rounds.
+        self._lock = threading.Lock()
 
     def call(self, what: str, op: Callable[[etcd3gw.Etcd3Client], _T]) -> _T:
+        with self._lock:
+            return self._call(what, op)
+
+    def _call(self, what: str, op: Callable[[etcd3gw.Etcd3Client], _T]) -> _T:
         errors = []
         for i in range(len(self._clients)):
             index = (self._current + i) % len(self._clients)
@@ -126,6 +134,7 @@ class Store:
         self._etcd = _Endpoints(endpoints, timeout)
         self._clock = clock
         self._lease: etcd3gw.lease.Lease | None = None
+        self._lease_lock = threading.Lock()
         self.prefix = f"{PREFIX}{service}/"
 
     def __repr__(self) -> str:
@@ -147,6 +156,18 @@ class Store:
         values = self._etcd.call(f"get {name}*", lambda c: c.get_prefix(self._key(name)))
         return [v for v in (_loads(value) for value, _meta in values) if v is not None]
 
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every key of the service (name under the prefix -> value), in one request."""
+        values = self._etcd.call("get *", lambda c: c.get_prefix(self.prefix))
+        out = {}
+        for value, meta in values:
+            key = meta["key"]
+            name = (key.decode() if isinstance(key, bytes) else str(key))[len(self.prefix) :]
+            loaded = _loads(value)
+            if loaded is not None:
+                out[name] = loaded
+        return out
+
     def put(self, name: str, value: Mapping[str, Any], *, leased: bool = False) -> None:
         lease = self._lease if leased else None
         self._etcd.call(
@@ -160,24 +181,33 @@ class Store:
 
     def register(self) -> None:
         """Take a lease and register this agent under it (again, if the lease was lost)."""
+        with self._lease_lock:
+            self._register()
+
+    def _register(self) -> None:
         self._lease = self._etcd.call("lease grant", lambda c: c.lease(self.lease_ttl))
         info = {"agent": self.agent, "host": socket.gethostname(), "pid": os.getpid()}
         self.put(f"agents/{self.agent}", {**info, "since": self._clock()}, leased=True)
 
+    @property
+    def registered(self) -> bool:
+        return self._lease is not None
+
     def keepalive(self) -> None:
         """Refresh the lease; register anew when it had expired (the keys went with it)."""
-        lease = self._lease
-        if lease is None:
-            self.register()
-            return
-        ttl = self._etcd.call("lease keepalive", lambda c: lease.refresh())
-        if ttl <= 0:
-            logger.warning(
-                "service %r: agent %s: its etcd lease had expired; registering again",
-                self.service,
-                self.agent,
-            )
-            self.register()
+        with self._lease_lock:
+            lease = self._lease
+            if lease is None:
+                self._register()
+                return
+            ttl = self._etcd.call("lease keepalive", lambda c: lease.refresh())
+            if ttl <= 0:
+                logger.warning(
+                    "service %r: agent %s: its etcd lease had expired; registering again",
+                    self.service,
+                    self.agent,
+                )
+                self._register()
 
     def publish_view(self, view: AgentView) -> None:
         self.put(
@@ -192,10 +222,16 @@ class Store:
             leased=True,
         )
 
-    def views(self) -> tuple[AgentView, ...]:
-        """The latest view of every agent whose lease is alive."""
+    def views(
+        self, snapshot: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> tuple[AgentView, ...]:
+        """The latest view of every agent whose lease is alive (from ``snapshot`` if given)."""
+        if snapshot is None:
+            snapshot = self.snapshot()
         out = []
-        for v in self._prefix("seen/"):
+        for name, v in snapshot.items():
+            if not name.startswith("seen/"):
+                continue
             try:
                 out.append(
                     AgentView(
@@ -274,9 +310,11 @@ class Store:
 
     # ------------------------------------------------------------------ history
 
-    def history(self) -> History:
-        hist = self.get("history") or {}
-        blocked = self.get("blocked")
+    def history(self, snapshot: Mapping[str, Mapping[str, Any]] | None = None) -> History:
+        if snapshot is None:
+            snapshot = self.snapshot()
+        hist = snapshot.get("history") or {}
+        blocked = snapshot.get("blocked")
         at = hist.get("at")
         return History(
             last_failover_at=float(at) if isinstance(at, int | float) else None,
