@@ -24,6 +24,14 @@ Each measurement runs on sandboxes of its own (1 master + 2 replicas, monitor in
 
 It prints Markdown, writes JSON (``docs/benchmarks/operations.json`` by default) and
 with ``--update-docs`` rewrites the ``operations`` section of ``docs/benchmarks.md``.
+
+``--autofailover`` measures instead (d) **automatic failover** (docs/autofailover.md):
+on a fresh sandbox and a fresh local 3-member etcd per repetition, three runners
+(agents ``a0``-``a2``, threads of this process, 3-round detection at the sandbox's
+0.5 s interval) watch the service; ``sandbox fault db1 kill`` at a random point of their
+cycle, then ``sqlrouter.connect(RW_STRICT)`` and an ``UPDATE`` are tried until one
+succeeds: the time from the SIGKILL to that first acknowledged write (target 5 s).  It
+writes ``docs/benchmarks/autofailover.json`` and the ``autofailover`` section.
 ``--worker`` is the extra processes' mode (they read the URL from stdin and stop when
 stdin closes).
 """
@@ -53,13 +61,14 @@ import pymysql
 import sqlrouter
 import sqlrouter.events
 from sqlrouter._runtime import handle_for
+from sqlrouter.autofailover import Runner, read_status
 from sqlrouter.routing.health import Snapshot
 from sqlrouter.routing.monitor import Monitor
 from sqlrouter.routing.router import observed_master
 from sqlrouter.routing.service import ServiceHandle
-from sqlrouter.sandbox import Sandbox
+from sqlrouter.sandbox import EtcdCluster, Sandbox, find_server_binaries
 from sqlrouter.switchover import failover, switchover
-from sqlrouter.topology import Credentials
+from sqlrouter.topology import AutofailoverSettings, Credentials
 from sqlrouter.url import parse_url
 
 from ._common import (
@@ -87,6 +96,11 @@ SWITCHOVER_EXTRA: Final = 0.5
 DETECT_INTERVALS: Final = 2
 
 DEFAULT_REPEATS: Final = 5
+
+#: (d): the target (seconds, SIGKILL -> first acknowledged write), the repetitions.
+AUTOFAILOVER_TARGET: Final = 5.0
+AUTOFAILOVER_REPEATS: Final = 10
+AUTOFAILOVER_JSON: Final = ROOT / "docs" / "benchmarks" / "autofailover.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +303,228 @@ def failover_once(parent: Path, index: int, plan: Plan) -> FailoverSample:
         sqlrouter.shutdown()
         if sb.exists:
             sb.destroy()
+
+
+# --------------------------------------------------------------------------- (d)
+
+
+@dataclass(frozen=True, slots=True)
+class AutofailoverSample:
+    """One repetition of kill + automatic failover + first write."""
+
+    #: SIGKILL -> first RW_STRICT write acknowledged through sqlrouter.connect.
+    first_write_s: float
+    #: SIGKILL -> the leader published the outcome (wall clocks of one machine).
+    outcome_s: float
+    #: The failover itself, as the leader measured it.
+    failover_s: float
+    new_master: str
+    leader: str
+    failed_attempts: int
+    interval: float
+
+
+def autofailover_once(parent: Path, index: int, plan: Plan) -> AutofailoverSample:
+    sb = _new_sandbox(parent, f"autofailover-{index}")
+    etcd = EtcdCluster(parent / f"etcd-{index}")
+    runners: list[Runner] = []
+    try:
+        etcd.start()
+        settings = AutofailoverSettings(enabled=True, etcd=tuple(etcd.endpoints), lease_ttl=2)
+        service = dataclasses.replace(sb.service(), autofailover=settings)
+        runners = [Runner(service, agent=f"a{i}").start() for i in range(3)]
+
+        def ready() -> bool:
+            st = read_status(etcd.endpoints, service.name)
+            decision = st.get("decision") or {}
+            seen = [v for v in st["views"] if v["reachable"]]
+            return len(seen) == 3 and decision.get("verdict") == "healthy"
+
+        _wait_for("three agents and a healthy decision", ready, plan.timeout, poll=0.1)
+        url = sb.url("RW_STRICT")
+        interval = runners[0].interval
+        time.sleep(random.Random(index).uniform(0.0, interval))
+        killed, killed_wall = time.monotonic(), time.time()
+        sb.fault("db1", "kill")
+        failures = 0
+        written: float | None = None
+        new_master = "?"
+        deadline = killed + 3 * plan.timeout
+        while written is None:
+            try:
+                w = sqlrouter.connect(url, autocommit=True, failover_timeout=10)
+                try:
+                    with w.cursor() as cur:
+                        cur.execute(WRITE)
+                    written = time.monotonic()
+                    new_master = w.datasource.name if w.datasource else "?"
+                finally:
+                    w.close()
+            except pymysql.err.MySQLError as exc:
+                failures += 1
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"automatic failover {index}: no write within {3 * plan.timeout:g}s "
+                        f"of the kill; last error: {exc}"
+                    ) from exc
+                time.sleep(0.005)
+        # The write may land before the leader has verified and published the outcome.
+        _wait_for(
+            "the leader's outcome",
+            lambda: bool(
+                (read_status(etcd.endpoints, service.name).get("outcome") or {}).get("ok")
+            ),
+            plan.timeout,
+            poll=0.05,
+        )
+        outcome = read_status(etcd.endpoints, service.name)["outcome"]
+        return AutofailoverSample(
+            first_write_s=written - killed,
+            outcome_s=float(outcome["at"]) - killed_wall,
+            failover_s=float(outcome.get("seconds", 0.0)),
+            new_master=new_master,
+            leader=str(outcome.get("leader")),
+            failed_attempts=failures,
+            interval=interval,
+        )
+    finally:
+        for r in runners:
+            r.stop()
+        etcd.stop()
+        sqlrouter.shutdown()
+        if sb.exists:
+            sb.destroy()
+
+
+def autofailover_report(
+    samples: Sequence[AutofailoverSample],
+    machine: dict[str, str],
+    load: dict[str, list[float]],
+    seconds: float,
+    when: dt.datetime,
+) -> str:
+    ok = max(s.first_write_s for s in samples) <= AUTOFAILOVER_TARGET
+    return "\n".join(
+        [
+            f"Measured {when:%Y-%m-%d %H:%M} UTC on {machine['cpu']} ({machine['cores']} "
+            f"cores, {machine['os']}), Python {machine['python']}, MariaDB "
+            f"{machine['server']}, etcd 3-member local cluster; {len(samples)} automatic "
+            f"failovers, {seconds:.0f} s in all. Three runners, detection 3 rounds "
+            f"{samples[0].interval:g} s apart, leases of 2 s.",
+            "",
+            "**Shared, busy machine**: load average (1, 5, 15 min) "
+            f"{_load(load['start'])} at the start, {_load(load['end'])} at the end, on "
+            f"{machine['cores']} cores.",
+            "",
+            markdown_table(
+                ["measurement", "n", "median", "min", "max", "target"],
+                [
+                    _stat_row(
+                        "(d) SIGKILL of the master -> first RW_STRICT write acknowledged",
+                        [s.first_write_s for s in samples],
+                        AUTOFAILOVER_TARGET,
+                    ),
+                    _stat_row(
+                        "  SIGKILL -> the leader published the outcome",
+                        [s.outcome_s for s in samples],
+                        None,
+                    ),
+                    _stat_row(
+                        "  the failover itself (the leader's measure)",
+                        [s.failover_s for s in samples],
+                        None,
+                    ),
+                ],
+            ),
+            "",
+            markdown_table(
+                [
+                    "repetition",
+                    "first write",
+                    "outcome",
+                    "failover",
+                    "new master",
+                    "leader",
+                    "failed writes",
+                ],
+                [
+                    [
+                        str(i + 1),
+                        _s(s.first_write_s),
+                        _s(s.outcome_s),
+                        _s(s.failover_s),
+                        s.new_master,
+                        s.leader,
+                        str(s.failed_attempts),
+                    ]
+                    for i, s in enumerate(samples)
+                ],
+            ),
+            "",
+            f"Target <= {AUTOFAILOVER_TARGET:g} s (median and worst): "
+            + ("met" if ok else "MISSED"),
+            "",
+            f"Reproduce: `{COMMAND_LINE} --autofailover --update-docs` (JSON: "
+            "`docs/benchmarks/autofailover.json`).",
+        ]
+    )
+
+
+def run_autofailover(args: argparse.Namespace) -> int:
+    plan = Plan(repeats=args.repeats or AUTOFAILOVER_REPEATS)
+    started = time.monotonic()
+    load = {"start": list(os.getloadavg())}
+    tmp = Path(tempfile.mkdtemp(prefix="sqlrouter-bench-auto-", dir=args.dir))
+    samples = []
+    try:
+        for i in range(plan.repeats):
+            sample = autofailover_once(tmp, i, plan)
+            _log(
+                f"automatic failover {i + 1}/{plan.repeats}: first write "
+                f"{sample.first_write_s:.3f}s after the kill, on {sample.new_master}"
+            )
+            samples.append(sample)
+        load["end"] = list(os.getloadavg())
+    except BenchError as exc:
+        _log(f"ERROR: {exc}")
+        return 2
+    finally:
+        sqlrouter.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    when = dt.datetime.now(dt.UTC)
+    machine = machine_info(server=_server_version())
+    text = autofailover_report(samples, machine, load, time.monotonic() - started, when)
+    print(text)
+    path = write_json(
+        args.json if args.json != DEFAULT_JSON else AUTOFAILOVER_JSON,
+        {
+            "benchmark": "autofailover",
+            "format": 1,
+            "date": when.isoformat(timespec="seconds"),
+            "command": f"{COMMAND_LINE} --autofailover",
+            "machine": machine,
+            "load_average": load,
+            "target_s": AUTOFAILOVER_TARGET,
+            "samples": [dataclasses.asdict(s) for s in samples],
+        },
+    )
+    _log(f"results written to {path}")
+    if args.update_docs:
+        doc = replace_section(DOCS.read_text(encoding="utf-8"), "autofailover", text)
+        DOCS.write_text(doc, encoding="utf-8")
+        _log(f"updated {DOCS}")
+    return 0 if max(s.first_write_s for s in samples) <= AUTOFAILOVER_TARGET else 1
+
+
+def _server_version() -> str:
+    out = subprocess.run(
+        [str(find_server_binaries().server), "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=10,
+    )
+    return out.stdout.strip().split(" Ver ")[-1].split(" for ")[0] if out.stdout else "?"
 
 
 # --------------------------------------------------------------------------- (b)
@@ -736,8 +972,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=DEFAULT_REPEATS,
-        help=f"repetitions of each measurement (default {DEFAULT_REPEATS})",
+        default=None,
+        help=f"repetitions of each measurement (default {DEFAULT_REPEATS}; "
+        f"{AUTOFAILOVER_REPEATS} with --autofailover)",
+    )
+    parser.add_argument(
+        "--autofailover",
+        action="store_true",
+        help="measure automatic failover instead (d): SIGKILL -> first write",
     )
     parser.add_argument(
         "--json",
@@ -758,13 +1000,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1:
+    if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     return args
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = Plan(repeats=args.repeats)
+    if args.autofailover:
+        return run_autofailover(args)
+    plan = Plan(repeats=args.repeats or DEFAULT_REPEATS)
     started = time.monotonic()
     load = {"start": list(os.getloadavg())}
     tmp = Path(tempfile.mkdtemp(prefix="sqlrouter-bench-ops-", dir=args.dir))

@@ -11,11 +11,15 @@ describing service ``sandbox``.
 The same :class:`Sandbox` class is the Python API the test fixtures use.  The sandbox
 trades durability for speed (``innodb_flush_log_at_trx_commit=2``, ``sync_binlog=0``):
 it is for development and tests, never for data that matters.
+
+:class:`EtcdCluster` starts a local etcd cluster (three members on free loopback ports)
+for automatic failover's tests and benchmark (docs/autofailover.md).
 """
 
 from __future__ import annotations
 
 from ._cluster import Sandbox
+from ._etcd import EtcdCluster
 from ._process import Binaries, find_server_binaries
 from ._state import (
     DATABASE,
@@ -37,6 +41,7 @@ __all__ = [
     "REGISTRY_FILE",
     "SERVICE_NAME",
     "Binaries",
+    "EtcdCluster",
     "NodeSpec",
     "NodeStatus",
     "Sandbox",

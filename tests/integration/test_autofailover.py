@@ -23,8 +23,7 @@ import pytest
 
 from sqlrouter.autofailover import StoreError, read_status
 from sqlrouter.cli import main as cli_main
-from sqlrouter.sandbox import Sandbox
-from tests.fixtures.etcd import EtcdCluster
+from sqlrouter.sandbox import EtcdCluster, Sandbox
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.relay import Relay
 from tests.integration.test_switchover import (
