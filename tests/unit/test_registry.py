@@ -383,7 +383,7 @@ INVALID: list[tuple[str, str]] = [
         "[services.shop]\nmax_lagg = 2\n" + DS1,
         "service 'shop': unknown key 'max_lagg' (did you mean 'max_lag'? known keys: "
         "max_lag, monitor_interval, probe_timeout, heartbeat, monitor, admin, replication, "
-        "datasources)",
+        "datasources, autofailover)",
     ),
     (
         DS1 + "prot = 3307\n",
