@@ -166,6 +166,29 @@ def _wait_for(
         time.sleep(poll)
 
 
+def _first_write(url: str, timeout: float, what: str, since: str) -> tuple[float, str, int]:
+    """Connect ``RW_STRICT`` and write until it works: ``(time.monotonic() of the
+    acknowledgement, the datasource that acknowledged it, failed attempts)``."""
+    failures = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            w = sqlrouter.connect(url, autocommit=True, failover_timeout=10)
+            try:
+                with w.cursor() as cur:
+                    cur.execute(WRITE)
+                return time.monotonic(), (w.datasource.name if w.datasource else "?"), failures
+            finally:
+                w.close()
+        except pymysql.err.MySQLError as exc:
+            failures += 1
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"{what}: no write within {timeout:g}s after {since}; last error: {exc}"
+                ) from exc
+            time.sleep(0.005)
+
+
 def _healthy(snap: Snapshot, master: str) -> bool:
     """``master`` is the one writable server and every other one replicates, caught up."""
     m = observed_master(snap)
@@ -261,28 +284,9 @@ def failover_once(parent: Path, index: int, plan: Plan) -> FailoverSample:
             started = time.monotonic()
             steps = failover(sb.service(), timeout=30)
             returned = time.monotonic()
-            failures = 0
-            written: float | None = None
-            new_master = "?"
-            deadline = returned + plan.timeout
-            while written is None:
-                try:
-                    w = sqlrouter.connect(url, autocommit=True, failover_timeout=10)
-                    try:
-                        with w.cursor() as cur:
-                            cur.execute(WRITE)
-                        written = time.monotonic()
-                        new_master = w.datasource.name if w.datasource else "?"
-                    finally:
-                        w.close()
-                except pymysql.err.MySQLError as exc:
-                    failures += 1
-                    if time.monotonic() > deadline:
-                        raise BenchError(
-                            f"failover {index}: no write within {plan.timeout:g}s after "
-                            f"failover() returned; last error: {exc}"
-                        ) from exc
-                    time.sleep(0.005)
+            written, new_master, failures = _first_write(
+                url, plan.timeout, f"failover {index}", "failover() returned"
+            )
         saw = next((t for t, text in seen if text.startswith("master_changed")), None)
         return FailoverSample(
             detect_s=down - killed,
@@ -346,28 +350,9 @@ def autofailover_once(parent: Path, index: int, plan: Plan) -> AutofailoverSampl
         time.sleep(random.Random(index).uniform(0.0, interval))
         killed, killed_wall = time.monotonic(), time.time()
         sb.fault("db1", "kill")
-        failures = 0
-        written: float | None = None
-        new_master = "?"
-        deadline = killed + 3 * plan.timeout
-        while written is None:
-            try:
-                w = sqlrouter.connect(url, autocommit=True, failover_timeout=10)
-                try:
-                    with w.cursor() as cur:
-                        cur.execute(WRITE)
-                    written = time.monotonic()
-                    new_master = w.datasource.name if w.datasource else "?"
-                finally:
-                    w.close()
-            except pymysql.err.MySQLError as exc:
-                failures += 1
-                if time.monotonic() > deadline:
-                    raise BenchError(
-                        f"automatic failover {index}: no write within {3 * plan.timeout:g}s "
-                        f"of the kill; last error: {exc}"
-                    ) from exc
-                time.sleep(0.005)
+        written, new_master, failures = _first_write(
+            url, 3 * plan.timeout, f"automatic failover {index}", "the kill"
+        )
         # The write may land before the leader has verified and published the outcome.
         _wait_for(
             "the leader's outcome",

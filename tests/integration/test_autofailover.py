@@ -69,6 +69,12 @@ class Agents:
         self.procs[name] = proc
         assert started == b"started\n", self.log(name)
 
+    def start_three(self) -> dict[str, Any]:
+        """Agents a0, a1 and a2, once they agree that the master is healthy: the status."""
+        for name in ("a0", "a1", "a2"):
+            self.start(name)
+        return self.wait_ready(3)
+
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
         proc.send_signal(signal.SIGKILL)
@@ -94,6 +100,14 @@ class Agents:
 
     def status(self) -> dict[str, Any]:
         return read_status(self.etcd.endpoints, SERVICE)
+
+    def admin(self, action: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+        """``sqlrouter admin autofailover ACTION sandbox``: exit status, output, errors."""
+        capsys.readouterr()
+        argv = ["admin", "autofailover", action, SERVICE, "--registry", str(self.registry)]
+        status = cli_main(argv)
+        out, err = capsys.readouterr()
+        return status, out, err
 
     def wait_ready(self, count: int) -> dict[str, Any]:
         """Until ``count`` agents reach the master and a leader decided it is healthy."""
@@ -140,9 +154,7 @@ def test_a_killed_master_is_failed_over_once_by_the_leader_and_fenced_when_back(
 ) -> None:
     sb = agents.sb
     agents.etcd.kill_member(2)  # etcd losing one member of three still works
-    for name in ("a0", "a1", "a2"):
-        agents.start(name)
-    leader = agents.wait_ready(3)["leader"]
+    leader = agents.start_three()["leader"]
     create_table(sb)
     writer = Writer(writer_url(sb))
     writer.start()
@@ -185,9 +197,7 @@ def test_a_master_frozen_for_less_than_the_detection_time_is_not_failed_over(
     agents: Agents,
 ) -> None:
     sb = agents.sb
-    for name in ("a0", "a1", "a2"):
-        agents.start(name)
-    agents.wait_ready(3)
+    agents.start_three()
     seen: list[str] = []
     sb.fault("db1", "freeze")
     until = time.monotonic() + 1.0  # detection takes 3 rounds 0.5 s apart, and more
@@ -243,9 +253,7 @@ def test_the_leader_killed_mid_failover_the_next_one_finishes_never_two_masters(
     agents: Agents,
 ) -> None:
     sb = agents.sb
-    for name in ("a0", "a1", "a2"):
-        agents.start(name)
-    leader = agents.wait_ready(3)["leader"]["agent"]
+    leader = agents.start_three()["leader"]["agent"]
     create_table(sb)
     writer = Writer(writer_url(sb))
     writer.start()
@@ -274,9 +282,7 @@ def test_a_second_death_within_the_period_waits_for_an_acknowledgement(
     agents: Agents, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sb = agents.sb
-    for name in ("a0", "a1", "a2"):
-        agents.start(name)
-    agents.wait_ready(3)
+    agents.start_three()
     sb.fault("db1", "kill")
     first = agents.wait_outcome()
     new = first["new_master"]
@@ -295,14 +301,10 @@ def test_a_second_death_within_the_period_waits_for_an_acknowledgement(
     assert "until an operator acknowledges it" in agents.status()["decision"]["reason"]
     assert agents.status()["outcome"]["new_master"] == new  # no second failover
     assert writable_nodes(sb) == []
-    capsys.readouterr()
-    argv = ["admin", "autofailover", "status", SERVICE, "--registry", str(agents.registry)]
-    assert cli_main(argv) == 0
-    shown = capsys.readouterr().out
-    assert "decision: blocked" in shown and "not acknowledged" in shown, shown
-    argv[2] = "acknowledge"
-    assert cli_main(argv) == 0
-    assert "acknowledged the last automatic failover" in capsys.readouterr().out
+    status, shown, _ = agents.admin("status", capsys)
+    assert status == 0 and "decision: blocked" in shown and "not acknowledged" in shown, shown
+    status, said, _ = agents.admin("acknowledge", capsys)
+    assert status == 0 and "acknowledged the last automatic failover" in said
 
     def second() -> bool:
         outcome = agents.status().get("outcome") or {}
@@ -316,9 +318,7 @@ def test_etcd_without_quorum_means_no_automatic_action_and_says_so(
     agents: Agents, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sb = agents.sb
-    for name in ("a0", "a1", "a2"):
-        agents.start(name)
-    agents.wait_ready(3)
+    agents.start_three()
     agents.etcd.kill_member(0)
     agents.etcd.kill_member(1)
     sb.fault("db1", "kill")
@@ -330,10 +330,8 @@ def test_etcd_without_quorum_means_no_automatic_action_and_says_so(
         60,
         "every agent saying that the store cannot be used",
     )
-    argv = ["admin", "autofailover", "status", SERVICE, "--registry", str(agents.registry)]
-    capsys.readouterr()
-    assert cli_main(argv) == 1
-    err = capsys.readouterr().err
+    status, _, err = agents.admin("status", capsys)
+    assert status == 1
     assert "the etcd store cannot be used, so no automatic failover can happen" in err, err
     with pytest.raises(StoreError):
         agents.status()

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from sqlrouter.autofailover import (
     AgentView,
+    Decision,
     Detection,
     History,
     ReplicaView,
@@ -54,6 +55,13 @@ def dead_round(**changes: object) -> Round:
 NO_HISTORY = History()
 
 
+def decided(rnd: Round, history: History = NO_HISTORY, failed: int = 5) -> Decision:
+    """The decision on ``rnd`` after ``failed`` failed rounds of db1."""
+    return decide(
+        Detection("db1", failed), rnd, history, rounds=ROUNDS, period=PERIOD, stale_after=STALE
+    )
+
+
 def run(rounds: list[Round], history: History = NO_HISTORY) -> list[str]:
     detection = Detection()
     verdicts: list[str] = []
@@ -80,14 +88,7 @@ def test_the_count_restarts_when_the_master_changes() -> None:
 
 
 def test_one_observer_alone_is_not_a_majority() -> None:
-    d = decide(
-        Detection("db1", 5),
-        dead_round(agents=agents(False, True, True)),
-        History(),
-        rounds=ROUNDS,
-        period=PERIOD,
-        stale_after=STALE,
-    )
+    d = decided(dead_round(agents=agents(False, True, True)))
     assert d.verdict == "disagreement"
     assert d.reason == "1 of 3 live agents cannot reach db1: no majority"
     assert "agent a1: reaches db1" in d.evidence
@@ -95,14 +96,7 @@ def test_one_observer_alone_is_not_a_majority() -> None:
 
 def test_half_is_not_a_majority_and_stale_or_other_views_do_not_count() -> None:
     def verdict(views: tuple[AgentView, ...]) -> str:
-        return decide(
-            Detection("db1", 5),
-            dead_round(agents=views),
-            History(),
-            rounds=ROUNDS,
-            period=PERIOD,
-            stale_after=STALE,
-        ).verdict
+        return decided(dead_round(agents=views)).verdict
 
     assert verdict(agents(False, True)) == "disagreement"
     assert verdict(agents(False, False, age=STALE + 1)) == "disagreement"
@@ -111,28 +105,14 @@ def test_half_is_not_a_majority_and_stale_or_other_views_do_not_count() -> None:
 
 
 def test_a_replica_still_receiving_from_the_master_vetoes() -> None:
-    d = decide(
-        Detection("db1", 5),
-        dead_round(replicas=replicas(False, True)),
-        History(),
-        rounds=ROUNDS,
-        period=PERIOD,
-        stale_after=STALE,
-    )
+    d = decided(dead_round(replicas=replicas(False, True)))
     assert d.verdict == "disagreement"
     assert d.reason == "db3 still receive(s) from db1: it is alive for them"
 
 
 def test_no_reachable_replica_means_no_confirmation() -> None:
     gone = (ReplicaView("db2", False, "db1", False, "timed out"),)
-    d = decide(
-        Detection("db1", 5),
-        dead_round(replicas=gone),
-        History(),
-        rounds=ROUNDS,
-        period=PERIOD,
-        stale_after=STALE,
-    )
+    d = decided(dead_round(replicas=gone))
     assert (d.verdict, d.reason) == (
         "disagreement",
         "no reachable replica of db1 to confirm it is dead",
@@ -141,31 +121,20 @@ def test_no_reachable_replica_means_no_confirmation() -> None:
 
 def test_a_second_failover_within_the_period_waits_for_an_acknowledgement() -> None:
     recent = History(last_failover_at=NOW - 60, acknowledged=False)
-    d = decide(
-        Detection("db1", 5), dead_round(), recent, rounds=ROUNDS, period=PERIOD, stale_after=STALE
-    )
+    d = decided(dead_round(), recent)
     assert d.verdict == "blocked"
     assert "ran 60s ago (at most one per 3600s until an operator acknowledges it)" in d.reason
     for history in (
         History(last_failover_at=NOW - 60, acknowledged=True),
         History(last_failover_at=NOW - PERIOD - 1, acknowledged=False),
     ):
-        again = decide(
-            Detection("db1", 5),
-            dead_round(),
-            history,
-            rounds=ROUNDS,
-            period=PERIOD,
-            stale_after=STALE,
-        )
+        again = decided(dead_round(), history)
         assert again.verdict == "failover"
 
 
 def test_a_refused_candidate_blocks_until_acknowledged() -> None:
     blocked = History(blocked="the replicas diverged: db3 lacks 0-2-5 (on db2)")
-    d = decide(
-        Detection("db1", 5), dead_round(), blocked, rounds=ROUNDS, period=PERIOD, stale_after=STALE
-    )
+    d = decided(dead_round(), blocked)
     assert d.verdict == "blocked"
     assert d.reason.endswith(
         "until an operator acknowledges: the replicas diverged: db3 lacks 0-2-5 (on db2)"
@@ -173,14 +142,7 @@ def test_a_refused_candidate_blocks_until_acknowledged() -> None:
 
 
 def test_the_decision_carries_its_evidence() -> None:
-    d = decide(
-        Detection("db1", 2),
-        dead_round(),
-        History(),
-        rounds=ROUNDS,
-        period=PERIOD,
-        stale_after=STALE,
-    )
+    d = decided(dead_round(), NO_HISTORY, failed=2)
     assert d.as_dict() == {
         "verdict": "failover",
         "master": "db1",
