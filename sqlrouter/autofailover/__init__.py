@@ -11,19 +11,26 @@ before every step, and publishes the outcome in etcd (:mod:`.store`).  An old ma
 that comes back writable is made read-only by the first agent that sees it.  See
 docs/autofailover.md.
 
-The entry point for an agent process::
+The entry points for an agent process::
 
     runners = sqlrouter.autofailover.start_runners(registry)   # the opted-in services
     ...
     for r in runners:
         r.stop()
+
+or, in ``sqlrouter agent`` (:class:`sqlrouter.agent.Agent`)::
+
+    agent.add_task(AutofailoverTask())
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from ..registry import Registry
+from ..registry.find import find_registry
 from ._observe import Address, registry_address
 from .decision import (
     AgentView,
@@ -41,6 +48,7 @@ from .store import Store, StoreError, acknowledge, read_status
 __all__ = [
     "Address",
     "AgentView",
+    "AutofailoverTask",
     "Decision",
     "Detection",
     "History",
@@ -86,8 +94,52 @@ def start_runners(
     return runners
 
 
-for _cls in (
+class _AgentLike(Protocol):
+    """What :class:`AutofailoverTask` needs of ``sqlrouter.agent.Agent``."""
+
+    registry_spec: str
+    only: tuple[str, ...]
+
+
+class AutofailoverTask:
+    """The automatic failover of an ``sqlrouter agent``: a task of its ``add_task``.
+
+    ``start(agent)`` starts a :class:`Runner` for each service of the agent's registry
+    that opts in (among the agent's ``only`` services, when it names some); ``stop``
+    stops them within ``timeout`` seconds in all.  Services added to the registry later
+    are not followed: restart the agent.
+    """
+
+    name = "autofailover"
+
+    def __init__(
+        self,
+        *,
+        agent_id: str | None = None,
+        find: Callable[[str | None], Registry] = find_registry,
+    ) -> None:
+        self.agent_id = agent_id
+        self._find = find
+        self.runners: list[Runner] = []
+
+    def __repr__(self) -> str:
+        return f"<AutofailoverTask {[r.service.name for r in self.runners]}>"
+
+    def start(self, agent: _AgentLike) -> None:
+        registry = self._find(agent.registry_spec)
+        names = [n for n in opted_in(registry) if not agent.only or n in agent.only]
+        self.runners = start_runners(registry, services=names, agent=self.agent_id)
+
+    def stop(self, timeout: float) -> None:
+        runners, self.runners = self.runners, []
+        deadline = time.monotonic() + timeout
+        for r in runners:
+            r.stop(max(0.1, (deadline - time.monotonic()) / max(1, len(runners))))
+
+
+_PUBLIC: tuple[type, ...] = (
     AgentView,
+    AutofailoverTask,
     Decision,
     Detection,
     History,
@@ -96,5 +148,6 @@ for _cls in (
     Runner,
     Store,
     StoreError,
-):
+)
+for _cls in _PUBLIC:
     _cls.__module__ = __name__

@@ -1,21 +1,22 @@
 """The runner: automatic failover of one service, as one agent process runs it.
 
-A :class:`Runner` owns one thread.  Every ``interval`` seconds it runs a round:
+A :class:`Runner` owns two threads.  Every ``interval`` seconds one of them runs a round:
 
 1. read every key of the service in etcd (one request);
 2. observe the servers (:func:`._observe.observe`) and resolve the master from what
-   they are, publish this agent's view of it (reachable or not) under its lease;
+   they are, publish this agent's view of it (reachable or not) under its lease, when
+   it changed or every ``lease_ttl / 2`` seconds (etcd writes are few when all is well);
 3. fence an old master that came back: the store's last outcome names it; if it is
    reachable and writable and is not the master by observation, ``SET GLOBAL
    read_only=1`` at once (any agent does it, the first to see it);
-4. campaign for leadership; the leader gathers the views of the live agents and the
-   replicas' IO threads into a :class:`.decision.Round`, applies
+4. campaign for leadership when there is no leader; the leader gathers the views of the
+   live agents and the replicas' IO threads into a :class:`.decision.Round`, applies
    :func:`.decision.decide`, publishes the decision with its evidence, and when the
    verdict is ``failover`` runs the existing failover (:func:`sqlrouter.switchover.failover`)
    with a guard that checks the leadership (lease and term) in etcd before every step,
    then publishes the outcome (new master, old master, term) and the history.
 
-A second thread refreshes the agent's lease every ``lease_ttl / 3`` seconds (registering
+The other thread refreshes the agent's lease every ``lease_ttl / 3`` seconds (registering
 again if it had expired), so that a failover longer than the lease does not lose the
 leadership half way.  A round that cannot reach etcd does nothing (no leader can act
 without the store); ``status()`` says so.  :meth:`Runner.stop` ends the threads, revokes
@@ -101,6 +102,7 @@ class Runner:
         self._decision: Decision | None = None
         self._store_error: str | None = None
         self._rounds = 0
+        self._published: AgentView | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -210,8 +212,12 @@ class Runner:
         mine = AgentView(
             self.agent, master, bool(mv and mv.reachable), now, mv.detail if mv else ""
         )
-        store.publish_view(mine)
-        term = store.campaign()
+        self._publish(mine, snap)
+        leader = snap.get("leader")
+        if leader is None:
+            term = store.campaign()
+        else:  # a transaction (a write) only when there is no leader
+            term = int(leader["term"]) if leader.get("agent") == self.agent else None
         with self._lock:
             if term != self._term and term is not None:
                 logger.info(
@@ -252,6 +258,18 @@ class Runner:
         if decision.verdict == "failover":
             self._failover(term, decision)
         return decision
+
+    def _publish(self, view: AgentView, snap: Mapping[str, Any]) -> None:
+        """Publish this agent's view when it changed, or before it could count as stale."""
+        last = self._published
+        if (
+            last is None
+            or (last.master, last.reachable) != (view.master, view.reachable)
+            or view.at - last.at >= self.service.autofailover.lease_ttl / 2
+            or f"seen/{self.agent}" not in snap
+        ):
+            self.store.publish_view(view)
+            self._published = view
 
     def _record(self, term: int, decision: Decision, now: float) -> None:
         with self._lock:

@@ -157,12 +157,18 @@ class Store:
         return [v for v in (_loads(value) for value, _meta in values) if v is not None]
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Every key of the service (name under the prefix -> value), in one request."""
+        """Every key of the service (name under the prefix -> value), in one request.
+
+        ``leader`` is ``{"agent": ID, "term": TERM}`` (its creation revision).
+        """
         values = self._etcd.call("get *", lambda c: c.get_prefix(self.prefix))
         out = {}
         for value, meta in values:
             key = meta["key"]
             name = (key.decode() if isinstance(key, bytes) else str(key))[len(self.prefix) :]
+            if name == "leader":
+                out[name] = {"agent": value.decode(), "term": int(meta["create_revision"])}
+                continue
             loaded = _loads(value)
             if loaded is not None:
                 out[name] = loaded

@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from sqlrouter.autofailover import StoreError, read_status
+from sqlrouter.autofailover import AutofailoverTask, StoreError, read_status
 from sqlrouter.cli import main as cli_main
 from sqlrouter.sandbox import EtcdCluster, Sandbox
+from sqlrouter.sandbox._process import _free_ports
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.relay import Relay
 from tests.integration.test_switchover import (
@@ -342,3 +343,43 @@ def test_etcd_without_quorum_means_no_automatic_action_and_says_so(
     outcome = agents.wait_outcome(90)
     assert outcome["old_master"] == "db1"
     assert writable_nodes(sb) == [outcome["new_master"]]
+
+
+def test_the_agent_task_runs_the_opted_in_services_and_stops_them(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    (port,) = _free_ports(1)  # nothing listens: the runner's rounds find no master
+    registry = tmp_path / "agent.toml"
+    service = (
+        '[[services.{name}.datasources]]\nname = "db1"\nhost = "127.0.0.1"\n'
+        f'port = {port}\nrole = "master"\n'
+        '[services.{name}.admin]\nuser = "admin"\n'
+    )
+    endpoints = json.dumps(etcd_cluster.endpoints)
+    registry.write_text(
+        service.format(name="auto")
+        + f"[services.auto.autofailover]\nenabled = true\netcd = {endpoints}\n"
+        + service.format(name="manual"),
+        encoding="utf-8",
+    )
+
+    class AgentStandIn:
+        registry_spec = str(registry)
+        only: tuple[str, ...] = ()
+
+    task = AutofailoverTask(agent_id="host1")
+    task.start(AgentStandIn())
+    try:
+        assert [r.service.name for r in task.runners] == ["auto"]
+        wait_until(
+            lambda: read_status(etcd_cluster.endpoints, "auto")["agents"] == ["host1"],
+            20,
+            "the agent registered in etcd",
+        )
+    finally:
+        task.stop(10)
+    assert task.runners == []
+    assert read_status(etcd_cluster.endpoints, "auto")["agents"] == []  # lease revoked
+    AgentStandIn.only = ("manual",)
+    task.start(AgentStandIn())
+    assert task.runners == []
