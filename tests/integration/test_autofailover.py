@@ -199,17 +199,20 @@ def test_a_master_frozen_for_less_than_the_detection_time_is_not_failed_over(
 ) -> None:
     sb = agents.sb
     agents.start_three()
-    seen: list[str] = []
     sb.fault("db1", "freeze")
-    until = time.monotonic() + 1.0  # detection takes 3 rounds 0.5 s apart, and more
-    while time.monotonic() < until:
-        seen.append((agents.status().get("decision") or {}).get("verdict", "-"))
-        time.sleep(0.05)
-    sb.fault("db1", "thaw")
+    try:
+        # Thawed as soon as the leader saw one failed round: less than the 3 rounds
+        # (each at least a probe timeout long) that detection takes.
+        wait_until(
+            lambda: (agents.status().get("decision") or {}).get("verdict") == "suspect",
+            30,
+            "the leader suspecting the frozen master",
+        )
+    finally:
+        sb.fault("db1", "thaw")
     agents.wait_ready(3)  # the leader sees it answer again
     st = agents.status()
     assert st["outcome"] is None and st["failover"] is None, st
-    assert "failover" not in seen
     assert writable_nodes(sb) == ["db1"]
     # The agents were watching: a real death is failed over.
     sb.fault("db1", "kill")
