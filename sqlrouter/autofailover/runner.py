@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import pymysql
 
-from .. import events
+from .. import _forksafe, events
 from ..switchover import Step, TopologyError, failover
 from ..topology import Credentials, Service
 from ._observe import Address, ServerView, fence, observe, registry_address, resolve_master
@@ -96,7 +96,7 @@ class Runner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._keeper: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._detection = Detection()
         self._term: int | None = None
         self._decision: Decision | None = None

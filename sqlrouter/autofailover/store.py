@@ -39,7 +39,6 @@ import logging
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -53,6 +52,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed by scrip
         "automatic failover needs etcd3gw, the etcd client: pip install 'sqlrouter[etcd]'"
     ) from exc
 
+from .. import _forksafe
 from .decision import AgentView, History
 
 __all__ = ["PREFIX", "Store", "StoreError", "acknowledge", "read_status"]
@@ -91,7 +91,7 @@ class _Endpoints:
         self._current = 0
         #: One request at a time: a requests session is not thread-safe, and the
         #: runner's keepalive thread shares the store with its rounds.
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
 
     def call(self, what: str, op: Callable[[etcd3gw.Etcd3Client], _T]) -> _T:
         with self._lock:
@@ -134,7 +134,7 @@ class Store:
         self._etcd = _Endpoints(endpoints, timeout)
         self._clock = clock
         self._lease: etcd3gw.lease.Lease | None = None
-        self._lease_lock = threading.Lock()
+        self._lease_lock = _forksafe.lock()
         self.prefix = f"{PREFIX}{service}/"
 
     def __repr__(self) -> str:
