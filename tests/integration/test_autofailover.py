@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from sqlrouter.autofailover import AutofailoverTask, StoreError, read_status
+from sqlrouter.autofailover import AutofailoverTask, Store, StoreError, read_status
 from sqlrouter.cli import main as cli_main
 from sqlrouter.sandbox import EtcdCluster, Sandbox
 from sqlrouter.sandbox._process import _free_ports
@@ -253,22 +253,29 @@ def test_one_agent_that_cannot_reach_the_master_does_not_fail_it_over(
         relay.close()
 
 
+@pytest.mark.parametrize("kill_at", ["plan", "freeze"])
 def test_the_leader_killed_mid_failover_the_next_one_finishes_never_two_masters(
-    agents: Agents,
+    agents: Agents, kill_at: str
 ) -> None:
+    """Killed while it plans (nothing changed yet), or once it froze a replica."""
     sb = agents.sb
     leader = agents.start_three()["leader"]["agent"]
     create_table(sb)
     writer = Writer(writer_url(sb))
     writer.start()
+    store = Store(agents.etcd.endpoints, service=SERVICE, agent="test")
     try:
         wait_until(lambda: len(writer.acked) > 50, 20, "writes before the kill")
         sb.fault("db1", "kill")
 
-        def under_way() -> bool:
-            return agents.status().get("failover") is not None
+        def reached() -> bool:
+            record = store.get("failover")
+            steps = [s["name"] for s in (record or {}).get("steps", [])]
+            return record is not None and (
+                kill_at == "plan" or any(s.startswith("freeze") for s in steps)
+            )
 
-        wait_until(under_way, 30, "a failover under way", step=0.01)
+        wait_until(reached, 30, f"the failover at {kill_at!r}", step=0.005)
         agents.kill(leader)
         interrupted = agents.status()["failover"]
         outcome = agents.wait_outcome()
@@ -278,6 +285,7 @@ def test_the_leader_killed_mid_failover_the_next_one_finishes_never_two_masters(
         wait_until(lambda: writer.acked_by(new) > 50, 30, f"writes on {new}")
     finally:
         writer.stop()
+        store.close()
     assert writable_nodes(sb) == [new]
     check_no_write_lost(sb, writer, new)
 
