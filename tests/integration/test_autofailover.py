@@ -28,7 +28,9 @@ from sqlrouter.sandbox._process import _free_ports
 from tests.fixtures.helpers import wait_until
 from tests.fixtures.relay import Relay
 from tests.integration.test_switchover import (
+    TABLE,
     Writer,
+    caught_up,
     check_no_write_lost,
     create_table,
     writable_nodes,
@@ -324,6 +326,36 @@ def test_a_second_death_within_the_period_waits_for_an_acknowledgement(
 
     wait_until(second, 60, "the second failover, once acknowledged")
     assert writable_nodes(sb) == [last]
+
+
+def test_a_refused_candidate_blocks_automation_and_says_why(
+    agents: Agents, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sb = agents.sb
+    create_table(sb)
+    for node in ("db2", "db3"):
+        sb.wait_caught_up(node)
+    agents.start_three()
+    # The replicas' histories diverge: db2 stops receiving and is written directly (root
+    # bypasses read_only); db1's next transaction reaches db3 only.
+    sb.fault("db2", "stop-io")
+    sb.query("db2", f"INSERT INTO {TABLE} VALUES (2, 'written on db2 directly')")
+    sb.query("db1", f"INSERT INTO {TABLE} VALUES (1, 'acknowledged, on db3 only')")
+    caught_up(sb, "db1", "db3")
+    sb.fault("db1", "kill")
+    wait_until(lambda: agents.status().get("blocked") is not None, 60, "automation blocked")
+    st = agents.status()
+    assert "diverged" in st["blocked"]["reason"], st["blocked"]
+    assert st["outcome"]["ok"] is False and st["outcome"]["new_master"] is None
+    assert writable_nodes(sb) == []
+    wait_until(
+        lambda: (agents.status().get("decision") or {}).get("verdict") == "blocked",
+        30,
+        "the leader's decision: blocked",
+    )
+    status, shown, _ = agents.admin("status", capsys)
+    assert status == 0 and "BLOCKED until acknowledged" in shown and "diverged" in shown, shown
+    assert writable_nodes(sb) == []  # nothing was promoted
 
 
 def test_etcd_without_quorum_means_no_automatic_action_and_says_so(
