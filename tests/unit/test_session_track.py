@@ -680,3 +680,64 @@ def test_corrupted_packets_raise_only_value_error(
         return
     if state is not None:
         assert gtid == state.last_gtid
+
+
+def outcome(message: bytes) -> tuple[str, str | None]:
+    """What last_gtid_from_ok makes of ``message``: its result, or that it refused it."""
+    try:
+        return "gtid", last_gtid_from_ok(0x4002, message)
+    except ValueError:
+        return "refused", None
+
+
+near_names = st.sampled_from([b"last_gtid", b"last_gtiD", b"Last_gtid", b"last_gti", b"last_gtidx"])
+
+
+@given(
+    st.binary(max_size=40),
+    st.integers(0, 255),
+    near_names,
+    st.one_of(gtid_texts, st.just(b"")),
+)
+def test_fast_path_agrees_with_the_full_parser(
+    info: bytes, kind: int, name: bytes, value: bytes
+) -> None:
+    # The commit packet's layout with any entry type and a name near last_gtid: the fast
+    # path reads it as MariaDB writes it; the same entry behind a 3-byte session state
+    # length goes through the full parser.  Only a system variable named last_gtid counts.
+    data = lenstr(name) + lenstr(value)
+    fast = encode([(kind, data)], info)
+    full = lenstr(info) + lenstr(bytes([kind]) + lenstr(data), 3)
+    assert outcome(fast) == outcome(full)
+    found = outcome(fast)[1]
+    if kind == SESSION_TRACK_SYSTEM_VARIABLES and name == b"last_gtid":
+        assert found == (value.decode() or None)
+    else:
+        assert found is None
+
+
+@given(
+    st.binary(max_size=40),
+    st.one_of(gtid_texts, st.just(b"")),
+    st.data(),
+)
+def test_fast_path_shape_with_one_wrong_byte(
+    info: bytes, value: bytes, data: st.DataObject
+) -> None:
+    # One byte of the commit packet's framing (a length, the type, the name) changed: a
+    # GTID comes out only where the full decoder reads the same one, and nothing is read
+    # where the decoder refuses the packet.
+    message = bytearray(encode([variable(b"last_gtid", value)], info))
+    b = len(info) + 1
+    header = [0, b, b + 1, b + 2, b + 3, *range(b + 4, b + 13), b + 13]
+    position = data.draw(st.sampled_from(header))
+    message[position] = data.draw(st.integers(0, 255))
+    try:
+        state: SessionState | None = decode_session_state(bytes(message))
+    except ValueError:
+        state = None
+    verdict, gtid = outcome(bytes(message))
+    if state is None:
+        assert gtid is None
+    else:
+        assert (verdict, gtid) == ("gtid", state.last_gtid)
