@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymysql.protocol import MysqlPacket, OKPacketWrapper
 
+import sqlrouter._session_track as session_track
 from sqlrouter._session_track import (
     CLIENT_SESSION_TRACK,
     SERVER_SESSION_STATE_CHANGED,
@@ -741,3 +742,40 @@ def test_fast_path_shape_with_one_wrong_byte(
         assert gtid is None
     else:
         assert (verdict, gtid) == ("gtid", state.last_gtid)
+
+
+@given(st.binary(max_size=300), st.one_of(gtid_texts, st.just(b"")))
+def test_commit_packets_take_the_fast_path(info: bytes, value: bytes) -> None:
+    # Every statement on a master connection reads its OK packet: MariaDB's commit
+    # packet (short info, one short last_gtid entry) is read by slicing alone, never
+    # by the general parser (which would then refuse to run here).
+    def no_full_parse(buf: bytes) -> tuple[int, int, int, int]:
+        raise AssertionError("the commit packet went through the full parser")
+
+    message = encode([variable(b"last_gtid", value)], info)
+    fast_enough = len(info) < 0xFB and len(message) - len(info) - 2 < 0xFB
+    original = session_track._block
+    session_track._block = no_full_parse
+    try:
+        if fast_enough:
+            assert last_gtid_from_ok(0x4002, message) == (value.decode() or None)
+        else:
+            with pytest.raises(AssertionError, match="full parser"):
+                last_gtid_from_ok(0x4002, message)
+    finally:
+        session_track._block = original
+
+
+def test_info_string_errors_without_session_state() -> None:
+    with pytest.raises(ValueError) as truncated:
+        decode_session_state(b"\x05ab", 0x0002)
+    assert str(truncated.value) == (
+        "malformed session state in OK packet at byte 1 after warning_count: "
+        "expected 5 bytes of the info string, found only 2 bytes left"
+    )
+    with pytest.raises(ValueError) as trailing:
+        decode_session_state(b"\x01a\x00\x07", 0x0002)
+    assert str(trailing.value) == (
+        "malformed session state in OK packet at byte 2 after warning_count: "
+        "expected the end of the packet after the info string, found 2 bytes more"
+    )
