@@ -750,6 +750,21 @@ def test_ro_weight_zero_is_a_standby() -> None:
     assert choose(only, RO).datasource.name == "db3"
 
 
+def test_ro_standbys_alone_take_turns() -> None:
+    # Only weight-0 replicas qualify (the weighted one lags): they share the reads in
+    # turn, in declaration order, rather than all going to the first.
+    snapshot = cluster(
+        master("db1"),
+        replica("db2", 7.0),
+        replica("db3"),
+        replica("db4"),
+        replica("db5"),
+        weights={"db3": 0, "db4": 0, "db5": 0},
+    )
+    picks = [choose(snapshot, RO, turn=t).datasource.name for t in range(7)]
+    assert picks == ["db3", "db4", "db5", "db3", "db4", "db5", "db3"]
+
+
 def test_ro_negative_turn_is_fine() -> None:
     assert choose(healthy(), RO, turn=-1).datasource.name in {"db2", "db3"}
 
@@ -788,6 +803,27 @@ def test_ro_token_no_replica_covers_it_so_wait_on_the_closest() -> None:
 def test_ro_token_wait_candidate_ties_are_broken_by_lag() -> None:
     snapshot = cluster(master("db1"), replica("db2", 0.4, "0-1-10"), replica("db3", 0.2, "0-1-10"))
     assert choose(snapshot, ro(token=tok("0-1-12"))).datasource.name == "db3"
+
+
+def test_ro_token_wait_candidate_counts_what_it_lacks_in_every_domain() -> None:
+    # Token 0-1-20,1-2-10.  db2 lacks 2 + 8 = 10 transactions; db3, further behind in
+    # domain 0, lacks 5 + 1 = 6; db4 is far ahead in domain 0, which makes up for
+    # nothing in domain 1 (it lacks 9 there).  db3 is the closest, though db2 and db4
+    # lag less.
+    snapshot = cluster(
+        master("db1"),
+        replica("db2", 0.1, "0-1-18,1-2-2"),
+        replica("db3", 0.5, "0-1-15,1-2-9"),
+        replica("db4", 0.1, "0-1-90,1-2-1"),
+    )
+    decision = choose(snapshot, ro(token=tok("0-1-20,1-2-10")))
+    assert decision.datasource.name == "db3"
+    assert decision.needs_wait == tok("0-1-20,1-2-10")
+    # A domain the replica has never seen counts whole: db2 lacks 10, db3 8 + 1.
+    absent = cluster(
+        master("db1"), replica("db2", 0.1, "0-1-20"), replica("db3", 0.5, "0-1-12,1-2-9")
+    )
+    assert choose(absent, ro(token=tok("0-1-20,1-2-10"))).datasource.name == "db3"
 
 
 def test_ro_token_wait_candidate_with_an_empty_position() -> None:
