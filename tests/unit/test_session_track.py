@@ -779,3 +779,36 @@ def test_info_string_errors_without_session_state() -> None:
         "malformed session state in OK packet at byte 2 after warning_count: "
         "expected the end of the packet after the info string, found 2 bytes more"
     )
+
+
+def test_an_empty_gtids_entry_is_kept_unread() -> None:
+    # A type 3 entry without even its encoding byte: skipped (kept in unknown), and the
+    # entry after it is read from its own first byte.
+    message = encode([(SESSION_TRACK_GTIDS, b""), variable(b"last_gtid", b"0-1-5")])
+    state = decode_session_state(message)
+    assert state.unknown == ((SESSION_TRACK_GTIDS, b""),)
+    assert (state.gtids, state.last_gtid) == (None, "0-1-5")
+    assert last_gtid_from_ok(0x4002, message) == "0-1-5"
+    alone = decode_session_state(encode([(SESSION_TRACK_GTIDS, b"")]))
+    assert alone.unknown == ((SESSION_TRACK_GTIDS, b""),)
+
+
+@pytest.mark.parametrize(
+    ("message", "server_status", "error"),
+    [
+        (
+            b"\xfc\x01",
+            0x0002,
+            "expected the 3-byte length of the info string, found only 2 bytes left",
+        ),
+        (
+            encode([(SESSION_TRACK_GTIDS, b"\x00" + lenstr(b"0-1-1") + b"x")]),
+            0x4002,
+            "expected the end of the GTIDs entry, found 1 byte more",
+        ),
+    ],
+)
+def test_error_messages_word_for_word(message: bytes, server_status: int, error: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        decode_session_state(message, server_status)
+    assert str(excinfo.value).endswith(f"after warning_count: {error}")
