@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pymysql.connections import Connection
 from pymysql.cursors import DictCursor, SSCursor, SSDictCursor
 
+from sqlrouter._urlparams import _CONNECT_ARGS
 from sqlrouter.errors import ProgrammingError
 from sqlrouter.gtid import CausalToken
 from sqlrouter.topology import MAX_LAG_RANGE
@@ -587,6 +588,35 @@ def test_a_value_equal_to_the_password_is_hidden_in_str_and_repr() -> None:
     assert str(url) == "sqlrouter://app:***@shop/db?charset=***"
     assert "utf8mb4" not in repr(url)
     assert parse_url(url.render(hide_password=False)) == url
+
+
+def test_the_ssl_key_password_is_hidden_wherever_it_shows() -> None:
+    url = parse_url("sqlrouter://app@shop/db?init_command=keypass99", ssl_key_password="keypass99")
+    assert str(url) == "sqlrouter://app@shop/db?init_command=***&ssl_key_password=***"
+    assert repr(url) == (
+        "ServiceURL(service='shop', database='db', user='app', "
+        "connect_args={'init_command': '***', 'ssl_key_password': '***'})"
+    )
+
+
+@pytest.mark.parametrize(("password", "key"), [("secret", "secretlong"), ("secretlong", "secret")])
+def test_the_longer_of_two_secrets_is_hidden_whole(password: str, key: str) -> None:
+    # Hiding the shorter secret first would leave "***long" of the longer one.
+    url = parse_url(f"sqlrouter://app:{password}@shop/db?charset=secretlong", ssl_key_password=key)
+    assert str(url) == "sqlrouter://app:***@shop/db?charset=***&ssl_key_password=***"
+    assert "long" not in repr(url)
+
+
+def test_secrets_of_fewer_than_three_characters_are_not_looked_for() -> None:
+    # Hiding "ab" wherever it shows would hide ordinary values and tell the password.
+    short = parse_url("sqlrouter://app:ab@shop/ab?charset=ab")
+    assert str(short) == "sqlrouter://app:***@shop/ab?charset=ab"
+    three = parse_url("sqlrouter://app:abc@shop/abc?charset=abc")
+    assert str(three) == "sqlrouter://app:***@shop/***?charset=***"
+    assert repr(three) == (
+        "ServiceURL(service='shop', database='***', user='app', password='***', "
+        "connect_args={'charset': '***'})"
+    )
 
 
 def test_qos_and_fallback_are_the_shared_enums() -> None:
@@ -1201,3 +1231,63 @@ def test_dns_registry_options_without_a_dns_registry_say_where_they_go() -> None
     assert "registry='/etc/sqlrouter.toml' is not a DNS registry" in message
     # max_lag is the URL's own parameter, whatever the registry.
     assert parse_url("sqlrouter://shop?registry=dns:d.example&max_lag=3").max_lag == 3.0
+
+
+# --- connect_args of a ServiceURL built directly ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("connect_args", "error"),
+    [
+        (
+            {"charsett": "x"},
+            "unknown parameter 'charsett' in connect_args: did you mean 'charset'?",
+        ),
+        (
+            {"frobnicate": 1},
+            "unknown parameter 'frobnicate' in connect_args: expected a PyMySQL connect() "
+            f"option ({', '.join(sorted(_CONNECT_ARGS))})",
+        ),
+        (
+            {"host": "db1"},
+            "parameter 'host' in connect_args is not accepted: sqlrouter routes by service; "
+            "pass service=... (a host is chosen by the router)",
+        ),
+        (
+            {"qos": "RW_STRICT"},
+            "connect_args holds 'qos', which is no PyMySQL connect() option: give it as "
+            "ServiceURL(qos=...)",
+        ),
+        (
+            {"db": "x"},
+            "connect_args holds 'db', which is no PyMySQL connect() option: give it as "
+            "ServiceURL(database=...)",
+        ),
+        (
+            {1: "x"},
+            "invalid connect_args key 1 (int): expected the name of a PyMySQL connect() option",
+        ),
+    ],
+)
+def test_service_url_connect_args_take_pymysql_options_only(
+    connect_args: dict[object, object], error: str
+) -> None:
+    with pytest.raises(ProgrammingError) as excinfo:
+        ServiceURL(service="shop", connect_args=connect_args)  # type: ignore[arg-type]
+    assert str(excinfo.value) == error
+
+
+def test_connect_args_keys_must_be_strings() -> None:
+    with pytest.raises(ProgrammingError) as excinfo:
+        parse_url("sqlrouter://shop", connect_args={b"charset": "x"})
+    assert str(excinfo.value) == (
+        "invalid connect_args key b'charset' (bytes): expected the name of a PyMySQL "
+        "connect() option"
+    )
+    with pytest.raises(ProgrammingError, match=r"invalid connect_args key 2 \(int\)"):
+        parse_url("sqlrouter://shop").set(connect_args={2: "x"})
+
+
+def test_connect_args_none_is_the_default_except_for_autocommit() -> None:
+    url = ServiceURL(service="shop", connect_args={"charset": None, "autocommit": None})
+    assert dict(url.connect_args) == {"autocommit": None}
