@@ -1291,3 +1291,51 @@ def test_connect_args_keys_must_be_strings() -> None:
 def test_connect_args_none_is_the_default_except_for_autocommit() -> None:
     url = ServiceURL(service="shop", connect_args={"charset": None, "autocommit": None})
     assert dict(url.connect_args) == {"autocommit": None}
+
+
+# --- rendering, repr and hash, exactly ------------------------------------------------------
+
+
+def test_booleans_render_as_true_and_false() -> None:
+    url = parse_url("sqlrouter://shop", autocommit=True, ssl_verify_cert=False, local_infile=False)
+    assert (
+        url.render() == "sqlrouter://shop?autocommit=true&ssl_verify_cert=false&local_infile=false"
+    )
+
+
+def test_repr_skips_every_field_left_at_its_default() -> None:
+    url = parse_url("sqlrouter://shop?max_lag=2")
+    assert repr(url) == "ServiceURL(service='shop', max_lag=2.0)"
+    assert repr(parse_url("sqlrouter://app@shop?fallback=error&causal_token=0-1-5")) == (
+        "ServiceURL(service='shop', user='app', fallback=Fallback.ERROR, causal_token='0-1-5')"
+    )
+
+
+def test_repr_hides_a_password_too_short_to_be_looked_for_elsewhere() -> None:
+    assert repr(parse_url("sqlrouter://app:ab@shop")) == (
+        "ServiceURL(service='shop', user='app', password='***')"
+    )
+
+
+def test_repr_of_object_and_text_options_that_mention_password() -> None:
+    # Only an ssl *mapping*'s "password" entry is a secret of its own; an SSLContext or
+    # a text that contains the word is shown as it is.
+    context = ssl.create_default_context()
+    assert repr(parse_url("sqlrouter://shop", ssl=context)) == (
+        f"ServiceURL(service='shop', connect_args={{'ssl': {context!r}}})"
+    )
+    assert repr(parse_url("sqlrouter://shop", init_command="SET @password = 1")) == (
+        "ServiceURL(service='shop', connect_args={'init_command': 'SET @password = 1'})"
+    )
+
+
+def test_urls_that_differ_hash_apart() -> None:
+    urls = [
+        parse_url("sqlrouter://shop"),
+        parse_url("sqlrouter://shop?qos=RO_RELAXED"),
+        parse_url("sqlrouter://shop/db"),
+        parse_url("sqlrouter://other"),
+        parse_url("sqlrouter://shop?charset=utf8mb4"),
+        parse_url("sqlrouter://shop?autocommit=true"),
+    ]
+    assert len({hash(url) for url in urls}) == len(urls)
