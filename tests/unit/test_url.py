@@ -1339,3 +1339,16 @@ def test_urls_that_differ_hash_apart() -> None:
         parse_url("sqlrouter://shop?autocommit=true"),
     ]
     assert len({hash(url) for url in urls}) == len(urls)
+
+
+def test_render_hides_short_secrets_by_name() -> None:
+    # Too short to be looked for in other values, but hidden where they are themselves.
+    url = parse_url("sqlrouter://app:ab@shop", ssl_key_password="cd")
+    assert url.render() == "sqlrouter://app:***@shop?ssl_key_password=***"
+    assert url.render(hide_password=False) == "sqlrouter://app:ab@shop?ssl_key_password=cd"
+
+
+def test_render_leaves_out_objects_and_nones_and_goes_on() -> None:
+    url = parse_url("sqlrouter://shop", cursorclass=DictCursor, autocommit=None, charset="utf8mb4")
+    assert list(url.connect_args) == ["cursorclass", "autocommit", "charset"]
+    assert url.render() == "sqlrouter://shop?charset=utf8mb4"
