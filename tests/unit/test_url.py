@@ -1352,3 +1352,22 @@ def test_render_leaves_out_objects_and_nones_and_goes_on() -> None:
     url = parse_url("sqlrouter://shop", cursorclass=DictCursor, autocommit=None, charset="utf8mb4")
     assert list(url.connect_args) == ["cursorclass", "autocommit", "charset"]
     assert url.render() == "sqlrouter://shop?charset=utf8mb4"
+
+
+def test_dns_registry_options_error_word_for_word() -> None:
+    assert error_of("sqlrouter://shop?monitor_user=mon") == (
+        "parameter 'monitor_user' in the URL is an option of a DNS registry, but the URL has "
+        "no registry=dns:...: give it with registry=dns:DOMAIN in the same URL "
+        "(registry=dns:DOMAIN&monitor_user=...), or in $SQLROUTER_REGISTRY "
+        "(dns:DOMAIN?monitor_user=...); a registry file sets it in [services.NAME]"
+    )
+    # Two registries: that is the error, whichever comes first.
+    assert error_of(
+        "sqlrouter://shop?registry=/etc/r.toml&registry=dns:d.example&monitor_user=mon"
+    ) == ("parameter 'registry' is given twice in the URL")
+
+
+def test_dns_registry_options_fold_readably() -> None:
+    # Paths keep their ':' and '~'; what a spec cannot hold as it is gets encoded.
+    url = parse_url("sqlrouter://shop?registry=dns:d.example&monitor_password_file=/a:b/~c%20d")
+    assert url.registry == "dns:d.example?monitor_password_file=/a:b/~c%20d"
