@@ -806,6 +806,11 @@ def test_an_empty_gtids_entry_is_kept_unread() -> None:
             0x4002,
             "expected the end of the GTIDs entry, found 1 byte more",
         ),
+        (
+            encode([(SESSION_TRACK_TRANSACTION_STATE, lenstr(b"T_") + b"xy")]),
+            0x4002,
+            "expected the end of the transaction entry, found 2 bytes more",
+        ),
     ],
 )
 def test_error_messages_word_for_word(message: bytes, server_status: int, error: str) -> None:
