@@ -1371,3 +1371,45 @@ def test_dns_registry_options_fold_readably() -> None:
     # Paths keep their ':' and '~'; what a spec cannot hold as it is gets encoded.
     url = parse_url("sqlrouter://shop?registry=dns:d.example&monitor_password_file=/a:b/~c%20d")
     assert url.registry == "dns:d.example?monitor_password_file=/a:b/~c%20d"
+
+
+_PORT_HELP = (
+    ": a service is a name, not host:port; the registry gives each server's host and port.  "
+    "If this is user:password, the password holds a '/', '?', '#' or '@' that must be "
+    "percent-encoded"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("sqlrouter://shop:3306/db", f"a port is not accepted after service 'shop'{_PORT_HELP}"),
+        # Not a service name, or a URL that may hold a cut secret: nothing is quoted.
+        ("sqlrouter://bad$name:3306/db", f"a port is not accepted{_PORT_HELP}"),
+        ("sqlrouter://shop:3306/db?ssl_key_password=x", f"a port is not accepted{_PORT_HELP}"),
+        (
+            "sqlrouter://shop/a/b",
+            "invalid database path '/a/b': a service URL has one path segment, the database; "
+            "percent-encode '/' as %2F",
+        ),
+        (
+            "jdbc:t-router://shop?password=a&b=c",
+            "unknown parameter (not shown: the query holds a password; percent-encode '&' in "
+            "it as %26) in the URL",
+        ),
+        (
+            "sqlrouter://shop?qos=RW_STRICT&autocommit",
+            "query parameter 'autocommit' in the URL has no value: expected name=value",
+        ),
+        (
+            "jdbc:t-router://shop?maxAppliedLatencyy=2",
+            "unknown parameter 'maxAppliedLatencyy' in the URL: did you mean 'maxAppliedLatency'?",
+        ),
+    ],
+)
+def test_url_errors_word_for_word(url: str, error: str) -> None:
+    assert error_of(url) == error
+
+
+def test_tungsten_names_are_suggested_in_tungsten_urls_only() -> None:
+    assert "did you mean" not in error_of("sqlrouter://shop?maxappliedlatency=1")
