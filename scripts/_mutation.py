@@ -112,16 +112,37 @@ def _mutmut(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _run(name: str, target: Target, *, survivors: bool) -> dict[str, object]:
-    work = _prepare(name, target)
-    print(f"== {name}: {target.module} with {' '.join(target.tests)}", flush=True)
-    done = _mutmut(work, "run", "--max-children", "1")
-    (work / "mutmut-run.log").write_text(done.stdout + done.stderr)
+def _codes(work: Path, target: Target) -> dict[str, int | None]:
     meta = work / "mutants" / (target.module + ".meta")
     if not meta.exists():
-        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
-        raise SystemExit(f"{name}: mutmut produced no results (log: {work}/mutmut-run.log)")
+        raise SystemExit(f"no mutmut results in {work} (log: {work}/mutmut-run.log)")
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    return codes
+
+
+def _run(
+    name: str, target: Target, *, survivors: bool, base: Path | None, also: list[str]
+) -> dict[str, object]:
+    """Run mutmut on ``target``.  With ``base`` (the scratch directory of an earlier run
+    of the same target, whose tests are all still there): test only the mutants that
+    survived it, and those matching ``also`` (the functions changed since), and keep the
+    earlier verdict of every other mutant (a mutant a test killed stays killed when tests
+    are only added)."""
+    previous = _codes(base, target) if base is not None else {}
+    rerun = [m for m, code in previous.items() if code not in KILLED] + also
+    work = _prepare(name, target)
+    print(f"== {name}: {target.module} with {' '.join(target.tests)}", flush=True)
+    if base is not None:
+        print(f"   re-testing {len(rerun)} mutants that survived {base}", flush=True)
+    done = _mutmut(work, "run", "--max-children", "1", *rerun)
+    (work / "mutmut-run.log").write_text(done.stdout + done.stderr)
+    try:
+        codes = _codes(work, target)
+    except SystemExit:
+        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+        raise
+    if base is not None:
+        codes = {m: previous.get(m) if code is None else code for m, code in codes.items()}
     counts: Counter[str] = Counter()
     alive: list[str] = []
     for mutant, code in sorted(codes.items()):
@@ -182,6 +203,18 @@ def main() -> None:
     parser.add_argument(
         "--survivors", action="store_true", help="print the diff of each surviving mutant"
     )
+    parser.add_argument(
+        "--base",
+        metavar="DIR",
+        help="the .mutation/TARGET directory of an earlier run: re-test only its survivors",
+    )
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="with --base, also test the mutants matching PATTERN (changed functions)",
+    )
     args = parser.parse_args()
     if args.list:
         for name, target in TARGETS.items():
@@ -190,8 +223,17 @@ def main() -> None:
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
+    if args.base is not None and len(args.targets) != 1:
+        parser.error("--base takes exactly one target")
     results = [
-        _run(name, TARGETS[name], survivors=args.survivors) for name in args.targets or TARGETS
+        _run(
+            name,
+            TARGETS[name],
+            survivors=args.survivors,
+            base=Path(args.base).resolve() if args.base else None,
+            also=args.also,
+        )
+        for name in args.targets or TARGETS
     ]
     print("\n(survived counts the mutants no test covers, shown as no_tests)")
     print("target          killed survived  total  score  behaviour")
