@@ -424,3 +424,26 @@ def test_unparsable_positions_count_as_empty() -> None:
     odd = replica(gtid_binlog_pos="garbage", gtid_slave_pos="0-1-100")
     h = compute_health([master(), odd], DATASOURCES)["db2"]
     assert h.position == CausalToken()
+
+
+@pytest.mark.parametrize(
+    ("io", "sql", "running"),
+    [
+        (True, True, True),
+        (True, False, False),
+        (False, True, False),
+        (None, True, False),
+        (True, None, False),
+    ],
+)
+def test_threads_run_when_both_are_known_to_run(
+    io: bool | None, sql: bool | None, running: bool
+) -> None:
+    assert Health("db2", True, 1.0, io_running=io, sql_running=sql).threads_running is running
+
+
+def test_writable_means_reachable_and_known_not_read_only() -> None:
+    assert Health("db1", True, 1.0, read_only=False).writable
+    assert not Health("db1", False, 1.0, read_only=False).writable
+    assert not Health("db1", True, 1.0, read_only=None).writable
+    assert not Health("db1", True, 1.0, read_only=True).writable

@@ -161,10 +161,12 @@ def tok(text: str) -> CausalToken:
     return CausalToken.parse(text)
 
 
-def refusal(exc_type: type[RoutingError], snapshot: Snapshot, policy: Policy) -> str:
+def refusal(
+    exc_type: type[RoutingError], snapshot: Snapshot, policy: Policy, now: float | None = None
+) -> str:
     """The message of the error ``choose`` raises; checks errno and service too."""
     with pytest.raises(exc_type) as info:
-        choose(snapshot, policy)
+        choose(snapshot, policy, now=now)
     errno, message = info.value.args
     assert errno == (ER_NO_MASTER if exc_type is NoMasterAvailable else ER_NO_REPLICA)
     assert info.value.service == SERVICE
@@ -1457,3 +1459,39 @@ def test_wait_here_unless_another_replica_is_clearly_closer() -> None:
     lagging = cluster(master(), replica("db2", lag=9.0, position="0-1-29"), down("db3"))
     assert not wait_here(lagging, "db2", policy)  # no longer a replica within max_lag
     assert MOVE_TOLERANCE == 2
+
+
+# --- a snapshot the monitor stopped refreshing -------------------------------------------
+
+_STALE = (
+    "and routing trusts one for 2.5s at most (3 monitor intervals + the probe timeout): "
+    "the monitor is not publishing"
+)
+
+
+def test_a_snapshot_older_than_max_age_qualifies_nothing() -> None:
+    snapshot = replace(healthy(), generation=1, taken_at=100.0)
+    # 3 intervals of 0.5 s + a probe timeout of 1 s.
+    assert snapshot.max_age == 2.5
+    assert snapshot.age(103.0) == 3.0
+    assert choose(snapshot, RW, now=102.5).datasource.name == "db1"
+    assert choose(snapshot, RO, now=102.5).datasource.name == "db2"
+    assert refusal(NoMasterAvailable, snapshot, RW, now=103.0) == (
+        f"service 'sandbox': no master known: the monitor's last observation is 3.0s old, {_STALE}"
+    )
+    assert refusal(NoReplicaAvailable, snapshot, RO, now=103.0) == (
+        "service 'sandbox': no replica or master known: the monitor's last observation is "
+        f"3.0s old, {_STALE}"
+    )
+    forked = replace(snapshot, taken_at=-math.inf)
+    assert refusal(NoMasterAvailable, forked, RW, now=5.0) == (
+        "service 'sandbox': no master known: the monitor's last observation is of unknown age "
+        f"(made before fork()), {_STALE}"
+    )
+
+
+def test_only_published_snapshots_age() -> None:
+    # Generation 0 is the monitor's first, made before any round: no age to trust or not.
+    snapshot = replace(healthy(), generation=0, taken_at=0.0)
+    assert choose(snapshot, RW, now=1e9).datasource.name == "db1"
+    assert choose(replace(snapshot, generation=1), RW).datasource.name == "db1"  # no clock
