@@ -447,3 +447,27 @@ def test_writable_means_reachable_and_known_not_read_only() -> None:
     assert not Health("db1", False, 1.0, read_only=False).writable
     assert not Health("db1", True, 1.0, read_only=None).writable
     assert not Health("db1", True, 1.0, read_only=True).writable
+
+
+def test_the_promotion_breaks_a_tie_of_the_reference() -> None:
+    # db1 and db3 writable, db2 replicating from db1 and db4 from db3: a tie, no master
+    # unless the operator's promotion picks one; then lag is measured against it.
+    four = (*DATASOURCES, DataSource("db4", "127.0.0.1", 3313, Role.REPLICA))
+    other = master(name="db3", server_id=3, gtid_binlog_pos="1-3-5", heartbeat=NOW - 1.0)
+    db2 = replica(heartbeat=NOW - 4.0)
+    db4 = replica(
+        "db4",
+        server_id=4,
+        master_server_id=3,
+        master_port=3312,
+        gtid_binlog_pos="1-3-5",
+        gtid_slave_pos="1-3-5",
+        heartbeat=NOW - 2.0,
+    )
+    round_ = [master(), db2, other, db4]
+    # No master: the freshest replica, db4, is the reference.
+    alone = compute_health(round_, four)["db2"]
+    assert alone.lag is not None and abs(alone.lag - 2.0) < 1e-6
+    promoted = compute_health(round_, four, promoted="db3")["db2"]
+    assert promoted.lag is not None and abs(promoted.lag - 3.0) < 1e-6
+    assert promoted.lag_source == "heartbeat"
