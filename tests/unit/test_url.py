@@ -1413,3 +1413,76 @@ def test_url_errors_word_for_word(url: str, error: str) -> None:
 
 def test_tungsten_names_are_suggested_in_tungsten_urls_only() -> None:
     assert "did you mean" not in error_of("sqlrouter://shop?maxappliedlatency=1")
+
+
+_BLIND_QOS = (
+    "invalid qos (not shown: the URL may hold a password): expected RW_STRICT or RO_RELAXED"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("jdbc:t-router://app@shop?user=other", "parameter 'user' is given twice in the URL"),
+        # A URL that may hold a cut secret quotes none of its values, even in the errors
+        # of the values' checks: a secret in the query, an '@' in the query or the path.
+        ("sqlrouter://shop?ssl_key_password=x&qos=FAST", _BLIND_QOS),
+        ("sqlrouter://shop?qos=F@ST", _BLIND_QOS),
+        ("sqlrouter://shop/d@b?qos=FAST", _BLIND_QOS),
+        (
+            "http://shop",
+            "unsupported URL scheme 'http': expected sqlrouter:// or mysql+sqlrouter://",
+        ),
+        (
+            "sqlrouter://[shop",
+            "malformed service URL (not shown: it may contain a password): unbalanced '[' or "
+            "']', or a character that must be percent-encoded; expected "
+            "sqlrouter://[user[:password]@]SERVICE[/DATABASE][?param=value&...]",
+        ),
+        (
+            "sqlrouter://shop#x",
+            "a service URL has no '#fragment': percent-encode '#' as %23 (in a password, for "
+            "example)",
+        ),
+        (
+            "sqlrouter://[::1]/db",
+            "invalid service '[::1]': a service is a name, not an IP address; the registry "
+            "gives each server's address",
+        ),
+        ("sqlrouter://shop:1:2/db", f"a port is not accepted after service 'shop'{_PORT_HELP}"),
+        # The decoded password is hidden too, not only its encoded form.
+        (
+            "sqlrouter://app:a%2Fb%2Fc@shop/a/b/c",
+            "invalid database path '/***': a service URL has one path segment, the database; "
+            "percent-encode '/' as %2F",
+        ),
+    ],
+)
+def test_more_url_errors_word_for_word(url: str, error: str) -> None:
+    assert error_of(url) == error
+
+
+def test_a_tungsten_url_may_start_with_spaces() -> None:
+    assert parse_url("  jdbc:t-router://shop/db?maxAppliedLatency=2").max_lag == 2.0
+
+
+def test_keyword_errors_word_for_word() -> None:
+    assert error_of(service="shop", connect_args=[("a", 1)]) == (
+        "invalid connect_args (list value): expected a mapping of PyMySQL connect() options"
+    )
+    assert error_of(service="shop", connect_arg={}) == (
+        "unknown parameter 'connect_arg': did you mean 'connect_args'?"
+    )
+    # The password of a ServiceURL given to parse_url is hidden in the keywords' errors.
+    url = parse_url("sqlrouter://app:hunter22@shop")
+    assert error_of(url, qos="hunter22") == "invalid qos '***': expected RW_STRICT or RO_RELAXED"
+
+
+def test_service_url_hides_its_ssl_key_password_in_errors() -> None:
+    with pytest.raises(ProgrammingError) as excinfo:
+        ServiceURL(
+            service="shop",
+            qos="keysecret1",  # type: ignore[arg-type]
+            connect_args={"ssl_key_password": "keysecret1"},
+        )
+    assert str(excinfo.value) == "invalid qos '***': expected RW_STRICT or RO_RELAXED"
