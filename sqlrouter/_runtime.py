@@ -153,15 +153,16 @@ def handle_for(
             _handles[key] = handle
             created = True
     if created:
-        _start_control(handle)
+        _start_control(handle, always=agent)
     return handle
 
 
-def _start_control(handle: ServiceHandle) -> None:
-    """Start this process's control socket if the settings enable it and it is not
-    running (a process starts watching a service, or a forked child first uses one)."""
-    if os.environ.get(control.ENV_VAR) or handle.registry.control:
-        control.on_handle_created(handle, handles=handles, watched=watched)
+def _start_control(handle: ServiceHandle, *, always: bool = False) -> None:
+    """Start this process's control socket if the settings enable it (``always``: an
+    agent's) and it is not running (a process starts watching a service, or a forked
+    child first uses one)."""
+    if always or os.environ.get(control.ENV_VAR) or handle.registry.control:
+        control.on_handle_created(handle, handles=handles, watched=watched, always=always)
 
 
 def handles() -> list[ServiceHandle]:

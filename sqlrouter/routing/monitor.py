@@ -145,6 +145,11 @@ class Monitor:
         return self._snapshot
 
     @property
+    def heartbeat_writer(self) -> bool:
+        """This process writes the cluster's heartbeat (it holds the writer's lock)."""
+        return any(prober.writer for prober in list(self._probers.values()))
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
