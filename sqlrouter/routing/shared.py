@@ -89,6 +89,8 @@ MAX_FILE_BYTES: Final = 1 << 20
 #: The longest wait for the file's lock; past it this round probes alone.
 LOCK_TIMEOUT: Final = 0.5
 _FORMAT: Final = 1
+#: The largest process id Linux gives (``pid_max`` cannot exceed it).
+_PID_MAX: Final = 4_194_304
 
 #: One thread of a process at a time holds a file's lock (``lockf`` locks belong to
 #: the process, not the thread, and are dropped when the process closes any
@@ -207,7 +209,7 @@ def decode(data: bytes, key: str, service: Service, now: float) -> Published:
         raise ShareError("written before this host's last boot")
     pid, publisher, agent = doc.get("pid"), doc.get("publisher"), doc.get("agent")
     lease_at, taken_at = doc.get("lease_at"), doc.get("taken_at")
-    if not (isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0):
+    if not (isinstance(pid, int) and not isinstance(pid, bool) and 0 <= pid <= _PID_MAX):
         raise ShareError(f"pid {pid!r} is not a process id")
     if not isinstance(publisher, str) or not isinstance(agent, bool):
         raise ShareError("publisher or agent missing")
