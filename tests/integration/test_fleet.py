@@ -1,0 +1,223 @@
+"""Fleets: many application processes, on simulated hosts (distinct shared snapshot
+directories), each holding an idle RW_STRICT and RO_RELAXED connection (the worker is
+tests/fixtures/fleet_worker.py).  One heartbeat writer per cluster, one publisher per
+host; takeover when either is killed, stopped or exits, or the master changes; writes
+follow a switchover in every process; nothing routes on a stale snapshot meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqlrouter.sandbox import Sandbox
+from sqlrouter.switchover import switchover
+from tests.fixtures.helpers import wait_until
+
+pytestmark = pytest.mark.sandbox
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCK = "sqlrouter.heartbeat:sqlrouter.heartbeat"
+
+
+class Worker:
+    def __init__(self, proc: subprocess.Popen[bytes], status: Path, host: Path) -> None:
+        self.proc = proc
+        self.status_path = status
+        self.host = host
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def status(self) -> dict[str, Any]:
+        try:
+            out: dict[str, Any] = json.loads(self.status_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.pid} {self.host.name} {self.status()}>"
+
+
+Spawn = Callable[..., Worker]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """Start fleet workers; each is killed (then reaped) at the end of the test."""
+    made: list[Worker] = []
+
+    def start(sb: Sandbox, host: str = "host1", *, check: bool = False) -> Worker:
+        share = tmp_path / host
+        share.mkdir(mode=0o700, exist_ok=True)
+        status = tmp_path / f"worker-{len(made)}.json"
+        env = {**os.environ, "SQLROUTER_SHARE": str(share)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.fixtures.fleet_worker",
+            sb.url("RW_STRICT", autocommit="true"),
+            sb.url("RO_RELAXED", autocommit="true"),
+            str(status),
+        ]
+        if check:
+            cmd.append("--check")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        worker = Worker(proc, status, share)
+        made.append(worker)
+        wait_until(lambda: bool(worker.status()), 60, f"worker {proc.pid} connected")
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in made:
+            if worker.proc.poll() is None:
+                os.kill(worker.pid, signal.SIGCONT)
+                worker.proc.kill()
+            worker.proc.wait(10)
+
+
+def roles(workers: list[Worker]) -> list[str]:
+    return [w.status().get("role", "?") for w in workers if w.proc.poll() is None]
+
+
+def writers(workers: list[Worker]) -> list[Worker]:
+    return [w for w in workers if w.proc.poll() is None and w.status().get("writer")]
+
+
+def lock_holder(sb: Sandbox, node: str) -> int | None:
+    ((holder,),) = sb.query(node, f"SELECT IS_USED_LOCK('{LOCK}')")
+    return None if holder is None else int(holder)
+
+
+def binlog_commits(sb: Sandbox, node: str) -> int:
+    ((_, value),) = sb.query(node, "SHOW GLOBAL STATUS LIKE 'Binlog_commits'")
+    return int(value)
+
+
+def settled(workers: list[Worker], hosts: int) -> bool:
+    """One publisher per host, every other process a follower, one heartbeat writer."""
+    live = [w for w in workers if w.proc.poll() is None]
+    by_host: dict[Path, list[str]] = {}
+    for w in live:
+        by_host.setdefault(w.host, []).append(w.status().get("role", "?"))
+    return (
+        len(by_host) == hosts
+        and all(
+            r.count("publisher") == 1 and r.count("follower") == len(r) - 1
+            for r in by_host.values()
+        )
+        and len(writers(live)) == 1
+    )
+
+
+def test_one_monitor_per_host_and_one_heartbeat_writer_per_cluster(
+    cluster: Sandbox, spawn: Spawn
+) -> None:
+    sb = cluster
+    workers = [spawn(sb, f"host{i % 2 + 1}") for i in range(6)]
+    wait_until(lambda: settled(workers, hosts=2), 60, "one publisher per host, one writer")
+    # Followers probe nothing: no monitoring connection of theirs.
+    wait_until(
+        lambda: all(
+            (s["probers"] > 0) == (s["role"] == "publisher") for s in (w.status() for w in workers)
+        ),
+        30,
+        "monitoring connections in the publishers only",
+    )
+    # The writer holds the lock on the master; the master's binlog gets one heartbeat
+    # commit per round of that one writer (its rounds are >= 0.9 interval apart).
+    (writer,) = writers(workers)
+    assert lock_holder(sb, "db1") is not None
+    interval = sb.service().monitor_interval
+    before, started = binlog_commits(sb, "db1"), time.monotonic()
+    time.sleep(3.0)
+    commits = binlog_commits(sb, "db1") - before
+    elapsed = time.monotonic() - started
+    assert commits <= elapsed / (0.9 * interval) + 2, (commits, elapsed)
+    assert writers(workers) == [writer]
+
+
+def test_takeover_when_the_publisher_or_writer_is_killed_stopped_or_exits(
+    cluster: Sandbox, spawn: Spawn
+) -> None:
+    sb = cluster
+    workers = [spawn(sb, "host1", check=True) for _ in range(3)]
+    wait_until(lambda: settled(workers, hosts=1), 60, "a publisher and a writer")
+
+    def publisher() -> Worker:
+        (p,) = [w for w in workers if w.proc.poll() is None and w.status()["role"] == "publisher"]
+        return p
+
+    def taken_over(old: Worker) -> Callable[[], bool]:
+        def check() -> bool:
+            live = [w for w in workers if w.proc.poll() is None and w is not old]
+            return any(w.status().get("role") == "publisher" for w in live) and any(
+                w.status().get("writer") for w in live
+            )
+
+        return check
+
+    # SIGKILL: the kernel ends its lock's connection and the pid disappears.
+    first = publisher()
+    first.proc.kill()
+    first.proc.wait(10)
+    wait_until(taken_over(first), 30, "a new publisher and writer after SIGKILL")
+    # SIGSTOP: its lease expires, its stalled heartbeat connection is ended.
+    second = publisher()
+    os.kill(second.pid, signal.SIGSTOP)
+    try:
+        wait_until(taken_over(second), 30, "a new publisher and writer after SIGSTOP")
+    finally:
+        os.kill(second.pid, signal.SIGCONT)
+    # It resumes as a follower: one publisher, one writer again.
+    wait_until(lambda: settled(workers, hosts=1), 30, "the stopped one follows once resumed")
+    # A clean exit (SIGTERM: atexit, the publisher resigns).
+    third = publisher()
+    third.proc.terminate()
+    assert third.proc.wait(10) == 0
+    wait_until(taken_over(third), 30, "a new publisher and writer after an exit")
+    # Meanwhile no worker wrote anywhere but the master, nor read a read-write server
+    # it took for a replica: every RW_STRICT query ran on db1 (writable).
+    sid = {n.name: n.server_id for n in sb.nodes}
+    for w in workers:
+        status = w.status()
+        if status.get("rw_on") is not None:
+            assert status["rw_on"] == [sid["db1"], 0], w
+        assert status.get("queries", 0) > 0, w
+
+
+def test_writes_follow_a_switchover_in_twenty_processes(
+    fresh_cluster: Sandbox, spawn: Spawn
+) -> None:
+    sb = fresh_cluster
+    workers = [spawn(sb, f"host{i % 2 + 1}", check=True) for i in range(20)]
+    wait_until(lambda: settled(workers, hosts=2), 120, "one publisher per host, one writer")
+    sid = {n.name: n.server_id for n in sb.nodes}
+    switchover(sb.service(), "db2")
+
+    def all_on_db2() -> bool:
+        return all(w.status().get("rw_on") == [sid["db2"], 0] for w in workers)
+
+    wait_until(all_on_db2, 60, "every process writes to db2")
+    # The heartbeat writer moved with the master: one holds the lock on db2.
+    wait_until(lambda: lock_holder(sb, "db2") is not None, 30, "a heartbeat writer on db2")
+    wait_until(lambda: settled(workers, hosts=2), 30, "one writer after the switchover")
+    switchover(sb.service(), "db1")
+    wait_until(
+        lambda: all(w.status().get("rw_on") == [sid["db1"], 0] for w in workers),
+        60,
+        "every process writes to db1 again",
+    )
