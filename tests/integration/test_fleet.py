@@ -1,6 +1,6 @@
 """Fleets: many application processes, on simulated hosts (distinct shared snapshot
 directories), each holding an idle RW_STRICT and RO_RELAXED connection (the worker is
-tests/fixtures/fleet_worker.py).  One heartbeat writer per cluster, one publisher per
+benchmarks/_fleet_worker.py).  One heartbeat writer per cluster, one publisher per
 host; takeover when either is killed, stopped or exits, or the master changes; writes
 follow a switchover in every process; nothing routes on a stale snapshot meanwhile.
 """
@@ -66,7 +66,7 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
         cmd = [
             sys.executable,
             "-m",
-            "tests.fixtures.fleet_worker",
+            "benchmarks._fleet_worker",
             sb.url("RW_STRICT", autocommit="true"),
             sb.url("RO_RELAXED", autocommit="true"),
             str(status),
