@@ -48,6 +48,7 @@ def _status(checks: dict[str, Any]) -> dict[str, Any]:
         "pid": os.getpid(),
         "t": now,
         "role": share.role if share is not None else "own",
+        "publisher_pid": share.describe(now).get("publisher_pid") if share is not None else None,
         "writer": any(getattr(p, "writer", False) for p in probers),
         "probers": len(probers),
         "generation": snap.generation,

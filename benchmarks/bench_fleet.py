@@ -315,6 +315,11 @@ def report(results: dict[str, Any]) -> str:
                 rrows,
             ),
         ]
+    for failed in results.get("failed", []):
+        lines.append(
+            f"\n{failed['side']}, {failed['processes']} processes: not measured: "
+            f"{failed['error'].splitlines()[0][:200]}"
+        )
     info = results["machine"]
     lines += [
         "",
@@ -369,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load": {"after": [], "before": []},
         "reactions": [],
+        "failed": [],
     }
     with bench_sandbox(None, "sqlrouter-bench-fleet-", log) as sb:
         sides: list[tuple[str, Path | None]] = [("after", None)]
@@ -377,7 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         for i, n in enumerate(counts):
             for side, code in sides if i % 2 == 0 else list(reversed(sides)):
                 log(f"load: {n} processes, {side}")
-                row = measure_load(sb, n, code, args.window)
+                try:
+                    row = measure_load(sb, n, code, args.window)
+                except RuntimeError as exc:  # too many processes for this machine
+                    log(f"  failed: {exc}")
+                    results["failed"].append({"side": side, "processes": n, "error": str(exc)})
+                    continue
                 log(f"  {row}")
                 results["load"][side].append(row)
         if args.reactions:

@@ -27,10 +27,12 @@ The lease
     lock, after reading the file again) when the publisher's pid is gone (it died or
     exited: at its next poll), when it resigned (it stopped: at once), or when the lease
     is older than :data:`LEASE_INTERVALS` intervals (it stalls: a stopped process, a
-    starved thread): within two intervals in each case.  A publisher that finds another
-    one named in the file when it comes to write (it stalled and was replaced) writes
-    nothing and becomes a follower.  An agent takes over from a publisher that is not
-    one; nothing takes over from a live agent.
+    starved thread): within two intervals in each case.  (On a machine so loaded that
+    the publisher's thread misses its turn by that much, a follower takes over: safe,
+    since the one that comes back steps down, but the publisher changes.)  A publisher
+    that finds another one named in the file when it comes to write (it stalled and was
+    replaced) writes nothing and becomes a follower.  An agent takes over from a
+    publisher that is not one; nothing takes over from a live agent.
 
 Reading stays off the statement path
     A follower's monitor thread polls the file's ``stat()`` every tenth of an interval
@@ -80,14 +82,20 @@ __all__ = [
 
 logger = logging.getLogger("sqlrouter.monitor")
 
-#: A publisher that has not written for this many monitor intervals has stalled.
-LEASE_INTERVALS: Final = 1.5
+#: A publisher that has not written for this many monitor intervals has stalled (it
+#: writes every interval, +-10%, plus the round's time; followers look every tenth of an
+#: interval: a stalled publisher is replaced within two intervals).
+LEASE_INTERVALS: Final = 1.8
 #: A follower looks at the file this many times per monitor interval.
 POLLS_PER_INTERVAL: Final = 10
 #: The largest file read (a service of a few hundred datasources fits).
 MAX_FILE_BYTES: Final = 1 << 20
-#: The longest wait for the file's lock; past it this round probes alone.
-LOCK_TIMEOUT: Final = 0.5
+#: The longest wait for the file's lock at a time.  A follower that cannot have it
+#: keeps following and tries again at its next poll; only when it could not for
+#: :data:`LOCK_GIVE_UP_INTERVALS` intervals (a process stopped while it held it) does it
+#: probe alone.
+LOCK_TIMEOUT: Final = 0.2
+LOCK_GIVE_UP_INTERVALS: Final = 2.0
 _FORMAT: Final = 1
 #: The largest process id Linux gives (``pid_max`` cannot exceed it).
 _PID_MAX: Final = 4_194_304
@@ -296,6 +304,8 @@ class Share:
         #: The round last handed to the monitor (its ``taken_at``).
         self._taken: float | None = None
         self._warned: str | None = None
+        #: Since when the lock could not be had (``None``: it could, last time).
+        self._lock_failed_since: float | None = None
         self.changes = 0
 
     def __repr__(self) -> str:
@@ -457,7 +467,9 @@ class Share:
                 chunks.append(chunk)
         finally:
             os.close(fd)
-        return decode(b"".join(chunks), self._key, self._service, now)
+        # The caller's ``now`` was read before this (maybe long before, on a loaded
+        # machine): a file written since is not "in the future".
+        return decode(b"".join(chunks), self._key, self._service, max(now, time.monotonic()))
 
     def _load(self, now: float) -> Published | None:
         try:
@@ -500,7 +512,14 @@ class Share:
         """Take over if, under the lock, the file still names no live publisher."""
         with self._locked() as locked:
             if not locked:
+                since = self._lock_failed_since
+                if since is None:
+                    self._lock_failed_since = since = now
+                if now - since <= LOCK_GIVE_UP_INTERVALS * service.monitor_interval:
+                    self.role = "follower" if self.role != "alone" else "alone"
+                    return self.role == "alone"
                 return self._alone("its lock is held by a process that does not answer")
+            self._lock_failed_since = None
             try:
                 current = self._load_checked(now)
             except ShareError as exc:
