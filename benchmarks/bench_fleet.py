@@ -327,6 +327,11 @@ def report(results: dict[str, Any]) -> str:
         f"{results['date']}; window {results['window']:g}s per count. Reproduce: "
         "`.venv/bin/python -m benchmarks.bench_fleet --update-docs "
         f"--counts {','.join(str(c) for c in results['counts'])}"
+        + (
+            f" --reaction-max {results['reactions'][-1]['processes']}"
+            if results.get("reactions")
+            else ""
+        )
         + (" --before PATH" if "before" in sides else "")
         + "` (JSON: `docs/benchmarks/fleet.json`, plot: `docs/benchmarks/fleet.png`).",
     ]
@@ -364,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, default=None, help="another checkout to compare")
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--reactions", type=int, default=3, help="runs of each reaction (0: none)")
+    parser.add_argument(
+        "--reaction-max",
+        type=int,
+        default=0,
+        help="the largest count whose reactions are measured (default: the largest count)",
+    )
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
@@ -392,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  {row}")
                 results["load"][side].append(row)
         if args.reactions:
-            for n in sorted({counts[0], counts[-1]}):
+            for n in sorted({counts[0], args.reaction_max or counts[-1]}):
                 log(f"reactions: {n} processes")
                 r = measure_reactions(sb, n, None, args.reactions)
                 log(f"  {r}")

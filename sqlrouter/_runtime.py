@@ -34,6 +34,7 @@ __all__ = [
     "SHARE_ENV_VAR",
     "handle_for",
     "handles",
+    "release",
     "share_dir",
     "shutdown",
     "watched",
@@ -163,6 +164,17 @@ def _start_control(handle: ServiceHandle, *, always: bool = False) -> None:
     child first uses one)."""
     if always or os.environ.get(control.ENV_VAR) or handle.registry.control:
         control.on_handle_created(handle, handles=handles, watched=watched, always=always)
+
+
+def release(handle: ServiceHandle) -> None:
+    """Stop watching ``handle``'s service in this process (``sqlrouter agent``, when a
+    service leaves its registry): its monitor stops and the table forgets it."""
+    with _lock:
+        for key, known in list(_handles.items()):
+            if known is handle:
+                del _handles[key]
+                _next_refresh.pop(key, None)
+    handle.close()
 
 
 def handles() -> list[ServiceHandle]:

@@ -168,7 +168,7 @@ class Agent:
         registry = self._registry
         if registry is None:
             return
-        registry.refresh()
+        registry.refresh(force=True)  # every REGISTRY_POLL seconds: one stat
         try:
             names = set(self._wanted(registry))
         except ProgrammingError as exc:
@@ -184,7 +184,7 @@ class Agent:
         for name in sorted(set(self._handles) - names):
             with self._lock:
                 handle = self._handles.pop(name)
-            handle.close()
+            _runtime.release(handle)
             logger.info("agent: service %r left the registry: no longer watched", name)
 
     def run(self, *, install_signals: bool = True) -> None:

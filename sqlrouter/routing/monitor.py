@@ -312,9 +312,13 @@ class Monitor:
     # -- the loop ------------------------------------------------------------------
 
     def _run(self) -> None:
+        followed = -math.inf
         while not self._stop.is_set():
             started = self._clock()
-            self._follow_registry()
+            if started - followed >= self._service.monitor_interval / 2:
+                # Once per interval, also while following (a follower polls ten times).
+                followed = started
+                self._follow_registry()
             service = self._service
             interval = service.monitor_interval
             wait = interval * random.uniform(0.9, 1.1)  # noqa: S311
@@ -360,7 +364,9 @@ class Monitor:
     def _stop_probing(self) -> None:
         """A follower probes nothing: close the monitoring connections (and so give up
         the heartbeat writer's lock) once it stops publishing."""
-        if not self._probers or any(not f.done() for f in self._inflight.values()):
+        if not self._probers:
+            return
+        if any(not f.done() for f in self._inflight.values()):
             return
         if self._heartbeat_future is not None and not self._heartbeat_future.done():
             return

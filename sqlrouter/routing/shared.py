@@ -92,10 +92,11 @@ POLLS_PER_INTERVAL: Final = 10
 MAX_FILE_BYTES: Final = 1 << 20
 #: The longest wait for the file's lock at a time.  A follower that cannot have it
 #: keeps following and tries again at its next poll; only when it could not for
-#: :data:`LOCK_GIVE_UP_INTERVALS` intervals (a process stopped while it held it) does it
-#: probe alone.
+#: :data:`LOCK_GIVE_UP_INTERVALS` intervals (a process stopped in the instant it held
+#: it) does it probe alone.  Generous: on an overloaded host a holder that is merely
+#: slow is common, and a herd of processes probing alone would load it more.
 LOCK_TIMEOUT: Final = 0.2
-LOCK_GIVE_UP_INTERVALS: Final = 2.0
+LOCK_GIVE_UP_INTERVALS: Final = 10.0
 _FORMAT: Final = 1
 #: The largest process id Linux gives (``pid_max`` cannot exceed it).
 _PID_MAX: Final = 4_194_304
@@ -341,7 +342,7 @@ class Share:
     def lead(self, service: Service, now: float) -> bool:
         """Whether this process probes this time (a publisher, or alone); a follower
         whose publisher is gone or stalled tries to take over first."""
-        key = service_key(service)
+        key = self._key if service is self._service else service_key(service)
         if key != self._key:
             if self.role == "publisher":
                 self.resign(now)

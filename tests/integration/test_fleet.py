@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 
 import sqlrouter
+from sqlrouter import control
 from sqlrouter._runtime import handles
+from sqlrouter.agent import Agent
 from sqlrouter.control import request
 from sqlrouter.registry import write_registry_file
 from sqlrouter.sandbox import Sandbox
@@ -409,3 +411,52 @@ def test_workers_forked_before_connect_elect_one_publisher(
     finally:
         launcher.terminate()
         launcher.wait(60)
+
+
+class RecordingTask:
+    """A task attached to an agent: records what it saw when started and stopped."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, list[str], bool]] = []
+
+    def start(self, agent: Agent) -> None:
+        running = all(h.monitor.running for h in agent.services.values())
+        self.seen.append(("start", sorted(agent.services), running))
+
+    def stop(self, timeout: float) -> None:
+        running = all(h.monitor.running for h in handles())
+        self.seen.append(("stop", sorted(h.name for h in handles()), running))
+
+
+def test_agent_tasks_run_inside_the_monitors_and_the_registry_is_followed(
+    cluster: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir(mode=0o700)
+    monkeypatch.setenv("SQLROUTER_SHARE", str(share))
+    monkeypatch.setenv("SQLROUTER_CONTROL", str(tmp_path / "ctl"))
+    registry = write_registry_file(tmp_path / "sqlrouter.toml", [cluster.service()])
+    agent = Agent(str(registry))
+    task = RecordingTask()
+    agent.add_task(task)
+    agent.start()
+    try:
+        assert task.seen == [("start", ["sandbox"], True)]
+        assert repr(agent).startswith(f"<Agent {str(registry)!r} running services=['sandbox']")
+        (h,) = agent.services.values()
+        assert h.monitor.share is not None and h.monitor.share.agent
+        assert control.current() is not None  # its own control socket, unasked
+        other = dataclasses.replace(cluster.service(), name="other")
+        write_registry_file(registry, [cluster.service(), other])
+        agent.follow_registry()
+        assert sorted(agent.services) == ["other", "sandbox"]
+        write_registry_file(registry, [other])
+        agent.follow_registry()
+        assert sorted(agent.services) == ["other"]
+    finally:
+        agent.stop()
+    # Tasks stop first, while the monitors still run; then everything is stopped.
+    assert task.seen[-1] == ("stop", ["other"], True)
+    assert handles() == [] and control.current() is None
