@@ -335,12 +335,18 @@ def _report_in_child(path: Path, rw: str, ro: str) -> None:  # pragma: no cover 
     os._exit(code)
 
 
-def test_children_forked_after_connect_follow_their_parent(
-    cluster: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def private_share(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process's shared snapshots in a directory of the test's own."""
     share = tmp_path / "share"
     share.mkdir(mode=0o700)
     monkeypatch.setenv("SQLROUTER_SHARE", str(share))
+    return share
+
+
+def test_children_forked_after_connect_follow_their_parent(
+    cluster: Sandbox, tmp_path: Path, private_share: Path
+) -> None:
     rw, ro = cluster.url("RW_STRICT"), cluster.url("RO_RELAXED")
     parent = sqlrouter.connect(rw)
     (h,) = handles()
@@ -431,11 +437,8 @@ class RecordingTask:
 
 
 def test_agent_tasks_run_inside_the_monitors_and_the_registry_is_followed(
-    cluster: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Sandbox, tmp_path: Path, private_share: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    share = tmp_path / "share"
-    share.mkdir(mode=0o700)
-    monkeypatch.setenv("SQLROUTER_SHARE", str(share))
     monkeypatch.setenv("SQLROUTER_CONTROL", str(tmp_path / "ctl"))
     registry = write_registry_file(tmp_path / "sqlrouter.toml", [cluster.service()])
     agent = Agent(str(registry))
