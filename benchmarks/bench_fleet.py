@@ -333,6 +333,7 @@ def report(results: dict[str, Any]) -> str:
             else ""
         )
         + (" --before PATH" if "before" in sides else "")
+        + (f" --before-max {results['before_max']}" if results.get("before_max") else "")
         + "` (JSON: `docs/benchmarks/fleet.json`, plot: `docs/benchmarks/fleet.png`).",
     ]
     return "\n".join(lines)
@@ -370,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--reactions", type=int, default=3, help="runs of each reaction (0: none)")
     parser.add_argument(
+        "--before-max",
+        type=int,
+        default=0,
+        help="the largest count run with --before (default: every count)",
+    )
+    parser.add_argument(
         "--reaction-max",
         type=int,
         default=0,
@@ -386,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "load": {"after": [], "before": []},
         "reactions": [],
         "failed": [],
+        "before_max": args.before_max,
     }
     with bench_sandbox(None, "sqlrouter-bench-fleet-", log) as sb:
         sides: list[tuple[str, Path | None]] = [("after", None)]
@@ -393,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             sides.insert(0, ("before", args.before))
         for i, n in enumerate(counts):
             for side, code in sides if i % 2 == 0 else list(reversed(sides)):
+                if side == "before" and args.before_max and n > args.before_max:
+                    continue
                 log(f"load: {n} processes, {side}")
                 try:
                     row = measure_load(sb, n, code, args.window)
