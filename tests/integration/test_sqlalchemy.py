@@ -456,6 +456,28 @@ def test_compliance_suite_passes_what_pymysql_passes(tmp_path: Path) -> None:
     assert ours["total"] == theirs["total"], report
 
 
+@pytest.mark.timeout(1500)
+def test_async_compliance_suite_passes_what_aiomysql_passes(tmp_path: Path) -> None:
+    """tests/sqla_suite through mysql+sqlrouter_async (create_async_engine) and
+    mysql+aiomysql, same master."""
+    results = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.sqla_suite.run", "--asyncio", "--json", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1400,
+        check=False,
+    )
+    report = proc.stdout + proc.stderr
+    assert proc.returncode == 0, report
+    data = json.loads(results.read_text())
+    ours, theirs = data["runs"]["sqlrouter_async"], data["runs"]["aiomysql"]
+    assert ours["counts"]["passed"] >= theirs["counts"]["passed"] > 1000, report
+    assert data["regressions"] == {}, report
+    assert ours["total"] == theirs["total"], report
+
+
 @pytest.mark.parametrize("qos", ["RW_STRICT", "RO_RELAXED"])
 def test_stream_results_and_yield_per_after_a_write(
     cluster: Sandbox, engines: Callable[..., Engine], qos: str
