@@ -26,7 +26,7 @@ differs, and ``pyproject.toml`` pins aiomysql to the range checked.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -90,7 +90,7 @@ CHECKED: Final[Mapping[str, str]] = MappingProxyType(
 )
 
 #: aiomysql's own ``query()``: the statement path calls it directly (no ``super()``).
-aiomysql_query = aiomysql.connection.Connection.query
+aiomysql_query: Callable[..., Awaitable[int]] = aiomysql.connection.Connection.query
 
 #: PyMySQL ``connect()`` options that aiomysql takes under the same name.
 _SAME: Final = frozenset(

@@ -24,7 +24,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -82,6 +82,8 @@ logger = logging.getLogger("sqlrouter.aio")
 
 _T = TypeVar("_T")
 
+#: What a statement is called in the errors of a cancelled or timed-out one.
+_STATEMENT = "a statement"
 #: The longest a cancelled statement's clean-up (closing, ``KILL``) may delay the
 #: cancellation (also bounded by ``connect_timeout``).
 CANCEL_CLEANUP_TIMEOUT = 5.0
@@ -322,15 +324,11 @@ class Connection(RoutedConnection, AiomysqlConnection):
         await self._check_token()
         return await self._read(sql, unbuffered)
 
-    async def _send(self, sql: str | bytes, unbuffered: bool) -> int:
-        """aiomysql's query, guarded (cancellation, ``read_timeout``)."""
-        return await self._guarded(aiomysql_query(self, sql, unbuffered), "a statement")
-
     async def _read(self, sql: str | bytes, unbuffered: bool) -> int:
         """A relaxed connection's statement."""
         status = self.server_status
         try:
-            return await self._send(sql, unbuffered)
+            return await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
         except InterfaceError:
             if self._writer is not None:
                 raise
@@ -346,7 +344,7 @@ class Connection(RoutedConnection, AiomysqlConnection):
         """A RW_STRICT connection's statement: never re-sent; its GTID learnt."""
         status = self.server_status
         try:
-            rows = await self._send(sql, unbuffered)
+            rows = await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
         except InterfaceError:
             if self._writer is not None:
                 raise
@@ -515,7 +513,7 @@ class Connection(RoutedConnection, AiomysqlConnection):
             await self._route(exclude=exclude)
         except Error as again:
             raise again from exc
-        return await self._send(sql, unbuffered)
+        return await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
 
     async def _move(
         self, why: str, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
@@ -545,18 +543,28 @@ class Connection(RoutedConnection, AiomysqlConnection):
             await self.ensure_closed()
 
 
-class _Connecting:
-    """What :func:`connect` returns: await it, or ``async with`` it (the connection is
-    closed at the end of the block)."""
+class _Connecting(Coroutine[Any, Any, Connection]):
+    """What :func:`connect` returns: a coroutine (await it, or give it to
+    ``asyncio.create_task``), and an asynchronous context manager (``async with``: the
+    connection is closed at the end of the block), as aiomysql's ``connect()``."""
 
     __slots__ = ("_conn", "_coro")
 
-    def __init__(self, coro: Awaitable[Connection]) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Connection]) -> None:
         self._coro = coro
         self._conn: Connection | None = None
 
     def __await__(self) -> Generator[Any, None, Connection]:
         return self._coro.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        return self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._coro.close()
 
     async def __aenter__(self) -> Connection:
         self._conn = await self._coro

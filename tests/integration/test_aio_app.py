@@ -29,6 +29,7 @@ import sqlrouter.aio
 from sqlrouter.contrib.sqlalchemy_orm import async_routing_sessionmaker
 from sqlrouter.sandbox import Sandbox
 from tests.fixtures.cluster import _make
+from tests.fixtures.helpers import wait_until
 from tests.fixtures.sqla import sa_url
 from tests.integration.test_aio_sqlalchemy import Base, Order
 
@@ -191,3 +192,67 @@ def test_async_routing_session_reads_its_writes_on_a_lagging_replica(lagging: Sa
             await reader.dispose()
 
     run(main)
+
+
+def _app_threads(sb: Sandbox, node: str, text_part: str) -> list[tuple[Any, ...]]:
+    rows = sb.query(
+        node, "SELECT ID, USER, INFO FROM information_schema.PROCESSLIST WHERE INFO IS NOT NULL"
+    )
+    return [r for r in rows if r[1] == sb.state.app.user and text_part in str(r[2])]
+
+
+def test_cancelled_mid_consistency_wait(lagging: Sandbox) -> None:
+    """A read waiting (MASTER_GTID_WAIT) for the replica to reach the session's token,
+    cancelled: no connection left open, and the wait does not go on in the server."""
+    sb = lagging
+    replica = next(n.name for n in sb.nodes if n.name != sb.state.master)
+
+    async def main() -> None:
+        with sqlrouter.session():
+            async with (
+                sqlrouter.aio.connect(sb.url("RW_STRICT"), autocommit=True) as rw,
+                rw.cursor() as cur,
+            ):
+                await cur.execute("INSERT INTO notes (owner, body) VALUES ('wait', 'x')")
+            (handle,) = sqlrouter._runtime.handles()
+            for _ in range(200):  # the monitor sees the replica replicate again
+                if handle.monitor.snapshot.health_of(replica).lag is not None:
+                    break
+                await asyncio.sleep(0.05)
+            url = sb.url("RO_RELAXED", max_lag=3600, fallback="error", consistency_wait=60)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await sqlrouter.aio.connect(url)
+        assert handle.open_connections() == {}
+
+    sb.fault(replica, "delay", 120)  # the replica will not reach the token for 2 minutes
+    try:
+        run(main)
+        wait_until(lambda: not _app_threads(sb, replica, "MASTER_GTID_WAIT"), 10, "the wait ends")
+    finally:
+        sb.fault(replica, "delay", 2)
+
+
+def test_cancelled_mid_failover_wait(lagging: Sandbox) -> None:
+    """A writer waiting (failover_timeout) for a writable master, cancelled: it stops at
+    once, with nothing open."""
+    sb = lagging
+    master = sb.state.master
+
+    async def main() -> None:
+        url = sb.url("RW_STRICT", failover_timeout=60)
+        task = asyncio.create_task(sqlrouter.aio.connect(url))
+        await asyncio.sleep(1.0)
+        assert not task.done()  # waiting for a master
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (handle,) = sqlrouter._runtime.handles()
+        assert handle.open_connections() == {}
+
+    sb.query(master, "SET GLOBAL read_only = 1")  # no writable master
+    try:
+        run(main)
+        assert not _app_threads(sb, master, "")
+    finally:
+        sb.query(master, "SET GLOBAL read_only = 0")
