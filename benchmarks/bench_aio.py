@@ -52,10 +52,10 @@ from ._common import (
     comparison_table,
     fill_table,
     format_ns,
-    interrupt_on_sigterm,
     machine_info,
     markdown_table,
     replace_section,
+    run_main,
     write_json,
 )
 
@@ -138,20 +138,23 @@ class Bench:
         for conn in self.opened:
             conn.close()
 
+    async def selects(self, conn: Any, n: int, out: list[int]) -> None:
+        """``n`` point selects on ``conn``, each timed into ``out``."""
+        async with conn.cursor() as cur:
+            for _ in range(n):
+                key = self.ids.randint(1, ROWS)
+                t0 = time.perf_counter_ns()
+                await cur.execute(POINT_SELECT, (key,))
+                await cur.fetchall()
+                out.append(time.perf_counter_ns() - t0)
+
     def point_block(self, conns: Sequence[Any]) -> BlockFn:
-        """A block: ``n`` point selects on the side's next connection, each timed."""
+        """A block: ``n`` point selects on the side's next connection."""
         cycle = itertools.cycle(conns)
 
         async def block(n: int) -> list[int]:
-            conn = next(cycle)
-            out = []
-            async with conn.cursor() as cur:
-                for _ in range(n):
-                    key = self.ids.randint(1, ROWS)
-                    t0 = time.perf_counter_ns()
-                    await cur.execute(POINT_SELECT, (key,))
-                    await cur.fetchall()
-                    out.append(time.perf_counter_ns() - t0)
+            out: list[int] = []
+            await self.selects(next(cycle), n, out)
             return out
 
         return lambda n: self.run(block(n))
@@ -159,19 +162,10 @@ class Bench:
     def concurrent_block(self, conns: Sequence[Any], per_task: int) -> BlockFn:
         """A block: every connection's task runs ``per_task`` selects at once."""
 
-        async def task(conn: Any, out: list[int]) -> None:
-            async with conn.cursor() as cur:
-                for _ in range(per_task):
-                    key = self.ids.randint(1, ROWS)
-                    t0 = time.perf_counter_ns()
-                    await cur.execute(POINT_SELECT, (key,))
-                    await cur.fetchall()
-                    out.append(time.perf_counter_ns() - t0)
-
         async def block(n: int) -> list[int]:
             del n  # the block is len(conns) * per_task queries
             out: list[int] = []
-            await asyncio.gather(*(task(c, out) for c in conns))
+            await asyncio.gather(*(self.selects(c, per_task, out) for c in conns))
             return out
 
         return lambda n: self.run(block(n))
@@ -353,13 +347,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    with interrupt_on_sigterm():
-        try:
-            return run(args)
-        except KeyboardInterrupt:
-            _log("interrupted; the sandbox was destroyed")
-            return 130
+    return run_main(run, _parse_args(argv), _log)
 
 
 if __name__ == "__main__":
