@@ -191,10 +191,12 @@ def measure(bench: Bench, plan: Plan) -> tuple[list[Comparison], dict[int, dict[
     for tasks in CONCURRENCY:
         side_raw = bench.run(bench.raw(tasks, where))
         side_routed = bench.run(bench.routed(tasks, where))
+        side_raw2 = bench.run(bench.raw(tasks, where))
         throughput[tasks] = Interleaved(
             {
                 "raw": bench.concurrent_block(side_raw, plan.per_task),
                 "sqlrouter": bench.concurrent_block(side_routed, plan.per_task),
+                "raw2": bench.concurrent_block(side_raw2, plan.per_task),
             },
             block=tasks * plan.per_task,
         )
@@ -244,7 +246,7 @@ def measure(bench: Bench, plan: Plan) -> tuple[list[Comparison], dict[int, dict[
             )
         )
         rates[tasks] = {
-            side: r[side].ops / (r[side].wall_ns / 1e9) for side in ("raw", "sqlrouter")
+            side: r[side].ops / (r[side].wall_ns / 1e9) for side in ("raw", "sqlrouter", "raw2")
         }
     return comparisons, rates
 
@@ -268,9 +270,23 @@ def report(
         comparison_table(comparisons),
         "",
         markdown_table(
-            ["concurrent tasks", "queries/s raw aiomysql", "queries/s sqlrouter.aio", "ratio"],
             [
-                [t, f"{r['raw']:.0f}", f"{r['sqlrouter']:.0f}", f"{r['sqlrouter'] / r['raw']:.3f}"]
+                "concurrent tasks",
+                "queries/s raw aiomysql",
+                "queries/s sqlrouter.aio",
+                "ratio",
+                "A/A: queries/s other raw conns",
+                "A/A ratio",
+            ],
+            [
+                [
+                    t,
+                    f"{r['raw']:.0f}",
+                    f"{r['sqlrouter']:.0f}",
+                    f"{r['sqlrouter'] / r['raw']:.3f}",
+                    f"{r['raw2']:.0f}",
+                    f"{r['raw2'] / r['raw']:.3f}",
+                ]
                 for t, r in rates.items()
             ],
         ),
@@ -279,8 +295,9 @@ def report(
         f"{comparisons[0].extra['replica']}, one task, blocks of {plan.query_block}; "
         f"sqlrouter - raw (paired median): {format_ns(comparisons[0].paired_difference())}.",
         f"- Throughput: each task on a connection of its own, {plan.per_task} queries per "
-        "task per block, the sides' blocks interleaved; queries/s is each side's queries "
-        "over the wall time of its blocks.",
+        "task per block, the three sides' blocks interleaved (raw, sqlrouter, and other raw "
+        "connections as an A/A control); queries/s is each side's queries over the wall "
+        "time of its blocks.",
         "",
         f"Reproduce: `{COMMAND} --update-docs` (JSON: `docs/benchmarks/aio.json`).",
     ]
