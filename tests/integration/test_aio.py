@@ -18,8 +18,10 @@ import sqlrouter
 import sqlrouter.aio
 from sqlrouter import _runtime
 from sqlrouter._runtime import handles
+from sqlrouter.routing.router import observed_master
 from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
+from sqlrouter.switchover import switchover
 from tests.fixtures.helpers import wait_until
 
 pytestmark = pytest.mark.sandbox
@@ -363,3 +365,37 @@ def test_forked_child_runs_its_own_loop_and_never_touches_the_parents(cluster: S
     assert result["error"] == "ConnectionInvalidated" and result["says"]
     assert result["fresh"] == master_id == result["parent"]
     assert result["same_thread"]
+
+
+def test_switchover_invalidates_writers_and_new_ones_follow(fresh_cluster: Sandbox) -> None:
+    sb = fresh_cluster
+
+    async def main() -> None:
+        with sqlrouter.session():
+            rw = await sqlrouter.aio.connect(sb.url("RW_STRICT"), autocommit=True)
+            async with rw.cursor() as cur:
+                await cur.execute("CREATE TABLE appdb.aio_sw (id INT PRIMARY KEY)")
+                await cur.execute("INSERT INTO appdb.aio_sw VALUES (1)")
+            # The switchover leaves the old master's client connections open: sqlrouter
+            # must not let this one write there (it is read-only now, and behind).
+            await asyncio.to_thread(switchover, sb.service(), "db2", disconnect_clients=False)
+            for _ in range(400):
+                master = observed_master(handle().monitor.snapshot)
+                if master is not None and master.name == "db2":
+                    break
+                await asyncio.sleep(0.05)
+            with pytest.raises(sqlrouter.ConnectionInvalidated) as info:
+                async with rw.cursor() as cur:
+                    await cur.execute("INSERT INTO appdb.aio_sw VALUES (2)")
+            assert "db1 is no longer the master" in str(info.value)
+            async with sqlrouter.aio.connect(sb.url("RW_STRICT"), autocommit=True) as new:
+                assert new.datasource_name == "db2"
+                async with new.cursor() as cur:
+                    await cur.execute("INSERT INTO appdb.aio_sw VALUES (2)")
+            ro = await sqlrouter.aio.connect(sb.url("RO_RELAXED", max_lag=5))
+            async with ro.cursor() as cur:  # the session reads its write, wherever it is
+                await cur.execute("SELECT COUNT(*) FROM appdb.aio_sw")
+                assert (await cur.fetchone())[0] == 2
+            ro.close()
+
+    run(main)
