@@ -16,6 +16,10 @@ here is how they are carried out without blocking the event loop:
   handshake) closes the connection and stops the statement on the server
   (:mod:`sqlrouter.aio._cancel`) before the cancellation goes on: nothing is left in
   an undefined state, and no server thread runs on for it.
+
+This module is kept whole (just over 600 lines), as ``sqlrouter/connection.py`` is: the
+connect path, the statement path and cancellation act on one connection's state, and
+read best side by side.
 """
 
 from __future__ import annotations
