@@ -399,3 +399,21 @@ def test_switchover_invalidates_writers_and_new_ones_follow(fresh_cluster: Sandb
             ro.close()
 
     run(main)
+
+
+def test_tls_asked_for_and_not_offered_fails_as_with_pymysql(cluster: Sandbox) -> None:
+    """The sandbox's MariaDB offers no TLS: preferred (no option) connects in clear;
+    an option that asks for TLS fails with PyMySQL's error number, 2026."""
+    sb = cluster
+
+    async def main() -> None:
+        async with sqlrouter.aio.connect(sb.url("RW_STRICT")) as clear:
+            assert not clear._secure
+        with pytest.raises(sqlrouter.OperationalError) as info:
+            await sqlrouter.aio.connect(sb.url("RW_STRICT"), ssl_verify_cert=True)
+        assert info.value.args[0] == 2026 and "does not offer TLS" in str(info.value)
+
+    run(main)
+    with pytest.raises(sqlrouter.OperationalError) as sync:
+        sqlrouter.connect(sb.url("RW_STRICT"), ssl_verify_cert=True)
+    assert sync.value.args[0] == 2026
