@@ -6,10 +6,12 @@ A :class:`Runner` owns two threads.  Every ``interval`` seconds one of them runs
 2. observe the servers (:func:`._observe.observe`) and resolve the master from what
    they are, publish this agent's view of it (reachable or not) under its lease, when
    it changed or every ``lease_ttl / 2`` seconds (etcd writes are few when all is well);
-3. fence an old master that came back: the store's last outcome names it; if it is
-   reachable and writable and is not the master by observation, ``SET GLOBAL
-   read_only=1`` at once (any agent does it, the first to see it);
-4. campaign for leadership when there is no leader; the leader gathers the views of the
+3. campaign for leadership when there is no leader;
+4. the leader (only it, under its term) fences an old master that came back: the last
+   unacknowledged failover's outcome names it; if it is reachable and writable while
+   the observations single out another master, reachable and writable, ``SET GLOBAL
+   read_only=1`` at once;
+5. the leader gathers the views of the
    live agents and the replicas' IO threads into a :class:`.decision.Round`, applies
    :func:`.decision.decide`, publishes the decision with its evidence, and when the
    verdict is ``failover`` runs the existing failover (:func:`sqlrouter.switchover.failover`)
@@ -206,7 +208,6 @@ class Runner:
         timeout = self.service.probe_timeout
         views = observe(self.service, self._creds, timeout, self._address)
         master = resolve_master(self.service, views)
-        self._fence_old_master(views, master, snap.get("outcome"))
         now = self._clock()
         mv = views.get(master) if master is not None else None
         mine = AgentView(
@@ -227,6 +228,7 @@ class Runner:
             self._term = term
         if term is None:
             return None
+        self._fence_old_master(term, views, master, snap)
         if master is None or mv is None:
             decision = Decision(
                 "disagreement",
@@ -310,15 +312,30 @@ class Runner:
 
     def _fence_old_master(
         self,
+        term: int,
         views: Mapping[str, ServerView],
         master: str | None,
-        outcome: Mapping[str, Any] | None,
+        snap: Mapping[str, Any],
     ) -> None:
-        if not outcome or not outcome.get("ok"):
+        """The leader (only) fences the old master of the last, unacknowledged failover.
+
+        Only when the observations single out another master, reachable and writable: an
+        outcome alone, or observations that name no master, never make a server read-only
+        (it may be the only master there is).  The outcome must be the one the history
+        records (same term), and an acknowledgement retires it.
+        """
+        outcome = snap.get("outcome")
+        hist = snap.get("history")
+        if not outcome or outcome.get("ok") is not True or not hist:
+            return
+        if hist.get("acknowledged") is not False or hist.get("term") != outcome.get("term"):
             return
         old = outcome.get("old_master")
         view = views.get(old) if isinstance(old, str) else None
-        if view is None or not view.reachable or view.read_only or old == master:
+        if view is None or not view.reachable or view.read_only or master is None or old == master:
+            return
+        current = views.get(master)
+        if current is None or not current.reachable or current.read_only:
             return
         ds = self.service.datasource(view.name)
         try:
@@ -329,9 +346,17 @@ class Runner:
         logger.warning(
             "service %r: old master fenced by %s: %s", self.service.name, self.agent, done
         )
-        self.store.put(
-            "fenced",
-            {"datasource": ds.name, "by": self.agent, "at": self._clock(), "detail": done},
+        self.store.put_as_leader(
+            term,
+            {
+                "fenced": {
+                    "datasource": ds.name,
+                    "by": self.agent,
+                    "term": term,
+                    "at": self._clock(),
+                    "detail": done,
+                }
+            },
         )
         events.publish([events.Event("master_fenced", self.service.name, ds.name, detail=done)])
 

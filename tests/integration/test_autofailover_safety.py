@@ -1,0 +1,58 @@
+"""Automatic failover's safety rules, against a real sandbox and a local 3-member etcd.
+
+Each test drives one :class:`Runner` round by round (``run_round()``, no thread), so
+what it checks does not depend on timing: what the store holds, which server is
+writable, which server was fenced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sqlrouter.autofailover import Runner, Store, read_status
+from sqlrouter.registry.file import load_registry_file
+from sqlrouter.sandbox import EtcdCluster, Sandbox
+from sqlrouter.topology import Service
+
+pytestmark = pytest.mark.sandbox
+
+SERVICE = "sandbox"
+
+
+def service_of(sb: Sandbox, etcd: EtcdCluster, tmp_path: Path, extra: str = "") -> Service:
+    registry = tmp_path / "agents.toml"
+    table = f"\n[services.{SERVICE}.autofailover]\nenabled = true\n"
+    table += f"etcd = {json.dumps(etcd.endpoints)}\nrounds = 3\nlease_ttl = 2\n{extra}"
+    registry.write_text(sb.registry_path.read_text() + table, encoding="utf-8")
+    os.chmod(registry, 0o600)
+    return load_registry_file(str(registry)).lookup(SERVICE)
+
+
+def read_only(sb: Sandbox, name: str) -> int:
+    return int(sb.query(name, "SELECT @@read_only")[0][0])
+
+
+def test_a_stale_outcome_and_no_single_master_fence_nothing(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """An old outcome names db1 as the old master; the observations single out no master
+    (a replica was moved to db2 by hand): db1, the only writable server, stays writable."""
+    sb = fresh_cluster
+    svc = service_of(sb, etcd_cluster, tmp_path)
+    Store(etcd_cluster.endpoints, service=SERVICE, agent="x").put(
+        "outcome", {"ok": True, "old_master": "db1", "new_master": "db2", "term": 7}
+    )
+    sb.query("db3", "STOP SLAVE")
+    sb.query("db3", f"CHANGE MASTER TO MASTER_PORT={sb.node('db2').port}")
+    runner = Runner(svc, agent="a0")
+    try:
+        for _ in range(3):
+            runner.run_round()
+    finally:
+        runner.stop()
+    assert read_only(sb, "db1") == 0
+    assert read_status(etcd_cluster.endpoints, SERVICE)["fenced"] is None
