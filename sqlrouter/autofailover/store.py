@@ -34,10 +34,12 @@ then does nothing, and says so.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 import re
+import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -129,7 +131,8 @@ class Store:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.service = service
-        self.agent = agent or f"{socket.gethostname()}-{os.getpid()}"
+        # hostname-pid alone collides (PID 1 in every container): a random part too.
+        self.agent = agent or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.lease_ttl = lease_ttl
         self._etcd = _Endpoints(endpoints, timeout)
         self._clock = clock
@@ -191,9 +194,32 @@ class Store:
             self._register()
 
     def _register(self) -> None:
-        self._lease = self._etcd.call("lease grant", lambda c: c.lease(self.lease_ttl))
+        """Register under a new lease; refused while another lease holds this agent id."""
+        lease = self._etcd.call("lease grant", lambda c: c.lease(self.lease_ttl))
         info = {"agent": self.agent, "host": socket.gethostname(), "pid": os.getpid()}
-        self.put(f"agents/{self.agent}", {**info, "since": self._clock()}, leased=True)
+        value = json.dumps({**info, "since": self._clock()})
+        key = _b64(self._key(f"agents/{self.agent}"))
+        mine = [{"request_put": {"key": key, "value": _b64(value), "lease": lease.id}}]
+        held = [  # free, or held by the lease this agent had (registering again)
+            {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
+        ]
+        answer = self._etcd.call(
+            "register", lambda c: c.transaction({"compare": held, "success": mine, "failure": []})
+        )
+        if not answer.get("succeeded") and self._lease is not None:
+            ours = [{"key": key, "result": "EQUAL", "target": "LEASE", "lease": self._lease.id}]
+            answer = self._etcd.call(
+                "register",
+                lambda c: c.transaction({"compare": ours, "success": mine, "failure": []}),
+            )
+        if not answer.get("succeeded"):
+            with contextlib.suppress(StoreError):
+                self._etcd.call("lease revoke", lambda c: lease.revoke())
+            raise StoreError(
+                f"agent id {self.agent!r} is registered by another live agent (another lease): "
+                "give each agent a unique id"
+            )
+        self._lease = lease
 
     @property
     def registered(self) -> bool:
@@ -273,7 +299,7 @@ class Store:
         if answer.get("succeeded"):
             return int(answer["header"]["revision"])
         kvs = answer["responses"][0]["response_range"].get("kvs", [])
-        if kvs and base64.b64decode(kvs[0].get("value", "")).decode() == self.agent:
+        if kvs and int(kvs[0].get("lease", 0)) == self._lease.id:  # the lease, not the name
             return int(kvs[0]["create_revision"])
         return None
 
@@ -286,9 +312,12 @@ class Store:
         return value.decode(), int(meta["create_revision"])
 
     def _as_leader(self, term: int) -> list[dict[str, Any]]:
+        """The leader key was created at ``term`` and is held by this agent's lease."""
         key = _b64(self._key("leader"))
+        lease = self._lease.id if self._lease is not None else -1  # no lease: never leads
         return [
             {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": term},
+            {"key": key, "result": "EQUAL", "target": "LEASE", "lease": lease},
             {"key": key, "result": "EQUAL", "target": "VALUE", "value": _b64(self.agent)},
         ]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlrouter.autofailover import Runner, Store, read_status
+from sqlrouter.autofailover import Runner, Store, StoreError, read_status
 from sqlrouter.registry.file import load_registry_file
 from sqlrouter.sandbox import EtcdCluster, Sandbox
 from sqlrouter.topology import Service
@@ -56,3 +56,34 @@ def test_a_stale_outcome_and_no_single_master_fence_nothing(
         runner.stop()
     assert read_only(sb, "db1") == 0
     assert read_status(etcd_cluster.endpoints, SERVICE)["fenced"] is None
+
+
+def test_two_agents_with_one_id_never_both_lead(etcd_cluster: EtcdCluster) -> None:
+    """Two agents given the same id (hostname-pid in two containers): the second is
+    refused, and it can neither campaign nor write as the leader of the first's term."""
+    first = Store(etcd_cluster.endpoints, service=SERVICE, agent="host-1", lease_ttl=30)
+    second = Store(etcd_cluster.endpoints, service=SERVICE, agent="host-1", lease_ttl=30)
+    try:
+        first.register()
+        term = first.campaign()
+        assert term is not None
+        with pytest.raises(StoreError, match="registered by another live agent"):
+            second.register()
+        assert second.campaign() is None
+        assert not second.is_leader(term)
+        assert not second.put_as_leader(term, {"decision": {"verdict": "failover"}})
+        assert first.is_leader(term)
+        assert first.put_as_leader(term, {"decision": {"verdict": "healthy"}})
+    finally:
+        first.close()
+        second.close()
+
+
+def test_default_agent_ids_differ_within_one_process(etcd_cluster: EtcdCluster) -> None:
+    a = Store(etcd_cluster.endpoints, service=SERVICE)
+    b = Store(etcd_cluster.endpoints, service=SERVICE)
+    try:
+        assert a.agent != b.agent
+    finally:
+        a.close()
+        b.close()
