@@ -21,6 +21,7 @@ WEIGHT_RANGE: Final = (0, 65535)  # as a DNS SRV weight; a registry file needs >
 AUTOFAILOVER_ROUNDS_RANGE: Final = (1, 100)  # detection rounds
 AUTOFAILOVER_PERIOD_RANGE: Final = (0.0, 31_536_000.0)  # seconds: up to a year
 AUTOFAILOVER_LEASE_RANGE: Final = (2, 3600)  # whole seconds: etcd leases are in seconds
+AUTOFAILOVER_AGENTS_RANGE: Final = (1, 99)
 
 
 def range_text(bounds: tuple[float, float]) -> str:
@@ -97,6 +98,9 @@ class AutofailoverSettings:
     period: float = 3600.0
     #: Seconds of an agent's etcd lease (its registration and its leadership).
     lease_ttl: int = 5
+    #: The number of agents deployed: a master is dead only for a strict majority of
+    #: this many (or of the live agents, when more are alive), never of the live ones alone.
+    min_agents: int = 3
 
 
 @dataclass(frozen=True, slots=True)

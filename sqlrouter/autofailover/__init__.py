@@ -4,7 +4,7 @@ Run by ``sqlrouter agent`` processes only, never by applications: each agent run
 :class:`Runner` per service whose registry entry enables it
 (``[services.NAME.autofailover] enabled = true``).  The agents register in etcd under
 leases and elect one leader per service; the leader declares the master dead only when
-its own probes failed for ``rounds`` rounds, a majority of the live agents cannot reach
+its own probes failed for ``rounds`` rounds, a majority of ``min_agents`` agents cannot reach
 it and the replicas' IO threads lost it (:mod:`.decision`, pure); it then runs the
 existing failover (:func:`sqlrouter.switchover.failover`), checking its lease and term
 before every step, and publishes the outcome in etcd (:mod:`.store`).  An old master

@@ -134,6 +134,7 @@ def decide(
     rounds: int,
     period: float,
     stale_after: float,
+    min_agents: int,
 ) -> Decision:
     """The verdict of round ``rnd`` (see the module's docstring for the rule)."""
     master = rnd.master
@@ -165,10 +166,14 @@ def decide(
             what = f" ({view.detail})" if view.detail else ""
             evidence.append(f"agent {view.agent}: cannot reach {master}{what}")
     live = len(rnd.agents)
-    if 2 * unreachable <= live:
+    # A majority of the agents there should be, not of those alive: an agent cut off
+    # with the master's host must not find itself a majority of one.
+    total = max(live, min_agents)
+    if 2 * unreachable <= total:
+        short = "" if total == live else f" of min_agents {min_agents}"
         return verdict(
             "disagreement",
-            f"{unreachable} of {live} live agents cannot reach {master}: no majority",
+            f"{unreachable} of {live} live agents cannot reach {master}: no majority{short}",
         )
 
     own = [r for r in rnd.replicas if r.source == master]

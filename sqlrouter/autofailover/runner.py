@@ -254,6 +254,7 @@ class Runner:
                 rounds=self.service.autofailover.rounds,
                 period=self.service.autofailover.period,
                 stale_after=self.stale_after,
+                min_agents=self.service.autofailover.min_agents,
             )
         self._record(term, decision, now)
         self._settle_interrupted(term, master, decision, snap.get("failover"))

@@ -39,6 +39,7 @@ from typing import Any, Final
 
 from .. import _forksafe
 from ..topology import (
+    AUTOFAILOVER_AGENTS_RANGE,
     AUTOFAILOVER_LEASE_RANGE,
     AUTOFAILOVER_PERIOD_RANGE,
     AUTOFAILOVER_ROUNDS_RANGE,
@@ -97,7 +98,15 @@ _SERVICE_KEYS: Final = (
     "datasources",
     "autofailover",
 )
-_AUTOFAILOVER_KEYS: Final = ("enabled", "etcd", "rounds", "interval", "period", "lease_ttl")
+_AUTOFAILOVER_KEYS: Final = (
+    "enabled",
+    "etcd",
+    "rounds",
+    "interval",
+    "period",
+    "lease_ttl",
+    "min_agents",
+)
 #: An etcd endpoint: ``host:port`` (a name or an IPv4 address; IPv6 in brackets).
 _ENDPOINT_RE: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}):(\d{1,5})")
 _HEARTBEAT_KEYS: Final = ("enabled", "table")
@@ -225,6 +234,10 @@ def _parse_autofailover(where: _Where, value: object) -> AutofailoverSettings:
     lease_ttl = where.integer(
         "autofailover.lease_ttl", table.get("lease_ttl", defaults.lease_ttl), low, high
     )
+    low, high = AUTOFAILOVER_AGENTS_RANGE
+    min_agents = where.integer(
+        "autofailover.min_agents", table.get("min_agents", defaults.min_agents), low, high
+    )
     return AutofailoverSettings(
         enabled=enabled,
         etcd=tuple(raw),
@@ -232,6 +245,7 @@ def _parse_autofailover(where: _Where, value: object) -> AutofailoverSettings:
         interval=interval,
         period=period,
         lease_ttl=lease_ttl,
+        min_agents=min_agents,
     )
 
 

@@ -29,6 +29,7 @@ NOW = 1_000_000.0
 ROUNDS = 3
 PERIOD = 3600.0
 STALE = 5.0
+MIN_AGENTS = 3
 
 
 def agents(*reachable: bool, master: str = "db1", age: float = 0.0) -> tuple[AgentView, ...]:
@@ -58,7 +59,13 @@ NO_HISTORY = History()
 def decided(rnd: Round, history: History = NO_HISTORY, failed: int = 5) -> Decision:
     """The decision on ``rnd`` after ``failed`` failed rounds of db1."""
     return decide(
-        Detection("db1", failed), rnd, history, rounds=ROUNDS, period=PERIOD, stale_after=STALE
+        Detection("db1", failed),
+        rnd,
+        history,
+        rounds=ROUNDS,
+        period=PERIOD,
+        stale_after=STALE,
+        min_agents=MIN_AGENTS,
     )
 
 
@@ -66,7 +73,15 @@ def run(rounds: list[Round], history: History = NO_HISTORY) -> list[str]:
     detection = Detection()
     verdicts: list[str] = []
     for rnd in rounds:
-        d = decide(detection, rnd, history, rounds=ROUNDS, period=PERIOD, stale_after=STALE)
+        d = decide(
+            detection,
+            rnd,
+            history,
+            rounds=ROUNDS,
+            period=PERIOD,
+            stale_after=STALE,
+            min_agents=MIN_AGENTS,
+        )
         detection = d.detection
         verdicts.append(d.verdict)
     return verdicts
@@ -92,6 +107,20 @@ def test_one_observer_alone_is_not_a_majority() -> None:
     assert d.verdict == "disagreement"
     assert d.reason == "1 of 3 live agents cannot reach db1: no majority"
     assert "agent a1: reaches db1" in d.evidence
+
+
+def test_the_majority_is_of_min_agents_not_of_the_live_agents() -> None:
+    """Alone (the others down or cut off), one agent that cannot reach the master is
+    one of min_agents, not one of one: a partitioned master that is alive stays."""
+    d = decided(dead_round(agents=agents(False)))
+    assert d.verdict == "disagreement"
+    assert d.reason == "1 of 1 live agents cannot reach db1: no majority of min_agents 3"
+    assert decided(dead_round(agents=agents(False, False))).verdict == "failover"
+    five = agents(False, False, False, True, True)  # more alive than min_agents: of them
+    assert decided(dead_round(agents=five)).verdict == "failover"
+    assert decided(dead_round(agents=agents(False, False, True, True, True))).verdict == (
+        "disagreement"
+    )
 
 
 def test_half_is_not_a_majority_and_stale_or_other_views_do_not_count() -> None:
@@ -197,17 +226,25 @@ histories = st.builds(
 def test_failover_only_when_every_condition_holds(seq: list[Round], history: History) -> None:
     detection = Detection()
     for i, rnd in enumerate(seq):
-        d = decide(detection, rnd, history, rounds=ROUNDS, period=PERIOD, stale_after=STALE)
+        d = decide(
+            detection,
+            rnd,
+            history,
+            rounds=ROUNDS,
+            period=PERIOD,
+            stale_after=STALE,
+            min_agents=MIN_AGENTS,
+        )
         detection = d.detection
         if d.verdict != "failover":
             continue
         # the leader's probes failed for the last ROUNDS rounds in a row
         assert i + 1 >= ROUNDS and not any(r.probe_ok for r in seq[i + 1 - ROUNDS : i + 1])
-        # a strict majority of the live agents saw it unreachable, recently
+        # a strict majority of the agents (live, at least MIN_AGENTS) saw it unreachable, recently
         fresh_no = [
             v for v in rnd.agents if v.master == "db1" and not v.reachable and NOW - v.at <= STALE
         ]
-        assert 2 * len(fresh_no) > len(rnd.agents)
+        assert 2 * len(fresh_no) > max(len(rnd.agents), MIN_AGENTS)
         # a reachable replica of it, and none still receiving from it
         own = [r for r in rnd.replicas if r.source == "db1" and r.reachable]
         assert own and not any(r.io_connected for r in own)
@@ -223,7 +260,13 @@ def test_a_master_that_answers_is_healthy_and_resets_the_count(
 ) -> None:
     answered = Round(rnd.master, True, "", rnd.agents, rnd.replicas, rnd.now)
     d = decide(
-        Detection("db1", failed), answered, history, rounds=ROUNDS, period=PERIOD, stale_after=STALE
+        Detection("db1", failed),
+        answered,
+        history,
+        rounds=ROUNDS,
+        period=PERIOD,
+        stale_after=STALE,
+        min_agents=MIN_AGENTS,
     )
     assert d.verdict == "healthy" and d.detection == Detection("db1", 0)
 
@@ -255,7 +298,7 @@ def test_the_autofailover_table_is_read(tmp_path: Path) -> None:
     settings = load(
         tmp_path,
         "[services.shop.autofailover]\nenabled = true\netcd = ['127.0.0.1:2379', 'etcd2:2379']\n"
-        "rounds = 5\ninterval = 0.25\nperiod = 600\nlease_ttl = 3\n",
+        "rounds = 5\ninterval = 0.25\nperiod = 600\nlease_ttl = 3\nmin_agents = 5\n",
     )
     assert settings == AutofailoverSettings(
         enabled=True,
@@ -264,6 +307,7 @@ def test_the_autofailover_table_is_read(tmp_path: Path) -> None:
         interval=0.25,
         period=600.0,
         lease_ttl=3,
+        min_agents=5,
     )
 
 
@@ -282,6 +326,7 @@ def test_the_autofailover_table_is_read(tmp_path: Path) -> None:
         ("interval = 0", "autofailover.interval: expected a number of seconds 0.05-3600, got 0"),
         ("period = -1", "autofailover.period: expected a number of seconds 0-31536000, got -1"),
         ("lease_ttl = 1", "autofailover.lease_ttl: expected an integer 2-3600, got 1"),
+        ("min_agents = 0", "autofailover.min_agents: expected an integer 1-99, got 0"),
         ("enable = true", "autofailover"),
     ],
 )
