@@ -3,7 +3,11 @@
 Each server is probed on its own connection (connect, ``@@read_only`` and ``SHOW SLAVE
 STATUS`` within ``timeout``), closed at once: an agent keeps no connection between
 rounds.  :func:`resolve_master` is the agent's idea of the master, from observations
-only: the source that the reachable replicas share, else the one writable server.
+only, by the router's rule (:func:`sqlrouter.routing.router.resolve_master`: the one
+writable, non-replicating server the replicas' chains end at; a replica's source by its
+``Master_Host:Master_Port``, else its ``Master_Server_Id``); when that rule names no
+master, a dead one: the source every reachable replica's chain ends at, when that
+server does not answer and no server is writable.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ from dataclasses import dataclass
 import pymysql
 import pymysql.cursors
 
+from ..routing.health import Health
+from ..routing.router import resolve_master as resolve_mastership
+from ..routing.router import upstream_of
 from ..topology import Credentials, DataSource, Service
 
-__all__ = ["Address", "ServerView", "fence", "observe", "resolve_master"]
+__all__ = ["Address", "ServerView", "fence", "observe", "resolve_master", "source_of"]
 
 #: Where an agent reaches a datasource: ``(host, port)``.  The registry's address,
 #: unless the agent is given another route (a relay in the tests).
@@ -37,6 +44,25 @@ class ServerView:
     source_address: tuple[str, int] | None = None
     io_connected: bool = False
     detail: str = ""
+    server_id: int | None = None
+    #: ``Master_Server_Id`` of ``SHOW SLAVE STATUS`` (0 or ``None``: never connected).
+    master_server_id: int | None = None
+
+    def health(self) -> Health:
+        """This view as the router's observation (its rule of the master is shared)."""
+        host, port = self.source_address or ("", None)
+        return Health(
+            self.name,
+            self.reachable,
+            0.0,
+            read_only=self.read_only if self.reachable else None,
+            server_id=self.server_id,
+            replicating=self.reachable and self.source_address is not None,
+            master_server_id=self.master_server_id,
+            master_host=host,
+            master_port=port,
+            io_running=self.io_connected,
+        )
 
 
 def _connect(
@@ -70,7 +96,7 @@ def probe(ds: DataSource, creds: Credentials, timeout: float, address: Address) 
         return ServerView(ds.name, False, detail=_describe(exc))
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT @@read_only AS ro")
+            cur.execute("SELECT @@read_only AS ro, @@server_id AS sid")
             row = cur.fetchone()
             cur.execute("SHOW SLAVE STATUS")
             slave = cur.fetchone()
@@ -80,8 +106,9 @@ def probe(ds: DataSource, creds: Credentials, timeout: float, address: Address) 
         with contextlib.suppress(Exception):
             conn.close()
     read_only = bool(row and int(row["ro"]))
+    sid = int(row["sid"]) if row and row.get("sid") is not None else None
     if not slave or not slave.get("Master_Host"):
-        return ServerView(ds.name, True, read_only)
+        return ServerView(ds.name, True, read_only, server_id=sid)
     io = str(slave.get("Slave_IO_Running") or "No")
     error = str(slave.get("Last_IO_Error") or "")
     return ServerView(
@@ -91,6 +118,8 @@ def probe(ds: DataSource, creds: Credentials, timeout: float, address: Address) 
         (str(slave["Master_Host"]), int(slave["Master_Port"])),
         io == "Yes",
         f"Slave_IO_Running {io}" + (f": {error}" if error else ""),
+        sid,
+        int(slave.get("Master_Server_Id") or 0) or None,
     )
 
 
@@ -105,23 +134,24 @@ def observe(
 
 
 def resolve_master(service: Service, views: Mapping[str, ServerView]) -> str | None:
-    """The master by observation: the replicas' shared source, else the one writable server.
-
-    ``None`` when the observations do not single one out (replicas of different
-    sources, or no replica and several or no writable servers).
-    """
-    by_address = {(ds.host, ds.port): ds.name for ds in service.datasources}
-    sources = {
-        by_address.get(v.source_address)
-        for v in views.values()
-        if v.reachable and v.source_address is not None
-    }
-    if len(sources) == 1:
-        return sources.pop()
-    if sources:
+    """The master by observation (the module's docstring); ``None`` when the
+    observations do not single one out."""
+    health = {name: v.health() for name, v in views.items()}
+    ship = resolve_mastership(service.datasources, health)
+    if ship.master is not None:
+        return ship.master.name
+    ends = {src.datasource for src in ship.source.values()}
+    if ship.writable or len(ends) != 1:
         return None
-    writable = [v.name for v in views.values() if v.reachable and not v.read_only]
-    return writable[0] if len(writable) == 1 else None
+    (end,) = ends
+    dead = end is not None and end in views and not views[end].reachable
+    return end if dead else None
+
+
+def source_of(service: Service, views: Mapping[str, ServerView], name: str) -> str | None:
+    """The datasource the replica ``name`` replicates from directly (the router's rule)."""
+    health = {n: v.health() for n, v in views.items()}
+    return upstream_of(name, service.datasources, health).datasource
 
 
 def fence(ds: DataSource, creds: Credentials, timeout: float, address: Address) -> str:

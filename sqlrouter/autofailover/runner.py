@@ -42,7 +42,15 @@ import pymysql
 from .. import _forksafe, events
 from ..switchover import Step, TopologyError, failover
 from ..topology import Credentials, Service
-from ._observe import Address, ServerView, fence, observe, registry_address, resolve_master
+from ._observe import (
+    Address,
+    ServerView,
+    fence,
+    observe,
+    registry_address,
+    resolve_master,
+    source_of,
+)
 from .decision import AgentView, Decision, Detection, ReplicaView, Round, decide
 from .store import Store, StoreError
 
@@ -240,7 +248,13 @@ class Runner:
             )
         else:
             replicas = tuple(
-                ReplicaView(v.name, v.reachable, _source(self.service, v), v.io_connected, v.detail)
+                ReplicaView(
+                    v.name,
+                    v.reachable,
+                    source_of(self.service, views, v.name) if v.reachable else None,
+                    v.io_connected,
+                    v.detail,
+                )
                 for v in views.values()
                 if v.name != master and (v.source_address is not None or not v.reachable)
             )
@@ -487,13 +501,6 @@ class Runner:
 def _transient(error: TopologyError) -> bool:
     """A refusal that says the master is there after all: not a reason to block."""
     return " is alive" in error.reason or " is writable" in error.reason
-
-
-def _source(service: Service, view: ServerView) -> str | None:
-    for ds in service.datasources:
-        if (ds.host, ds.port) == view.source_address:
-            return ds.name
-    return None
 
 
 def _describe(view: ServerView) -> str:

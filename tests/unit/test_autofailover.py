@@ -22,8 +22,10 @@ from sqlrouter.autofailover import (
     Round,
     decide,
 )
+from sqlrouter.autofailover._observe import ServerView, resolve_master
 from sqlrouter.registry import RegistryError, load_registry_file
-from sqlrouter.topology import AutofailoverSettings
+from sqlrouter.routing.router import resolve_master as router_master
+from sqlrouter.topology import AutofailoverSettings, DataSource, Service
 
 NOW = 1_000_000.0
 ROUNDS = 3
@@ -335,3 +337,55 @@ def test_autofailover_settings_are_validated(tmp_path: Path, table: str, message
         load(tmp_path, f"[services.shop.autofailover]\n{table}\n")
     assert message in str(info.value)
     assert "service 'shop'" in str(info.value)
+
+
+# --------------------------------------------------------------------------- the master
+
+SVC = Service(
+    "shop",
+    (
+        DataSource("db1", "10.0.0.1", 3306),
+        DataSource("db2", "10.0.0.2", 3306),
+        DataSource("db3", "10.0.0.3", 3306),
+    ),
+)
+
+
+def replica(name: str, sid: int, source: tuple[str, int], master_sid: int | None) -> ServerView:
+    return ServerView(name, True, True, source, True, "", sid, master_sid)
+
+
+def test_the_agents_master_is_the_routers_master() -> None:
+    """The router's rule, not a copy: a replica named by Master_Server_Id (its
+    Master_Host an alias) counts; a read-only or replicating server is not a master."""
+    alias = ("db1.internal", 3306)
+    views = {
+        "db1": ServerView("db1", True, False, server_id=1),
+        "db2": replica("db2", 2, alias, 1),
+        "db3": replica("db3", 3, ("10.0.0.1", 3306), 1),
+    }
+    assert resolve_master(SVC, views) == "db1"
+    health = {n: v.health() for n, v in views.items()}
+    assert router_master(SVC.datasources, health).master == SVC.datasources[0]
+    read_only = {**views, "db1": ServerView("db1", True, True, server_id=1)}
+    assert resolve_master(SVC, read_only) is None
+    # db1 writable but itself a replica of db2 (a loop in the making): no master
+    looping = dict(views)
+    looping["db1"] = ServerView("db1", True, False, ("10.0.0.2", 3306), True, "", 1, 2)
+    assert resolve_master(SVC, looping) is None
+
+
+def test_a_dead_master_is_the_one_the_replicas_chains_end_at() -> None:
+    dead = ServerView("db1", False, detail="(2003) Can't connect")
+    lost = ("10.0.0.1", 3306)
+    views = {"db1": dead, "db2": replica("db2", 2, lost, 1), "db3": replica("db3", 3, lost, 1)}
+    assert resolve_master(SVC, views) == "db1"
+    # a writable server besides: not a dead master, an ambiguity
+    writable = {**views, "db3": ServerView("db3", True, False, server_id=3)}
+    assert resolve_master(SVC, writable) is None
+    # a chain db3 -> db2 -> db1 still ends at db1
+    chain = {**views, "db3": replica("db3", 3, ("10.0.0.2", 3306), 2)}
+    assert resolve_master(SVC, chain) == "db1"
+    # a replica of a server that is not of the service: no master
+    split = {**views, "db3": replica("db3", 3, ("10.0.0.9", 3306), 9)}
+    assert resolve_master(SVC, split) is None
