@@ -226,7 +226,9 @@ class Runner:
         if leader is None:
             term = store.campaign()
         else:  # a transaction (a write) only when there is no leader
-            term = int(leader["term"]) if leader.get("agent") == self.agent else None
+            lease = store.lease_id
+            held = leader.get("agent") == self.agent and lease is not None
+            term = int(leader["term"]) if held and leader.get("lease") == lease else None
         with self._lock:
             if term != self._term and term is not None:
                 logger.info(

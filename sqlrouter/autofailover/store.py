@@ -43,7 +43,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 try:
     import etcd3gw
@@ -165,16 +165,26 @@ class Store:
         ``leader`` is ``{"agent": ID, "term": TERM}`` (its creation revision).
         """
         values = self._etcd.call("get *", lambda c: c.get_prefix(self.prefix))
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for value, meta in values:
             key = meta["key"]
-            name = (key.decode() if isinstance(key, bytes) else str(key))[len(self.prefix) :]
+            text = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+            name = text[len(self.prefix) :]
+            lease = int(meta.get("lease") or 0)
             if name == "leader":
-                out[name] = {"agent": value.decode(), "term": int(meta["create_revision"])}
+                out[name] = {
+                    "agent": _text(value),
+                    "term": int(meta["create_revision"]),
+                    "lease": lease,
+                }
                 continue
+            if name.startswith(("seen/", "agents/")) and lease == 0:
+                continue  # an agent's key lives under its lease; one without is not counted
             loaded = _loads(value)
             if loaded is not None:
                 out[name] = loaded
+            elif name in _GUARDED:  # never ignored: it may be what holds automation back
+                out[name] = {"malformed": _text(value)[:200]}
         return out
 
     def put(self, name: str, value: Mapping[str, Any], *, leased: bool = False) -> None:
@@ -225,6 +235,11 @@ class Store:
     def registered(self) -> bool:
         return self._lease is not None
 
+    @property
+    def lease_id(self) -> int | None:
+        lease = self._lease
+        return None if lease is None else int(lease.id)
+
     def keepalive(self) -> None:
         """Refresh the lease; register anew when it had expired (the keys went with it)."""
         with self._lease_lock:
@@ -264,13 +279,15 @@ class Store:
         for name, v in snapshot.items():
             if not name.startswith("seen/"):
                 continue
+            if v.get("agent") != name[len("seen/") :]:
+                continue
             try:
                 out.append(
                     AgentView(
                         str(v["agent"]),
                         None if v.get("master") is None else str(v["master"]),
-                        bool(v["reachable"]),
-                        float(v["at"]),
+                        _strict_bool(v["reachable"]),
+                        _number(v["at"]),
                         str(v.get("detail", "")),
                     )
                 )
@@ -309,7 +326,7 @@ class Store:
         if not found:
             return None
         value, meta = found[0]
-        return value.decode(), int(meta["create_revision"])
+        return _text(value), int(meta["create_revision"])
 
     def _as_leader(self, term: int) -> list[dict[str, Any]]:
         """The leader key was created at ``term`` and is held by this agent's lease."""
@@ -348,14 +365,22 @@ class Store:
     def history(self, snapshot: Mapping[str, Mapping[str, Any]] | None = None) -> History:
         if snapshot is None:
             snapshot = self.snapshot()
-        hist = snapshot.get("history") or {}
+        hist = snapshot.get("history")
         blocked = snapshot.get("blocked")
-        at = hist.get("at")
-        return History(
-            last_failover_at=float(at) if isinstance(at, int | float) else None,
-            acknowledged=bool(hist.get("acknowledged", True)),
-            blocked=str(blocked.get("reason")) if blocked else None,
-        )
+        reason = None if blocked is None else blocked.get("reason")
+        if blocked is not None and not isinstance(reason, str):
+            reason = f"the store's block record is malformed: {json.dumps(blocked)[:200]}"
+        if hist is None:
+            return History(blocked=reason)
+        at, acknowledged = hist.get("at"), hist.get("acknowledged")
+        if (
+            isinstance(at, bool)
+            or not isinstance(at, int | float)
+            or not isinstance(acknowledged, bool)
+        ):  # never read as "no failover" or "acknowledged": automation waits for an operator
+            malformed = f"the store's history record is malformed: {json.dumps(hist)[:200]}"
+            return History(blocked=reason or malformed)
+        return History(last_failover_at=float(at), acknowledged=acknowledged, blocked=reason)
 
     def close(self) -> None:
         """Revoke the lease (this agent's keys go at once) and close the connections."""
@@ -376,6 +401,26 @@ def _reason(exc: BaseException) -> str:
     elif "timed out" in text.lower():
         text = "timed out"
     return " ".join(text.split())[:200]
+
+
+#: Records that hold automation back or tell what happened: kept even when malformed.
+_GUARDED: Final = ("history", "blocked", "failover", "outcome", "decision", "fenced")
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _strict_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
 
 
 def _loads(raw: bytes) -> dict[str, Any] | None:

@@ -87,3 +87,37 @@ def test_default_agent_ids_differ_within_one_process(etcd_cluster: EtcdCluster) 
     finally:
         a.close()
         b.close()
+
+
+def test_hostile_store_contents_never_arm_automation_or_crash(etcd_cluster: EtcdCluster) -> None:
+    """A view without a lease or under another agent's name is not counted; a history
+    with a string time or a string "false" blocks (never reads as acknowledged); a
+    leader key that is not UTF-8 neither crashes a round's snapshot nor the status."""
+    store = Store(etcd_cluster.endpoints, service=SERVICE, agent="a0", lease_ttl=30)
+    raw = Store(etcd_cluster.endpoints, service=SERVICE, agent="raw")
+    try:
+        store.register()
+        view = {"agent": "ghost", "master": "db1", "reachable": False, "at": 9e12, "detail": ""}
+        raw.put("seen/ghost", view)  # no lease: an agent long gone, or forged
+        raw.put("seen/a9", view, leased=False)
+        store.put("seen/a1", {**view, "agent": "a2"}, leased=True)  # another's name
+        store.put("seen/a3", {**view, "agent": "a3", "reachable": "false"}, leased=True)
+        store.put("seen/a0", {**view, "agent": "a0"}, leased=True)
+        assert [v.agent for v in store.views()] == ["a0"]
+
+        raw.put("history", {"at": "1", "acknowledged": "false"})
+        hist = store.history()
+        assert hist.blocked is not None and "history record is malformed" in hist.blocked
+        raw.put("history", {"at": 1.0, "acknowledged": False})
+        raw.put("blocked", {"reason": 42})
+        assert "block record is malformed" in str(store.history().blocked)
+        raw.delete("blocked")
+        raw._etcd.call("put", lambda c: c.put(raw.prefix + "history", b"\xff{"))
+        assert "malformed" in str(store.history().blocked)
+
+        raw._etcd.call("put", lambda c: c.put(raw.prefix + "leader", b"\xff\xfe"))
+        assert store.snapshot()["leader"]["agent"] == "\ufffd\ufffd"
+        assert read_status(etcd_cluster.endpoints, SERVICE)["leader"]["agent"] == "\ufffd\ufffd"
+    finally:
+        store.close()
+        raw.close()
