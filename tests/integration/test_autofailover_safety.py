@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from sqlrouter.autofailover import Runner, Store, StoreError, read_status
 from sqlrouter.registry.file import load_registry_file
 from sqlrouter.sandbox import EtcdCluster, Sandbox
 from sqlrouter.topology import Service
+from tests.fixtures.helpers import wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -121,3 +125,34 @@ def test_hostile_store_contents_never_arm_automation_or_crash(etcd_cluster: Etcd
     finally:
         store.close()
         raw.close()
+
+
+def test_sqlrouter_agent_runs_the_automatic_failover_of_opted_in_services(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """``sqlrouter agent --registry FILE``: an opted-in service gets a runner (it
+    registers in etcd and leads), and SIGTERM stops it (its lease revoked)."""
+    service_of(fresh_cluster, etcd_cluster, tmp_path)
+    registry = tmp_path / "agents.toml"
+    log = (tmp_path / "agent.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sqlrouter", "agent", "--registry", str(registry)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)},
+    )
+    try:
+
+        def healthy() -> bool:
+            st = read_status(etcd_cluster.endpoints, SERVICE)
+            return len(st["agents"]) == 1 and (st.get("decision") or {}).get("verdict") == (
+                "healthy"
+            )
+
+        wait_until(healthy, 60, "the agent's runner registered and decided")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "agent.log").read_text(errors="replace")
+        log.close()
+    assert read_status(etcd_cluster.endpoints, SERVICE)["agents"] == []
