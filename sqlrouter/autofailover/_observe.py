@@ -24,7 +24,15 @@ from ..routing.router import resolve_master as resolve_mastership
 from ..routing.router import upstream_of
 from ..topology import Credentials, DataSource, Service
 
-__all__ = ["Address", "ServerView", "fence", "observe", "resolve_master", "source_of"]
+__all__ = [
+    "Address",
+    "ServerView",
+    "fence",
+    "observe",
+    "resolve_master",
+    "restart_io_thread",
+    "source_of",
+]
 
 #: Where an agent reaches a datasource: ``(host, port)``.  The registry's address,
 #: unless the agent is given another route (a relay in the tests).
@@ -167,3 +175,15 @@ def fence(ds: DataSource, creds: Credentials, timeout: float, address: Address) 
             conn.close()
     where = "its replication is left stopped" if not slave else "its replication is left as it is"
     return f"{ds.name} is read-only (SET GLOBAL read_only=1); {where}: rebuild it as a replica"
+
+
+def restart_io_thread(ds: DataSource, creds: Credentials, timeout: float, address: Address) -> str:
+    """``START SLAVE IO_THREAD`` on ``ds`` (a replica an interrupted failover froze)."""
+    conn = _connect(ds, creds, timeout, address)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("START SLAVE IO_THREAD")
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+    return f"{ds.name} receiving again (START SLAVE IO_THREAD)"

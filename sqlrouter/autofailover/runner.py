@@ -49,6 +49,7 @@ from ._observe import (
     observe,
     registry_address,
     resolve_master,
+    restart_io_thread,
     source_of,
 )
 from .decision import AgentView, Decision, Detection, ReplicaView, Round, decide
@@ -104,6 +105,9 @@ class Runner:
         self._failover_timeout = failover_timeout
         self._clock = clock
         self._stop = threading.Event()
+        #: The lease's thread ends only after the rounds (a failover keeps its lease).
+        self._keeper_stop = threading.Event()
+        self._failing_over = threading.Event()
         self._thread: threading.Thread | None = None
         self._keeper: threading.Thread | None = None
         self._lock = _forksafe.lock()
@@ -127,14 +131,25 @@ class Runner:
         return self
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """End the thread (after the round in progress), revoke the lease, and join."""
+        """End the rounds (after the one in progress), then the lease, and join.
+
+        A failover in progress is not cut short: it is waited for (up to its own bound,
+        ``failover_timeout``, and the outcome's writes) even beyond ``timeout``, while the
+        lease is still kept alive; only then is the lease revoked.
+        """
         self._stop.set()
         deadline = time.monotonic() + timeout
-        for thread in (self._thread, self._keeper):
-            if thread is not None:
-                thread.join(max(0.0, deadline - time.monotonic()))
-                if thread.is_alive():
-                    logger.warning("%r: %s did not end within %gs", self, thread.name, timeout)
+        thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive() and self._failing_over.is_set():
+                logger.warning("%r: stopping: waiting for the failover in progress to end", self)
+                thread.join(self._failover_timeout * 3 + 2 * self.service.probe_timeout)
+            if thread.is_alive():
+                logger.error("%r: %s did not end: the lease is revoked anyway", self, thread.name)
+        self._keeper_stop.set()
+        if self._keeper is not None:
+            self._keeper.join(max(0.1, deadline - time.monotonic()))
         self.store.close()
 
     def __enter__(self) -> Runner:
@@ -179,7 +194,7 @@ class Runner:
 
     def _keep_lease(self) -> None:
         every = max(0.2, self.service.autofailover.lease_ttl / 3)
-        while not self._stop.wait(every):
+        while not self._keeper_stop.wait(every):
             try:
                 self.store.keepalive()
             except StoreError as exc:
@@ -273,9 +288,13 @@ class Runner:
                 min_agents=self.service.autofailover.min_agents,
             )
         self._record(term, decision, now)
-        self._settle_interrupted(term, master, decision, snap.get("failover"))
-        if decision.verdict == "failover":
-            self._failover(term, decision)
+        settled = self._settle_interrupted(term, views, master, snap.get("failover"))
+        if settled and decision.verdict == "failover":
+            self._failing_over.set()
+            try:
+                self._failover(term, decision)
+            finally:
+                self._failing_over.clear()
         return decision
 
     def _publish(self, view: AgentView, snap: Mapping[str, Any]) -> None:
@@ -382,36 +401,143 @@ class Runner:
     def _settle_interrupted(
         self,
         term: int,
+        views: Mapping[str, ServerView],
         master: str | None,
-        decision: Decision,
         record: Mapping[str, Any] | None,
-    ) -> None:
-        """A failover record left by an earlier leader: settled by observation."""
-        if record is None or record.get("term") == term or decision.verdict != "healthy":
-            return
+    ) -> bool:
+        """A failover record left by an earlier leader; ``True`` when a failover may run.
+
+        - another master observed, reachable and writable: the failover completed;
+        - its steps went past the point of no return (or stopped a candidate's
+          replication, or changed its semi-sync): only an operator finishes it, automation
+          is blocked and says why;
+        - else what it froze is restored (``START SLAVE IO_THREAD`` on each frozen
+          replica, a replica whose SQL thread it started is left running and said), and the
+          record settled: the old master is the master again, or a new failover may run.
+        """
+        if record is None or record.get("term") == term:
+            return True
         old = record.get("old_master")
-        ok = master is not None and master != old
+        rterm = record.get("term")
+        raw_steps = record.get("steps")
+        steps = (
+            [st for st in raw_steps if isinstance(st, dict)] if isinstance(raw_steps, list) else []
+        )
+        names = [str(st.get("name", "")) for st in steps]
+        now = self._clock()
+        mv = views.get(master) if master is not None else None
+        if master is not None and master != old and mv and mv.reachable and not mv.read_only:
+            detail = (
+                f"the failover of term {rterm} was interrupted; observed: {master} is the master"
+            )
+            outcome = {
+                "service": self.service.name,
+                "ok": True,
+                "old_master": old,
+                "new_master": master,
+                "term": rterm,
+                "at": now,
+                "detail": detail,
+            }
+            puts: dict[str, Mapping[str, Any]] = {
+                "outcome": outcome,
+                "history": {"at": now, "term": rterm, "acknowledged": False},
+            }
+            if self.store.put_as_leader(term, puts, deletes=["failover"]):
+                logger.warning("service %r: %s", self.service.name, detail)
+            return False
+        beyond = [n for n in names if n.startswith(_PAST_NO_RETURN + _NOT_RESTORED)]
+        if not isinstance(rterm, int) or isinstance(rterm, bool) or beyond or raw_steps is None:
+            why = f"steps {', '.join(beyond)} ran" if beyond else "its record is malformed"
+            return self._block_interrupted(term, record, f"{why}: finish it or undo it by hand")
+        restored, problems = [], []
+        for name in names:
+            if not name.startswith("freeze "):
+                continue
+            replica = name[len("freeze ") :]
+            view = views.get(replica)
+            if view is None or not view.reachable:
+                problems.append(f"{replica} is unreachable (its IO thread is stopped)")
+                continue
+            try:
+                restored.append(
+                    restart_io_thread(
+                        self.service.datasource(replica),
+                        self._creds,
+                        self.service.probe_timeout,
+                        self._address,
+                    )
+                )
+            except (pymysql.err.MySQLError, OSError) as exc:
+                problems.append(f"{replica}: START SLAVE IO_THREAD failed: {exc}")
+        started = [
+            n[len("start SQL thread ") :] for n in names if n.startswith("start SQL thread ")
+        ]
+        if problems:
+            return self._block_interrupted(term, record, "; ".join(problems))
+        detail = (
+            f"the failover of term {rterm} was interrupted before its point of no return; "
+            + (f"restored: {'; '.join(restored)}" if restored else "nothing to restore")
+            + (f"; SQL thread left running on {', '.join(started)}" if started else "")
+        )
         outcome = {
             "service": self.service.name,
-            "ok": ok,
+            "ok": False,
             "old_master": old,
-            "new_master": master if ok else None,
-            "term": record.get("term"),
-            "at": self._clock(),
-            "detail": (
-                f"the failover of term {record.get('term')} was interrupted; observed: "
-                + (f"{master} is the master" if ok else f"{old} is the master again (rolled back)")
-            ),
+            "new_master": None,
+            "term": rterm,
+            "at": now,
+            "detail": detail,
         }
-        puts: dict[str, Mapping[str, Any]] = {"outcome": outcome}
-        if ok:
-            puts["history"] = {
-                "at": outcome["at"],
-                "term": record.get("term"),
-                "acknowledged": False,
-            }
-        if self.store.put_as_leader(term, puts, deletes=["failover"]):
-            logger.warning("service %r: %s", self.service.name, outcome["detail"])
+        if not self.store.put_as_leader(term, {"outcome": outcome}, deletes=["failover"]):
+            return False
+        logger.warning("service %r: %s", self.service.name, detail)
+        return True
+
+    def _block_interrupted(self, term: int, record: Mapping[str, Any], why: str) -> bool:
+        reason = (
+            f"the automatic failover of term {record.get('term')} by "
+            f"{record.get('leader')} was interrupted: {why}; then acknowledge"
+        )
+        blocked = {"reason": reason, "at": self._clock(), "term": term}
+        if self.store.put_as_leader(term, {"blocked": blocked}):
+            logger.error("service %r: automation blocked: %s", self.service.name, reason)
+        return False
+
+    def _may_run(self, term: int, step: str) -> str | None:
+        """The failover's guard: ``None`` to run ``step``, else why not.
+
+        The store saying this agent no longer leads stops every step, rollback steps
+        included (the next leader restores what was frozen: :meth:`_settle_interrupted`).
+        A store that cannot be reached stops the steps before the point of no return; past
+        it (a replica repointed, the new master made writable), leaving half way would
+        leave no writable master, so the leader asks again for up to ``lease_ttl``
+        seconds and, still without an answer, goes on, loudly: a new leader starts no
+        failover over a record that went past that point (it blocks instead).
+        """
+        past = step.startswith(_PAST_NO_RETURN)
+        deadline = time.monotonic() + (self.service.autofailover.lease_ttl if past else 0)
+        while True:
+            try:
+                leads = self.store.is_leader(term)
+            except StoreError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                if past:
+                    logger.error(  # noqa: TRY400 (no traceback: the reason is enough)
+                        "service %r: %s: the store cannot confirm the leadership (term %d), "
+                        "but the failover is past its point of no return: going on (%s)",
+                        self.service.name,
+                        step,
+                        term,
+                        exc,
+                    )
+                    return None
+                return (
+                    f"the store cannot confirm that {self.agent} still leads (term {term}): {exc}"
+                )
+            return None if leads else f"{self.agent} no longer leads (term {term})"
 
     def _failover(self, term: int, decision: Decision) -> None:
         service = self.service
@@ -435,13 +561,7 @@ class Runner:
                 self.store.put_as_leader(term, {"failover": {**record, "steps": steps[-50:]}})
 
         def guard(step: str) -> str | None:
-            try:
-                leads = self.store.is_leader(term)
-            except StoreError as exc:
-                return (
-                    f"the store cannot confirm that {self.agent} still leads (term {term}): {exc}"
-                )
-            return None if leads else f"{self.agent} no longer leads (term {term})"
+            return self._may_run(term, step)
 
         logger.warning(
             "service %r: automatic failover of %s by %s (term %d)",
@@ -498,6 +618,14 @@ class Runner:
         )
         with self._lock:
             self._detection = replace(self._detection, failed_rounds=0)
+
+
+#: The failover's steps (sqlrouter.switchover's names) past its point of no return:
+#: the undo actions were dropped, a replica may follow the new master.
+_PAST_NO_RETURN: Final = ("repoint ", "leave ", "writable ", "reset ", "verify")
+#: Steps the procedure undoes when it stops before that point, but only itself: an
+#: interrupted failover that ran them is left to an operator.
+_NOT_RESTORED: Final = ("stop replication ", "semi-sync ")
 
 
 def _transient(error: TopologyError) -> bool:

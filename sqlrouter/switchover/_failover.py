@@ -411,9 +411,10 @@ def failover(
     ``force``.  The repointed replicas keep the replication account they use, so no
     replication credentials are needed.  The dead master is left alone: it must not
     come back as it was (see docs/operations.md).  ``guard``, when given, is called with
-    each step's name before it runs (rollback steps excepted) and returns ``None`` to go
+    each step's name before it runs (rollback steps included) and returns ``None`` to go
     on or why not: the step then fails, before the point of no return the failover rolls
-    back (an automatic failover's leader checks its lease there).  Returns the steps; raises
+    back, as far as the guard lets it (an automatic failover's leader checks its lease
+    there: one that lost it undoes nothing, the next leader restores).  Returns the steps; raises
     :class:`TopologyError` saying which step failed and the state the cluster is left in.
     """
     _check_timeout(timeout)

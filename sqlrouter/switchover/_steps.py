@@ -165,8 +165,8 @@ class _Run:
         self.failures: list[tuple[str, str, str]] = []
         self._report = report
         self._secrets = [s for s in secrets if s]
-        #: Asked before every step but a rollback's: ``None`` to go on, else why not
-        #: (an automatic failover's leader that lost its lease).
+        #: Asked before every step, a rollback's too: ``None`` to go on, else why not
+        #: (an automatic failover's leader that lost its lease undoes nothing either).
         self._guard = guard
 
     def scrub(self, text: str) -> str:
@@ -207,7 +207,9 @@ class _Run:
         return True
 
     def _guarded(self, name: str, action: Callable[[], str]) -> str:
-        if self._guard is not None and not name.startswith("rollback: "):
+        if (
+            self._guard is not None
+        ):  # rollback steps too: a leader that lost its lease undoes nothing
             stop = self._guard(name)
             if stop is not None:
                 raise _Failure(f"not run: {stop}")

@@ -19,7 +19,8 @@ import pytest
 from sqlrouter.autofailover import Runner, Store, StoreError, read_status
 from sqlrouter.registry.file import load_registry_file
 from sqlrouter.sandbox import EtcdCluster, Sandbox
-from sqlrouter.topology import Service
+from sqlrouter.switchover._steps import _Run
+from sqlrouter.topology import DataSource, Service
 from tests.fixtures.helpers import wait_until
 
 pytestmark = pytest.mark.sandbox
@@ -156,3 +157,123 @@ def test_sqlrouter_agent_runs_the_automatic_failover_of_opted_in_services(
         assert proc.wait(30) == 0, (tmp_path / "agent.log").read_text(errors="replace")
         log.close()
     assert read_status(etcd_cluster.endpoints, SERVICE)["agents"] == []
+
+
+def io_running(sb: Sandbox, name: str) -> bool:
+    with sb.cursor(name) as cur:
+        cur.execute("SHOW SLAVE STATUS")
+        row = cur.fetchone()
+        assert cur.description is not None
+        cols = [d[0] for d in cur.description]
+    return row is not None and dict(zip(cols, row, strict=True))["Slave_IO_Running"] == "Yes"
+
+
+def record(*steps: str) -> dict[str, object]:
+    """The failover record a leader of term 1 (now dead) left behind."""
+    return {
+        "term": 1,
+        "leader": "dead",
+        "old_master": "db1",
+        "steps": [{"name": s, "ok": True, "detail": ""} for s in steps],
+    }
+
+
+def test_the_next_leader_restores_what_an_interrupted_failover_froze(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """A leader died after freezing the replicas (IO threads stopped) and the master is
+    fine: the next leader starts their IO threads again and settles the record."""
+    sb = fresh_cluster
+    svc = service_of(sb, etcd_cluster, tmp_path)
+    for name in ("db2", "db3"):
+        sb.query(name, "STOP SLAVE IO_THREAD")
+    Store(etcd_cluster.endpoints, service=SERVICE, agent="x").put(
+        "failover", record("check master db1", "start SQL thread db2", "freeze db2", "freeze db3")
+    )
+    runner = Runner(svc, agent="a0")
+    try:
+        runner.run_round()
+    finally:
+        runner.stop()
+    st = read_status(etcd_cluster.endpoints, SERVICE)
+    assert st["failover"] is None and st["blocked"] is None
+    assert "restored: db2 receiving again" in st["outcome"]["detail"]
+    assert "SQL thread left running on db2" in st["outcome"]["detail"]
+    for name in ("db2", "db3"):
+        wait_until(lambda n=name: io_running(sb, n), 30, f"{name}'s IO thread")  # type: ignore[misc]
+
+
+def test_a_failover_interrupted_past_its_point_of_no_return_blocks_automation(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """The dead leader stopped a candidate's replication and repointed a replica: the next
+    leader neither rolls back nor starts another failover; automation is blocked, loudly."""
+    sb = fresh_cluster
+    svc = service_of(sb, etcd_cluster, tmp_path)
+    Store(etcd_cluster.endpoints, service=SERVICE, agent="x").put(
+        "failover", record("freeze db2", "freeze db3", "stop replication db2", "repoint db3")
+    )
+    runner = Runner(svc, agent="a0")
+    try:
+        runner.run_round()
+        decision = runner.run_round()
+    finally:
+        runner.stop()
+    st = read_status(etcd_cluster.endpoints, SERVICE)
+    reason = st["blocked"]["reason"]
+    assert "term 1 by dead was interrupted: steps stop replication db2, repoint db3 ran" in reason
+    assert st["failover"] is not None  # kept for the operator
+    assert decision is not None and decision.verdict in ("healthy", "blocked")
+    assert runner.store.history().blocked == reason
+
+
+def test_a_guard_that_refuses_stops_rollback_steps_too() -> None:
+    """A leader that lost its lease runs no step at all, not even a rollback's."""
+    svc = Service("shop", (DataSource("db1", "127.0.0.1", 1),))
+    asked: list[str] = []
+
+    def guard(step: str) -> str | None:
+        asked.append(step)
+        return "a0 no longer leads (term 7)"
+
+    ran: list[str] = []
+
+    def action() -> str:
+        ran.append("restart")
+        return "db2 receiving again"
+
+    run = _Run(svc, "failover", None, [], guard)
+    assert not run.step("rollback: restart IO thread db2", "db2", action, fatal=False)
+    assert ran == [] and asked == ["rollback: restart IO thread db2"]
+    assert "not run: a0 no longer leads (term 7)" in run.steps[0].detail
+
+
+def test_the_leaders_guard_past_the_point_of_no_return_goes_on_without_the_store(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """Leadership lost: every step refused, rollback included.  The store unreachable:
+    steps before the point of no return refused, those past it run (leaving half way
+    would leave no writable master)."""
+    svc = service_of(fresh_cluster, etcd_cluster, tmp_path)
+    runner = Runner(svc, agent="a0")
+    other = Store(etcd_cluster.endpoints, service=SERVICE, agent="a1", lease_ttl=30)
+    try:
+        runner.store.register()
+        term = runner.store.campaign()
+        assert term is not None
+        assert runner._may_run(term, "freeze db2") is None
+        other.register()
+        runner.store._etcd.call("revoke", lambda c: runner.store._lease.revoke())  # type: ignore[union-attr]
+        assert other.campaign() is not None
+        for step in ("freeze db2", "rollback: restart IO thread db2", "writable db2"):
+            assert runner._may_run(term, step) == f"a0 no longer leads (term {term})"
+        etcd_cluster.stop()
+        assert "cannot confirm" in str(runner._may_run(term, "freeze db2"))
+        assert "cannot confirm" in str(runner._may_run(term, "rollback: stop SQL thread db2"))
+        assert runner._may_run(term, "writable db2") is None
+        assert runner._may_run(term, "repoint db3") is None
+    finally:
+        runner.store._lease = None
+        runner.stop()
+        other._lease = None
+        other.close()
