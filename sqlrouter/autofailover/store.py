@@ -362,6 +362,36 @@ class Store:
 
     # ------------------------------------------------------------------ history
 
+    def _get_meta(self, name: str) -> list[Any]:
+        key = self._key(name)
+        return list(self._etcd.call(f"get {name}", lambda c: c.get(key, metadata=True)))
+
+    def acknowledge(self, by: str) -> dict[str, Any]:
+        """One transaction: the history acknowledged and the block deleted, as they were
+        read (a failover or block written in between is not acknowledged unseen)."""
+        names = ("history", "blocked")
+        found = {n: self._get_meta(n) for n in names}
+        compare, ops, seen = [], [], {}
+        for n in names:
+            key = _b64(self._key(n))
+            rev = int(found[n][0][1]["mod_revision"]) if found[n] else 0
+            compare.append({"key": key, "result": "EQUAL", "target": "MOD", "mod_revision": rev})
+            seen[n] = _loads(found[n][0][0]) if found[n] else None
+        hist = seen["history"]
+        if hist is not None:
+            value = json.dumps({**hist, "acknowledged": True, "acknowledged_by": by})
+            ops.append({"request_put": {"key": _b64(self._key("history")), "value": _b64(value)}})
+        if found["blocked"]:
+            ops.append({"request_delete_range": {"key": _b64(self._key("blocked"))}})
+        txn = {"compare": compare, "success": ops, "failure": []}
+        answer = self._etcd.call("acknowledge", lambda c: c.transaction(txn))
+        if not answer.get("succeeded"):
+            raise StoreError(
+                f"service {self.service!r}: the history or the block changed while it was "
+                "being acknowledged: look at the status again, then acknowledge"
+            )
+        return {"service": self.service, "history": hist, "blocked": seen["blocked"]}
+
     def history(self, snapshot: Mapping[str, Mapping[str, Any]] | None = None) -> History:
         if snapshot is None:
             snapshot = self.snapshot()
@@ -462,12 +492,6 @@ def acknowledge(
     """
     store = Store(endpoints, service=service, agent="admin", timeout=timeout)
     try:
-        hist = store.get("history")
-        blocked = store.get("blocked")
-        if hist is not None:
-            store.put("history", {**hist, "acknowledged": True, "acknowledged_by": by})
-        if blocked is not None:
-            store.delete("blocked")
-        return {"service": service, "history": hist, "blocked": blocked}
+        return store.acknowledge(by)
     finally:
         store.close()

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -277,3 +278,37 @@ def test_the_leaders_guard_past_the_point_of_no_return_goes_on_without_the_store
         runner.stop()
         other._lease = None
         other.close()
+
+
+def test_acknowledge_is_one_transaction_over_what_it_read(etcd_cluster: EtcdCluster) -> None:
+    """A block written between the acknowledgement's reads and its writes is not
+    deleted unseen: the acknowledgement fails and says so."""
+    store = Store(etcd_cluster.endpoints, service=SERVICE, agent="admin")
+    writer = Store(etcd_cluster.endpoints, service=SERVICE, agent="leader")
+    try:
+        writer.put("history", {"at": 1.0, "term": 3, "acknowledged": False})
+        real = store._etcd.call
+
+        def racing(what: str, op: Any) -> Any:
+            if what == "acknowledge":
+                writer.put("blocked", {"reason": "a second failover was refused"})
+            return real(what, op)
+
+        store._etcd.call = racing  # type: ignore[method-assign]
+        with pytest.raises(StoreError, match="changed while it was being acknowledged"):
+            store.acknowledge("ops")
+        assert writer.get("blocked") == {"reason": "a second failover was refused"}
+        assert writer.get("history") == {"at": 1.0, "term": 3, "acknowledged": False}
+        store._etcd.call = real  # type: ignore[method-assign]
+        done = store.acknowledge("ops")
+        assert done["blocked"] == {"reason": "a second failover was refused"}
+        assert writer.get("blocked") is None
+        assert writer.get("history") == {
+            "at": 1.0,
+            "term": 3,
+            "acknowledged": True,
+            "acknowledged_by": "ops",
+        }
+    finally:
+        store.close()
+        writer.close()
