@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sqlrouter.autofailover import Runner, Store, StoreError, read_status
+from sqlrouter.autofailover import Decision, Detection, Runner, Store, StoreError, read_status
 from sqlrouter.registry.file import load_registry_file
 from sqlrouter.sandbox import EtcdCluster, Sandbox
 from sqlrouter.switchover._steps import _Run
@@ -312,3 +312,54 @@ def test_acknowledge_is_one_transaction_over_what_it_read(etcd_cluster: EtcdClus
     finally:
         store.close()
         writer.close()
+
+
+def test_a_leader_that_lost_its_lease_while_paused_runs_no_step(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """The leader decided "failover" and was paused past its lease; another agent leads
+    now.  Resumed, it goes on with the failover it had started: the guard refuses the first
+    step and every other, so no replica is frozen, none promoted (this fails if the guard
+    is not asked, or answers without etcd)."""
+    sb = fresh_cluster
+    svc = service_of(sb, etcd_cluster, tmp_path)
+    runner = Runner(svc, agent="a0", failover_timeout=10)
+    other = Store(etcd_cluster.endpoints, service=SERVICE, agent="a1", lease_ttl=30)
+    try:
+        runner.run_round()
+        term = runner.status()["term"]
+        assert term is not None
+        sb.fault("db1", "kill")
+        decision = Decision("failover", "db1", "db1 is dead", (), Detection("db1", 3))
+        write = runner.store.put_as_leader
+
+        def paused_after_the_record(*args: Any, **kwargs: Any) -> bool:
+            """The record is written; then the leader is paused past its lease (revoked
+            here, not waited for) and a1 takes over; then it resumes."""
+            done = write(*args, **kwargs)
+            if "failover" in args[1] and other.lease_id is None:
+                store = runner.store
+                store._etcd.call("revoke", lambda c: store._lease.revoke())  # type: ignore[union-attr]
+                other.register()
+                assert other.campaign() is not None
+            return done
+
+        runner.store.put_as_leader = paused_after_the_record  # type: ignore[method-assign]
+        runner._failover(term, decision)
+        for name in ("db2", "db3"):
+            assert read_only(sb, name) == 1
+            with sb.cursor(name) as cur:
+                cur.execute("SHOW SLAVE STATUS")
+                row = cur.fetchone()
+                assert cur.description is not None
+                status = dict(zip([d[0] for d in cur.description], row or (), strict=False))
+            assert status["Slave_IO_Running"] != "No", f"{name} was frozen"
+            assert status["Master_Port"] == sb.node("db1").port
+        st = read_status(etcd_cluster.endpoints, SERVICE)
+        assert st["outcome"] is None  # it could not write it either
+        steps = [s for s in st["failover"]["steps"]]
+        assert steps == []  # nor report a step
+    finally:
+        runner.store._lease = None
+        runner.stop()
+        other.close()
