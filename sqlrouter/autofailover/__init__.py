@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+from ..control.commands import add_status_part, remove_status_part
 from ..registry import Registry
 from ..registry.find import find_registry
 from ._observe import Address, registry_address
@@ -129,8 +130,17 @@ class AutofailoverTask:
         registry = self._find(agent.registry_spec)
         names = [n for n in opted_in(registry) if not agent.only or n in agent.only]
         self.runners = start_runners(registry, services=names, agent=self.agent_id)
+        add_status_part(self.name, self.status_of)
+
+    def status_of(self, service: str) -> dict[str, Any] | None:
+        """This agent's part in ``service``'s automatic failover (``sqlrouter admin status``)."""
+        for r in self.runners:
+            if r.service.name == service:
+                return r.status()
+        return None
 
     def stop(self, timeout: float) -> None:
+        remove_status_part(self.name)
         runners, self.runners = self.runners, []
         deadline = time.monotonic() + timeout
         for r in runners:

@@ -80,6 +80,21 @@ def describe_sharing(monitor: Mapping[str, Any]) -> str:
     return f"read from pid {pid}{agent}, which publishes them in {shared.get('file')}"
 
 
+def describe_autofailover(part: Mapping[str, Any]) -> str:
+    """This agent's part in a service's automatic failover, as one line."""
+    role = f"leader (term {part.get('term')})" if part.get("leader") else "follower"
+    decision = part.get("decision")
+    said = (
+        f"{decision.get('verdict')} ({decision.get('master')}): {decision.get('reason')}"
+        if isinstance(decision, Mapping)
+        else "no decision here (the leader's: sqlrouter admin autofailover status)"
+    )
+    line = f"automatic failover: agent {part.get('agent')}, {role}, {said}"
+    if part.get("store_error"):
+        line += f"; store: {part['store_error']}"
+    return line
+
+
 def format_status(response: Mapping[str, Any]) -> str:
     """A ``status`` response as text: one header and one table per service."""
     proc = response.get("process", {})
@@ -106,6 +121,9 @@ def format_status(response: Mapping[str, Any]) -> str:
             f"({monitor.get('rounds')} rounds), {svc.get('open_connections', 0)} open connections"
         )
         lines += ["", head, f"snapshots: {describe_sharing(monitor)}"]
+        auto = (svc.get("parts") or {}).get("autofailover")
+        if auto:
+            lines.append(describe_autofailover(auto))
         if svc.get("registry_error"):
             lines.append(f"registry error (the last good content is used): {svc['registry_error']}")
         if svc.get("split_brain"):

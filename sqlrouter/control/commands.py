@@ -49,6 +49,33 @@ def _role_of(name: str, h: Health, master: str | None) -> str:
     return "replica" if h.replicating else "read_only"
 
 
+#: Parts of this process that add to a service's status (an agent's automatic failover):
+#: name -> a function of the service's name, returning what to show, or ``None``.
+_STATUS_PARTS: dict[str, Callable[[str], Mapping[str, Any] | None]] = {}
+
+
+def add_status_part(name: str, part: Callable[[str], Mapping[str, Any] | None]) -> None:
+    """Show what ``part`` returns for each service under ``parts[name]`` of ``status``."""
+    _STATUS_PARTS[name] = part
+
+
+def remove_status_part(name: str) -> None:
+    _STATUS_PARTS.pop(name, None)
+
+
+def _parts(service: str) -> dict[str, Any]:
+    out = {}
+    for name, part in list(_STATUS_PARTS.items()):
+        try:
+            shown = part(service)
+        except Exception:  # a part's bug must not break status
+            logger.exception("status part %r failed", name)
+            continue
+        if shown is not None:
+            out[name] = dict(shown)
+    return out
+
+
 def _service_status(handle: ServiceHandle, now: float) -> dict[str, Any]:
     snap: Snapshot = handle.monitor.snapshot
     service = snap.service
@@ -99,6 +126,7 @@ def _service_status(handle: ServiceHandle, now: float) -> dict[str, Any]:
         },
         "open_connections": sum(conns.values()),
         "datasources": datasources,
+        "parts": _parts(service.name),
     }
 
 

@@ -153,6 +153,17 @@ def test_sqlrouter_agent_runs_the_automatic_failover_of_opted_in_services(
             )
 
         wait_until(healthy, 60, "the agent's runner registered and decided")
+        socket = tmp_path / "sqlrouter" / f"{proc.pid}.sock"
+        res = subprocess.run(
+            [sys.executable, "-m", "sqlrouter", "admin", "--socket", str(socket), "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        assert "automatic failover: agent " in res.stdout
+        assert ", leader (term " in res.stdout and "healthy (db1): db1 answers" in res.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, (tmp_path / "agent.log").read_text(errors="replace")
