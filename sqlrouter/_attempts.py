@@ -3,6 +3,7 @@ they end with (no I/O: the connection does the connecting)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import Error, OperationalError, RoutingError
@@ -53,11 +54,14 @@ def auth_error(url: ServiceURL, errno: int, failures: list[str]) -> OperationalE
     )
 
 
-def refused_everywhere(snapshot: Snapshot) -> OperationalError | None:
+def refused_everywhere(
+    snapshot: Snapshot, refused_in: Callable[[Snapshot], tuple[int, str] | None] = logins_refused
+) -> OperationalError | None:
     """The error to raise when the monitor's own logins were refused by every server:
     nothing can be observed, so nothing can be routed, and the cause is the account
-    (see :func:`sqlrouter.routing.router.logins_refused`)."""
-    refused = logins_refused(snapshot)
+    (see :func:`sqlrouter.routing.router.logins_refused`, or ``refused_in``: the same,
+    remembered per snapshot by the service's handle)."""
+    refused = refused_in(snapshot)
     if refused is None:
         return None
     errno, message = refused

@@ -221,6 +221,7 @@ class PyMySQLConnection(_Base):
         _result: MySQLResult | None
         _affected_rows: int
         _read_timeout: float | None
+        _write_timeout: float | None
         _sock: object
         ssl: bool
         _ssl_required: bool
@@ -257,17 +258,23 @@ class PyMySQLConnection(_Base):
         """PyMySQL's connect, with the TCP connect and the handshake bounded by ``timeout``.
 
         PyMySQL reads the handshake with ``read_timeout`` (None: forever), so a frozen
-        server that still accepts TCP connections would hang the connect.
+        server that still accepts TCP connections would hang the connect.  Its writes get
+        the same bound: PyMySQL sets the socket's timeout again whenever the one it needs
+        changes (a system call each way), so one timeout for both saves that at every
+        round trip of the handshake.
         """
         read_timeout = self._read_timeout
+        write_timeout = self._write_timeout
         connect_timeout = self.connect_timeout
         self.connect_timeout = timeout
         self._read_timeout = timeout if read_timeout is None else min(timeout, read_timeout)
+        self._write_timeout = self._read_timeout
         try:
             pymysql.connections.Connection.connect(self)
         finally:
-            # PyMySQL re-applies _read_timeout to the socket at the next read.
+            # PyMySQL re-applies its timeouts to the socket at the next read or write.
             self._read_timeout = read_timeout
+            self._write_timeout = write_timeout
             self.connect_timeout = connect_timeout
 
     def _first_value_within(self, sql: str, seconds: float) -> Any:

@@ -69,7 +69,7 @@ from .errors import (
 from .gtid import EMPTY, CausalToken
 from .qos import QoS
 from .routing.health import Snapshot
-from .routing.router import Decision, Policy, choose, observed_master, reroute, wait_here
+from .routing.router import Decision, Policy, observed_master, reroute, wait_here
 from .routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
 from .topology import Credentials, DataSource
 from .url import Consistency, ServiceURL, parse_url
@@ -286,15 +286,15 @@ class Connection(GtidCapture):
         handle = self._handle
         url = self._url
         snapshot = handle.snapshot(
-            Credentials(url.user or "", url.password or ""),
+            _credentials(url.user or "", url.password or ""),
             timeout=max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - time.monotonic())),
         )
-        refused = refused_everywhere(snapshot)
+        refused = refused_everywhere(snapshot, handle.logins_refused)
         if refused is not None:
             raise refused
         policy = self._policy(snapshot, attempt.exclude, allow_wait=attempt.allow_wait)
         try:
-            decision = choose(snapshot, policy, turn=handle.next_turn(), now=time.monotonic())
+            decision = handle.choose(snapshot, policy, now=time.monotonic())
         except NoMasterAvailable as exc:
             raise TryAgain(with_failures(exc, attempt.failures)) from None
         except RoutingError as exc:
@@ -824,6 +824,10 @@ def _parse_cached(url: str | None, items: tuple[tuple[str, Any], ...]) -> Servic
     return parse_url(url, **dict(items))
 
 
+#: The application's credentials, shared by its connects (a value: immutable).
+_credentials = functools.lru_cache(maxsize=128)(Credentials)
+
+
 def _parse(url: str | ServiceURL | None, kwargs: dict[str, Any]) -> ServiceURL:
     """parse_url, remembered for the URLs a process uses again and again (a ServiceURL
     is immutable, so sharing one is safe)."""
@@ -847,6 +851,6 @@ def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> Connection
     it was rejected.
     """
     parsed = _parse(url, kwargs)
-    creds = Credentials(parsed.user or "", parsed.password or "")
+    creds = _credentials(parsed.user or "", parsed.password or "")
     handle = handle_for(parsed.registry, parsed.service, creds)
     return Connection(parsed, handle)
