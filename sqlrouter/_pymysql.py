@@ -95,6 +95,10 @@ CHECKED: Final[Mapping[str, str]] = MappingProxyType(
         "Connection._read_ok_packet": "09cfef7de98ababaee11c3efeb9b20b1",
         "Connection._force_close": "0ad9bf02d8a88d73e8a97002101c495c",
         "Connection._create_ssl_ctx": "03fb3c944adac2ba172ec686e21ce672",
+        # p: set the socket's timeout from _read_timeout / _write_timeout when it changes
+        # (what _connect_within relies on to bound the handshake)
+        "Connection._read_packet": "befc04efe3c01b849d91f3b68278eed4",
+        "Connection._write_bytes": "2daf1e2f4b586ab64ba5b435176ece91",
         # c: copied in Result, keeping the EOF packet's server status
         "MySQLResult._check_packet_is_eof": "793363274b94b4699d6646e190a46ca0",
         # o: Result tells its connection when an unbuffered result ends
