@@ -35,6 +35,7 @@ from .errors import (
 )
 from .gtid import EMPTY, CausalToken
 from .qos import QoS
+from .topology import Credentials
 from .url import ServiceURL, parse_url
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from .routing.service import ServiceHandle
     from .topology import DataSource
 
-__all__ = ["INHERITED", "RoutedConnection", "parse_cached"]
+__all__ = ["INHERITED", "RoutedConnection", "credentials_of", "parse_cached"]
 
 logger = logging.getLogger("sqlrouter.connection")
 
@@ -183,7 +184,10 @@ class RoutedConnection:
         """Where this attempt connects (:func:`sqlrouter._attempts.decide`); the protocol
         connects there next."""
         url = self._url
-        decision = decide(url, self._state, snapshot, attempt, self._handle.next_turn())
+        handle = self._handle
+        decision = decide(
+            url, self._state, snapshot, attempt, handle.choose, refused_in=handle.logins_refused
+        )
         ds = decision.datasource
         logger.debug(
             "service %r qos=%s: connecting to %s: %s",
@@ -300,3 +304,8 @@ def parse_cached(url: str | ServiceURL | None, kwargs: dict[str, Any]) -> Servic
         return _parse_cached(url, tuple(sorted(kwargs.items())))
     except TypeError:  # an unhashable keyword value (an ssl dict, say)
         return parse_url(url, **kwargs)
+
+
+#: The application's credentials, made once per user and password and shared by its
+#: connects (a Credentials is an immutable value).
+credentials_of = functools.lru_cache(maxsize=128)(Credentials)
