@@ -31,11 +31,13 @@ import tenacity
 from pymysql.charset import charset_by_name
 from pymysql.constants import SERVER_STATUS
 
+from . import telemetry
 from ._attempts import (
     Attempt,
     TryAgain,
     auth_error,
     refused_everywhere,
+    routed,
     stale_after_connect,
     with_failures,
 )
@@ -285,19 +287,24 @@ class Connection(GtidCapture):
         """One routing decision and one connection attempt; TryAgain to go on."""
         handle = self._handle
         url = self._url
+        started = time.monotonic()
         snapshot = handle.snapshot(
             Credentials(url.user or "", url.password or ""),
-            timeout=max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - time.monotonic())),
+            timeout=max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - started)),
         )
         refused = refused_everywhere(snapshot)
         if refused is not None:
+            if telemetry.observers:
+                self._observe(snapshot, None, None, started, refused)
             raise refused
         policy = self._policy(snapshot, attempt.exclude, allow_wait=attempt.allow_wait)
         try:
             decision = choose(snapshot, policy, turn=handle.next_turn(), now=time.monotonic())
-        except NoMasterAvailable as exc:
-            raise TryAgain(with_failures(exc, attempt.failures)) from None
         except RoutingError as exc:
+            if telemetry.observers:
+                self._observe(snapshot, policy, None, started, exc)
+            if isinstance(exc, NoMasterAvailable):
+                raise TryAgain(with_failures(exc, attempt.failures)) from None
             if attempt.auth_failures and len(attempt.auth_failures) == len(attempt.failures):
                 raise auth_error(url, attempt.auth_errno, attempt.auth_failures) from None
             raise with_failures(exc, attempt.failures) from None
@@ -323,6 +330,8 @@ class Connection(GtidCapture):
                 attempt.auth_failures.append(failure)
                 if url.qos is QoS.RW_STRICT:
                     raise auth_error(url, exc.args[0], [failure]) from exc
+            if telemetry.observers:
+                self._observe(snapshot, policy, decision, started, exc)
             if url.qos is QoS.RW_STRICT:
                 error = OperationalError(
                     exc.args[0],
@@ -337,6 +346,8 @@ class Connection(GtidCapture):
                     f"{url.connect_timeout:g}s: {'; '.join(attempt.failures)}",
                 )
             raise TryAgain(error) from exc
+        if telemetry.observers:
+            self._observe(snapshot, policy, decision, started, None)
         self.datasource = ds
         self.decision = decision
         state = self._state
@@ -360,6 +371,30 @@ class Connection(GtidCapture):
             if stale is not None:
                 self.invalidate(stale)
 
+    def _observe(
+        self,
+        snapshot: Snapshot,
+        policy: Policy | None,
+        decision: Decision | None,
+        started: float,
+        error: Error | None,
+    ) -> None:
+        """Hand one attempt's record to the telemetry observers (only called when there
+        are some: see :mod:`sqlrouter.telemetry`)."""
+        # PyMySQL's server_version (untyped): the handshake's version string.
+        version = getattr(self, "server_version", "") if error is None else ""
+        record = routed(
+            self._url,
+            snapshot,
+            policy,
+            decision,
+            started=started,
+            ended=time.monotonic(),
+            error=error,
+            server_version=version or "",
+        )
+        telemetry.emit(record)
+
     # -- session consistency -------------------------------------------------------
 
     def _after_connect(self, snapshot: Snapshot, decision: Decision) -> bool:
@@ -376,7 +411,12 @@ class Connection(GtidCapture):
                 self._enable_gtid_tracking()
             return True
         if decision.needs_wait is not None:
-            if not self._gtid_wait(decision.needs_wait):
+            started = time.monotonic()
+            caught_up = self._gtid_wait(decision.needs_wait)
+            if telemetry.observers:
+                outcome: telemetry.CheckOutcome = "waited" if caught_up else "moved"
+                self._checked(outcome, started, decision.needs_wait)
+            if not caught_up:
                 logger.debug(
                     "service %r: %s did not reach %s within consistency_wait %gs",
                     self._url.service,
@@ -388,6 +428,8 @@ class Connection(GtidCapture):
                 return False
             state.checked(session.version)
         else:
+            if session.token and telemetry.observers:
+                self._checked("free", None, session.token)
             # Monotonic reads: later reads of the session require what this one may see.
             session.advance(health.position)
             state.merged_generation = snapshot.generation
@@ -414,6 +456,9 @@ class Connection(GtidCapture):
                 exc.args[-1],
             )
             self._state.gtid_by_select = True
+            if telemetry.observers:
+                name = self.datasource.name if self.datasource is not None else ""
+                telemetry.emit(telemetry.GtidFallback(self._url.service, name))
 
     def _gtid_wait(self, token: CausalToken) -> bool:
         """``MASTER_GTID_WAIT(token, consistency_wait)`` in one round trip."""
@@ -463,18 +508,47 @@ class Connection(GtidCapture):
             version = session.version
         token = session.token
         if health.position.covers(token):
+            if telemetry.observers:
+                self._checked("free", None, token)
             state.checked(version)
             return
         # Not known to have the token: wait for it here (one round trip) unless another
         # replica is clearly closer to it (moving costs a new connection).
         why = f"{ds.name} has not applied {token}"
         if not wait_here(snapshot, ds.name, self._policy(snapshot, frozenset())):
+            if telemetry.observers:
+                self._checked("moved", None, token)
             self._move(why)
-        elif self._gtid_wait(token):
+            return
+        started = time.monotonic()
+        caught_up = self._gtid_wait(token)
+        if telemetry.observers:
+            self._checked("waited" if caught_up else "moved", started, token)
+        if caught_up:
             state.checked(version)
         else:
             # It did not catch up in time: the next server is one that needs no wait.
             self._move(why, allow_wait=False)
+
+    def _checked(
+        self, outcome: telemetry.CheckOutcome, started: float | None, token: CausalToken
+    ) -> None:
+        """Hand a consistency check's record to the telemetry observers (``started``:
+        when its ``MASTER_GTID_WAIT`` began, ``None`` when none ran)."""
+        ds = self.datasource
+        if ds is None:
+            return
+        now = time.monotonic()
+        telemetry.emit(
+            telemetry.ConsistencyCheck(
+                service=self._url.service,
+                datasource=ds,
+                outcome=outcome,
+                started=now if started is None else started,
+                waited=0.0 if started is None else now - started,
+                token=token,
+            )
+        )
 
     def check_route(self, snapshot: Snapshot) -> None:
         """After a monitor round (in the monitor's thread): a relaxed connection whose
@@ -492,6 +566,8 @@ class Connection(GtidCapture):
         )
         if why is not None:
             state.invalidate(why, at_transaction_boundary=True)
+            if telemetry.observers:
+                telemetry.emit(telemetry.Invalidated(self._url.service, ds.name, "reroute"))
 
     def _move(
         self, why: str, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True

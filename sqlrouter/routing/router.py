@@ -154,6 +154,9 @@ class Decision:
     #: The datasource is the master (RW_STRICT, or a RO_RELAXED fallback): it has every
     #: write, so a session's token needs no check there.
     on_master: bool = False
+    #: A fallback because replicas within ``max_lag`` lack the session's token (and
+    #: none could be waited for), not because none is within ``max_lag``.
+    for_token: bool = False
 
 
 def choose(
@@ -619,7 +622,7 @@ def _choose_replica(snapshot: Snapshot, policy: Policy, turn: int) -> Decision:
     ):
         details = _ro_details(snapshot, policy, m, skip=master)
         reason = f"fallback to master {master.name}: {head}: {details}"
-        return Decision(master, reason, is_fallback=True, on_master=True)
+        return Decision(master, reason, is_fallback=True, on_master=True, for_token=bool(behind))
 
     if policy.fallback is Fallback.ERROR:
         head += ", and fallback=error"
