@@ -24,11 +24,12 @@ parameter or a bad value ``400`` saying what is accepted; other methods ``405``.
 server listens on loopback unless ``allow_remote``; it never opens a file, resolves a
 name or connects anywhere to answer.  Each client has ``timeout`` seconds in all to send
 a request of at most :data:`MAX_REQUEST` bytes, and at most ``max_clients`` are served
-at once (the others are closed at once).
+at once (the others get ``503`` at once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -224,6 +225,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.owner._slots.acquire(blocking=False):
             logger.debug("health: %s: too many clients, closed", client_address)
+            with contextlib.suppress(OSError):  # a few bytes into an empty socket buffer
+                request.setblocking(False)
+                request.send(_text(503, "busy: too many clients").encode())
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
@@ -233,6 +237,18 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.owner._slots.release()
+
+
+def _recv(sock: socket.socket, deadline: float) -> bytes | None:
+    """What the client sent next (``b""``: it closed); ``None`` past ``deadline``."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    sock.settimeout(remaining)
+    try:
+        return sock.recv(4096)
+    except TimeoutError:
+        return None
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -248,12 +264,11 @@ class _Handler(socketserver.BaseRequestHandler):
                 if len(data) > MAX_REQUEST:
                     sock.sendall(_text(431, f"request over {MAX_REQUEST} bytes").encode())
                     return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                chunk = _recv(sock, deadline)
+                if chunk is None:
+                    sock.settimeout(owner.timeout)
                     sock.sendall(_text(408, "request not received in time").encode())
                     return
-                sock.settimeout(remaining)
-                chunk = sock.recv(4096)
                 if not chunk:
                     if not data:
                         return

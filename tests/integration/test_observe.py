@@ -1,0 +1,458 @@
+"""Metrics, spans and the health endpoint against a real sandbox cluster."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.pymysql import PyMySQLInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+import sqlrouter
+from sqlrouter import control
+from sqlrouter._runtime import handles
+from sqlrouter.observe import metrics as observe_metrics
+from sqlrouter.observe import otel
+from sqlrouter.observe.health import MAX_REQUEST, HealthServer
+from sqlrouter.sandbox import Sandbox
+from sqlrouter.switchover import switchover
+from tests.fixtures.helpers import node_of, wait_until
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture
+def metrics() -> Iterator[observe_metrics.Metrics]:
+    m = observe_metrics.enable(registry=CollectorRegistry())
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[InMemorySpanExporter, TracerProvider, InMemoryMetricReader]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    tracing = otel.enable(tracer_provider=provider, meter_provider=meters)
+    try:
+        yield exporter, provider, reader
+    finally:
+        tracing.close()
+        provider.shutdown()
+        meters.shutdown()
+
+
+def value(m: observe_metrics.Metrics, name: str, **labels: str) -> float:
+    found = m.registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.name == name]
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - our loopback server
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def raw(server: HealthServer, data: bytes, *, timeout: float = 10.0) -> bytes:
+    with socket.create_connection(server.address, timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- metrics -------------------------------------------------------------------------
+
+
+def test_metrics_count_connects_and_decisions_and_report_each_datasource(
+    cluster: Sandbox, metrics: observe_metrics.Metrics
+) -> None:
+    for _ in range(3):
+        sqlrouter.connect(cluster.url("RW_STRICT")).close()
+    for _ in range(4):
+        with sqlrouter.connect(cluster.url("RO_RELAXED")) as conn:
+            assert node_of(cluster, conn) in {"db2", "db3"}
+    (handle,) = handles()
+    for name in ("db2", "db3"):
+        handle.monitor.set_offline(name, True)
+    try:
+        with pytest.raises(sqlrouter.NoReplicaAvailable):
+            sqlrouter.connect(cluster.url("RO_RELAXED", fallback="error"))
+        with sqlrouter.connect(cluster.url("RO_RELAXED")) as conn:
+            assert node_of(cluster, conn) == "db1"
+    finally:
+        for name in ("db2", "db3"):
+            handle.monitor.set_offline(name, False)
+    ok = {"service": "sandbox", "outcome": "ok"}
+    assert value(metrics, "sqlrouter_connects_total", datasource="db1", qos="RW_STRICT", **ok) == 3
+    on_replicas = sum(
+        value(metrics, "sqlrouter_connects_total", datasource=n, qos="RO_RELAXED", **ok)
+        for n in ("db2", "db3")
+    )
+    assert on_replicas == 4
+    decided = {"service": "sandbox"}
+    assert value(
+        metrics, "sqlrouter_routing_decisions_total", qos="RW_STRICT", verdict="master",
+        reason="ok", **decided,
+    ) == 3  # fmt: skip
+    assert value(
+        metrics, "sqlrouter_routing_decisions_total", qos="RO_RELAXED", verdict="replica",
+        reason="ok", **decided,
+    ) == 4  # fmt: skip
+    assert value(
+        metrics, "sqlrouter_routing_decisions_total", qos="RO_RELAXED", verdict="refused",
+        reason="no_replica", **decided,
+    ) == 1  # fmt: skip
+    assert value(
+        metrics, "sqlrouter_routing_decisions_total", qos="RO_RELAXED", verdict="fallback",
+        reason="no_replica", **decided,
+    ) == 1  # fmt: skip
+    assert value(metrics, "sqlrouter_datasource_online", datasource="db2", service="sandbox") == 1
+    # What the monitor saw, read at scrape time from its snapshot.
+    ds = {"service": "sandbox"}
+    assert value(metrics, "sqlrouter_datasource_up", datasource="db2", **ds) == 1
+    assert value(metrics, "sqlrouter_datasource_online", datasource="db2", **ds) == 1
+    assert value(metrics, "sqlrouter_datasource_read_only", datasource="db1", **ds) == 0
+    assert value(metrics, "sqlrouter_datasource_read_only", datasource="db3", **ds) == 1
+    assert value(metrics, "sqlrouter_datasource_role", datasource="db1", role="master", **ds) == 1
+    assert value(metrics, "sqlrouter_datasource_role", datasource="db2", role="replica", **ds) == 1
+    lag = metrics.registry.get_sample_value(
+        "sqlrouter_datasource_lag_seconds", {"datasource": "db2", **ds}
+    )
+    assert lag is not None and lag >= 0
+    wait_until(
+        lambda: value(metrics, "sqlrouter_monitor_round_duration_seconds_count", **ds) > 0,
+        timeout=10,
+        what="a monitor round counted",
+    )
+    text = metrics.exposition().decode()
+    assert "sqlrouter_connects_total{" in text and cluster.state.app.password not in text
+    # Closed: nothing counted any more, and the families are gone from the registry.
+    metrics.close()
+    sqlrouter.connect(cluster.url("RW_STRICT")).close()
+    assert metrics.registry.get_sample_value("sqlrouter_connects_total", {**ok}) is None
+    assert "sqlrouter_" not in metrics.exposition().decode()
+
+
+def test_without_the_extras_nothing_is_imported(cluster: Sandbox) -> None:
+    """A process that routes, with no observer, loads neither library."""
+    code = (
+        "import sys, sqlrouter\n"
+        f"sqlrouter.connect({cluster.url('RO_RELAXED')!r}).close()\n"
+        f"sqlrouter.connect({cluster.url('RW_STRICT')!r}).close()\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('prometheus_client', 'opentelemetry') or m.startswith('sqlrouter.observe'))\n"
+        "print(loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_control_commands_are_counted(
+    cluster: Sandbox, metrics: observe_metrics.Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = Path(tempfile.mkdtemp(prefix="sqlrobs"))
+    try:
+        monkeypatch.setenv("SQLROUTER_CONTROL", str(base / "d"))
+        sqlrouter.connect(cluster.url("RW_STRICT")).close()
+        server = control.current()
+        assert server is not None and server.socket_path is not None
+        assert control.request(server.socket_path, {"cmd": "status"})["ok"]
+        refused = control.request(
+            server.socket_path, {"cmd": "offline", "service": "sandbox", "datasource": "db9"}
+        )
+        assert not refused["ok"]
+        assert (
+            value(metrics, "sqlrouter_control_commands_total", command="status", outcome="ok") == 1
+        )
+        assert (
+            value(metrics, "sqlrouter_control_commands_total", command="offline", outcome="error")
+            == 1
+        )
+    finally:
+        sqlrouter.shutdown()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# --- spans ---------------------------------------------------------------------------
+
+
+def test_a_span_per_routed_connect_beside_pymysql_instrumentation(
+    cluster: Sandbox,
+    spans: tuple[InMemorySpanExporter, TracerProvider, InMemoryMetricReader],
+) -> None:
+    exporter, provider, _ = spans
+    tracer = provider.get_tracer("the application")
+    with tracer.start_as_current_span("request") as request:
+        conn = sqlrouter.connect(cluster.url("RO_RELAXED"))
+        # The documented combination: instrument_connection() on the connection object
+        # (PyMySQLInstrumentor().instrument() patches pymysql.connect, not sqlrouter's).
+        traced = PyMySQLInstrumentor().instrument_connection(  # type: ignore[no-untyped-call]
+            conn, tracer_provider=provider
+        )
+        cur = traced.cursor()
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+        cur.close()
+        conn.close()
+    (connect,) = named(exporter, "sqlrouter connect")
+    assert conn.datasource is not None
+    attrs = dict(connect.attributes or {})
+    assert attrs["db.system.name"] == "mariadb"
+    assert attrs["server.address"] == "127.0.0.1"
+    assert attrs["server.port"] == conn.datasource.port
+    assert attrs["db.namespace"] == cluster.state.database
+    assert attrs["sqlrouter.datasource"] == conn.datasource.name
+    assert attrs["sqlrouter.qos"] == "RO_RELAXED"
+    assert attrs["sqlrouter.verdict"] == "replica"
+    assert str(attrs["sqlrouter.decision"]).startswith(f"replica {conn.datasource.name} lag ")
+    assert isinstance(attrs["sqlrouter.lag_seconds"], float)
+    assert connect.kind is trace.SpanKind.CLIENT
+    selects = [s for s in exporter.get_finished_spans() if s.name.startswith("SELECT")]
+    assert len(selects) == 1, [s.name for s in exporter.get_finished_spans()]
+    parent = request.get_span_context().span_id
+    assert connect.parent is not None and connect.parent.span_id == parent
+    assert selects[0].parent is not None and selects[0].parent.span_id == parent
+    select_attrs = dict(selects[0].attributes or {})
+    assert select_attrs.get("net.peer.port", select_attrs.get("server.port")) == (
+        conn.datasource.port
+    )
+    assert connect.end_time is not None and connect.start_time is not None
+    assert connect.end_time <= (selects[0].start_time or 0)
+    for span in exporter.get_finished_spans():
+        assert cluster.state.app.password not in json.dumps(dict(span.attributes or {}))
+
+
+def test_a_refused_connect_is_an_error_span(
+    cluster: Sandbox,
+    spans: tuple[InMemorySpanExporter, TracerProvider, InMemoryMetricReader],
+) -> None:
+    exporter, _, _ = spans
+    sqlrouter.connect(cluster.url("RW_STRICT")).close()  # the monitor has seen the servers
+    (handle,) = handles()
+    for name in ("db2", "db3"):
+        handle.monitor.set_offline(name, True)
+    try:
+        with pytest.raises(sqlrouter.NoReplicaAvailable):
+            sqlrouter.connect(cluster.url("RO_RELAXED", fallback="error"))
+    finally:
+        for name in ("db2", "db3"):
+            handle.monitor.set_offline(name, False)
+    refused = [
+        s
+        for s in named(exporter, "sqlrouter connect")
+        if (s.attributes or {}).get("sqlrouter.verdict") == "refused"
+    ]
+    assert len(refused) == 1
+    assert refused[0].status.status_code is trace.StatusCode.ERROR
+    assert (refused[0].attributes or {})["error.type"] == "no_replica"
+    assert (refused[0].attributes or {})["db.system.name"] == "mariadb"
+
+
+# --- the health endpoint -------------------------------------------------------------
+
+
+def test_the_health_endpoint_over_http(cluster: Sandbox, metrics: observe_metrics.Metrics) -> None:
+    sqlrouter.connect(cluster.url("RW_STRICT")).close()  # this process watches the service
+    with HealthServer(
+        "127.0.0.1:0",
+        metrics=lambda: (metrics.exposition(), observe_metrics.CONTENT_TYPE),
+        timeout=1.0,
+    ) as server:
+        base = server.url
+        status, kind, body = get(f"{base}/health/sandbox/db2?max_lag=5")
+        assert (status, kind) == (200, "text/plain; charset=utf-8")
+        assert body.startswith("up: db2 replica, lag ")
+        assert get(f"{base}/health/sandbox/db1?role=master")[::2] == (
+            200,
+            "up: db1 is the master\n",
+        )
+        assert get(f"{base}/health/sandbox/db1")[::2] == (503, "down: db1 writable master\n")
+        assert get(f"{base}/health/sandbox/nope")[0] == 404
+        assert get(f"{base}/health/sandbox/db2?max_lag=x")[0] == 400
+        status, kind, body = get(f"{base}/metrics")
+        assert status == 200 and kind.startswith("text/plain") and "sqlrouter_datasource_up" in body
+        status, kind, body = get(f"{base}/status")
+        assert (status, kind) == (200, "application/json")
+        (svc,) = json.loads(body)["services"]
+        assert svc["master"] == "db1"
+        assert cluster.state.app.password not in body
+        assert cluster.state.admin.password not in body
+        # Garbage, oversized and silent clients get an answer (or are closed), never a crash.
+        assert raw(server, b"\x16\x03\x01\x00\xff garbage\r\n\r\n").startswith(b"HTTP/1.0 400 ")
+        assert raw(server, b"GET /" + b"a" * MAX_REQUEST + b"\r\n").startswith(b"HTTP/1.0 431 ")
+        assert raw(server, b"GET /status HTTP/1.1\r\n").startswith(b"HTTP/1.0 408 ")
+        assert raw(server, b"").startswith(b"HTTP/1.0 408 ")
+        # Still serving after all of it.
+        assert get(f"{base}/health/sandbox/db3?max_lag=5")[0] == 200
+    with pytest.raises(OSError):
+        socket.create_connection(server.address, timeout=2).close()
+
+
+def test_the_health_endpoint_serves_a_bounded_number_of_clients(cluster: Sandbox) -> None:
+    sqlrouter.connect(cluster.url("RW_STRICT")).close()
+    with HealthServer("127.0.0.1:0", timeout=10.0, max_clients=2) as server:
+        silent = [socket.create_connection(server.address, timeout=10) for _ in range(2)]
+        try:
+            assert raw(server, b"GET /status HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 503 ")
+        finally:
+            for sock in silent:
+                sock.close()
+        wait_until(
+            lambda: raw(server, b"GET /status HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 "),
+            timeout=10,
+            what="served again once the silent clients left",
+        )
+
+
+def test_lag_and_switchover_seen_by_metrics_spans_and_the_endpoint(
+    fresh_cluster: Sandbox,
+    metrics: observe_metrics.Metrics,
+    spans: tuple[InMemorySpanExporter, TracerProvider, InMemoryMetricReader],
+) -> None:
+    sb = fresh_cluster
+    exporter, _, reader = spans
+    url = sb.url("RO_RELAXED", max_lag=30, consistency_wait=10)
+    with HealthServer("127.0.0.1:0") as server:
+        sqlrouter.connect(sb.url("RW_STRICT")).close()
+        for replica in ("db2", "db3"):
+            sb.fault(replica, "delay", 2)
+        try:
+            # A write in a session, then a relaxed read: the replicas apply it 2 s late,
+            # so the read waits for it (MASTER_GTID_WAIT) within consistency_wait.
+            with sqlrouter.session():
+                rw = sqlrouter.connect(sb.url("RW_STRICT"))
+                with rw.cursor() as cur:
+                    cur.execute("CREATE TABLE IF NOT EXISTS obs (id INT PRIMARY KEY)")
+                    cur.execute("REPLACE INTO obs VALUES (1)")
+                rw.commit()
+                ro = sqlrouter.connect(url)
+                with ro.cursor() as cur:
+                    cur.execute("SELECT COUNT(*) FROM obs")
+                    assert cur.fetchone() == (1,)
+                rw.close()
+                ro.close()
+            svc = {"service": "sandbox"}
+            assert (
+                value(metrics, "sqlrouter_consistency_checks_total", outcome="waited", **svc) == 1
+            )
+            assert value(metrics, "sqlrouter_consistency_wait_seconds_count", **svc) == 1
+            assert value(metrics, "sqlrouter_consistency_wait_seconds_sum", **svc) > 0
+            (wait,) = named(exporter, "sqlrouter consistency_wait")
+            assert (wait.attributes or {})["sqlrouter.outcome"] == "waited"
+            data = reader.get_metrics_data()
+            assert data is not None
+            durations = [
+                m
+                for rm in data.resource_metrics
+                for sm in rm.scope_metrics
+                for m in sm.metrics
+                if m.name == "db.client.operation.duration"
+            ]
+            assert len(durations) == 1 and durations[0].unit == "s"
+            # The lag passes 1 s: the endpoint says so, the gauge shows it.
+            wait_until(
+                lambda: get(f"{server.url}/health/sandbox/db2?max_lag=1")[0] == 503,
+                timeout=15,
+                what="db2 down at max_lag=1",
+            )
+            status, _, body = get(f"{server.url}/health/sandbox/db2?max_lag=1")
+            assert status == 503 and body.startswith("down: db2 lag "), body
+            lag = metrics.registry.get_sample_value(
+                "sqlrouter_datasource_lag_seconds", {"service": "sandbox", "datasource": "db2"}
+            )
+            assert lag is not None and lag > 1
+        finally:
+            for replica in ("db2", "db3"):
+                sb.fault(replica, "resume")
+        wait_until(
+            lambda: get(f"{server.url}/health/sandbox/db2?max_lag=1")[0] == 200,
+            timeout=20,
+            what="db2 up again",
+        )
+        # A switchover: counted, traced, and the writer's connection invalidated.
+        rw = sqlrouter.connect(sb.url("RW_STRICT"))
+        switchover(sb.service(), "db2", timeout=30)
+        wait_until(
+            lambda: (
+                value(
+                    metrics,
+                    "sqlrouter_invalidations_total",
+                    service="sandbox",
+                    cause="master_changed",
+                )
+                >= 1
+            ),
+            timeout=10,
+            what="the writer's connection invalidated",
+        )
+        rw.close()
+        assert value(metrics, "sqlrouter_master_changes_total", service="sandbox") >= 1
+        ok = {"service": "sandbox", "operation": "switchover"}
+        assert value(metrics, "sqlrouter_topology_operations_total", outcome="ok", **ok) == 1
+        assert value(metrics, "sqlrouter_topology_operation_duration_seconds_count", **ok) == 1
+        (run,) = named(exporter, "sqlrouter switchover")
+        assert (run.attributes or {})["sqlrouter.target"] == "db2"
+        wait_until(
+            lambda: get(f"{server.url}/health/sandbox/db2?role=master")[0] == 200,
+            timeout=10,
+            what="db2 the master",
+        )
+        assert get(f"{server.url}/health/sandbox/db1?role=master")[0] == 503
+
+
+def test_a_lost_server_is_down_and_counted(
+    fresh_cluster: Sandbox, metrics: observe_metrics.Metrics
+) -> None:
+    sb = fresh_cluster
+    sqlrouter.connect(sb.url("RW_STRICT")).close()
+    with HealthServer("127.0.0.1:0") as server:
+        sb.fault("db3", "kill")
+        wait_until(
+            lambda: get(f"{server.url}/health/sandbox/db3")[0] == 503,
+            timeout=10,
+            what="db3 down",
+        )
+        assert get(f"{server.url}/health/sandbox/db3")[2].startswith("down: db3 unreachable")
+        wait_until(
+            lambda: (
+                value(
+                    metrics,
+                    "sqlrouter_monitor_probe_failures_total",
+                    service="sandbox",
+                    datasource="db3",
+                )
+                > 0
+            ),
+            timeout=10,
+            what="a probe failure counted",
+        )
+        assert value(metrics, "sqlrouter_datasource_up", service="sandbox", datasource="db3") == 0
