@@ -1,5 +1,5 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run).
-# On a fresh Debian/Ubuntu machine it installs what is missing: the MariaDB server,
+# On a fresh Debian/Ubuntu machine it installs what is missing: the MariaDB server, HAProxy,
 # Python's venv module, then a virtual environment in .venv with sqlrouter and its
 # extras.  Every step is skipped when already done.
 set -euo pipefail
@@ -24,6 +24,15 @@ have_mariadbd() {
 
 if ! have_mariadbd; then
     apt_install mariadb-server
+fi
+
+have_haproxy() {
+    command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]
+}
+
+# tests/integration/test_haproxy_health.py and scripts/bench run Debian's haproxy.
+if ! have_haproxy; then
+    apt_install haproxy
 fi
 
 if [ -z "$PYTHON" ]; then
