@@ -236,7 +236,7 @@ class Metrics:
         return f"<Metrics {state}, {len(self._families) + 6} families>"
 
     def start(self) -> Metrics:
-        """Start counting (idempotent)."""
+        """Start counting (idempotent; again after :meth:`stop`)."""
         if not self._registrations:
             self._registrations = [
                 telemetry.add(self.observe),
@@ -244,11 +244,15 @@ class Metrics:
             ]
         return self
 
-    def close(self) -> None:
-        """Stop counting and remove every family from the registry."""
+    def stop(self) -> None:
+        """Stop counting; the families stay in the registry with their values."""
         for registration in self._registrations:
             registration.cancel()
         self._registrations = []
+
+    def close(self) -> None:
+        """Stop counting and remove every family from the registry."""
+        self.stop()
         for family in [*self._families, self._collector]:
             with contextlib.suppress(KeyError):  # closed already
                 self.registry.unregister(family)
