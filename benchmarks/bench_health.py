@@ -56,6 +56,8 @@ FAULTS: Final = (("lag", ("delay", 3.0)), ("io thread", ("stop-io", None)))
 #: Seconds until each side changed (None: not within the window), for one fault.
 Times = dict[str, float | None]
 Trial = dict[str, Times]
+#: The key of Times holding how long the sides were watched.
+WATCHED: Final = "watched"
 
 
 def _log(message: str) -> None:
@@ -95,6 +97,7 @@ def _until(proxy: HttpCheckProxy, name: str, want: bool) -> Times:
         if found[SIDES[0]] is not None and found[SIDES[2]] is not None:
             stop_at = min(stop_at, start + max(found[SIDES[0]] or 0, found[SIDES[2]] or 0) + GRACE)
         time.sleep(0.02)
+    found[WATCHED] = time.monotonic() - start
     return found
 
 
@@ -111,10 +114,10 @@ def trial(sb: Sandbox, proxy: HttpCheckProxy, fault: tuple[str, float | None]) -
     return {"leave": leave, "back": back}
 
 
-def _fmt(values: Sequence[float | None], window: float) -> str:
+def _fmt(values: Sequence[float | None], watched: Sequence[float | None]) -> str:
     got = [v for v in values if v is not None]
     if not got:
-        return f"never (not within {window:g} s)"
+        return f"never (watched {min(w or 0.0 for w in watched):.1f} s or more)"
     text = f"{median(got):.2f} s [{min(got):.2f}-{max(got):.2f}]"
     missing = len(values) - len(got)
     return text + (f", {missing} never" if missing else "")
@@ -127,7 +130,9 @@ def report(results: dict[str, list[Trial]], when: dt.datetime, load: str) -> str
         for side in SIDES:
             leave = [t["leave"][side] for t in trials]
             back = [t["back"][side] for t in trials]
-            rows.append([fault, side, _fmt(leave, WINDOW), _fmt(back, WINDOW)])
+            out = _fmt(leave, [t["leave"][WATCHED] for t in trials])
+            came_back = _fmt(back, [t["back"][WATCHED] for t in trials])
+            rows.append([fault, side, out, came_back if any(leave) else "- (never out)"])
     n = len(next(iter(results.values())))
     return "\n".join(
         [

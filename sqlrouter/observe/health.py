@@ -29,14 +29,10 @@ at once (the others get ``503`` at once).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import logging
 import math
-import socket
-import socketserver
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -48,6 +44,7 @@ from ..routing.explain import snapshot_rows
 from ..routing.health import Snapshot
 from ..routing.router import Policy, health_check, observed_master
 from ..topology import Role
+from ._listener import Listener, Protocol
 from ._snapshots import Snapshots, latest, watched_snapshots
 
 __all__ = [
@@ -56,6 +53,7 @@ __all__ = [
     "Response",
     "parse_address",
     "respond",
+    "verdict",
 ]
 
 logger = logging.getLogger("sqlrouter.observe.health")
@@ -168,33 +166,51 @@ def _health(
     if unknown or repeated:
         what = f"unknown parameter {unknown[0]!r}" if unknown else f"{repeated[0]} given twice"
         return _text(400, f"{what}: expected role=replica|master and max_lag=SECONDS")
-    role_text = params.get("role", ["replica"])[0]
+    role = params.get("role", ["replica"])[0]
+    max_lag = params["max_lag"][0] if "max_lag" in params else None
+    return _text(
+        *verdict(service, name, role_text=role, max_lag_text=max_lag, snapshots=snapshots, now=now)
+    )
+
+
+def verdict(
+    service: str,
+    name: str,
+    *,
+    role_text: str,
+    max_lag_text: str | None,
+    snapshots: dict[str, Snapshot],
+    now: float,
+) -> tuple[int, str]:
+    """``(HTTP status, one line)`` for datasource ``name`` of ``service`` as ``role_text``
+    (``replica`` or ``master``) within ``max_lag_text`` seconds (``None``: the service's
+    ``max_lag``): ``200`` and ``up: ...``, ``503`` and ``down: REASON``, or ``400``/``404``
+    saying what is wrong.  Pure (``now``: ``time.monotonic()``)."""
     if role_text not in ("replica", "master"):
-        return _text(400, f"role={role_text!r}: expected replica or master")
+        return 400, f"role={role_text!r}: expected replica or master"
     snap = snapshots.get(service)
     if snap is None:
         known = ", ".join(snapshots) or "none"
-        return _text(404, f"service {service!r} is not watched here (watched: {known})")
+        return 404, f"service {service!r} is not watched here (watched: {known})"
     if name not in {ds.name for ds in snap.datasources}:
         known = ", ".join(ds.name for ds in snap.datasources)
-        return _text(404, f"{name!r} is not a datasource of service {service!r} ({known})")
+        return 404, f"{name!r} is not a datasource of service {service!r} ({known})"
     max_lag = snap.service.max_lag
-    if "max_lag" in params:
-        text = params["max_lag"][0]
+    if max_lag_text is not None:
         try:
-            max_lag = float(text)
+            max_lag = float(max_lag_text)
         except ValueError:
             max_lag = math.nan
         if not math.isfinite(max_lag) or max_lag < 0:
-            return _text(400, f"max_lag={text!r}: expected a number of seconds >= 0")
+            return 400, f"max_lag={max_lag_text!r}: expected a number of seconds >= 0"
     role = Role(role_text)
     why = health_check(snap, name, role=role, max_lag=max_lag, now=now)
     if why is not None:
-        return _text(503, f"down: {name} {why}")
+        return 503, f"down: {name} {why}"
     if role is Role.MASTER:
-        return _text(200, f"up: {name} is the master")
+        return 200, f"up: {name} is the master"
     lag = snap.health_of(name).lag
-    return _text(200, f"up: {name} replica, lag {lag:.3f}s <= {max_lag:g}s")
+    return 200, f"up: {name} replica, lag {lag:.3f}s <= {max_lag:g}s"
 
 
 def _status(snapshots: dict[str, Snapshot], now: float) -> Response:
@@ -214,70 +230,6 @@ def _status(snapshots: dict[str, Snapshot], now: float) -> Response:
         )
     body = json.dumps({"services": services}, indent=1, default=str).encode("utf-8")
     return Response(200, body + b"\n", "application/json")
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-    owner: HealthServer
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.owner._slots.acquire(blocking=False):
-            logger.debug("health: %s: too many clients, closed", client_address)
-            with contextlib.suppress(OSError):  # a few bytes into an empty socket buffer
-                request.setblocking(False)
-                request.send(_text(503, "busy: too many clients").encode())
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.owner._slots.release()
-
-
-def _recv(sock: socket.socket, deadline: float) -> bytes | None:
-    """What the client sent next (``b""``: it closed); ``None`` past ``deadline``."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        return None
-    sock.settimeout(remaining)
-    try:
-        return sock.recv(4096)
-    except TimeoutError:
-        return None
-
-
-class _Handler(socketserver.BaseRequestHandler):
-    server: _Server
-
-    def handle(self) -> None:
-        owner = self.server.owner
-        sock: socket.socket = self.request
-        data = b""
-        deadline = time.monotonic() + owner.timeout
-        try:
-            while b"\n\r\n" not in data and b"\n\n" not in data:
-                if len(data) > MAX_REQUEST:
-                    sock.sendall(_text(431, f"request over {MAX_REQUEST} bytes").encode())
-                    return
-                chunk = _recv(sock, deadline)
-                if chunk is None:
-                    sock.settimeout(owner.timeout)
-                    sock.sendall(_text(408, "request not received in time").encode())
-                    return
-                if not chunk:
-                    if not data:
-                        return
-                    break
-                data += chunk
-            response, head = owner.answer(data)
-            sock.sendall(response.encode(head=head))
-        except OSError as exc:  # a client that went away, or sent nothing in time
-            logger.debug("health: %s: %s", self.client_address, exc)
 
 
 class HealthServer:
@@ -300,30 +252,32 @@ class HealthServer:
         max_clients: int = 32,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not timeout > 0 or not max_clients > 0:
-            raise ValueError(
-                f"timeout ({timeout!r}) and max_clients ({max_clients!r}) must be positive"
-            )
-        self._wanted = parse_address(address, allow_remote=allow_remote)
         self._snapshots = snapshots
         self._metrics = metrics
         self._clock = clock
-        self.timeout = timeout
-        self._slots = threading.BoundedSemaphore(max_clients)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._listener = Listener(
+            parse_address(address, allow_remote=allow_remote),
+            Protocol(
+                name="health",
+                complete=lambda data: b"\n\r\n" in data or b"\n\n" in data,
+                reply=self._reply,
+                limit=MAX_REQUEST,
+                too_large=_text(431, f"request over {MAX_REQUEST} bytes").encode(),
+                too_slow=_text(408, "request not received in time").encode(),
+                busy=_text(503, "busy: too many clients").encode(),
+            ),
+            timeout=timeout,
+            max_clients=max_clients,
+        )
 
     def __repr__(self) -> str:
-        state = f"listening on {self.url}" if self._server is not None else "stopped"
+        state = f"listening on {self.url}" if self._listener.running else "stopped"
         return f"<HealthServer {state}>"
 
     @property
     def address(self) -> tuple[str, int]:
         """Where it listens (the port chosen, once started with port 0)."""
-        if self._server is None:
-            return self._wanted
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._listener.address
 
     @property
     def url(self) -> str:
@@ -338,35 +292,18 @@ class HealthServer:
             logger.exception("health: request failed")
             return _text(503, "down: internal error (see the process's log)"), False
 
+    def _reply(self, request: bytes) -> bytes:
+        response, head = self.answer(request)
+        return response.encode(head=head)
+
     def start(self) -> HealthServer:
-        if self._server is not None:
-            return self
-        host, _ = self._wanted
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_class = type("_Server", (_Server,), {"address_family": family})
-        server: _Server = server_class(self._wanted, _Handler)
-        server.owner = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name=f"sqlrouter-health-{self.address[1]}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._listener.start()
         logger.info("health endpoint listening on %s", self.url)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop listening and join the thread (at most ``timeout`` seconds)."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
+        self._listener.stop(timeout)
 
     def __enter__(self) -> HealthServer:
         return self.start()

@@ -1,7 +1,8 @@
 """A real HAProxy (Debian's haproxy, installed by scripts/_setup.sh) whose ``option
 httpchk`` asks sqlrouter's health endpoint takes a replica out of the reader backend when
-its lag passes max_lag or its IO thread stops, and puts it back when it recovers; HAProxy's
-own mysql-check, beside it, notices neither."""
+its lag passes max_lag or its IO thread stops, and puts it back when it recovers, and so does
+an agent check on sqlrouter's agent-check listener; HAProxy's own mysql-check, beside
+them, notices neither."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 
 import sqlrouter
 from benchmarks._haproxy import HAProxyError, Server, find_haproxy
-from benchmarks._httpchk import HTTP_BACKEND, MYSQL_BACKEND, HttpCheckProxy
+from benchmarks._httpchk import AGENT_BACKEND, HTTP_BACKEND, MYSQL_BACKEND, HttpCheckProxy
+from sqlrouter.observe.agentcheck import AgentCheckServer
 from sqlrouter.observe.health import HealthServer
 from sqlrouter.sandbox import Sandbox
 
@@ -59,36 +61,43 @@ def test_httpchk_takes_a_lagging_or_stopped_replica_out_and_back(
     assert [s.name for s in replicas] == ["db2", "db3"]
     with (
         HealthServer("127.0.0.1:0") as health,
+        AgentCheckServer("127.0.0.1:0") as agent,
         HttpCheckProxy(
             tmp_path / "haproxy",
             replicas=replicas,
             service="sandbox",
             health_port=health.address[1],
             max_lag=1.0,
+            agent_port=agent.address[1],
         ) as proxy,
     ):
         for name in ("db2", "db3"):
             proxy.wait(HTTP_BACKEND, name, True, timeout=20)
             proxy.wait(MYSQL_BACKEND, name, True, timeout=20)
+            proxy.wait(AGENT_BACKEND, name, True, timeout=20)
         assert set(readers(sb, proxy.http_port, 4)) == {"db2", "db3"}
 
         # Lag over max_lag: out of the httpchk backend, still in the mysql-check one.
         sb.fault("db2", "delay", 3)
         try:
             proxy.wait(HTTP_BACKEND, "db2", False, timeout=20)
+            proxy.wait(AGENT_BACKEND, "db2", False, timeout=20)
             assert proxy.up(MYSQL_BACKEND, "db2") is True
             assert readers(sb, proxy.http_port, 4) == Counter({"db3": 4})
         finally:
             sb.fault("db2", "resume")
         proxy.wait(HTTP_BACKEND, "db2", True, timeout=30)
+        proxy.wait(AGENT_BACKEND, "db2", True, timeout=30)
 
         # A stopped IO thread: the heartbeat stops arriving, the lag grows past max_lag.
         sb.fault("db3", "stop-io")
         try:
             proxy.wait(HTTP_BACKEND, "db3", False, timeout=20)
+            proxy.wait(AGENT_BACKEND, "db3", False, timeout=20)
             assert proxy.up(MYSQL_BACKEND, "db3") is True
             assert readers(sb, proxy.http_port, 4) == Counter({"db2": 4})
         finally:
             sb.fault("db3", "resume")
         proxy.wait(HTTP_BACKEND, "db3", True, timeout=30)
+        proxy.wait(AGENT_BACKEND, "db3", True, timeout=30)
         assert set(readers(sb, proxy.http_port, 4)) == {"db2", "db3"}

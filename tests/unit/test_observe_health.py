@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sqlrouter.observe.agentcheck import agent_reply
 from sqlrouter.observe.health import HealthServer, parse_address, respond
 from sqlrouter.routing.health import Snapshot
 
@@ -119,3 +120,28 @@ def test_addresses_are_loopback_unless_allowed() -> None:
             parse_address(bad)
     with pytest.raises(ValueError, match="not a loopback address"):
         HealthServer("10.1.2.3:9200")
+
+
+def test_agent_check_answers_up_or_down_with_the_reason() -> None:
+    snap = cluster(master("db1"), replica("db2", 3.25), replica("db3", 0.3))
+    assert agent_reply(b"sandbox db3\n", [snap], now=0.0) == b"up\n"
+    assert agent_reply(b"sandbox db3 replica 0.5\n", [snap], now=0.0) == b"up\n"
+    assert agent_reply(b"sandbox db2 replica 1\n", [snap], now=0.0) == (
+        b"down #db2 lag 3.25s > 1.0s\n"
+    )
+    assert agent_reply(b"sandbox db1 master\n", [snap], now=0.0) == b"up\n"
+    assert agent_reply(b"sandbox db9\n", [snap], now=0.0).startswith(
+        b"down #'db9' is not a datasource of service 'sandbox'"
+    )
+    for bad in (b"\n", b"sandbox\n", b"a b c d e\n", b"\xff\xfe db2\n"):
+        assert agent_reply(bad, [snap], now=0.0) == (
+            b"down #bad request: expected 'SERVICE DATASOURCE [replica|master] [MAX_LAG]'\n"
+        )
+    assert agent_reply(b"sandbox db2 writer\n", [snap], now=0.0).startswith(b"down #role=")
+
+
+@given(st.binary(max_size=200))
+def test_property_any_line_gets_one_line(data: bytes) -> None:
+    reply = agent_reply(data, [healthy()], now=0.0)
+    assert reply in (b"up\n",) or reply.startswith(b"down #")
+    assert reply.count(b"\n") == 1 and reply.endswith(b"\n")

@@ -1,0 +1,164 @@
+"""A TCP listener for small request-response protocols (the health endpoint, HAProxy's
+agent check), in a thread of its own.
+
+Each client gets a thread, at most ``max_clients`` at once (the others get the
+protocol's ``busy`` answer at once), ``timeout`` seconds in all to send a request of at
+most ``limit`` bytes (else the ``too_slow`` or ``too_large`` answer), one answer, and
+the connection is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Listener", "Protocol"]
+
+logger = logging.getLogger("sqlrouter.observe")
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    """What a listener speaks: when a request is complete, and the answers."""
+
+    name: str
+    complete: Callable[[bytes], bool]
+    reply: Callable[[bytes], bytes]
+    limit: int
+    too_large: bytes
+    too_slow: bytes
+    busy: bytes
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    owner: Listener
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        owner = self.owner
+        if not owner.slots.acquire(blocking=False):
+            logger.debug("%s: %s: too many clients", owner.protocol.name, client_address)
+            with contextlib.suppress(OSError):  # a few bytes into an empty socket buffer
+                request.setblocking(False)
+                request.send(owner.protocol.busy)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.owner.slots.release()
+
+
+def _recv(sock: socket.socket, deadline: float) -> bytes | None:
+    """What the client sent next (``b""``: it closed); ``None`` past ``deadline``."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    sock.settimeout(remaining)
+    try:
+        return sock.recv(4096)
+    except TimeoutError:
+        return None
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        owner = self.server.owner
+        protocol = owner.protocol
+        sock: socket.socket = self.request
+        data = b""
+        deadline = time.monotonic() + owner.timeout
+        try:
+            while not protocol.complete(data):
+                if len(data) > protocol.limit:
+                    sock.sendall(protocol.too_large)
+                    return
+                chunk = _recv(sock, deadline)
+                if chunk is None:
+                    sock.settimeout(owner.timeout)
+                    sock.sendall(protocol.too_slow)
+                    return
+                if not chunk:
+                    if not data:
+                        return
+                    break
+                data += chunk
+            sock.settimeout(owner.timeout)
+            sock.sendall(protocol.reply(data))
+        except OSError as exc:  # a client that went away, or did not read in time
+            logger.debug("%s: %s: %s", protocol.name, self.client_address, exc)
+
+
+class Listener:
+    """Serves ``protocol`` on ``address`` (``(host, port)``; port 0: any free port)."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        protocol: Protocol,
+        *,
+        timeout: float,
+        max_clients: int,
+    ) -> None:
+        if not timeout > 0 or not max_clients > 0:
+            raise ValueError(
+                f"timeout ({timeout!r}) and max_clients ({max_clients!r}) must be positive"
+            )
+        self._wanted = address
+        self.protocol = protocol
+        self.timeout = timeout
+        self.slots = threading.BoundedSemaphore(max_clients)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            return self._wanted
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        family = socket.AF_INET6 if ":" in self._wanted[0] else socket.AF_INET
+        server_class = type("_Server", (_Server,), {"address_family": family})
+        server: _Server = server_class(self._wanted, _Handler)
+        server.owner = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"sqlrouter-{self.protocol.name}-{self.address[1]}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening and join the thread (at most ``timeout`` seconds)."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout)
