@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Final
 
 from ._haproxy import (
-    STOP_TIMEOUT,
     HAProxyError,
     Server,
     _free_ports,
-    _pdeathsig,
     find_haproxy,
     is_up,
     parse_stat,
+    spawn_haproxy,
+    stop_process,
 )
 
 __all__ = [
@@ -180,37 +180,12 @@ class HttpCheckProxy:
             agent_frontend_port=agent_frontend,
         )
         self.config_path.write_text(config, encoding="utf-8")
-        check = subprocess.run(
-            [str(self.binary), "-c", "-q", "-f", str(self.config_path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if check.returncode != 0:
-            raise HAProxyError(f"haproxy refused {self.config_path}: {check.stderr.strip()}")
-        log = open(self.dir / "haproxy.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            self._proc = subprocess.Popen(
-                [str(self.binary), "-db", "-f", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_pdeathsig,  # noqa: PLW1509 - only prctl, no lock taken
-            )
-        finally:
-            log.close()
+        self._proc = spawn_haproxy(self.binary, self.config_path, self.dir / "haproxy.log")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
+        if proc is not None:
+            stop_process(proc)
         with contextlib.suppress(FileNotFoundError):
             self.stats_socket.unlink()
 

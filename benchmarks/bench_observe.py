@@ -252,15 +252,7 @@ def run(args: argparse.Namespace, *, load: Callable[[], str]) -> int:
     try:
         with bench_sandbox(args.dir, "sqlrouter-bench-", _log) as sb:
             fill_table(sb)
-            st = sb.state
-            ctx = Context(
-                sb=sb,
-                url=sb.url("RO_RELAXED"),
-                user=st.app.user,
-                password=st.app.password,
-                database=st.database,
-                replicas=[Target(n.name, "127.0.0.1", n.port) for n in sb.replicas],
-            )
+            ctx = Context.of(sb)
             comparisons = measure(ctx, plan, observers)
     finally:
         observers.close()

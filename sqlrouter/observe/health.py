@@ -29,7 +29,6 @@ at once (the others get ``503`` at once).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..control.config import parse_tcp
 from ..qos import QoS
 from ..routing.explain import snapshot_rows
 from ..routing.health import Snapshot
@@ -100,25 +100,10 @@ def _text(status: int, line: str) -> Response:
 def parse_address(value: str, *, allow_remote: bool = False) -> tuple[str, int]:
     """``"HOST:PORT"``, ``"[IPv6]:PORT"`` or ``"PORT"`` -> ``(host, port)``; the host is an
     IP address (or ``localhost``), a loopback one unless ``allow_remote``.  Raises
-    ``ValueError`` saying what is accepted."""
-    expected = "expected PORT or 'HOST:PORT' with HOST a loopback IP address"
-    host, _, port = value.strip().rpartition(":")
-    host = host.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    host = {"": "127.0.0.1", "localhost": "127.0.0.1"}.get(host, host)
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{expected}, got {value!r} (the port must be 0-65535)")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{expected}, got {value!r} ({host!r} is not an IP address)") from None
-    if not address.is_loopback and not allow_remote:
-        raise ValueError(
-            f"{value!r} is not a loopback address: the health endpoint listens on loopback "
-            "only unless remote addresses are allowed (allow_remote)"
-        )
-    return host, int(port)
+    ``ValueError`` saying what is accepted (the control socket's rule)."""
+    return parse_tcp(
+        value, allow_remote=allow_remote, what="the health endpoint", unless="allow_remote"
+    )
 
 
 def respond(
