@@ -31,7 +31,6 @@ import itertools
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -59,6 +58,7 @@ from ._common import (
 from .bench_routing import (
     AnyConnection,
     Context,
+    Plan,
     Target,
     _raw_connect,
     _routed_on,
@@ -75,18 +75,6 @@ COMMAND: Final = ".venv/bin/python -m benchmarks.bench_observe"
 #: The largest acceptable observed/unobserved paired ratio of the point select.
 QUERY_TARGET: Final = 1.01
 DEFAULT_ROUNDS: Final = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    rounds: int = DEFAULT_ROUNDS
-    query_block: int = 20
-    query_connections: int = 3
-    query_alternations: int = 40
-    query_warmup: int = 2000
-    connect_block: int = 5
-    connect_alternations: int = 20
-    connect_warmup: int = 100
 
 
 def _log(message: str) -> None:
@@ -127,29 +115,21 @@ def _three(
     key: str, title: str, bench: Interleaved, target: float | None, extra: dict[str, Any]
 ) -> list[Comparison]:
     res = bench.results
+    pairs = (
+        ("observed_vs_plain", "observed vs sqlrouter", "sqlrouter", "observed", target),
+        ("plain_vs_raw", "sqlrouter vs raw", "raw", "sqlrouter", None),
+        ("observed_vs_raw", "observed vs raw", "raw", "observed", None),
+    )
     return [
         Comparison(
-            key=f"{key}_observed_vs_plain",
-            title=f"{title}: observed vs sqlrouter",
-            baseline=res["sqlrouter"],
-            candidate=res["observed"],
-            target=target,
+            key=f"{key}_{suffix}",
+            title=f"{title}: {what}",
+            baseline=res[baseline],
+            candidate=res[candidate],
+            target=goal,
             extra=extra,
-        ),
-        Comparison(
-            key=f"{key}_plain_vs_raw",
-            title=f"{title}: sqlrouter vs raw",
-            baseline=res["raw"],
-            candidate=res["sqlrouter"],
-            extra=extra,
-        ),
-        Comparison(
-            key=f"{key}_observed_vs_raw",
-            title=f"{title}: observed vs raw",
-            baseline=res["raw"],
-            candidate=res["observed"],
-            extra=extra,
-        ),
+        )
+        for suffix, what, baseline, candidate, goal in pairs
     ]
 
 
@@ -247,7 +227,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, *, load: Callable[[], str]) -> int:
-    plan = Plan(rounds=args.rounds)
+    plan = Plan(rounds=args.rounds)  # bench_routing's blocks and warm-ups
     observers = Observers()
     try:
         with bench_sandbox(args.dir, "sqlrouter-bench-", _log) as sb:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -78,6 +79,19 @@ def get(url: str) -> tuple[int, str, str]:
         return exc.code, exc.headers["Content-Type"], exc.read().decode()
 
 
+@contextlib.contextmanager
+def replicas_offline() -> Iterator[None]:
+    """db2 and db3 offline (operator) in this process, then online again."""
+    (handle,) = handles()
+    for name in ("db2", "db3"):
+        handle.monitor.set_offline(name, True)
+    try:
+        yield
+    finally:
+        for name in ("db2", "db3"):
+            handle.monitor.set_offline(name, False)
+
+
 def raw(server: HealthServer, data: bytes, *, timeout: float = 10.0) -> bytes:
     with socket.create_connection(server.address, timeout=timeout) as sock:
         sock.sendall(data)
@@ -98,17 +112,11 @@ def test_metrics_count_connects_and_decisions_and_report_each_datasource(
     for _ in range(4):
         with sqlrouter.connect(cluster.url("RO_RELAXED")) as conn:
             assert node_of(cluster, conn) in {"db2", "db3"}
-    (handle,) = handles()
-    for name in ("db2", "db3"):
-        handle.monitor.set_offline(name, True)
-    try:
+    with replicas_offline():
         with pytest.raises(sqlrouter.NoReplicaAvailable):
             sqlrouter.connect(cluster.url("RO_RELAXED", fallback="error"))
         with sqlrouter.connect(cluster.url("RO_RELAXED")) as conn:
             assert node_of(cluster, conn) == "db1"
-    finally:
-        for name in ("db2", "db3"):
-            handle.monitor.set_offline(name, False)
     ok = {"service": "sandbox", "outcome": "ok"}
     assert value(metrics, "sqlrouter_connects_total", datasource="db1", qos="RW_STRICT", **ok) == 3
     on_replicas = sum(
@@ -116,23 +124,15 @@ def test_metrics_count_connects_and_decisions_and_report_each_datasource(
         for n in ("db2", "db3")
     )
     assert on_replicas == 4
-    decided = {"service": "sandbox"}
-    assert value(
-        metrics, "sqlrouter_routing_decisions_total", qos="RW_STRICT", verdict="master",
-        reason="ok", **decided,
-    ) == 3  # fmt: skip
-    assert value(
-        metrics, "sqlrouter_routing_decisions_total", qos="RO_RELAXED", verdict="replica",
-        reason="ok", **decided,
-    ) == 4  # fmt: skip
-    assert value(
-        metrics, "sqlrouter_routing_decisions_total", qos="RO_RELAXED", verdict="refused",
-        reason="no_replica", **decided,
-    ) == 1  # fmt: skip
-    assert value(
-        metrics, "sqlrouter_routing_decisions_total", qos="RO_RELAXED", verdict="fallback",
-        reason="no_replica", **decided,
-    ) == 1  # fmt: skip
+    decisions = {
+        ("RW_STRICT", "master", "ok"): 3,
+        ("RO_RELAXED", "replica", "ok"): 4,
+        ("RO_RELAXED", "refused", "no_replica"): 1,
+        ("RO_RELAXED", "fallback", "no_replica"): 1,
+    }
+    for (qos, verdict, reason), count in decisions.items():
+        labels = {"service": "sandbox", "qos": qos, "verdict": verdict, "reason": reason}
+        assert value(metrics, "sqlrouter_routing_decisions_total", **labels) == count, labels
     assert value(metrics, "sqlrouter_datasource_online", datasource="db2", service="sandbox") == 1
     # What the monitor saw, read at scrape time from its snapshot.
     ds = {"service": "sandbox"}
@@ -257,15 +257,8 @@ def test_a_refused_connect_is_an_error_span(
 ) -> None:
     exporter, _, _ = spans
     sqlrouter.connect(cluster.url("RW_STRICT")).close()  # the monitor has seen the servers
-    (handle,) = handles()
-    for name in ("db2", "db3"):
-        handle.monitor.set_offline(name, True)
-    try:
-        with pytest.raises(sqlrouter.NoReplicaAvailable):
-            sqlrouter.connect(cluster.url("RO_RELAXED", fallback="error"))
-    finally:
-        for name in ("db2", "db3"):
-            handle.monitor.set_offline(name, False)
+    with replicas_offline(), pytest.raises(sqlrouter.NoReplicaAvailable):
+        sqlrouter.connect(cluster.url("RO_RELAXED", fallback="error"))
     refused = [
         s
         for s in named(exporter, "sqlrouter connect")
