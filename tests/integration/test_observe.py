@@ -30,6 +30,7 @@ from sqlrouter._runtime import handles
 from sqlrouter.observe import metrics as observe_metrics
 from sqlrouter.observe import otel
 from sqlrouter.observe.health import MAX_REQUEST, HealthServer
+from sqlrouter.observe.serve import HealthTask
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
 from tests.fixtures.helpers import node_of, wait_until
@@ -449,3 +450,28 @@ def test_a_lost_server_is_down_and_counted(
             what="a probe failure counted",
         )
         assert value(metrics, "sqlrouter_datasource_up", service="sandbox", datasource="db3") == 0
+
+
+def test_the_health_task_serves_health_metrics_and_the_agent_check(cluster: Sandbox) -> None:
+    """What `sqlrouter agent --http` runs: the endpoint, /metrics of its own registry, and
+    HAProxy's agent check, until stopped."""
+    with pytest.raises(ValueError, match="not a loopback address"):
+        HealthTask("10.0.0.1:9200")
+    sqlrouter.connect(cluster.url("RW_STRICT")).close()
+    task = HealthTask("127.0.0.1:0", agent_check="127.0.0.1:0")
+    task.start(None)
+    try:
+        assert task.server is not None and task.agent is not None
+        base = task.server.url
+        assert get(f"{base}/health/sandbox/db1?role=master")[0] == 200
+        status, _, body = get(f"{base}/metrics")
+        assert status == 200
+        assert 'sqlrouter_datasource_up{datasource="db2",service="sandbox"} 1.0' in body
+        with socket.create_connection(task.agent.address, timeout=10) as sock:
+            sock.sendall(b"sandbox db1 master\n")
+            assert sock.recv(100) == b"up\n"
+        address = task.server.address
+    finally:
+        task.stop(5.0)
+    with pytest.raises(OSError):
+        socket.create_connection(address, timeout=2).close()
