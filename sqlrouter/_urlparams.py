@@ -473,9 +473,15 @@ _FIELD_CHECKS: Final[Mapping[str, Callable[[str, object], Any]]] = MappingProxyT
 )
 
 
-def _unknown(name: str, candidates: Iterable[str], *, in_url: bool) -> ProgrammingError:
-    """The error for a parameter nobody knows, with the closest known name if any."""
-    where = " in the URL" if in_url else ""
+def _unknown(
+    name: str, candidates: Iterable[str], *, in_url: bool, in_connect_args: bool = False
+) -> ProgrammingError:
+    """The error for a parameter nobody knows, with the closest known name if any.
+
+    ``in_connect_args``: a key of a ServiceURL's ``connect_args``, where only PyMySQL
+    ``connect()`` options are accepted.
+    """
+    where = " in the URL" if in_url else " in connect_args" if in_connect_args else ""
     hint = _REJECTED.get(name)
     if hint is not None:
         return ProgrammingError(f"parameter {_show(name)}{where} is not accepted: {hint}")
@@ -486,11 +492,24 @@ def _unknown(name: str, candidates: Iterable[str], *, in_url: bool) -> Programmi
     )
     if close is not None:
         return ProgrammingError(f"unknown parameter {_show(name)}{where}: did you mean {close!r}?")
-    routing = ", ".join(_ROUTING_PARAMETERS)
     options = ", ".join(sorted(_TEXT_ARGS if in_url else _CONNECT_ARGS))
+    if in_connect_args:
+        return ProgrammingError(
+            f"unknown parameter {_show(name)}{where}: expected a PyMySQL connect() option "
+            f"({options})"
+        )
+    routing = ", ".join(_ROUTING_PARAMETERS)
     return ProgrammingError(
         f"unknown parameter {_show(name)}{where}: expected a routing parameter ({routing}) "
         f"or a PyMySQL connect() option ({options})"
+    )
+
+
+def _bad_key(name: object) -> ProgrammingError:
+    """The error for a key of connect_args that is not a string."""
+    return ProgrammingError(
+        f"invalid connect_args key {_show(name)} ({type(name).__name__}): expected the name "
+        "of a PyMySQL connect() option"
     )
 
 
@@ -502,8 +521,16 @@ def _check_connect_args(value: object) -> Mapping[str, Any]:
         )
     checked: dict[str, Any] = {}
     for name, arg in value.items():
-        if not isinstance(name, str) or name not in _CONNECT_ARGS:
-            raise _unknown(str(name), _CONNECT_ARGS, in_url=False)
+        if not isinstance(name, str):
+            raise _bad_key(name)
+        if name in KNOWN_PARAMETERS.difference(_CONNECT_ARGS) or name in _ALIASES:
+            # parse_url() takes these among connect_args; a ServiceURL's fields do not.
+            raise ProgrammingError(
+                f"connect_args holds {name!r}, which is no PyMySQL connect() option: give "
+                f"it as ServiceURL({_ALIASES.get(name, name)}=...)"
+            )
+        if name not in _CONNECT_ARGS:
+            raise _unknown(name, _CONNECT_ARGS, in_url=False, in_connect_args=True)
         if arg is None and name != "autocommit":
             continue  # PyMySQL's default; autocommit=None means "the server's default"
         checked[name] = None if arg is None else _CONNECT_ARG_CONVERTERS[name](name, arg)

@@ -63,6 +63,7 @@ from ._urlparams import (
     KNOWN_PARAMETERS,
     URL_PARAMETERS,
     Consistency,
+    _bad_key,
     _blinding,
     _check_connect_args,
     _check_service,
@@ -507,7 +508,10 @@ def parse_url(url: str | ServiceURL | None = None, /, **overrides: Any) -> Servi
                 f"invalid connect_args ({type(extra).__name__} value): expected a mapping of "
                 "PyMySQL connect() options"
             )
-        given.extend((str(name), value) for name, value in extra.items())
+        for name, value in extra.items():
+            if not isinstance(name, str):
+                raise _bad_key(name)
+            given.append((name, value))
     given.extend((name, value) for name, value in overrides.items() if name != "connect_args")
     secrets = [value for name, value in given if name in _SECRET_NAMES]
     if isinstance(url, ServiceURL):

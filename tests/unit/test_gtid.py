@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sqlrouter.gtid import MAX_DOMAINS, MAX_TEXT, CausalToken
+from sqlrouter.gtid import MAX_DOMAINS, MAX_TEXT, CausalToken, format_gtid_list, parse_gtid_list
 
 MAX_U32 = 2**32 - 1
 MAX_U64 = 2**64 - 1
@@ -155,9 +155,13 @@ def test_parse_refuses_a_huge_token_at_once() -> None:
 
 
 def test_a_servers_gtid_list_has_no_domain_bound() -> None:
-    text = ",".join(f"{d}-1-{d}" for d in range(1000))
+    text = ",".join(f"{d}-1-{d}" for d in range(MAX_DOMAINS + 500))
     token = CausalToken.from_gtid_list(text)
-    assert len(token.domains) == 1000 and str(token) == text
+    assert len(token.domains) == MAX_DOMAINS + 500 and str(token) == text
+    with pytest.raises(ValueError, match="more than 1024 GTIDs"):
+        CausalToken.parse(text)
+    # Nor a length bound.
+    assert CausalToken.from_gtid_list("0-1-1" + " " * MAX_TEXT) == CausalToken.parse("0-1-1")
     # A token built from servers' positions survives pickling.
     restored = pickle.loads(pickle.dumps(token))  # noqa: S301 - our own bytes
     assert restored == token
@@ -337,8 +341,10 @@ def test_parts_must_be_integers() -> None:
 
 def test_attributes_cannot_be_deleted() -> None:
     token = CausalToken.parse("0-1-5")
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError) as excinfo:
         del token._text
+    assert str(excinfo.value) == "CausalToken is immutable"
+    assert str(token) == "0-1-5"
 
 
 def test_a_token_built_from_a_servers_many_domains_reads_back() -> None:
@@ -348,3 +354,52 @@ def test_a_token_built_from_a_servers_many_domains_reads_back() -> None:
         ",".join(f"{4294967295 - d}-4294967295-18446744073709551615" for d in range(71))
     )
     assert CausalToken.parse(str(position)) == position
+
+
+def test_parse_takes_up_to_max_text_characters() -> None:
+    longest = "0-1-1" + " " * (MAX_TEXT - 5)
+    assert len(longest) == MAX_TEXT
+    assert CausalToken.parse(longest) == CausalToken([(0, 1, 1)])
+    with pytest.raises(ValueError, match="longer than 65536 characters"):
+        CausalToken.parse(longest + " ")
+
+
+def test_errors_quote_text_whole_up_to_80_characters() -> None:
+    for length in (79, 80):
+        with pytest.raises(ValueError) as excinfo:
+            CausalToken.parse("x" * length)
+        assert str(excinfo.value).startswith(f"invalid causal token {'x' * length!r}: ")
+    with pytest.raises(ValueError) as excinfo:
+        CausalToken.parse("x" * 81)
+    assert str(excinfo.value).startswith(
+        f"invalid causal token {'x' * 40!r}... (81 characters): {'x' * 40!r}... (81 characters)"
+        " is not a GTID"
+    )
+
+
+# -- a server's GTID lists ------------------------------------------------------------
+
+
+def test_parse_gtid_list_keeps_every_gtid_in_order() -> None:
+    # @@gtid_binlog_state: one GTID per domain and server, several per domain.
+    assert parse_gtid_list("0-2-9, 0-1-5 ,1-1-3") == [(0, 2, 9), (0, 1, 5), (1, 1, 3)]
+    assert parse_gtid_list("4294967295-4294967295-18446744073709551615") == [
+        (MAX_U32, MAX_U32, MAX_U64)
+    ]
+    for empty in ("", "  ", None):
+        assert parse_gtid_list(empty) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "part"), [("0-1-5,", ""), ("0-1-5, x ", "x"), ("0-1", "0-1"), ("0-1-5,,1-1-1", "")]
+)
+def test_parse_gtid_list_names_what_is_not_a_gtid(text: str, part: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        parse_gtid_list(text)
+    assert str(excinfo.value) == f"{part!r} is not a GTID (domain-server_id-sequence)"
+
+
+@given(gtid_lists)
+def test_format_gtid_list_is_sorted_and_reads_back(gtid_list: list[tuple[int, int, int]]) -> None:
+    text = format_gtid_list(gtid_list)
+    assert parse_gtid_list(text) == sorted(gtid_list)

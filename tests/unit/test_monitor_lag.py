@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sqlrouter.gtid import CausalToken
+from sqlrouter.routing.health import Health
 from sqlrouter.routing.lag import Observation, compute_health
 from sqlrouter.routing.monitor import Monitor
 from sqlrouter.routing.router import observed_master, resolve_master
@@ -287,3 +289,185 @@ def test_property_the_master_depends_on_the_last_round_only(
     if expected is not None:
         h = snap.health[expected.name]
         assert h.writable and not h.replicating
+
+
+# --- the rules one at a time (each kills mutants of sqlrouter/routing/lag.py) ------------
+
+
+def test_the_masters_heartbeat_is_stale_from_eight_seconds() -> None:
+    # The master writes a heartbeat every round: one 8 s old or more means the writes
+    # stopped (a failing heartbeat, not the replica), so the replica's lag is not measured
+    # against it but by Seconds_Behind_Master.
+    behind = replica(gtid_slave_pos="0-1-90", gtid_binlog_pos="0-1-90", heartbeat=NOW - 20.0)
+    behind = replace(behind, seconds_behind_master=4)
+    fresh = master(heartbeat=NOW - 7.99)
+    value, source = lag(fresh, behind)
+    assert source == "heartbeat" and value is not None and abs(value - 12.01) < 1e-6
+    assert lag(master(heartbeat=NOW - 8.0), behind) == (4.0, "seconds_behind_master")
+    assert lag(master(heartbeat=NOW - 30.0), behind) == (4.0, "seconds_behind_master")
+    # The master's clock unknown: its heartbeat's age cannot be told, so it is not used.
+    assert lag(master(now=None), behind) == (4.0, "seconds_behind_master")
+
+
+def test_seconds_behind_master_needs_the_sql_thread() -> None:
+    # Seconds_Behind_Master reads 0 or NULL when the SQL thread is stopped: not a lag.
+    # (No heartbeat on either side, no master: the replicas measure each other.)
+    a = replica("db2", sql_running=False, heartbeat=None, gtid_slave_pos="0-1-99")
+    a = replace(a, gtid_binlog_pos="0-1-99", seconds_behind_master=0)
+    b = replica("db3", heartbeat=None)
+    dead = Observation("db1", observed_at=1.0, reachable=False, error="refused")
+    assert compute_health([dead, a, b], DATASOURCES)["db2"].lag is None
+    running = replace(a, sql_running=True)
+    h = compute_health([dead, running, b], DATASOURCES)["db2"]
+    assert (h.lag, h.lag_source) == (0.0, "seconds_behind_master")
+
+
+def test_lag_is_never_negative() -> None:
+    # The replica's newest heartbeat is newer than the reference's (clocks apart, or the
+    # probes read them at different moments): lag 0, not below.
+    ahead = replica(gtid_slave_pos="0-1-90", gtid_binlog_pos="0-1-90", heartbeat=NOW + 2.0)
+    assert lag(master(), ahead) == (0.0, "heartbeat")
+    stopped = replica(io_running=False, heartbeat=NOW + 2.0)
+    assert lag(master(), stopped) == (0.0, "heartbeat")
+
+
+def test_the_reference_replica_measures_itself() -> None:
+    # No master reachable: the most advanced replica is the reference, lag 0 by
+    # definition (measured as "heartbeat": it is the heartbeat everyone is compared to),
+    # even when its GTID position is behind another's (position breaks ties only).
+    dead = Observation("db1", observed_at=1.0, reachable=False, error="refused")
+    best = replica("db2", io_running=False, gtid_slave_pos="0-1-90", heartbeat=NOW - 1)
+    best = replace(best, gtid_binlog_pos="0-1-90")
+    other = replica("db3", io_running=False, heartbeat=NOW - 4)
+    health = compute_health([dead, best, other], DATASOURCES)
+    assert (health["db2"].lag, health["db2"].lag_source) == (0.0, "heartbeat")
+    assert (health["db3"].lag, health["db3"].lag_source) == (0.0, "gtid")
+    older = replace(other, gtid_slave_pos="0-1-80", gtid_binlog_pos="0-1-80")
+    health = compute_health([dead, best, older], DATASOURCES)
+    assert health["db3"].lag is not None and abs(health["db3"].lag - 3.0) < 1e-6
+    # Without heartbeats, the furthest position is the reference.
+    a = replace(best, heartbeat=None)
+    b = replace(older, heartbeat=None, seconds_behind_master=None)
+    health = compute_health([dead, b, a], DATASOURCES)
+    assert (health["db2"].lag, health["db2"].lag_source) == (0.0, "heartbeat")
+    assert (health["db3"].lag, health["db3"].lag_source) == (None, "")
+
+
+def test_an_unreachable_or_writable_server_is_never_the_reference() -> None:
+    # Without a master, only reachable replicas compete: a server that did not answer
+    # (listed first, with nothing known) or a writable one that does not replicate is not
+    # taken as the reference.
+    dead = Observation("db1", observed_at=1.0, reachable=False, error="refused")
+    a = replica("db2", io_running=False, heartbeat=None, gtid_slave_pos="", gtid_binlog_pos="")
+    b = replace(a, name="db3")
+    health = compute_health([dead, a, b], DATASOURCES)
+    assert (health["db2"].lag, health["db2"].lag_source) == (0.0, "heartbeat")
+    assert (health["db3"].lag, health["db3"].lag_source) == (0.0, "gtid")
+    # db1 writable but with db3 writable too and the replica naming neither: no master;
+    # db1's heartbeat is the freshest, yet db1 is not a replica.
+    lost = replica(master_server_id=9, master_host="10.0.0.9", heartbeat=NOW - 5)
+    other = master(name="db3", server_id=3, gtid_binlog_pos="0-3-5", heartbeat=NOW - 10)
+    health = compute_health([master(heartbeat=NOW), lost, other], DATASOURCES)
+    assert (health["db2"].lag, health["db2"].lag_source) == (0.0, "heartbeat")
+
+
+def _copied(kind: str) -> st.SearchStrategy[Observation]:
+    opt_bool = st.none() | st.booleans()
+    opt_int = st.none() | st.integers(0, 2**32)
+    text = st.text(max_size=8)
+    return st.builds(
+        Observation,
+        name=st.just("db2"),
+        observed_at=st.floats(0, 1e9),
+        reachable=st.just(kind == "reachable"),
+        error=st.none() | text,
+        # The probe gives an error number only with an unreachable server.
+        error_code=st.none() if kind == "reachable" else opt_int,
+        server_id=opt_int,
+        read_only=opt_bool,
+        gtid_binlog_pos=st.sampled_from(["", "0-1-5", "0-1-5,1-2-7"]),
+        gtid_slave_pos=st.sampled_from(["", "0-1-4", "2-1-9"]),
+        now=st.none() | st.floats(0, 2e9),
+        heartbeat=st.none() | st.floats(0, 2e9),
+        replicating=st.booleans(),
+        master_server_id=opt_int,
+        master_host=text,
+        master_port=opt_int,
+        io_running=opt_bool,
+        sql_running=opt_bool,
+        seconds_behind_master=opt_int,
+        tracks_last_gtid=opt_bool,
+    )
+
+
+@given(_copied("reachable") | _copied("unreachable"))
+def test_property_health_copies_what_the_probe_observed(obs: Observation) -> None:
+    h = compute_health([obs], DATASOURCES)["db2"]
+    position = CausalToken.from_gtid_list(obs.gtid_binlog_pos).merge(
+        CausalToken.from_gtid_list(obs.gtid_slave_pos)
+    )
+    assert (h.name, h.reachable, h.observed_at) == ("db2", obs.reachable, obs.observed_at)
+    assert (h.error, h.error_code, h.position) == (obs.error, obs.error_code, position)
+    shared = {f.name for f in fields(Health)} & {f.name for f in fields(Observation)}
+    always = {"name", "reachable", "observed_at", "error", "error_code"}
+    for name in sorted(shared):
+        expected = getattr(obs, name)
+        if not obs.reachable and name not in always:
+            # Nothing else is known of a server that did not answer.
+            expected = getattr(Health("db2", reachable=False, observed_at=0.0), name)
+        assert getattr(h, name) == expected, name
+    if not obs.reachable:
+        assert (h.lag, h.lag_source) == (None, "")
+
+
+def test_unparsable_positions_count_as_empty() -> None:
+    odd = replica(gtid_binlog_pos="garbage", gtid_slave_pos="0-1-100")
+    h = compute_health([master(), odd], DATASOURCES)["db2"]
+    assert h.position == CausalToken()
+
+
+@pytest.mark.parametrize(
+    ("io", "sql", "running"),
+    [
+        (True, True, True),
+        (True, False, False),
+        (False, True, False),
+        (None, True, False),
+        (True, None, False),
+    ],
+)
+def test_threads_run_when_both_are_known_to_run(
+    io: bool | None, sql: bool | None, running: bool
+) -> None:
+    assert Health("db2", True, 1.0, io_running=io, sql_running=sql).threads_running is running
+
+
+def test_writable_means_reachable_and_known_not_read_only() -> None:
+    assert Health("db1", True, 1.0, read_only=False).writable
+    assert not Health("db1", False, 1.0, read_only=False).writable
+    assert not Health("db1", True, 1.0, read_only=None).writable
+    assert not Health("db1", True, 1.0, read_only=True).writable
+
+
+def test_the_promotion_breaks_a_tie_of_the_reference() -> None:
+    # db1 and db3 writable, db2 replicating from db1 and db4 from db3: a tie, no master
+    # unless the operator's promotion picks one; then lag is measured against it.
+    four = (*DATASOURCES, DataSource("db4", "127.0.0.1", 3313, Role.REPLICA))
+    other = master(name="db3", server_id=3, gtid_binlog_pos="1-3-5", heartbeat=NOW - 1.0)
+    db2 = replica(heartbeat=NOW - 4.0)
+    db4 = replica(
+        "db4",
+        server_id=4,
+        master_server_id=3,
+        master_port=3312,
+        gtid_binlog_pos="1-3-5",
+        gtid_slave_pos="1-3-5",
+        heartbeat=NOW - 2.0,
+    )
+    round_ = [master(), db2, other, db4]
+    # No master: the freshest replica, db4, is the reference.
+    alone = compute_health(round_, four)["db2"]
+    assert alone.lag is not None and abs(alone.lag - 2.0) < 1e-6
+    promoted = compute_health(round_, four, promoted="db3")["db2"]
+    assert promoted.lag is not None and abs(promoted.lag - 3.0) < 1e-6
+    assert promoted.lag_source == "heartbeat"

@@ -161,10 +161,12 @@ def tok(text: str) -> CausalToken:
     return CausalToken.parse(text)
 
 
-def refusal(exc_type: type[RoutingError], snapshot: Snapshot, policy: Policy) -> str:
+def refusal(
+    exc_type: type[RoutingError], snapshot: Snapshot, policy: Policy, now: float | None = None
+) -> str:
     """The message of the error ``choose`` raises; checks errno and service too."""
     with pytest.raises(exc_type) as info:
-        choose(snapshot, policy)
+        choose(snapshot, policy, now=now)
     errno, message = info.value.args
     assert errno == (ER_NO_MASTER if exc_type is NoMasterAvailable else ER_NO_REPLICA)
     assert info.value.service == SERVICE
@@ -750,6 +752,21 @@ def test_ro_weight_zero_is_a_standby() -> None:
     assert choose(only, RO).datasource.name == "db3"
 
 
+def test_ro_standbys_alone_take_turns() -> None:
+    # Only weight-0 replicas qualify (the weighted one lags): they share the reads in
+    # turn, in declaration order, rather than all going to the first.
+    snapshot = cluster(
+        master("db1"),
+        replica("db2", 7.0),
+        replica("db3"),
+        replica("db4"),
+        replica("db5"),
+        weights={"db3": 0, "db4": 0, "db5": 0},
+    )
+    picks = [choose(snapshot, RO, turn=t).datasource.name for t in range(7)]
+    assert picks == ["db3", "db4", "db5", "db3", "db4", "db5", "db3"]
+
+
 def test_ro_negative_turn_is_fine() -> None:
     assert choose(healthy(), RO, turn=-1).datasource.name in {"db2", "db3"}
 
@@ -788,6 +805,27 @@ def test_ro_token_no_replica_covers_it_so_wait_on_the_closest() -> None:
 def test_ro_token_wait_candidate_ties_are_broken_by_lag() -> None:
     snapshot = cluster(master("db1"), replica("db2", 0.4, "0-1-10"), replica("db3", 0.2, "0-1-10"))
     assert choose(snapshot, ro(token=tok("0-1-12"))).datasource.name == "db3"
+
+
+def test_ro_token_wait_candidate_counts_what_it_lacks_in_every_domain() -> None:
+    # Token 0-1-20,1-2-10.  db2 lacks 2 + 8 = 10 transactions; db3, further behind in
+    # domain 0, lacks 5 + 1 = 6; db4 is far ahead in domain 0, which makes up for
+    # nothing in domain 1 (it lacks 9 there).  db3 is the closest, though db2 and db4
+    # lag less.
+    snapshot = cluster(
+        master("db1"),
+        replica("db2", 0.1, "0-1-18,1-2-2"),
+        replica("db3", 0.5, "0-1-15,1-2-9"),
+        replica("db4", 0.1, "0-1-90,1-2-1"),
+    )
+    decision = choose(snapshot, ro(token=tok("0-1-20,1-2-10")))
+    assert decision.datasource.name == "db3"
+    assert decision.needs_wait == tok("0-1-20,1-2-10")
+    # A domain the replica has never seen counts whole: db2 lacks 10, db3 8 + 1.
+    absent = cluster(
+        master("db1"), replica("db2", 0.1, "0-1-20"), replica("db3", 0.5, "0-1-12,1-2-9")
+    )
+    assert choose(absent, ro(token=tok("0-1-20,1-2-10"))).datasource.name == "db3"
 
 
 def test_ro_token_wait_candidate_with_an_empty_position() -> None:
@@ -1421,3 +1459,39 @@ def test_wait_here_unless_another_replica_is_clearly_closer() -> None:
     lagging = cluster(master(), replica("db2", lag=9.0, position="0-1-29"), down("db3"))
     assert not wait_here(lagging, "db2", policy)  # no longer a replica within max_lag
     assert MOVE_TOLERANCE == 2
+
+
+# --- a snapshot the monitor stopped refreshing -------------------------------------------
+
+_STALE = (
+    "and routing trusts one for 2.5s at most (3 monitor intervals + the probe timeout): "
+    "the monitor is not publishing"
+)
+
+
+def test_a_snapshot_older_than_max_age_qualifies_nothing() -> None:
+    snapshot = replace(healthy(), generation=1, taken_at=100.0)
+    # 3 intervals of 0.5 s + a probe timeout of 1 s.
+    assert snapshot.max_age == 2.5
+    assert snapshot.age(103.0) == 3.0
+    assert choose(snapshot, RW, now=102.5).datasource.name == "db1"
+    assert choose(snapshot, RO, now=102.5).datasource.name == "db2"
+    assert refusal(NoMasterAvailable, snapshot, RW, now=103.0) == (
+        f"service 'sandbox': no master known: the monitor's last observation is 3.0s old, {_STALE}"
+    )
+    assert refusal(NoReplicaAvailable, snapshot, RO, now=103.0) == (
+        "service 'sandbox': no replica or master known: the monitor's last observation is "
+        f"3.0s old, {_STALE}"
+    )
+    forked = replace(snapshot, taken_at=-math.inf)
+    assert refusal(NoMasterAvailable, forked, RW, now=5.0) == (
+        "service 'sandbox': no master known: the monitor's last observation is of unknown age "
+        f"(made before fork()), {_STALE}"
+    )
+
+
+def test_only_published_snapshots_age() -> None:
+    # Generation 0 is the monitor's first, made before any round: no age to trust or not.
+    snapshot = replace(healthy(), generation=0, taken_at=0.0)
+    assert choose(snapshot, RW, now=1e9).datasource.name == "db1"
+    assert choose(replace(snapshot, generation=1), RW).datasource.name == "db1"  # no clock

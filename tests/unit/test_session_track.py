@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymysql.protocol import MysqlPacket, OKPacketWrapper
 
+import sqlrouter._session_track as session_track
 from sqlrouter._session_track import (
     CLIENT_SESSION_TRACK,
     SERVER_SESSION_STATE_CHANGED,
@@ -680,3 +681,139 @@ def test_corrupted_packets_raise_only_value_error(
         return
     if state is not None:
         assert gtid == state.last_gtid
+
+
+def outcome(message: bytes) -> tuple[str, str | None]:
+    """What last_gtid_from_ok makes of ``message``: its result, or that it refused it."""
+    try:
+        return "gtid", last_gtid_from_ok(0x4002, message)
+    except ValueError:
+        return "refused", None
+
+
+near_names = st.sampled_from([b"last_gtid", b"last_gtiD", b"Last_gtid", b"last_gti", b"last_gtidx"])
+
+
+@given(
+    st.binary(max_size=40),
+    st.integers(0, 255),
+    near_names,
+    st.one_of(gtid_texts, st.just(b"")),
+)
+def test_fast_path_agrees_with_the_full_parser(
+    info: bytes, kind: int, name: bytes, value: bytes
+) -> None:
+    # The commit packet's layout with any entry type and a name near last_gtid: the fast
+    # path reads it as MariaDB writes it; the same entry behind a 3-byte session state
+    # length goes through the full parser.  Only a system variable named last_gtid counts.
+    data = lenstr(name) + lenstr(value)
+    fast = encode([(kind, data)], info)
+    full = lenstr(info) + lenstr(bytes([kind]) + lenstr(data), 3)
+    assert outcome(fast) == outcome(full)
+    found = outcome(fast)[1]
+    if kind == SESSION_TRACK_SYSTEM_VARIABLES and name == b"last_gtid":
+        assert found == (value.decode() or None)
+    else:
+        assert found is None
+
+
+@given(
+    st.binary(max_size=40),
+    st.one_of(gtid_texts, st.just(b"")),
+    st.data(),
+)
+def test_fast_path_shape_with_one_wrong_byte(
+    info: bytes, value: bytes, data: st.DataObject
+) -> None:
+    # One byte of the commit packet's framing (a length, the type, the name) changed: a
+    # GTID comes out only where the full decoder reads the same one, and nothing is read
+    # where the decoder refuses the packet.
+    message = bytearray(encode([variable(b"last_gtid", value)], info))
+    b = len(info) + 1
+    header = [0, b, b + 1, b + 2, b + 3, *range(b + 4, b + 13), b + 13]
+    position = data.draw(st.sampled_from(header))
+    message[position] = data.draw(st.integers(0, 255))
+    try:
+        state: SessionState | None = decode_session_state(bytes(message))
+    except ValueError:
+        state = None
+    verdict, gtid = outcome(bytes(message))
+    if state is None:
+        assert gtid is None
+    else:
+        assert (verdict, gtid) == ("gtid", state.last_gtid)
+
+
+@given(st.binary(max_size=300), st.one_of(gtid_texts, st.just(b"")))
+def test_commit_packets_take_the_fast_path(info: bytes, value: bytes) -> None:
+    # Every statement on a master connection reads its OK packet: MariaDB's commit
+    # packet (short info, one short last_gtid entry) is read by slicing alone, never
+    # by the general parser (which would then refuse to run here).
+    def no_full_parse(buf: bytes) -> tuple[int, int, int, int]:
+        raise AssertionError("the commit packet went through the full parser")
+
+    message = encode([variable(b"last_gtid", value)], info)
+    fast_enough = len(info) < 0xFB and len(message) - len(info) - 2 < 0xFB
+    original = session_track._block
+    session_track._block = no_full_parse
+    try:
+        if fast_enough:
+            assert last_gtid_from_ok(0x4002, message) == (value.decode() or None)
+        else:
+            with pytest.raises(AssertionError, match="full parser"):
+                last_gtid_from_ok(0x4002, message)
+    finally:
+        session_track._block = original
+
+
+def test_info_string_errors_without_session_state() -> None:
+    with pytest.raises(ValueError) as truncated:
+        decode_session_state(b"\x05ab", 0x0002)
+    assert str(truncated.value) == (
+        "malformed session state in OK packet at byte 1 after warning_count: "
+        "expected 5 bytes of the info string, found only 2 bytes left"
+    )
+    with pytest.raises(ValueError) as trailing:
+        decode_session_state(b"\x01a\x00\x07", 0x0002)
+    assert str(trailing.value) == (
+        "malformed session state in OK packet at byte 2 after warning_count: "
+        "expected the end of the packet after the info string, found 2 bytes more"
+    )
+
+
+def test_an_empty_gtids_entry_is_kept_unread() -> None:
+    # A type 3 entry without even its encoding byte: skipped (kept in unknown), and the
+    # entry after it is read from its own first byte.
+    message = encode([(SESSION_TRACK_GTIDS, b""), variable(b"last_gtid", b"0-1-5")])
+    state = decode_session_state(message)
+    assert state.unknown == ((SESSION_TRACK_GTIDS, b""),)
+    assert (state.gtids, state.last_gtid) == (None, "0-1-5")
+    assert last_gtid_from_ok(0x4002, message) == "0-1-5"
+    alone = decode_session_state(encode([(SESSION_TRACK_GTIDS, b"")]))
+    assert alone.unknown == ((SESSION_TRACK_GTIDS, b""),)
+
+
+@pytest.mark.parametrize(
+    ("message", "server_status", "error"),
+    [
+        (
+            b"\xfc\x01",
+            0x0002,
+            "expected the 3-byte length of the info string, found only 2 bytes left",
+        ),
+        (
+            encode([(SESSION_TRACK_GTIDS, b"\x00" + lenstr(b"0-1-1") + b"x")]),
+            0x4002,
+            "expected the end of the GTIDs entry, found 1 byte more",
+        ),
+        (
+            encode([(SESSION_TRACK_TRANSACTION_STATE, lenstr(b"T_") + b"xy")]),
+            0x4002,
+            "expected the end of the transaction entry, found 2 bytes more",
+        ),
+    ],
+)
+def test_error_messages_word_for_word(message: bytes, server_status: int, error: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        decode_session_state(message, server_status)
+    assert str(excinfo.value).endswith(f"after warning_count: {error}")

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pymysql.connections import Connection
 from pymysql.cursors import DictCursor, SSCursor, SSDictCursor
 
+from sqlrouter._urlparams import _CONNECT_ARGS
 from sqlrouter.errors import ProgrammingError
 from sqlrouter.gtid import CausalToken
 from sqlrouter.topology import MAX_LAG_RANGE
@@ -587,6 +588,35 @@ def test_a_value_equal_to_the_password_is_hidden_in_str_and_repr() -> None:
     assert str(url) == "sqlrouter://app:***@shop/db?charset=***"
     assert "utf8mb4" not in repr(url)
     assert parse_url(url.render(hide_password=False)) == url
+
+
+def test_the_ssl_key_password_is_hidden_wherever_it_shows() -> None:
+    url = parse_url("sqlrouter://app@shop/db?init_command=keypass99", ssl_key_password="keypass99")
+    assert str(url) == "sqlrouter://app@shop/db?init_command=***&ssl_key_password=***"
+    assert repr(url) == (
+        "ServiceURL(service='shop', database='db', user='app', "
+        "connect_args={'init_command': '***', 'ssl_key_password': '***'})"
+    )
+
+
+@pytest.mark.parametrize(("password", "key"), [("secret", "secretlong"), ("secretlong", "secret")])
+def test_the_longer_of_two_secrets_is_hidden_whole(password: str, key: str) -> None:
+    # Hiding the shorter secret first would leave "***long" of the longer one.
+    url = parse_url(f"sqlrouter://app:{password}@shop/db?charset=secretlong", ssl_key_password=key)
+    assert str(url) == "sqlrouter://app:***@shop/db?charset=***&ssl_key_password=***"
+    assert "long" not in repr(url)
+
+
+def test_secrets_of_fewer_than_three_characters_are_not_looked_for() -> None:
+    # Hiding "ab" wherever it shows would hide ordinary values and tell the password.
+    short = parse_url("sqlrouter://app:ab@shop/ab?charset=ab")
+    assert str(short) == "sqlrouter://app:***@shop/ab?charset=ab"
+    three = parse_url("sqlrouter://app:abc@shop/abc?charset=abc")
+    assert str(three) == "sqlrouter://app:***@shop/***?charset=***"
+    assert repr(three) == (
+        "ServiceURL(service='shop', database='***', user='app', password='***', "
+        "connect_args={'charset': '***'})"
+    )
 
 
 def test_qos_and_fallback_are_the_shared_enums() -> None:
@@ -1201,3 +1231,258 @@ def test_dns_registry_options_without_a_dns_registry_say_where_they_go() -> None
     assert "registry='/etc/sqlrouter.toml' is not a DNS registry" in message
     # max_lag is the URL's own parameter, whatever the registry.
     assert parse_url("sqlrouter://shop?registry=dns:d.example&max_lag=3").max_lag == 3.0
+
+
+# --- connect_args of a ServiceURL built directly ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("connect_args", "error"),
+    [
+        (
+            {"charsett": "x"},
+            "unknown parameter 'charsett' in connect_args: did you mean 'charset'?",
+        ),
+        (
+            {"frobnicate": 1},
+            "unknown parameter 'frobnicate' in connect_args: expected a PyMySQL connect() "
+            f"option ({', '.join(sorted(_CONNECT_ARGS))})",
+        ),
+        (
+            {"host": "db1"},
+            "parameter 'host' in connect_args is not accepted: sqlrouter routes by service; "
+            "pass service=... (a host is chosen by the router)",
+        ),
+        (
+            {"qos": "RW_STRICT"},
+            "connect_args holds 'qos', which is no PyMySQL connect() option: give it as "
+            "ServiceURL(qos=...)",
+        ),
+        (
+            {"db": "x"},
+            "connect_args holds 'db', which is no PyMySQL connect() option: give it as "
+            "ServiceURL(database=...)",
+        ),
+        (
+            {1: "x"},
+            "invalid connect_args key 1 (int): expected the name of a PyMySQL connect() option",
+        ),
+    ],
+)
+def test_service_url_connect_args_take_pymysql_options_only(
+    connect_args: dict[object, object], error: str
+) -> None:
+    with pytest.raises(ProgrammingError) as excinfo:
+        ServiceURL(service="shop", connect_args=connect_args)  # type: ignore[arg-type]
+    assert str(excinfo.value) == error
+
+
+def test_connect_args_keys_must_be_strings() -> None:
+    with pytest.raises(ProgrammingError) as excinfo:
+        parse_url("sqlrouter://shop", connect_args={b"charset": "x"})
+    assert str(excinfo.value) == (
+        "invalid connect_args key b'charset' (bytes): expected the name of a PyMySQL "
+        "connect() option"
+    )
+    with pytest.raises(ProgrammingError, match=r"invalid connect_args key 2 \(int\)"):
+        parse_url("sqlrouter://shop").set(connect_args={2: "x"})
+
+
+def test_connect_args_none_is_the_default_except_for_autocommit() -> None:
+    url = ServiceURL(service="shop", connect_args={"charset": None, "autocommit": None})
+    assert dict(url.connect_args) == {"autocommit": None}
+
+
+# --- rendering, repr and hash, exactly ------------------------------------------------------
+
+
+def test_booleans_render_as_true_and_false() -> None:
+    url = parse_url("sqlrouter://shop", autocommit=True, ssl_verify_cert=False, local_infile=False)
+    assert (
+        url.render() == "sqlrouter://shop?autocommit=true&ssl_verify_cert=false&local_infile=false"
+    )
+
+
+def test_repr_skips_every_field_left_at_its_default() -> None:
+    url = parse_url("sqlrouter://shop?max_lag=2")
+    assert repr(url) == "ServiceURL(service='shop', max_lag=2.0)"
+    assert repr(parse_url("sqlrouter://app@shop?fallback=error&causal_token=0-1-5")) == (
+        "ServiceURL(service='shop', user='app', fallback=Fallback.ERROR, causal_token='0-1-5')"
+    )
+
+
+def test_repr_hides_a_password_too_short_to_be_looked_for_elsewhere() -> None:
+    assert repr(parse_url("sqlrouter://app:ab@shop")) == (
+        "ServiceURL(service='shop', user='app', password='***')"
+    )
+
+
+def test_repr_of_object_and_text_options_that_mention_password() -> None:
+    # Only an ssl *mapping*'s "password" entry is a secret of its own; an SSLContext or
+    # a text that contains the word is shown as it is.
+    context = ssl.create_default_context()
+    assert repr(parse_url("sqlrouter://shop", ssl=context)) == (
+        f"ServiceURL(service='shop', connect_args={{'ssl': {context!r}}})"
+    )
+    assert repr(parse_url("sqlrouter://shop", init_command="SET @password = 1")) == (
+        "ServiceURL(service='shop', connect_args={'init_command': 'SET @password = 1'})"
+    )
+
+
+def test_urls_that_differ_hash_apart() -> None:
+    urls = [
+        parse_url("sqlrouter://shop"),
+        parse_url("sqlrouter://shop?qos=RO_RELAXED"),
+        parse_url("sqlrouter://shop/db"),
+        parse_url("sqlrouter://other"),
+        parse_url("sqlrouter://shop?charset=utf8mb4"),
+        parse_url("sqlrouter://shop?autocommit=true"),
+    ]
+    assert len({hash(url) for url in urls}) == len(urls)
+
+
+def test_render_hides_short_secrets_by_name() -> None:
+    # Too short to be looked for in other values, but hidden where they are themselves.
+    url = parse_url("sqlrouter://app:ab@shop", ssl_key_password="cd")
+    assert url.render() == "sqlrouter://app:***@shop?ssl_key_password=***"
+    assert url.render(hide_password=False) == "sqlrouter://app:ab@shop?ssl_key_password=cd"
+
+
+def test_render_leaves_out_objects_and_nones_and_goes_on() -> None:
+    url = parse_url("sqlrouter://shop", cursorclass=DictCursor, autocommit=None, charset="utf8mb4")
+    assert list(url.connect_args) == ["cursorclass", "autocommit", "charset"]
+    assert url.render() == "sqlrouter://shop?charset=utf8mb4"
+
+
+def test_dns_registry_options_error_word_for_word() -> None:
+    assert error_of("sqlrouter://shop?monitor_user=mon") == (
+        "parameter 'monitor_user' in the URL is an option of a DNS registry, but the URL has "
+        "no registry=dns:...: give it with registry=dns:DOMAIN in the same URL "
+        "(registry=dns:DOMAIN&monitor_user=...), or in $SQLROUTER_REGISTRY "
+        "(dns:DOMAIN?monitor_user=...); a registry file sets it in [services.NAME]"
+    )
+    # Two registries: that is the error, whichever comes first.
+    assert error_of(
+        "sqlrouter://shop?registry=/etc/r.toml&registry=dns:d.example&monitor_user=mon"
+    ) == ("parameter 'registry' is given twice in the URL")
+
+
+def test_dns_registry_options_fold_readably() -> None:
+    # Paths keep their ':' and '~'; what a spec cannot hold as it is gets encoded.
+    url = parse_url("sqlrouter://shop?registry=dns:d.example&monitor_password_file=/a:b/~c%20d")
+    assert url.registry == "dns:d.example?monitor_password_file=/a:b/~c%20d"
+
+
+_PORT_HELP = (
+    ": a service is a name, not host:port; the registry gives each server's host and port.  "
+    "If this is user:password, the password holds a '/', '?', '#' or '@' that must be "
+    "percent-encoded"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("sqlrouter://shop:3306/db", f"a port is not accepted after service 'shop'{_PORT_HELP}"),
+        # Not a service name, or a URL that may hold a cut secret: nothing is quoted.
+        ("sqlrouter://bad$name:3306/db", f"a port is not accepted{_PORT_HELP}"),
+        ("sqlrouter://shop:3306/db?ssl_key_password=x", f"a port is not accepted{_PORT_HELP}"),
+        (
+            "sqlrouter://shop/a/b",
+            "invalid database path '/a/b': a service URL has one path segment, the database; "
+            "percent-encode '/' as %2F",
+        ),
+        (
+            "jdbc:t-router://shop?password=a&b=c",
+            "unknown parameter (not shown: the query holds a password; percent-encode '&' in "
+            "it as %26) in the URL",
+        ),
+        (
+            "sqlrouter://shop?qos=RW_STRICT&autocommit",
+            "query parameter 'autocommit' in the URL has no value: expected name=value",
+        ),
+        (
+            "jdbc:t-router://shop?maxAppliedLatencyy=2",
+            "unknown parameter 'maxAppliedLatencyy' in the URL: did you mean 'maxAppliedLatency'?",
+        ),
+    ],
+)
+def test_url_errors_word_for_word(url: str, error: str) -> None:
+    assert error_of(url) == error
+
+
+def test_tungsten_names_are_suggested_in_tungsten_urls_only() -> None:
+    assert "did you mean" not in error_of("sqlrouter://shop?maxappliedlatency=1")
+
+
+_BLIND_QOS = (
+    "invalid qos (not shown: the URL may hold a password): expected RW_STRICT or RO_RELAXED"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("jdbc:t-router://app@shop?user=other", "parameter 'user' is given twice in the URL"),
+        # A URL that may hold a cut secret quotes none of its values, even in the errors
+        # of the values' checks: a secret in the query, an '@' in the query or the path.
+        ("sqlrouter://shop?ssl_key_password=x&qos=FAST", _BLIND_QOS),
+        ("sqlrouter://shop?qos=F@ST", _BLIND_QOS),
+        ("sqlrouter://shop/d@b?qos=FAST", _BLIND_QOS),
+        (
+            "http://shop",
+            "unsupported URL scheme 'http': expected sqlrouter:// or mysql+sqlrouter://",
+        ),
+        (
+            "sqlrouter://[shop",
+            "malformed service URL (not shown: it may contain a password): unbalanced '[' or "
+            "']', or a character that must be percent-encoded; expected "
+            "sqlrouter://[user[:password]@]SERVICE[/DATABASE][?param=value&...]",
+        ),
+        (
+            "sqlrouter://shop#x",
+            "a service URL has no '#fragment': percent-encode '#' as %23 (in a password, for "
+            "example)",
+        ),
+        (
+            "sqlrouter://[::1]/db",
+            "invalid service '[::1]': a service is a name, not an IP address; the registry "
+            "gives each server's address",
+        ),
+        ("sqlrouter://shop:1:2/db", f"a port is not accepted after service 'shop'{_PORT_HELP}"),
+        # The decoded password is hidden too, not only its encoded form.
+        (
+            "sqlrouter://app:a%2Fb%2Fc@shop/a/b/c",
+            "invalid database path '/***': a service URL has one path segment, the database; "
+            "percent-encode '/' as %2F",
+        ),
+    ],
+)
+def test_more_url_errors_word_for_word(url: str, error: str) -> None:
+    assert error_of(url) == error
+
+
+def test_a_tungsten_url_may_start_with_spaces() -> None:
+    assert parse_url("  jdbc:t-router://shop/db?maxAppliedLatency=2").max_lag == 2.0
+
+
+def test_keyword_errors_word_for_word() -> None:
+    assert error_of(service="shop", connect_args=[("a", 1)]) == (
+        "invalid connect_args (list value): expected a mapping of PyMySQL connect() options"
+    )
+    assert error_of(service="shop", connect_arg={}) == (
+        "unknown parameter 'connect_arg': did you mean 'connect_args'?"
+    )
+    # The password of a ServiceURL given to parse_url is hidden in the keywords' errors.
+    url = parse_url("sqlrouter://app:hunter22@shop")
+    assert error_of(url, qos="hunter22") == "invalid qos '***': expected RW_STRICT or RO_RELAXED"
+
+
+def test_service_url_hides_its_ssl_key_password_in_errors() -> None:
+    with pytest.raises(ProgrammingError) as excinfo:
+        ServiceURL(
+            service="shop",
+            qos="keysecret1",  # type: ignore[arg-type]
+            connect_args={"ssl_key_password": "keysecret1"},
+        )
+    assert str(excinfo.value) == "invalid qos '***': expected RW_STRICT or RO_RELAXED"
