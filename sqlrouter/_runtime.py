@@ -1,7 +1,8 @@
 """What sqlrouter holds per process: the table of watched services, and its life cycle.
 
 One :class:`~sqlrouter.routing.service.ServiceHandle` exists per (registry, service)
-and owns that service's monitor, started on first use; :func:`handle_for` finds or
+and owns that service's monitor, started on first use, which shares its snapshots with
+the other processes of the user on this host (:func:`share_dir`); :func:`handle_for` finds or
 makes it, remembering which registry each ``registry=`` spec named.  The control
 socket is started here when a service is first watched (if the settings enable it).
 :func:`shutdown` stops and joins every monitor, the control socket and the DNS
@@ -18,18 +19,23 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 from . import _forksafe, control
 from .registry.base import Registry
 from .registry.find import close_dns_registries, find_registry
 from .routing.service import ServiceHandle
+from .routing.shared import Share
 from .topology import Credentials
 
 __all__ = [
     "MAX_FOUND",
+    "SHARE_ENV_VAR",
     "handle_for",
     "handles",
+    "release",
+    "share_dir",
     "shutdown",
     "watched",
 ]
@@ -46,6 +52,40 @@ _found: collections.OrderedDict[tuple[object, ...], Registry] = collections.Orde
 #: The most registry specs remembered in ``_found``.
 MAX_FOUND: Final = 256
 _next_refresh: dict[tuple[int, str], float] = {}
+
+#: ``off`` (each process watches for itself) or the directory of the shared snapshots.
+SHARE_ENV_VAR: Final = "SQLROUTER_SHARE"
+_OFF: Final = frozenset({"0", "off", "false", "no"})
+#: The share directory's problems already logged.
+_share_warned: set[str] = set()
+
+
+def share_dir(environ: os._Environ[str] | dict[str, str] = os.environ) -> Path | None:
+    """Where this process shares snapshots with the other processes of its user on this
+    host (:mod:`sqlrouter.routing.shared`), created if needed; ``None``: not shared.
+
+    ``$SQLROUTER_SHARE``: ``off``, or a directory; by default ``fleet/`` in the control
+    socket's directory (``$XDG_RUNTIME_DIR/sqlrouter``, else ``/tmp/sqlrouter-UID``).
+    Both must be private (mode 0700, owned by this user): otherwise a WARNING says why
+    and this process watches for itself.
+    """
+    env = environ.get(SHARE_ENV_VAR, "").strip()
+    if env.lower() in _OFF:
+        return None
+    directory = Path(os.path.abspath(Path(env).expanduser())) if env else None
+    try:
+        if directory is None:
+            parent = control.default_socket_dir(environ)
+            control.prepare_socket_dir(parent)
+            directory = parent / "fleet"
+        control.prepare_socket_dir(directory)
+    except control.ControlError as exc:
+        why = str(exc).replace("control socket directory", "shared snapshot directory", 1)
+        if why not in _share_warned:
+            _share_warned.add(why)
+            logger.warning("%s; each process watches the services for itself", why)
+        return None
+    return directory
 
 
 def _where(registry_spec: str | None, find: Callable[[str | None], Registry]) -> tuple[object, ...]:
@@ -70,8 +110,12 @@ def handle_for(
     credentials: Credentials,
     *,
     find: Callable[[str | None], Registry] = find_registry,
+    agent: bool = False,
 ) -> ServiceHandle:
     """The handle of ``service_name`` in the registry named by ``registry_spec``.
+
+    ``agent``: made for ``sqlrouter agent``, whose monitors take the shared snapshots
+    over from application processes.
 
     Unknown services and missing registries raise :class:`ProgrammingError` (from the
     registry layer) with the known services or the places looked at.
@@ -99,19 +143,38 @@ def handle_for(
     with _lock:
         handle = _handles.get(key)
         if handle is None:
-            handle = ServiceHandle(registry, service, credentials, on_fork_restart=_start_control)
+            directory = share_dir()
+            handle = ServiceHandle(
+                registry,
+                service,
+                credentials,
+                on_fork_restart=_start_control,
+                share=None if directory is None else Share(directory, agent=agent),
+            )
             _handles[key] = handle
             created = True
     if created:
-        _start_control(handle)
+        _start_control(handle, always=agent)
     return handle
 
 
-def _start_control(handle: ServiceHandle) -> None:
-    """Start this process's control socket if the settings enable it and it is not
-    running (a process starts watching a service, or a forked child first uses one)."""
-    if os.environ.get(control.ENV_VAR) or handle.registry.control:
-        control.on_handle_created(handle, handles=handles, watched=watched)
+def _start_control(handle: ServiceHandle, *, always: bool = False) -> None:
+    """Start this process's control socket if the settings enable it (``always``: an
+    agent's) and it is not running (a process starts watching a service, or a forked
+    child first uses one)."""
+    if always or os.environ.get(control.ENV_VAR) or handle.registry.control:
+        control.on_handle_created(handle, handles=handles, watched=watched, always=always)
+
+
+def release(handle: ServiceHandle) -> None:
+    """Stop watching ``handle``'s service in this process (``sqlrouter agent``, when a
+    service leaves its registry): its monitor stops and the table forgets it."""
+    with _lock:
+        for key, known in list(_handles.items()):
+            if known is handle:
+                del _handles[key]
+                _next_refresh.pop(key, None)
+    handle.close()
 
 
 def handles() -> list[ServiceHandle]:

@@ -135,6 +135,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", action="store_true", help="leave the sandbox running")
     _admin_parser(sub)
+    agent = sub.add_parser(
+        "agent",
+        help="hold this host's monitors for the services of a registry (long-running)",
+        description=(
+            "Watch every service of the registry (or those given with --service) and "
+            "publish the snapshots that this user's application processes on this host "
+            "read instead of probing themselves. Runs until SIGTERM or SIGINT, with its "
+            "own control socket (sqlrouter admin status shows it). Each service needs a "
+            "monitor account in the registry ([services.NAME.monitor])."
+        ),
+    )
+    agent.add_argument(
+        "--registry", required=True, metavar="FILE", help="the registry (a file, dns:DOMAIN...)"
+    )
+    agent.add_argument(
+        "--service",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="watch only this service (repeatable; default: every service of the registry)",
+    )
+    agent.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the lag-aware health endpoint (/health/SERVICE/DATASOURCE, /status, "
+        "/metrics) for HAProxy and Kubernetes on this loopback address (docs/observability.md)",
+    )
+    agent.add_argument(
+        "--agent-check",
+        metavar="HOST:PORT",
+        default=None,
+        help="also answer HAProxy's agent check (one line: up, or down #reason) there",
+    )
+    agent.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="let --http and --agent-check listen on a non-loopback address",
+    )
+    agent.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="what the agent logs on standard error (default INFO)",
+    )
     return parser
 
 

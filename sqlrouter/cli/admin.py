@@ -62,6 +62,24 @@ def _yes_no(value: object) -> str | None:
     return None if value is None else ("yes" if value else "no")
 
 
+def describe_sharing(monitor: Mapping[str, Any]) -> str:
+    """Who publishes the snapshots this process routes on, and who writes the heartbeat."""
+    shared = monitor.get("shared")
+    writer = "; this process writes the heartbeat" if monitor.get("heartbeat_writer") else ""
+    if not shared:
+        return f"probed by this process (not shared){writer}"
+    role = shared.get("role")
+    agent = " (an agent)" if shared.get("agent") else ""
+    if role == "publisher":
+        return f"published by this process{agent} in {shared.get('file')}{writer}"
+    if role == "alone":
+        return f"probed by this process: {shared.get('file')} is unusable{writer}"
+    pid = shared.get("publisher_pid")
+    if pid is None:
+        return f"no publisher yet ({shared.get('file')})"
+    return f"read from pid {pid}{agent}, which publishes them in {shared.get('file')}"
+
+
 def format_status(response: Mapping[str, Any]) -> str:
     """A ``status`` response as text: one header and one table per service."""
     proc = response.get("process", {})
@@ -87,7 +105,7 @@ def format_status(response: Mapping[str, Any]) -> str:
             f", monitor {'running' if monitor.get('running') else 'stopped'} "
             f"({monitor.get('rounds')} rounds), {svc.get('open_connections', 0)} open connections"
         )
-        lines += ["", head]
+        lines += ["", head, f"snapshots: {describe_sharing(monitor)}"]
         if svc.get("registry_error"):
             lines.append(f"registry error (the last good content is used): {svc['registry_error']}")
         if svc.get("split_brain"):

@@ -95,6 +95,8 @@ def _service_status(handle: ServiceHandle, now: float) -> dict[str, Any]:
             "rounds": handle.monitor.rounds,
             "generation": snap.generation,
             "snapshot_age": round(now - snap.taken_at, 3) if snap.taken_at else None,
+            "shared": share.describe(now) if (share := handle.monitor.share) else None,
+            "heartbeat_writer": handle.monitor.heartbeat_writer,
         },
         "open_connections": sum(conns.values()),
         "datasources": datasources,

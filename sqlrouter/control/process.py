@@ -39,8 +39,11 @@ def _base_dir(registry: Registry) -> Path | None:
     return path.parent if isinstance(path, Path) else None
 
 
-def on_handle_created(handle: ServiceHandle, *, handles: Handles, watched: Watched) -> None:
-    """Start the control socket if the settings enable it and it is not running.
+def on_handle_created(
+    handle: ServiceHandle, *, handles: Handles, watched: Watched, always: bool = False
+) -> None:
+    """Start the control socket if the settings enable it (or ``always``: ``sqlrouter
+    agent``) and it is not running.
 
     Called by the service table (:mod:`sqlrouter._runtime`) when the process starts
     watching a service, with the table's ``handles`` and ``watched`` for the server to
@@ -56,7 +59,7 @@ def on_handle_created(handle: ServiceHandle, *, handles: Handles, watched: Watch
     except ControlError as exc:
         logger.error("control socket not started: %s", exc.args[-1])  # noqa: TRY400 - no trace
         return
-    if not config.enabled:
+    if not (config.enabled or always):
         return
     with _lock:
         if _server is not None:

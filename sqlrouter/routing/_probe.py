@@ -23,7 +23,7 @@ from ..errors import PRIVILEGE_ERRNOS
 from ..topology import Credentials, DataSource, Service
 from .lag import Observation
 
-__all__ = ["HEARTBEAT_SQL", "Clock", "Connect", "Prober", "describe_error"]
+__all__ = ["HEARTBEAT_SQL", "Clock", "Connect", "Prober", "describe_error", "heartbeat_lock"]
 
 logger = logging.getLogger("sqlrouter.monitor")
 
@@ -44,6 +44,20 @@ HEARTBEAT_SQL = (
     "WHERE @@global.read_only = 0 AND (SELECT VARIABLE_VALUE FROM "
     "information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVES_RUNNING') = 0 "
     "ON DUPLICATE KEY UPDATE ts = VALUES(ts)"
+)
+
+
+def heartbeat_lock(table: str) -> str:
+    """The name of the ``GET_LOCK()`` that the heartbeat writer of a cluster holds on
+    its master (64 characters at most, as the server requires)."""
+    return f"sqlrouter.heartbeat:{table}"[:64]
+
+
+#: Whether the writer's lock is held by a connection, and how old the heartbeat this
+#: master wrote is (seconds; NULL when it never wrote one).
+_WRITER_SQL = (
+    "SELECT IS_USED_LOCK(%s), TIMESTAMPDIFF(MICROSECOND, MAX(ts), NOW(6)) / 1e6 "
+    "FROM {table} WHERE server_id = @@server_id"
 )
 
 
@@ -78,6 +92,8 @@ class Prober:
         self._conn: Any = None
         self._hb_conn: Any = None
         self._heartbeat_ok = service.heartbeat.enabled
+        #: This process holds the cluster's heartbeat lock on ``_hb_conn``.
+        self.writer = False
 
     def _open(self) -> Any:
         timeout = self.service.probe_timeout
@@ -196,9 +212,40 @@ class Prober:
             error=str(error) if error else None,
         )
 
-    def write_heartbeat(self) -> None:
-        """Write the heartbeat row, on a connection of its own: the write may wait for a
-        semi-sync acknowledgement, which must not delay the probes."""
+    @property
+    def has_heartbeat_connection(self) -> bool:
+        return self._hb_conn is not None
+
+    def close_heartbeat(self) -> None:
+        """Close the heartbeat connection (and so give up the writer's lock on it)."""
+        conn, self._hb_conn = self._hb_conn, None
+        if self.writer:
+            logger.info(
+                "service %r: %s: this process no longer writes the heartbeat",
+                self.service.name,
+                self.ds.name,
+            )
+        self.writer = False
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def write_heartbeat(self, stale_after: float) -> bool:
+        """Write the heartbeat row if this process is the cluster's heartbeat writer.
+
+        One writer per cluster, whatever the number of processes and hosts: the writer
+        holds ``GET_LOCK(heartbeat_lock(table), 0)`` on its heartbeat connection to the
+        master; every other monitor's attempt returns 0 and writes nothing (``GET_LOCK``
+        is not binlogged, in any format).  The server frees the lock when the writer's
+        connection ends (the process died or exited): the next monitor round of another
+        process takes it.  A writer that holds it but has not written for
+        ``stale_after`` seconds (a stopped process) has its connection ended
+        (``KILL CONNECTION``, allowed on the account's own sessions) so that the next
+        round of another process takes over.
+
+        The write runs on a connection of its own: it may wait for a semi-sync
+        acknowledgement, which must not delay the probes.  True when a row was written.
+        """
         if self._hb_conn is None:
             self._hb_conn = self._connect(
                 host=self.ds.host,
@@ -211,13 +258,25 @@ class Prober:
                 autocommit=True,
                 program_name="sqlrouter-heartbeat",
             )
+        table = self.service.heartbeat.table
+        lock = heartbeat_lock(table)
         try:
             with self._hb_conn.cursor() as cur:
-                written = cur.execute(HEARTBEAT_SQL.format(table=self.service.heartbeat.table))
+                if not self.writer:
+                    cur.execute("SELECT GET_LOCK(%s, 0)", (lock,))
+                    row = cur.fetchone()
+                    if row is None or row[0] != 1:
+                        self._end_stalled_writer(cur, lock, table, stale_after)
+                        return False
+                    self.writer = True
+                    logger.info(
+                        "service %r: this process writes the heartbeat on %s",
+                        self.service.name,
+                        self.ds.name,
+                    )
+                written = cur.execute(HEARTBEAT_SQL.format(table=table))
         except BaseException:
-            conn, self._hb_conn = self._hb_conn, None
-            with contextlib.suppress(Exception):
-                conn.close()
+            self.close_heartbeat()
             raise
         if not written:
             logger.debug(
@@ -225,6 +284,35 @@ class Prober:
                 "replication SQL thread runs",
                 self.service.name,
                 self.ds.name,
+            )
+        return bool(written)
+
+    def _end_stalled_writer(self, cur: Any, lock: str, table: str, stale_after: float) -> None:
+        """Another connection holds the writer's lock: end it if its heartbeat is older
+        than ``stale_after`` seconds (see :meth:`write_heartbeat`)."""
+        cur.execute(_WRITER_SQL.format(table=table), (lock,))
+        holder, age = cur.fetchone()
+        if holder is None or age is None or float(age) <= stale_after:
+            return
+        logger.warning(
+            "service %r: %s: the heartbeat writer (connection %s) holds %r but its last "
+            "heartbeat is %.1fs old: ending its connection so that another process "
+            "takes over",
+            self.service.name,
+            self.ds.name,
+            holder,
+            lock,
+            float(age),
+        )
+        try:
+            cur.execute(f"KILL CONNECTION {int(holder)}")
+        except pymysql.err.MySQLError as exc:
+            logger.warning(
+                "service %r: %s: cannot end the stalled heartbeat writer's connection: "
+                "%s; lag is measured from its last heartbeat until it resumes or exits",
+                self.service.name,
+                self.ds.name,
+                describe_error(exc),
             )
 
 

@@ -13,11 +13,14 @@ now and one that has watched for hours reach the same answer.  While a server th
 not the master is writable, the monitor logs a WARNING (once per change) saying where
 writes go, or that they are refused and why.
 
-Lag is measured from a heartbeat row (pt-heartbeat style) that the monitor writes on
-that master every round, and nowhere else, on its own connection so that a slow write
-(semi-sync waiting for a replica) never delays a probe.  The statement itself writes
-nothing on a read-only server or on one whose replication SQL thread runs.  How the
-round's observations become each replica's lag is pure, in
+Lag is measured from a heartbeat row (pt-heartbeat style) written on that master, and
+nowhere else, once per round by one process of the whole cluster: the monitor that
+holds the writer's ``GET_LOCK()`` on the master (see ``Prober.write_heartbeat``; the
+others write nothing, so the master's binlog gets one heartbeat commit per interval
+whatever the number of processes and hosts).  The write runs on a connection of its
+own so that a slow write (semi-sync waiting for a replica) never delays a probe.  The
+statement itself writes nothing on a read-only server or on one whose replication SQL
+thread runs.  How the round's observations become each replica's lag is pure, in
 :mod:`sqlrouter.routing.lag`.
 
 A probe that does not answer within ``probe_timeout`` marks its datasource unreachable
@@ -44,10 +47,16 @@ from ._probe import Clock, Connect, Prober, describe_error
 from .health import Snapshot, unknown
 from .lag import Observation, compute_health
 from .router import Mastership, explain_master, resolve_master
+from .shared import POLLS_PER_INTERVAL, Share
 
-__all__ = ["Monitor"]
+__all__ = ["HEARTBEAT_TAKEOVER_INTERVALS", "Monitor"]
 
 logger = logging.getLogger("sqlrouter.monitor")
+
+#: A heartbeat writer whose last heartbeat is older than this many monitor intervals
+#: (plus the probe timeout: a round waits that long for a frozen server) is taken to be
+#: stalled: another process ends its lock's connection and takes over.
+HEARTBEAT_TAKEOVER_INTERVALS = 2.0
 
 
 class Monitor:
@@ -67,8 +76,12 @@ class Monitor:
         clock: Clock = time.monotonic,
         on_snapshot: Callable[[Snapshot, Snapshot], None] | None = None,
         refresh: Callable[[], Service | None] | None = None,
+        share: Share | None = None,
     ) -> None:
         self._service = service
+        #: The service's shared snapshots (:mod:`sqlrouter.routing.shared`): this
+        #: monitor probes and publishes, or follows another process's rounds.
+        self.share = share
         #: Called before each round: the service as the registry defines it now
         #: (``None``: keep the current one).  Lets a registry change (a DNS TTL
         #: expiring) reach the monitor without any connect().
@@ -132,6 +145,11 @@ class Monitor:
         return self._snapshot
 
     @property
+    def heartbeat_writer(self) -> bool:
+        """This process writes the cluster's heartbeat (it holds the writer's lock)."""
+        return any(prober.writer for prober in list(self._probers.values()))
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
@@ -168,6 +186,8 @@ class Monitor:
         self._heartbeat_future = None
         self._in_round = False
         self._snapshot = replace(self._snapshot, taken_at=-math.inf)
+        if self.share is not None:
+            self.share.after_fork()
 
     def offer_credentials(self, credentials: Credentials) -> int | None:
         """Credentials a connect() is about to use.
@@ -212,6 +232,8 @@ class Monitor:
             self._round_done.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        if self.share is not None:
+            self.share.resign(self._clock())
         pool, self._pool = self._pool, None
         if pool is not None:
             # Probes have their own timeouts: do not wait for a frozen server.
@@ -290,16 +312,68 @@ class Monitor:
     # -- the loop ------------------------------------------------------------------
 
     def _run(self) -> None:
+        followed = -math.inf
         while not self._stop.is_set():
             started = self._clock()
-            self._follow_registry()
+            if started - followed >= self._service.monitor_interval / 2:
+                # Once per interval, also while following (a follower polls ten times).
+                followed = started
+                self._follow_registry()
+            service = self._service
+            interval = service.monitor_interval
+            wait = interval * random.uniform(0.9, 1.1)  # noqa: S311
             try:
-                self.run_round()
+                if self.share is not None and not self.share.lead(service, started):
+                    self._stop_probing()
+                    self._follow(self.share)
+                    wait = interval / POLLS_PER_INTERVAL
+                else:
+                    self.run_round()
             except Exception:  # a bug must not kill the monitor silently
                 logger.exception("service %r: monitor round failed", self._service.name)
-            interval = self._service.monitor_interval * random.uniform(0.9, 1.1)  # noqa: S311
-            self._kick.wait(max(0.0, interval - (self._clock() - started)))
+            self._kick.wait(max(0.0, wait - (self._clock() - started)))
             self._kick.clear()
+
+    def _follow(self, share: Share) -> None:
+        """A follower's turn: install the publisher's round if it is a new one."""
+        pending = self._pending_service
+        if pending is not None:
+            self._apply_service(pending)
+        got = share.take()
+        if got is None:
+            return
+        taken_at, health = got
+        service = self._service
+        with self._lock:
+            previous = self._snapshot
+            promoted = self._promoted
+            snap = Snapshot(
+                service=service,
+                health=health,
+                offline=self._offline,
+                promoted=promoted,
+                taken_at=taken_at,
+                generation=previous.generation + 1,
+            )
+            self._snapshot = snap
+            self.rounds += 1
+            self._round_done.notify_all()
+        self._warn_split_brain(snap, resolve_master(service.datasources, health, promoted=promoted))
+        self._notify(previous, snap)
+
+    def _stop_probing(self) -> None:
+        """A follower probes nothing: close the monitoring connections (and so give up
+        the heartbeat writer's lock) once it stops publishing."""
+        if not self._probers:
+            return
+        if any(not f.done() for f in self._inflight.values()):
+            return
+        if self._heartbeat_future is not None and not self._heartbeat_future.done():
+            return
+        probers, self._probers = self._probers, {}
+        self._inflight.clear()
+        for prober in probers.values():
+            prober.close()
 
     def _follow_registry(self) -> None:
         if self._refresh is None:
@@ -378,7 +452,7 @@ class Monitor:
         except RuntimeError:  # stop() shut the pool down under this round
             return self._snapshot
         futures = [self._inflight[ds.name] for ds in service.datasources]
-        concurrent.futures.wait(futures, timeout=service.probe_timeout + 0.2)
+        self._wait_probes(futures, service)
         observations = []
         for ds in service.datasources:
             fut = self._inflight[ds.name]
@@ -396,6 +470,21 @@ class Monitor:
                 )
         self._note_logins(observations)
         return self.publish(observations)
+
+    def _wait_probes(
+        self, futures: Sequence[concurrent.futures.Future[Observation]], service: Service
+    ) -> None:
+        """Wait for the round's probes (``probe_timeout`` at most), renewing the shared
+        snapshots' lease every interval meanwhile (a frozen server is no stall)."""
+        deadline = time.monotonic() + service.probe_timeout + 0.2
+        while True:
+            left = deadline - time.monotonic()
+            step = min(left, service.monitor_interval)
+            _, pending = concurrent.futures.wait(futures, timeout=max(0.0, step))
+            if not pending or left <= step:
+                return
+            if self.share is not None:
+                self.share.renew(self._clock())
 
     def publish(self, observations: Sequence[Observation]) -> Snapshot:
         """Publish the snapshot of one round of ``observations`` (one per datasource).
@@ -421,6 +510,11 @@ class Monitor:
             self._snapshot = snap
             self.rounds += 1
             self._round_done.notify_all()
+        share = self.share
+        if share is not None and (self._fixed_credentials or self._logged_in):
+            # Only rounds whose probes logged in: a mistyped password of this process's
+            # first connect must not be what the other processes see.
+            share.publish(snap.taken_at, health, self._clock())
         mastership = resolve_master(service.datasources, health, promoted=promoted)
         self._maybe_write_heartbeat(service, mastership)
         self._warn_split_brain(snap, mastership)
@@ -455,12 +549,18 @@ class Monitor:
                 logger.exception("service %r: snapshot listener failed", snap.service.name)
 
     def _maybe_write_heartbeat(self, service: Service, m: Mastership) -> None:
-        """Write the heartbeat on the master the rule singles out, and nowhere else."""
-        if not service.heartbeat.enabled or self._pool is None or m.master is None:
+        """Write the heartbeat on the master the rule singles out, and nowhere else, if
+        this process is the cluster's heartbeat writer (see ``Prober.write_heartbeat``);
+        the heartbeat connections to other servers are closed (their lock with them)."""
+        if not service.heartbeat.enabled or self._pool is None:
             return
         if self._heartbeat_future is not None and not self._heartbeat_future.done():
             return
-        prober = self._probers.get(m.master.name)
+        target = m.master.name if m.master is not None else None
+        for name, other in self._probers.items():
+            if name != target and other.has_heartbeat_connection:
+                other.close_heartbeat()
+        prober = self._probers.get(target) if target is not None else None
         if prober is None or not prober._heartbeat_ok:
             return
         try:
@@ -470,7 +570,10 @@ class Monitor:
 
     def _write_heartbeat(self, prober: Prober) -> None:
         try:
-            prober.write_heartbeat()
+            service = self._service
+            prober.write_heartbeat(
+                HEARTBEAT_TAKEOVER_INTERVALS * service.monitor_interval + service.probe_timeout
+            )
         except (pymysql.err.MySQLError, OSError) as exc:
             logger.debug(
                 "service %r: heartbeat write on %s failed: %s",

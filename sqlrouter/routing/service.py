@@ -25,6 +25,7 @@ from ..topology import Credentials, Service
 from .changes import diff
 from .health import Snapshot
 from .monitor import Monitor
+from .shared import Share
 
 __all__ = ["FIRST_ROUND_TIMEOUT", "Invalidatable", "ServiceHandle"]
 
@@ -76,6 +77,7 @@ class ServiceHandle:
         credentials: Credentials,
         *,
         on_fork_restart: Callable[[ServiceHandle], None] | None = None,
+        share: Share | None = None,
     ) -> None:
         self.registry = registry
         self.name = service.name
@@ -84,6 +86,7 @@ class ServiceHandle:
             credentials=credentials,
             refresh=self._follow_registry,
             on_snapshot=self._on_snapshot,
+            share=share,
         )
         self._turn = itertools.count()
         self._lock = _forksafe.lock()

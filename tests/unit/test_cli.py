@@ -151,3 +151,64 @@ def test_a_missing_registry_names_the_option_the_user_gives(tmp_path: Path) -> N
     with pytest.raises(RegistryError) as info:
         resolve_registry_path(None, environ={}, cwd=tmp_path)
     assert "looked at registry= (not given)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("monitor", "line"),
+    [
+        ({"shared": None}, "probed by this process (not shared)"),
+        (
+            {
+                "shared": {"role": "publisher", "file": "/d/s.json", "agent": True},
+                "heartbeat_writer": True,
+            },
+            "published by this process (an agent) in /d/s.json; this process writes the heartbeat",
+        ),
+        (
+            {
+                "shared": {
+                    "role": "follower",
+                    "file": "/d/s.json",
+                    "publisher_pid": 42,
+                    "agent": False,
+                }
+            },
+            "read from pid 42, which publishes them in /d/s.json",
+        ),
+        (
+            {"shared": {"role": "alone", "file": "/d/s.json"}},
+            "probed by this process: /d/s.json is unusable",
+        ),
+        ({"shared": {"role": "follower", "file": "/d/s.json"}}, "no publisher yet (/d/s.json)"),
+    ],
+)
+def test_status_says_who_publishes_the_snapshots(monitor: dict[str, object], line: str) -> None:
+    response = {
+        "process": {"pid": 7, "program": "app", "uid": 1000},
+        "control": {"socket": "/run/7.sock"},
+        "services": [
+            {
+                "service": "shop",
+                "registry": "file x",
+                "max_lag": 1.0,
+                "master": "db1",
+                "monitor": {"running": True, "rounds": 3, **monitor},
+                "datasources": [],
+            }
+        ],
+    }
+    assert f"snapshots: {line}\n" in format_status(response) + "\n"
+
+
+def test_agent_options() -> None:
+    args = build_parser().parse_args(
+        ["agent", "--registry", "r.toml", "--service", "a", "--service", "b"]
+    )
+    assert (args.command, args.registry, args.service, args.log_level) == (
+        "agent",
+        "r.toml",
+        ["a", "b"],
+        "INFO",
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["agent"])  # --registry is required

@@ -1,0 +1,187 @@
+"""Idle application processes of a fleet, for tests/integration/test_fleet.py and
+benchmarks/bench_fleet.py.
+
+``python -m benchmarks._fleet_worker RW_URL RO_URL STATUS [--check] [--fork N --hosts
+DIR,DIR]``: a process that holds one RW_STRICT and one RO_RELAXED connection and writes
+what its monitor sees to the JSON file STATUS (replaced atomically) every 50 ms: its
+share role, whether it writes the heartbeat, the snapshot's age, master and lags.  With
+``--check`` it also runs a query on each connection every round and records where each
+went and the errors.  With ``--fork N`` it imports sqlrouter, then forks N such workers
+(``STATUS`` then names a directory: one ``PID.json`` each), spread over the simulated
+hosts ``--hosts`` (each a ``$SQLROUTER_SHARE`` directory), and waits; SIGTERM stops
+them all.  ``--watch FILE``: write STATUS only while FILE exists (else look every
+0.5 s), so that many idle workers cost what idle workers cost.
+
+It uses nothing added by the fleet changes unless it is there (``monitor.share``,
+``prober.writer``): the benchmark runs it on an older checkout too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import sqlrouter
+from sqlrouter._runtime import handles
+from sqlrouter.routing.router import observed_master
+
+
+def _status(checks: dict[str, Any]) -> dict[str, Any]:
+    hs = handles()
+    if not hs:
+        return {"pid": os.getpid(), "t": time.monotonic(), **checks}
+    monitor = hs[0].monitor
+    share = getattr(monitor, "share", None)
+    snap = monitor.snapshot
+    master = observed_master(snap)
+    probers = list(monitor._probers.values())
+    now = time.monotonic()
+    return {
+        "pid": os.getpid(),
+        "t": now,
+        "role": share.role if share is not None else "own",
+        "publisher_pid": share.describe(now).get("publisher_pid") if share is not None else None,
+        "writer": any(getattr(p, "writer", False) for p in probers),
+        "probers": len(probers),
+        "generation": snap.generation,
+        "age": now - snap.taken_at,
+        "master": master.name if master is not None else None,
+        "lag": {name: h.lag for name, h in snap.health.items()},
+        **checks,
+    }
+
+
+def _stop(signum: int, frame: object) -> None:
+    sys.exit(0)
+
+
+def _facts(max_lag: float | None = None) -> tuple[str | None, tuple[str, ...]]:
+    """What routing sees now: the master, and the datasources a relaxed read excludes."""
+    hs = handles()
+    if not hs:
+        return None, ()
+    snap = hs[0].monitor.snapshot
+    master = observed_master(snap)
+    bound = snap.service.max_lag if max_lag is None else max_lag
+    excluded = tuple(
+        sorted(
+            name
+            for name, h in snap.health.items()
+            if not h.reachable or h.lag is None or h.lag > bound
+        )
+    )
+    return (master.name if master is not None else None), excluded
+
+
+def _connect(url: str, timeout: float = 120.0) -> sqlrouter.Connection:
+    """Connect, trying again for ``timeout`` seconds: many processes starting at once
+    on a small machine may see the servers' probes time out at first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return sqlrouter.connect(url)
+        except sqlrouter.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def work(rw_url: str, ro_url: str, status: Path, *, check: bool, watch: Path | None) -> None:
+    """Connect, then report (see the module docstring); every 20 ms it looks at its
+    snapshot (in memory) and records when the master or the excluded set changed."""
+    signal.signal(signal.SIGTERM, _stop)
+    rw, ro = _connect(rw_url), _connect(ro_url)
+    checks: dict[str, Any] = {"errors": [], "rw_on": None, "ro_on": None, "queries": 0}
+    changes: list[tuple[float, str | None, tuple[str, ...]]] = []
+    tmp = status.with_name(status.name + ".tmp")
+    written = 0.0
+    while True:
+        if watch is not None and not watch.exists():
+            time.sleep(0.5)
+            continue
+        if check:
+            for name, conn in (("rw", rw), ("ro", ro)):
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT @@server_id, @@read_only")
+                        row = cur.fetchone()
+                    assert row is not None
+                    checks[f"{name}_on"] = [int(row[0]), int(row[1])]
+                    checks["queries"] += 1
+                except sqlrouter.Error as exc:
+                    checks["errors"] = [*checks["errors"], f"{name}: {exc}"][-5:]
+                    with contextlib.suppress(sqlrouter.Error):
+                        conn.ping(reconnect=True)
+        now = time.monotonic()
+        master, excluded = _facts()
+        changed = not changes or changes[-1][1:] != (master, excluded)
+        if changed:
+            changes = [*changes, (now, master, excluded)][-20:]
+        if changed or check or now - written >= 1.0:
+            tmp.write_text(json.dumps({**_status(checks), "changes": changes}))
+            os.replace(tmp, status)
+            written = now
+        time.sleep(0.05 if check else 0.02)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("rw")
+    parser.add_argument("ro")
+    parser.add_argument("status", type=Path)
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--watch", type=Path, default=None)
+    parser.add_argument("--fork", type=int, default=0)
+    parser.add_argument("--hosts", default="")
+    args = parser.parse_args()
+    if not args.fork:
+        work(args.rw, args.ro, args.status, check=args.check, watch=args.watch)
+        return
+    hosts = [h for h in args.hosts.split(",") if h] or [os.environ.get("SQLROUTER_SHARE", "")]
+    children = []
+    for i in range(args.fork):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - a worker
+            code = 0
+            try:
+                if hosts[i % len(hosts)]:
+                    os.environ["SQLROUTER_SHARE"] = hosts[i % len(hosts)]
+                status = args.status / f"{os.getpid()}.json"
+                work(args.rw, args.ro, status, check=args.check, watch=args.watch)
+            except SystemExit:
+                pass
+            except BaseException:  # noqa: BLE001 - a worker's failure is its exit status
+                traceback.print_exc()
+                code = 1
+            finally:
+                sqlrouter.shutdown()
+                os._exit(code)
+        children.append(pid)
+
+    def stop_all(signum: int, frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop_all)
+    for pid in children:
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+
+
+if __name__ == "__main__":
+    main()

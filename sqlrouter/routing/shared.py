@@ -1,0 +1,612 @@
+"""Snapshots shared by the processes of one user on one host: one monitor, many readers.
+
+Twenty workers of one host that watch the same service need one monitor between them,
+not twenty.  For each service, the processes of one user on one host (those given the
+same private directory) elect one *publisher*: it probes the servers and writes each
+round's observations to a file; the others (*followers*) read that file instead of
+probing.  Nothing else is needed: no daemon, no configuration (``sqlrouter agent`` is
+only a publisher that outlives the workers).
+
+The directory and its files
+    ``DIR/NAME-KEY.json`` holds the last published round, ``DIR/NAME-KEY.lock`` is
+    locked (``lockf``) for the instant it takes to read and replace it.  ``KEY`` is a
+    hash of what the observations depend on (the datasources' addresses, the heartbeat
+    table, the interval, the probe timeout): processes that define the service alike
+    share, the others do not.  ``DIR`` is private (mode 0700, owned by the user, the
+    control socket's directory: :mod:`sqlrouter._runtime` checks it); a file that is not
+    a regular file of this user, that is too big, malformed, from another boot, or that
+    names other datasources is refused with one WARNING line, and this process probes
+    for itself (then replaces the file when it wins the election).  A file is replaced
+    by ``rename()``: a reader never sees half of one.
+
+The lease
+    The file names its publisher (pid, a random id, whether it is an agent) and when it
+    last wrote (``lease_at``, ``time.monotonic()``: CLOCK_MONOTONIC is one clock for
+    every process of a host).  The publisher writes every round, and every monitor
+    interval while a round waits for a frozen server.  A follower takes over (under the
+    lock, after reading the file again) when the publisher's pid is gone (it died or
+    exited: at its next poll), when it resigned (it stopped: at once), or when the lease
+    is older than :data:`LEASE_INTERVALS` intervals (it stalls: a stopped process, a
+    starved thread): within two intervals in each case.  (On a machine so loaded that
+    the publisher's thread misses its turn by that much, a follower takes over: safe,
+    since the one that comes back steps down, but the publisher changes.)  A publisher
+    that finds another one named in the file when it comes to write (it stalled and was
+    replaced) writes nothing and becomes a follower.  An agent takes over from a
+    publisher that is not one; nothing takes over from a live agent.
+
+Reading stays off the statement path
+    A follower's monitor thread polls the file's ``stat()`` every tenth of an interval
+    and reads it when it changed; the snapshot it installs is the process's, like a
+    round of its own: connections read it from memory.  The freshness bound applies
+    unchanged (the snapshot keeps the publisher's ``taken_at``): a follower never routes
+    on a round older than ``Snapshot.max_age``, whoever made it.
+
+What stays per process: the operator's routing-level state (``offline``, ``promote``
+through the control socket), the open connections and their invalidation, events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import stat as stat_mode
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .. import _forksafe, _pid
+from ..gtid import CausalToken
+from ..topology import Service
+from .health import Health
+
+__all__ = [
+    "LEASE_INTERVALS",
+    "POLLS_PER_INTERVAL",
+    "Published",
+    "Share",
+    "ShareError",
+    "decode",
+    "encode",
+    "service_key",
+]
+
+logger = logging.getLogger("sqlrouter.monitor")
+
+#: A publisher that has not written for this many monitor intervals has stalled (it
+#: writes every interval, +-10%, plus the round's time; followers look every tenth of an
+#: interval: a stalled publisher is replaced within two intervals).
+LEASE_INTERVALS: Final = 1.8
+#: A follower looks at the file this many times per monitor interval.
+POLLS_PER_INTERVAL: Final = 10
+#: The largest file read (a service of a few hundred datasources fits).
+MAX_FILE_BYTES: Final = 1 << 20
+#: The longest wait for the file's lock at a time.  A follower that cannot have it
+#: keeps following and tries again at its next poll; only when it could not for
+#: :data:`LOCK_GIVE_UP_INTERVALS` intervals (a process stopped in the instant it held
+#: it) does it probe alone.  Generous: on an overloaded host a holder that is merely
+#: slow is common, and a herd of processes probing alone would load it more.
+LOCK_TIMEOUT: Final = 0.2
+LOCK_GIVE_UP_INTERVALS: Final = 10.0
+_FORMAT: Final = 1
+#: The largest process id Linux gives (``pid_max`` cannot exceed it).
+_PID_MAX: Final = 4_194_304
+
+#: One thread of a process at a time holds a file's lock (``lockf`` locks belong to
+#: the process, not the thread, and are dropped when the process closes any
+#: descriptor of the file); a forked child holds none of its parent's.
+_thread_lock = _forksafe.lock()
+
+
+class ShareError(ValueError):
+    """A shared snapshot file that cannot be used, and why."""
+
+
+def _boot_id() -> str:
+    """This boot's id (monotonic clocks restart at boot); ``""`` where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+_BOOT: Final = _boot_id()
+
+
+def service_key(service: Service) -> str:
+    """A file-name-safe id of what a round's observations depend on (no secret)."""
+    what = {
+        "name": service.name,
+        "datasources": [(ds.name, ds.host, ds.port) for ds in service.datasources],
+        "heartbeat": [service.heartbeat.enabled, service.heartbeat.table],
+        "interval": service.monitor_interval,
+        "probe_timeout": service.probe_timeout,
+    }
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", service.name)[:40]
+    return f"{name}-{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a shared snapshot file says."""
+
+    #: The publisher (``pid`` 0: nobody, it resigned).
+    pid: int
+    publisher: str
+    agent: bool
+    #: ``time.monotonic()`` of the publisher's last write.
+    lease_at: float
+    #: The round: when it ended, and what it observed (``None``: no round yet).
+    taken_at: float | None = None
+    health: Mapping[str, Health] | None = None
+
+
+_HEALTH_FIELDS: Final = {f.name: f for f in dataclasses.fields(Health)}
+_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "name": (str,),
+    "reachable": (bool,),
+    "observed_at": (float, int),
+    "read_only": (bool, type(None)),
+    "server_id": (int, type(None)),
+    "replicating": (bool,),
+    "master_server_id": (int, type(None)),
+    "master_host": (str,),
+    "master_port": (int, type(None)),
+    "io_running": (bool, type(None)),
+    "sql_running": (bool, type(None)),
+    "lag": (float, int, type(None)),
+    "lag_source": (str,),
+    "position": (str,),
+    "gtid_binlog_pos": (str,),
+    "gtid_slave_pos": (str,),
+    "tracks_last_gtid": (bool, type(None)),
+    "error": (str, type(None)),
+    "error_code": (int, type(None)),
+}
+
+
+def encode(published: Published, key: str) -> bytes:
+    health = None
+    if published.health is not None:
+        health = [
+            {
+                name: (str(getattr(h, name)) if name == "position" else getattr(h, name))
+                for name in _HEALTH_FIELDS
+            }
+            for h in published.health.values()
+        ]
+    return json.dumps(
+        {
+            "format": _FORMAT,
+            "key": key,
+            "boot": _BOOT,
+            "pid": published.pid,
+            "publisher": published.publisher,
+            "agent": published.agent,
+            "lease_at": published.lease_at,
+            "taken_at": published.taken_at,
+            "health": health,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode(data: bytes, key: str, service: Service, now: float) -> Published:
+    """Parse and check a file's content; :class:`ShareError` says what is wrong."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShareError(f"not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ShareError("not a JSON object")
+    if doc.get("format") != _FORMAT:
+        raise ShareError(f"format {doc.get('format')!r}, expected {_FORMAT}")
+    if doc.get("key") != key:
+        raise ShareError("written for another definition of the service")
+    if doc.get("boot") != _BOOT:
+        raise ShareError("written before this host's last boot")
+    pid, publisher, agent = doc.get("pid"), doc.get("publisher"), doc.get("agent")
+    lease_at, taken_at = doc.get("lease_at"), doc.get("taken_at")
+    if not (isinstance(pid, int) and not isinstance(pid, bool) and 0 <= pid <= _PID_MAX):
+        raise ShareError(f"pid {pid!r} is not a process id")
+    if not isinstance(publisher, str) or not isinstance(agent, bool):
+        raise ShareError("publisher or agent missing")
+    lease = _time(lease_at, "lease_at", now)
+    if lease is None:
+        raise ShareError("lease_at is missing")
+    taken = _time(taken_at, "taken_at", now)
+    raw = doc.get("health")
+    if (raw is None) != (taken_at is None):
+        raise ShareError("a round's time without its observations, or the reverse")
+    health: dict[str, Health] | None = None
+    if raw is not None:
+        if not isinstance(raw, list):
+            raise ShareError("health is not a list")
+        health = {}
+        for item in raw:
+            h = _health(item, now)
+            health[h.name] = h
+        names = {ds.name for ds in service.datasources}
+        if set(health) != names:
+            raise ShareError(
+                f"it observed {', '.join(sorted(health)) or 'nothing'}, not the "
+                f"datasources {', '.join(sorted(names))}"
+            )
+    return Published(
+        pid=pid,
+        publisher=publisher,
+        agent=agent,
+        lease_at=lease,
+        taken_at=taken,
+        health=health,
+    )
+
+
+def _time(value: object, what: str, now: float) -> float | None:
+    """A ``time.monotonic()`` reading of the file: a number, not after ``now``."""
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ShareError(f"{what} {value!r} is not a number")
+    if not float(value) <= now + 1.0:
+        raise ShareError(f"{what} {value!r} is in the future (or not a number)")
+    return float(value)
+
+
+def _health(item: object, now: float) -> Health:
+    if not isinstance(item, dict) or set(item) != set(_TYPES):
+        raise ShareError("a datasource's health has missing or unknown fields")
+    values: dict[str, Any] = {}
+    for name, types in _TYPES.items():
+        value = item[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ShareError(f"health field {name} is {type(value).__name__}")
+        values[name] = value
+    if not values["observed_at"] <= now + 1.0:
+        raise ShareError("an observation is in the future")
+    try:
+        values["position"] = CausalToken.from_gtid_list(values["position"])
+    except ValueError as exc:
+        raise ShareError(f"position: {exc}") from None
+    for name in ("observed_at", "lag"):
+        if values[name] is not None:
+            values[name] = float(values[name])
+    return Health(**values)
+
+
+class Share:
+    """One service's shared snapshot file, as one process sees it.
+
+    Used by the monitor's thread only (``describe`` excepted: it reads attributes).
+    ``role`` is ``"follower"``, ``"publisher"`` or ``"alone"`` (probing without
+    publishing: the file was unusable, or its lock could not be had).
+    """
+
+    def __init__(self, directory: Path, *, agent: bool = False) -> None:
+        self.directory = directory
+        self.agent = agent
+        self.role = "follower"
+        self._me = secrets.token_hex(8)
+        self._key = ""
+        self._service: Service | None = None
+        self._signature: tuple[int, int, int] | None = None
+        self._read: Published | None = None
+        #: The round last handed to the monitor (its ``taken_at``).
+        self._taken: float | None = None
+        self._warned: str | None = None
+        #: Since when the lock could not be had (``None``: it could, last time).
+        self._lock_failed_since: float | None = None
+        self.changes = 0
+
+    def __repr__(self) -> str:
+        return f"<Share {self.role} {self._path_text()}>"
+
+    def _path_text(self) -> str:
+        return str(self.directory / f"{self._key}.json") if self._key else str(self.directory)
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self._key}.json"
+
+    def describe(self, now: float) -> dict[str, Any]:
+        """Who publishes, for ``status``."""
+        read = self._read
+        out: dict[str, Any] = {"role": self.role, "file": self._path_text()}
+        if self.role == "publisher":
+            out.update(publisher_pid=os.getpid(), agent=self.agent)
+        elif read is not None and read.pid:
+            out.update(publisher_pid=read.pid, agent=read.agent, lease_age=now - read.lease_at)
+        return out
+
+    def after_fork(self) -> None:
+        """In a forked child: a follower with a new identity, that read nothing yet."""
+        self._me = secrets.token_hex(8)
+        self.role = "follower"
+        self._signature = None
+        self._read = None
+        self._taken = None
+
+    # -- the monitor's calls ---------------------------------------------------------
+
+    def lead(self, service: Service, now: float) -> bool:
+        """Whether this process probes this time (a publisher, or alone); a follower
+        whose publisher is gone or stalled tries to take over first."""
+        key = self._key if service is self._service else service_key(service)
+        if key != self._key:
+            if self.role == "publisher":
+                self.resign(now)
+            self._key, self.role, self._signature, self._read = key, "follower", None, None
+            self._taken = None
+        self._service = service
+        if self.role == "publisher":
+            return True
+        problem = self._refresh(service, now)
+        read = self._read
+        if problem is None and read is not None and self._alive(read, service, now):
+            if self.role == "alone":
+                logger.info("service %r: following the snapshots of pid %d", service.name, read.pid)
+            self.role = "follower"
+            return False
+        return self._elect(service, now)
+
+    def take(self) -> tuple[float, Mapping[str, Health]] | None:
+        """The round read from the file, if it is one not handed over yet."""
+        read = self._read
+        if self.role != "follower" or read is None or read.health is None:
+            return None
+        if read.taken_at == self._taken or read.taken_at is None:
+            return None
+        self._taken = read.taken_at
+        return read.taken_at, read.health
+
+    def publish(self, taken_at: float, health: Mapping[str, Health], now: float) -> bool:
+        """Write a round (a publisher); False: another process publishes now, and this
+        one became a follower."""
+        if self.role != "publisher":
+            return self.role == "alone"
+        return self._write_if_mine(now, taken_at, health)
+
+    def renew(self, now: float) -> None:
+        """Renew the lease (a round waits for a frozen server)."""
+        if self.role == "publisher":
+            read = self._read
+            self._write_if_mine(now, None if read is None else read.taken_at, None, keep=True)
+
+    def resign(self, now: float) -> None:
+        """Stop publishing and say so, so that a follower takes over at its next poll."""
+        if self.role != "publisher" or not self._key:
+            return
+        self.role = "follower"
+        with self._locked() as locked:
+            if not locked:
+                return
+            current = self._load(now)
+            if current is None or current.publisher != self._me:
+                return
+            self._write(dataclasses.replace(current, pid=0, publisher="", agent=False))
+        logger.info("service %r: no longer publishing snapshots", self._service_name())
+
+    # -- internals -------------------------------------------------------------------
+
+    def _service_name(self) -> str:
+        return self._service.name if self._service is not None else "?"
+
+    def _alive(self, read: Published, service: Service, now: float) -> bool:
+        """The publisher named in the file publishes (and is not to be replaced)."""
+        if read.pid == 0 or read.publisher == self._me:
+            return False
+        if self.agent and not read.agent:
+            return False
+        lease = LEASE_INTERVALS * service.monitor_interval
+        return now - read.lease_at <= lease and _pid.exists(read.pid)
+
+    def _refresh(self, service: Service, now: float) -> str | None:
+        """Read the file again if it changed (one ``stat()`` otherwise)."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            self._signature, self._read = None, None
+            return None
+        except OSError as exc:
+            return self._unusable(f"cannot stat it: {exc.strerror}")
+        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if signature == self._signature and self._read is not None:
+            return None
+        try:
+            self._read = self._load_checked(now)
+        except ShareError as exc:
+            self._read = None
+            self._signature = signature
+            return self._unusable(str(exc))
+        self._signature = signature
+        self._warned = None
+        return None
+
+    def _unusable(self, why: str) -> str:
+        if why != self._warned:
+            self._warned = why
+            logger.warning(
+                "service %r: shared snapshot file %s is unusable: %s; probing for this "
+                "process (it will be replaced)",
+                self._service_name(),
+                self.path,
+                why,
+            )
+        return why
+
+    def _load_checked(self, now: float) -> Published | None:
+        """The file's content, checked; ``None`` if there is none.  :class:`ShareError`."""
+        if self._service is None:
+            raise ShareError("no service yet")
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ShareError(f"cannot open it: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat_mode.S_ISREG(st.st_mode):
+                raise ShareError("not a regular file")
+            if st.st_uid != os.getuid():
+                raise ShareError(f"it belongs to uid {st.st_uid}, not {os.getuid()}")
+            if st.st_size > MAX_FILE_BYTES:
+                raise ShareError(f"{st.st_size} bytes, more than {MAX_FILE_BYTES}")
+            chunks = []
+            while chunk := os.read(fd, MAX_FILE_BYTES + 1):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        # The caller's ``now`` was read before this (maybe long before, on a loaded
+        # machine): a file written since is not "in the future".
+        return decode(b"".join(chunks), self._key, self._service, max(now, time.monotonic()))
+
+    def _load(self, now: float) -> Published | None:
+        try:
+            return self._load_checked(now)
+        except ShareError:
+            return None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[bool]:
+        """The file's lock, for at most :data:`LOCK_TIMEOUT` seconds (False: not had)."""
+        with _thread_lock:
+            try:
+                fd = os.open(
+                    self.directory / f"{self._key}.lock",
+                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                )
+            except OSError as exc:
+                self._unusable(f"cannot open its lock: {exc.strerror}")
+                yield False
+                return
+            try:
+                deadline = time.monotonic() + LOCK_TIMEOUT
+                while True:
+                    try:
+                        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except OSError as exc:
+                        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                            raise
+                        if time.monotonic() >= deadline:
+                            yield False
+                            return
+                        time.sleep(0.005)
+                yield True
+            finally:
+                os.close(fd)  # releases the lock
+
+    def _elect(self, service: Service, now: float) -> bool:
+        """Take over if, under the lock, the file still names no live publisher."""
+        with self._locked() as locked:
+            if not locked:
+                since = self._lock_failed_since
+                if since is None:
+                    self._lock_failed_since = since = now
+                if now - since <= LOCK_GIVE_UP_INTERVALS * service.monitor_interval:
+                    self.role = "follower" if self.role != "alone" else "alone"
+                    return self.role == "alone"
+                return self._alone("its lock is held by a process that does not answer")
+            self._lock_failed_since = None
+            try:
+                current = self._load_checked(now)
+            except ShareError as exc:
+                current = None
+                self._unusable(str(exc))
+            if current is not None and self._alive(current, service, now):
+                self._read, self._signature, self.role = current, None, "follower"
+                return False
+            taken_at = current.taken_at if current is not None else None
+            health = current.health if current is not None else None
+            claim = Published(os.getpid(), self._me, self.agent, now, taken_at, health)
+            if not self._write(claim):
+                return self._alone("it cannot be written")
+            self._read = claim
+        self.role = "publisher"
+        self.changes += 1
+        previous = "" if current is None or not current.pid else f" (after pid {current.pid})"
+        logger.info(
+            "service %r: this process publishes the snapshots%s in %s",
+            service.name,
+            previous,
+            self.path,
+        )
+        return True
+
+    def _alone(self, why: str) -> bool:
+        if self.role != "alone":
+            logger.warning(
+                "service %r: shared snapshot file %s: %s; probing for this process",
+                self._service_name(),
+                self.path,
+                why,
+            )
+        self.role = "alone"
+        return True
+
+    def _write_if_mine(
+        self,
+        now: float,
+        taken_at: float | None,
+        health: Mapping[str, Health] | None,
+        *,
+        keep: bool = False,
+    ) -> bool:
+        with self._locked() as locked:
+            if not locked:
+                return True  # keep probing; the lease says whether others take over
+            current = self._load(now)
+            if current is None or current.publisher != self._me:
+                self.role = "follower"
+                self._read, self._signature = current, None
+                logger.info(
+                    "service %r: another process (pid %s) took over the snapshots; following it",
+                    self._service_name(),
+                    current.pid if current is not None else "?",
+                )
+                return False
+            if keep:
+                taken_at, health = current.taken_at, current.health
+            mine = Published(os.getpid(), self._me, self.agent, now, taken_at, health)
+            self._write(mine)
+            self._read = mine
+        return True
+
+    def _write(self, published: Published) -> bool:
+        tmp = self.directory / f".{self._key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        data = encode(published, self._key)
+        try:
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            logger.warning(
+                "service %r: cannot write the shared snapshot file %s: %s",
+                self._service_name(),
+                self.path,
+                exc.strerror,
+            )
+            return False
+        return True

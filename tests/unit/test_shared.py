@@ -1,0 +1,256 @@
+"""Shared snapshots (sqlrouter.routing.shared) without a server: the file format, the
+lease and the election between Share objects given explicit times, and what a corrupt,
+foreign or half-written file does (a WARNING and probing, never a crash or a route)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sqlrouter.gtid import CausalToken
+from sqlrouter.routing.health import Health
+from sqlrouter.routing.shared import (
+    LEASE_INTERVALS,
+    Published,
+    Share,
+    ShareError,
+    decode,
+    encode,
+    service_key,
+)
+from sqlrouter.topology import DataSource, Role, Service
+
+SERVICE = Service(
+    "shop",
+    (
+        DataSource("db1", "127.0.0.1", 3306, Role.MASTER),
+        DataSource("db2", "127.0.0.1", 3307),
+    ),
+    monitor_interval=0.5,
+)
+KEY = service_key(SERVICE)
+NOW = 1000.0
+
+
+def health(at: float = NOW - 0.1) -> dict[str, Health]:
+    return {
+        "db1": Health("db1", True, at, read_only=False, server_id=1, lag=0.0, lag_source="master"),
+        "db2": Health(
+            "db2",
+            True,
+            at,
+            read_only=True,
+            server_id=2,
+            replicating=True,
+            master_host="127.0.0.1",
+            master_port=3306,
+            io_running=True,
+            sql_running=True,
+            lag=0.25,
+            lag_source="heartbeat",
+            position=CausalToken.from_gtid_list("0-1-10"),
+            gtid_slave_pos="0-1-10",
+        ),
+    }
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    d = tmp_path / "fleet"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def test_a_round_survives_the_file_unchanged() -> None:
+    published = Published(os.getpid(), "me", False, NOW, NOW - 0.1, health())
+    assert decode(encode(published, KEY), KEY, SERVICE, NOW) == published
+
+
+def test_the_key_names_what_observations_depend_on_and_no_secret() -> None:
+    moved = Service("shop", (DataSource("db1", "127.0.0.1", 4406), *SERVICE.datasources[1:]))
+    assert service_key(moved) != KEY
+    assert service_key(SERVICE) == KEY
+    assert KEY.startswith("shop-")
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda d: d.update(format=2), "format"),
+        (lambda d: d.update(key="other"), "another definition"),
+        (lambda d: d.update(boot="another-boot"), "boot"),
+        (lambda d: d.update(lease_at=NOW + 60), "in the future"),
+        (lambda d: d.update(pid=-1), "not a process id"),
+        (lambda d: d.update(pid=1 << 70), "not a process id"),
+        (lambda d: d["health"].pop(), "not the datasources"),
+        (lambda d: d["health"][0].update(lag="0.1"), "lag"),
+        (lambda d: d["health"][0].update(position="garbage"), "position"),
+        (lambda d: d["health"][0].update(extra=1), "unknown fields"),
+        (lambda d: d.update(taken_at=None), "without its observations"),
+    ],
+)
+def test_a_wrong_file_is_refused_saying_why(change: object, why: str) -> None:
+    doc = json.loads(encode(Published(1, "x", False, NOW, NOW, health()), KEY))
+    change(doc)  # type: ignore[operator]
+    with pytest.raises(ShareError, match=why):
+        decode(json.dumps(doc).encode(), KEY, SERVICE, NOW)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+@given(st.binary(max_size=300))
+def test_no_content_crashes_the_reader(data: bytes) -> None:
+    with contextlib.suppress(ShareError):
+        decode(data, KEY, SERVICE, NOW)
+
+
+@given(st.sampled_from(["pid", "agent", "lease_at", "taken_at", "health", "h0", "h1"]), JSON)
+def test_no_wrong_value_crashes_the_reader(field: str, value: object) -> None:
+    doc = json.loads(encode(Published(1, "x", False, NOW, NOW, health()), KEY))
+    if field in ("h0", "h1"):
+        item = doc["health"][int(field[1])]
+        item[sorted(item)[len(str(value)) % len(item)]] = value
+    else:
+        doc[field] = value
+    with contextlib.suppress(ShareError):
+        decode(json.dumps(doc).encode(), KEY, SERVICE, NOW)
+
+
+@given(st.integers(min_value=0, max_value=2000))
+def test_any_prefix_of_a_file_is_refused_or_whole(cut: int) -> None:
+    data = encode(Published(1, "x", False, NOW, NOW, health()), KEY)
+    try:
+        decode(data[:cut], KEY, SERVICE, NOW)
+    except ShareError:
+        assert cut < len(data)
+    else:
+        assert cut >= len(data)
+
+
+def test_one_publisher_the_others_follow_its_rounds(directory: Path) -> None:
+    a, b = Share(directory), Share(directory)
+    assert a.lead(SERVICE, NOW) is True
+    assert a.role == "publisher"
+    assert b.lead(SERVICE, NOW) is False
+    assert b.role == "follower"
+    assert b.take() is None  # nothing observed yet
+    rows = health()
+    assert a.publish(NOW - 0.1, rows, NOW)
+    assert b.lead(SERVICE, NOW + 0.05) is False
+    assert b.take() == (NOW - 0.1, rows)
+    assert b.take() is None  # handed over once
+    assert b.describe(NOW)["publisher_pid"] == os.getpid()
+
+
+def test_a_stalled_publisher_is_replaced_and_steps_down(directory: Path) -> None:
+    a, b = Share(directory), Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    lease = LEASE_INTERVALS * SERVICE.monitor_interval
+    assert b.lead(SERVICE, NOW + lease * 0.9) is False
+    assert b.lead(SERVICE, NOW + lease + 0.01) is True
+    assert b.role == "publisher"
+    # The old one resumes: its round is not written, it follows.
+    assert a.publish(NOW + lease, health(NOW + lease), NOW + lease + 0.02) is False
+    assert a.role == "follower"
+    assert a.lead(SERVICE, NOW + lease + 0.03) is False
+
+
+def test_a_publisher_that_stops_hands_over_at_once(directory: Path) -> None:
+    a, b = Share(directory), Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    assert b.lead(SERVICE, NOW + 0.01) is False
+    a.resign(NOW + 0.02)
+    assert b.lead(SERVICE, NOW + 0.03) is True
+    # The last round is kept: followers route on it while it is fresh.
+    c = Share(directory)
+    assert c.lead(SERVICE, NOW + 0.04) is False
+    assert c.take() == (NOW, health())
+
+
+def test_a_dead_publisher_is_replaced_at_once(directory: Path) -> None:
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    path = a.path
+    doc = json.loads(path.read_bytes())
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only exits
+        os._exit(0)
+    os.waitpid(pid, 0)
+    doc["pid"] = pid  # a process that no longer exists
+    path.write_text(json.dumps(doc))
+    b = Share(directory)
+    assert b.lead(SERVICE, NOW + 0.01) is True
+
+
+def test_an_agent_takes_over_and_is_not_replaced(directory: Path) -> None:
+    worker, agent, other = Share(directory), Share(directory, agent=True), Share(directory)
+    worker.lead(SERVICE, NOW)
+    assert agent.lead(SERVICE, NOW + 0.01) is True
+    assert worker.publish(NOW, health(), NOW + 0.02) is False
+    agent.publish(NOW + 0.02, health(), NOW + 0.03)
+    assert other.lead(SERVICE, NOW + 0.04) is False
+    assert other.describe(NOW + 0.04)["agent"] is True
+
+
+@pytest.mark.parametrize("damage", ["half-written", "not json", "symlink", "other uid", "huge"])
+def test_an_unusable_file_is_logged_probed_around_and_replaced(
+    directory: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    path = a.path
+    data = path.read_bytes()
+    path.unlink()
+    if damage == "half-written":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "not json":
+        path.write_bytes(b"\x00\xff" * 10)
+    elif damage == "symlink":
+        target = directory / "elsewhere"
+        target.write_bytes(data)
+        path.symlink_to(target)
+    elif damage == "other uid":
+        if os.getuid() != 0:
+            pytest.skip("chown needs root")
+        path.write_bytes(data)
+        os.chown(path, 12345, 12345)
+    else:
+        path.write_bytes(b" " * (2 << 20))
+    b = Share(directory)
+    with caplog.at_level(logging.WARNING, logger="sqlrouter.monitor"):
+        assert b.lead(SERVICE, NOW + 0.01) is True  # probes for itself
+    assert b.take() is None  # nothing read from it
+    assert "is unusable" in caplog.text
+    assert b.role == "publisher"
+    c = Share(directory)
+    b.publish(NOW + 0.01, health(), NOW + 0.02)
+    assert c.lead(SERVICE, NOW + 0.03) is False  # replaced by a good one
+    assert c.take() is not None
+
+
+def test_after_fork_a_publisher_copy_is_a_follower(directory: Path) -> None:
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    a.after_fork()  # what the child's copy does
+    assert a.role == "follower"
+    # The child has a new identity: the file names the parent (this pid, alive)... but
+    # this test runs in one process, so the "parent" is this pid too: still alive.
+    assert a.lead(SERVICE, NOW + 0.01) is False
+    assert a.take() == (NOW, health())
