@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -475,3 +477,67 @@ def test_the_health_task_serves_health_metrics_and_the_agent_check(cluster: Sand
         task.stop(5.0)
     with pytest.raises(OSError):
         socket.create_connection(address, timeout=2).close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_sqlrouter_agent_serves_the_health_endpoint(cluster: Sandbox, tmp_path: Path) -> None:
+    """`sqlrouter agent --http`: the endpoint of a process that watches the service, in a
+    subprocess, until SIGTERM."""
+    share = tmp_path / "share"
+    share.mkdir(mode=0o700)
+    env = {**os.environ, "SQLROUTER_SHARE": str(share), "SQLROUTER_CONTROL": str(tmp_path / "c")}
+    command = [sys.executable, "-m", "sqlrouter", "agent", "--registry", str(cluster.registry_path)]
+    refused = subprocess.run(
+        [*command, "--http", "10.1.2.3:9200"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "'10.1.2.3:9200' is not a loopback address" in refused.stderr
+    http, check = _free_port(), _free_port()
+    agent = subprocess.Popen(
+        [*command, "--http", f"127.0.0.1:{http}", "--agent-check", f"127.0.0.1:{check}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{http}"
+
+    def answers() -> bool:
+        try:
+            return get(f"{base}/health/sandbox/db1?role=master")[0] == 200
+        except OSError:  # not listening yet
+            return False
+
+    try:
+        wait_until(
+            lambda: agent.poll() is not None or answers(), timeout=60, what="the agent's endpoint"
+        )
+        assert agent.poll() is None, agent.communicate(timeout=10)
+        assert get(f"{base}/health/sandbox/db2?max_lag=5")[0] == 200
+        assert get(f"{base}/health/sandbox/db1")[0] == 503
+        status, _, body = get(f"{base}/metrics")
+        assert status == 200 and 'sqlrouter_datasource_up{datasource="db3"' in body
+        with socket.create_connection(("127.0.0.1", check), timeout=10) as sock:
+            sock.sendall(b"sandbox db2 replica 5\n")
+            assert sock.recv(100) == b"up\n"
+        agent.send_signal(signal.SIGTERM)
+        out, err = agent.communicate(timeout=60)
+        assert agent.returncode == 0, err
+        for secret in (cluster.state.monitor, cluster.state.app, cluster.state.admin):
+            assert secret.password not in out + err + body
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", http), timeout=2).close()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.communicate(timeout=10)
