@@ -58,6 +58,7 @@ __all__ = [
     "ratio",
     "replace_section",
     "run_interleaved",
+    "run_main",
     "write_json",
 ]
 
@@ -540,6 +541,17 @@ def interrupt_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run_main(run: Callable[[Any], int], args: Any, log: Callable[[str], None]) -> int:
+    """``run(args)``, with SIGTERM taken as Ctrl-C: 130 when interrupted (the benchmark's
+    ``finally`` blocks destroyed its sandbox)."""
+    with interrupt_on_sigterm():
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            log("interrupted; the sandbox was destroyed")
+            return 130
 
 
 def profile_calls(fn: Callable[[], object], calls: int, *, top: int = 25) -> str:

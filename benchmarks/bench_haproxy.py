@@ -1412,11 +1412,11 @@ class _Stopwatch:
 
 
 CONNECT_STEPS: Final = (
-    ("parse", "`connection._parse`: the URL (an lru_cache hit)"),
+    ("parse", "`parse_cached`: the URL (an lru_cache hit)"),
     ("handle_for", "`handle_for`: the service's handle (registry found)"),
     ("init", "`Connection.__init__` before `connect()`"),
     ("snapshot", "`ServiceHandle.snapshot`"),
-    ("policy", "`Connection._policy`: the `Policy`"),
+    ("policy", "`_attempts.policy_for`: the `Policy`"),
     ("choose", "`router.choose`: the decision and its reason"),
     ("socket", "`Connection._connect_bounded`: PyMySQL's `connect()`"),
     ("after", "`Connection._after_connect`: session set-up"),
@@ -1431,6 +1431,7 @@ def connect_steps(env: Env, calls: int) -> list[list[str]]:
     place (the functions it calls patched with a stopwatch, ~0.3 µs each), next to
     PyMySQL's ``Connection(defer_connect=True)`` and ``connect()`` to the same replicas,
     without and with a ``read_timeout`` (sqlrouter bounds the handshake with one)."""
+    from sqlrouter import _attempts as sr_attempts  # noqa: PLC0415
     from sqlrouter import connection as sr_connection  # noqa: PLC0415
 
     url = env.url("RO_RELAXED")
@@ -1440,13 +1441,13 @@ def connect_steps(env: Env, calls: int) -> list[list[str]]:
     watch = _Stopwatch()
     cls = sr_connection.Connection
     patches = [
-        (sr_connection, "_parse", "parse"),
+        (sr_connection, "parse_cached", "parse"),
         (sr_connection, "handle_for", "handle_for"),
         (cls, "__init__", "init_total"),
         (cls, "connect", "connect"),
         (ServiceHandle, "snapshot", "snapshot"),
-        (cls, "_policy", "policy"),
-        (sr_connection, "choose", "choose"),
+        (sr_attempts, "policy_for", "policy"),
+        (sr_attempts, "choose", "choose"),
         (cls, "_connect_bounded", "socket"),
         (cls, "_after_connect", "after"),
         (ServiceHandle, "opened", "opened"),

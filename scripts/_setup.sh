@@ -56,7 +56,7 @@ STAMP="$VENV/.sqlrouter-installed"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     echo "setup: installing sqlrouter and its extras into $VENV" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e '.[dev,sqlalchemy,django]'
+    "$VENV/bin/python" -m pip install -q -e '.[dev,sqlalchemy,django,aio]'
     touch "$STAMP"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

@@ -15,12 +15,14 @@ close what belongs to the parent, start watching anew on first use.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 import weakref
 from typing import Any
 
-__all__ = ["lock"]
+__all__ = ["abandon", "lock"]
 
 _locks: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -30,6 +32,25 @@ def lock() -> threading.Lock:
     new = threading.Lock()
     _locks.add(new)
     return new
+
+
+#: What forked children dropped of their parents' connections (socket objects, buffered
+#: readers, results, asyncio transports), kept for the life of the process and never
+#: closed nor collected: a buffered reader's lock may be held by one of the parent's
+#: threads (one was reading when the process forked), which does not exist in the child,
+#: and an asyncio transport would unregister its socket from the parent's event loop
+#: (an epoll set the child shares); closing or finalizing them would hang or harm.
+_ABANDONED: list[tuple[object, ...]] = []
+
+
+def abandon(sock: socket.socket | None, *keep: object) -> None:
+    """In a forked child: keep ``sock`` and ``keep`` (a parent's connection's objects)
+    for ever, never closed; only this process's copy of ``sock``'s descriptor is
+    closed, without a word to the server."""
+    _ABANDONED.append((sock, *keep))
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.close(sock.detach())
 
 
 def _reinit_in_child() -> None:

@@ -23,45 +23,100 @@ from ._session_track import SERVER_SESSION_STATE_CHANGED, last_gtid_from_ok
 if TYPE_CHECKING:
     from ._connstate import ConnState
 
-__all__ = ["GtidCapture"]
+__all__ = [
+    "GtidCapture",
+    "after_write",
+    "capture",
+    "committed_by_select",
+    "unbuffered_done",
+    "written_by_select",
+]
 
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 #: PyMySQL's affected_rows of an unbuffered result set (not a write).
 _UNBUFFERED = 18446744073709551615
 
 
+def capture(state: ConnState, status: int, message: bytes | str | None) -> None:
+    """Merge the ``last_gtid`` an OK packet reports (``status``, ``message``) into the
+    connection's session."""
+    if isinstance(message, bytes) and status & SERVER_SESSION_STATE_CHANGED:
+        gtid = last_gtid_from_ok(status, message)
+        session = state.session
+        if gtid and session is not None:
+            session.advance_gtid(gtid)
+
+
+def after_write(state: ConnState, message: bytes | str | None, field_count: int) -> bool | None:
+    """The session's state changed under the last statement of a connection on the
+    master: capture its GTID from ``message`` (done here, ``False``), or ask for it with
+    ``SELECT @@last_gtid`` (``True``: a statement that wrote and returned rows, such as
+    ``INSERT ... RETURNING``, whose final EOF packet has no room for it); ``None``:
+    nothing to learn here."""
+    if not state.on_master or state.connecting:
+        return None
+    if message is not None:
+        capture(state, SERVER_SESSION_STATE_CHANGED, message)
+        return False
+    return True if field_count else None
+
+
+def unbuffered_done(state: ConnState, status: int, has_next: bool | None) -> bool:
+    """An unbuffered result ended with ``status``: ask ``SELECT @@last_gtid`` now?
+
+    If the statement wrote (``INSERT ... RETURNING`` streamed), its GTID is learnt now:
+    the socket is idle, and nothing else ran on this session since.
+    """
+    if has_next or state.session is None or not state.on_master or state.relaxed:
+        return False  # more results follow: next_result() reads them first
+    if state.gtid_by_select:
+        if status & _IN_TRANS:
+            return False
+        state.gtid_pending = False
+        return True
+    return bool(status & SERVER_SESSION_STATE_CHANGED)
+
+
+def written_by_select(state: ConnState, affected: int | None, status: int) -> bool:
+    """Where the server does not report ``last_gtid``: a statement affected ``affected``
+    rows; ask ``SELECT @@last_gtid`` now (its transaction ended)?"""
+    if affected and affected != _UNBUFFERED:
+        state.gtid_pending = True
+    if state.gtid_pending and not status & _IN_TRANS:
+        state.gtid_pending = False
+        return True
+    return False
+
+
+def committed_by_select(state: ConnState) -> bool:
+    """Where the server does not report ``last_gtid``: after COMMIT, ask for it?"""
+    if state.gtid_pending:
+        state.gtid_pending = False
+        return True
+    return False
+
+
 class GtidCapture(PyMySQLConnection):
-    """The GTID of each write of a connection on the master, into its session."""
+    """The GTID of each write of a connection on the master, into its session (the
+    decisions are the functions above, shared with :mod:`sqlrouter.aio`)."""
 
     _state: ConnState
 
     def _capture(self, status: int, message: bytes | str | None) -> None:
-        if isinstance(message, bytes) and status & SERVER_SESSION_STATE_CHANGED:
-            gtid = last_gtid_from_ok(status, message)
-            session = self._state.session
-            if gtid and session is not None:
-                session.advance_gtid(gtid)
+        capture(self._state, status, message)
 
     def _unbuffered_done(self, result: MySQLResult) -> None:
         """An unbuffered result (server-side cursor) read its final EOF packet.
 
         PyMySQL leaves the connection's ``server_status`` as the previous statement's for
         such a result: take the final one (a transaction opened, the session's state
-        changed).  If the statement wrote (``INSERT ... RETURNING`` streamed), learn its
-        GTID now: the socket is idle, and nothing else ran on this session since.
+        changed), then learn a write's GTID (:func:`unbuffered_done`).
         """
         status = result.server_status
         if status is None or self._sock is None:
             return
         self.server_status = status
-        state = self._state
-        if result.has_next or state.session is None or not state.on_master or state.relaxed:
-            return  # more results follow: next_result() reads them first
-        if state.gtid_by_select:
-            if not status & _IN_TRANS:
-                state.gtid_pending = False
-                self._select_last_gtid()
-        elif status & SERVER_SESSION_STATE_CHANGED:
+        if unbuffered_done(self._state, status, result.has_next):
             self._select_last_gtid()
 
     def _select_last_gtid(self) -> None:
@@ -73,19 +128,12 @@ class GtidCapture(PyMySQLConnection):
 
     def _after_write(self, result: MySQLResult | None) -> None:
         """The session's state changed under the last statement: learn its GTID."""
-        state = self._state
-        if result is None or not state.on_master or state.connecting:
-            return
-        if result.unbuffered_active:
+        if result is None or result.unbuffered_active:
             # Its rows are still on the socket (a server-side cursor): nothing may be
             # sent now.  ``server_status`` is still the previous statement's; the result
             # reports its own at its end (_unbuffered_done).
             return
-        if result.message is not None:
-            self._capture(self.server_status, result.message)
-        elif result.field_count:
-            # A statement that wrote and returned rows (INSERT ... RETURNING): its final
-            # EOF packet has no room for the GTID; ask for it.
+        if after_write(self._state, result.message, result.field_count):
             self._select_last_gtid()
 
     def next_result(self, unbuffered: bool = False) -> int:
@@ -98,9 +146,5 @@ class GtidCapture(PyMySQLConnection):
     def _after_write_by_select(self, affected: int | None) -> None:
         if self._result is not None and self._result.unbuffered_active:
             return  # rows still on the socket: _unbuffered_done() takes over at their end
-        state = self._state
-        if affected and affected != _UNBUFFERED:
-            state.gtid_pending = True
-        if state.gtid_pending and not self.server_status & _IN_TRANS:
-            state.gtid_pending = False
+        if written_by_select(self._state, affected, self.server_status):
             self._select_last_gtid()

@@ -28,15 +28,13 @@ the new hashes.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import inspect
-import os
 import warnings
 from collections.abc import Mapping
 from ssl import SSLContext
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import pymysql
@@ -45,6 +43,8 @@ import pymysql.cursors
 from pymysql.connections import MySQLResult
 from pymysql.constants import COMMAND
 from pymysql.protocol import EOFPacketWrapper
+
+from ._forksafe import abandon
 
 if TYPE_CHECKING:
     from pymysql.protocol import OKPacketWrapper
@@ -61,6 +61,7 @@ __all__ = [
     "preferred_ssl_context",
     "pymysql_query",
     "source_hash",
+    "tls_of",
 ]
 
 #: The PyMySQL release whose sources :data:`CHECKED` hashes.
@@ -107,11 +108,11 @@ CHECKED: Final[Mapping[str, str]] = MappingProxyType(
 )
 
 
-def source_hash(name: str) -> str:
-    """The first 128 bits (hex) of the SHA-256 of ``pymysql.connections.<name>``'s source,
-    as installed."""
+def source_hash(name: str, module: ModuleType = pymysql.connections) -> str:
+    """The first 128 bits (hex) of the SHA-256 of ``<module>.<name>``'s source (by
+    default PyMySQL's ``pymysql.connections``), as installed."""
     owner, _, attribute = name.partition(".")
-    function = getattr(getattr(pymysql.connections, owner), attribute)
+    function = getattr(getattr(module, owner), attribute)
     return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:32]
 
 
@@ -130,12 +131,22 @@ def preferred_ssl_context() -> SSLContext:
     return context
 
 
-#: What forked children dropped of their parents' connections (socket objects, buffered
-#: readers, results), kept for the life of the process and never closed nor collected:
-#: a buffered reader's lock may be held by one of the parent's threads (one was reading
-#: when the process forked), which does not exist in the child; closing or finalizing
-#: that reader would wait for the lock for ever.
-_ABANDONED: list[tuple[object, ...]] = []
+def tls_of(options: Mapping[str, Any]) -> tuple[SSLContext | None, bool]:
+    """The SSL context that PyMySQL's ``connect()`` builds from ``options`` (``ssl``,
+    ``ssl_ca``, ``ssl_disabled``...), and whether TLS is required (an option asked for
+    it) rather than preferred (none did); ``(None, False)`` when TLS is disabled.
+
+    PyMySQL reads the options itself (a connection that is never opened), so a client
+    on another protocol implementation (aiomysql) gets the same TLS from the same URL.
+    """
+    tls = {k: v for k, v in options.items() if k == "ssl" or k.startswith("ssl_")}
+    if not tls:
+        return (preferred_ssl_context() if SSL_ENABLED else None), False
+    probe: Any = pymysql.connections.Connection(defer_connect=True, **tls)
+    if not probe.ssl:
+        return None, False
+    context: SSLContext = probe.ctx
+    return context, bool(probe._ssl_required)
 
 
 class _Gone:
@@ -154,8 +165,8 @@ class _Gone:
 def abandon_after_fork(conn: Any, why: str) -> None:
     """In a forked child: make ``conn`` (the parent's connection, as this process sees
     it) unusable, without a word to the server and without touching its buffered reader
-    (see :data:`_ABANDONED`); only this process's copy of the socket's descriptor is
-    closed.  A result it was streaming raises ``why`` at its next row."""
+    (see :func:`sqlrouter._forksafe.abandon`); only this process's copy of the socket's
+    descriptor is closed.  A result it was streaming raises ``why`` at its next row."""
     sock = getattr(conn, "_sock", None)
     rfile = getattr(conn, "_rfile", None)
     result = getattr(conn, "_result", None)
@@ -166,10 +177,7 @@ def abandon_after_fork(conn: Any, why: str) -> None:
         result.connection = _Gone(  # type: ignore[assignment]  # reads raise
             why
         )
-    _ABANDONED.append((sock, rfile, result))
-    if sock is not None:
-        with contextlib.suppress(OSError, ValueError):
-            os.close(sock.detach())
+    abandon(sock, rfile, result)
 
 
 def finish_pending(conn: Any, *, warn: bool) -> None:

@@ -19,7 +19,6 @@ connection's state, and read best side by side.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from typing import Any
@@ -28,21 +27,26 @@ import pymysql
 import pymysql.connections
 import pymysql.cursors
 import tenacity
-from pymysql.charset import charset_by_name
 from pymysql.constants import SERVER_STATUS
 
-from . import telemetry
 from ._attempts import (
     Attempt,
     TryAgain,
-    auth_error,
-    refused_everywhere,
-    routed,
-    stale_after_connect,
-    with_failures,
+    not_caught_up,
+    policy_for,
+    retry_arguments,
+)
+from ._connbase import RoutedConnection, parse_cached
+from ._connrules import (
+    ENABLE_GTID_TRACKING,
+    LOST,
+    Move,
+    gtid_wait,
+    may_read_elsewhere,
+    open_session,
 )
 from ._connstate import ConnState
-from ._gtidcapture import GtidCapture
+from ._gtidcapture import GtidCapture, committed_by_select
 from ._pymysql import (
     SSL_ENABLED,
     abandon_after_fork,
@@ -51,45 +55,30 @@ from ._pymysql import (
     pymysql_query,
 )
 from ._runtime import handle_for
-from ._session_track import CLIENT_SESSION_TRACK, SERVER_SESSION_STATE_CHANGED
+from ._session_track import SERVER_SESSION_STATE_CHANGED
 from ._statements import may_resend
-from .consistency import Session, current_session
+from .consistency import Session
 from .errors import (
-    AUTH_ERRNOS,
-    ER_CONNECTION_INVALIDATED,
-    ER_NO_REPLICA,
-    ConnectionInvalidated,
     Error,
     InterfaceError,
-    NoMasterAvailable,
-    NoReplicaAvailable,
-    OperationalError,
-    OutcomeUnknown,
     ProgrammingError,
-    RoutingError,
 )
-from .gtid import EMPTY, CausalToken
+from .gtid import CausalToken
 from .qos import QoS
 from .routing.health import Snapshot
-from .routing.router import Decision, Policy, choose, observed_master, reroute, wait_here
+from .routing.router import Decision, Policy
 from .routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
 from .topology import Credentials, DataSource
-from .url import Consistency, ServiceURL, parse_url
+from .url import ServiceURL
 
 __all__ = ["Connection", "connect"]
 
 logger = logging.getLogger("sqlrouter.connection")
 
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
-_AUTOCOMMIT = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
-#: PyMySQL's errors for a connection that died under a statement.
-_LOST = frozenset({2006, 2013, 2055})
-
-#: How often a RW_STRICT connect re-reads the snapshot while waiting for a master.
-_FAILOVER_POLL = 0.05
 
 
-class Connection(GtidCapture):
+class Connection(RoutedConnection, GtidCapture):
     """A PyMySQL connection opened on the datasource the router chose.
 
     Extra attributes: :attr:`datasource` (where it is), :attr:`qos`, :attr:`service`,
@@ -102,31 +91,15 @@ class Connection(GtidCapture):
     decision: Decision | None
 
     def __init__(self, url: ServiceURL, handle: ServiceHandle) -> None:
-        self._url = url
-        self._handle = handle
-        self.datasource = None
-        self.decision = None
+        self._routed(url, handle)
         args: dict[str, Any] = dict(url.connect_args)
-        session: Session | None = None
-        if url.consistency is Consistency.SESSION:
-            session = current_session() or Session()
-            if url.causal_token:
-                session.advance(CausalToken.parse(url.causal_token))
-            if url.qos is QoS.RW_STRICT:
-                # Only writers need the GTID in OK packets; readers leave the server
-                # the work of tracking.
-                args["client_flag"] = args.get("client_flag", 0) | CLIENT_SESSION_TRACK
+        session = open_session(url, args)
         # TLS: PyMySQL's default is PREFERRED, with a new SSL context built at every
         # connection (it loads the system's CA bundle: tens of milliseconds).  sqlrouter
         # keeps PREFERRED and builds that same context once per process.
         preferred_tls = SSL_ENABLED and not any(k == "ssl" or k.startswith("ssl_") for k in args)
         if preferred_tls:
             args["ssl_disabled"] = True
-        charset = args.get("charset")
-        if charset and charset_by_name(charset) is None:
-            raise ProgrammingError(
-                f"service {url.service!r}: unknown charset {charset!r} (try utf8mb4)"
-            )
         try:
             super().__init__(
                 user=url.user,
@@ -146,81 +119,23 @@ class Connection(GtidCapture):
         # Session consistency (see sqlrouter.session) and invalidation: what sqlrouter
         # knows of this connection beyond PyMySQL's state.
         self._state = ConnState(relaxed=url.qos is QoS.RO_RELAXED, session=session)
-        self._inherited_from: int | None = None
         if preferred_tls:
             self._prefer_tls()
         self.connect()
 
-    # -- what sqlrouter adds -------------------------------------------------------
+    # -- what sqlrouter adds (the rest is RoutedConnection's) ------------------------
 
     @property
-    def qos(self) -> QoS:
-        return self._url.qos
+    def _is_open(self) -> bool:
+        return self._sock is not None
 
-    @property
-    def service(self) -> str:
-        return self._url.service
-
-    @property
-    def url(self) -> ServiceURL:
-        """The URL this connection was opened with (its ``str`` hides the password)."""
-        return self._url
-
-    def __repr__(self) -> str:
-        where = str(self.datasource) if self.datasource is not None else "nowhere"
-        state = "open" if self.open else "closed"
-        return (
-            f"<sqlrouter.Connection service={self._url.service!r} qos={self._url.qos.value} "
-            f"datasource={where} {state}>"
-        )
-
-    @property
-    def causal_token(self) -> CausalToken:
-        """The causal token of this connection's session (``str()`` it to carry it on)."""
-        session = self._state.session
-        return session.token if session is not None else EMPTY
-
-    @property
-    def session(self) -> Session | None:
-        """The session this connection shares its causal token with (None: consistency=none)."""
-        return self._state.session
-
-    def use_session(self, session: Session) -> None:
-        """Share ``session``'s causal token from now on, instead of the current session's.
-
-        For connections that outlive the session they were opened in (a framework's
-        persistent connections, serving one request after another).  The GTIDs of
-        later writes go to ``session``; a relaxed connection checks ``session``'s token
-        at its next transaction start, exactly as a new connection would, and moves if
-        its server has not applied it.  Raises :class:`sqlrouter.ProgrammingError` on a
-        connection opened with ``consistency=none`` (it does not track its writes).
-        """
-        state = self._state
-        if state.session is None:
-            raise pymysql.err.ProgrammingError(
-                0,
-                f"service {self._url.service!r}: this connection was opened with "
-                "consistency=none and has no session; open it with consistency=session "
-                "to share a causal token",
-            )
-        if session is not state.session:
-            state.share(session)
+    def _abandon(self, why: str) -> None:
+        abandon_after_fork(self, why)
 
     def _policy(
         self, snapshot: Snapshot, exclude: frozenset[str], *, allow_wait: bool = True
     ) -> Policy:
-        url = self._url
-        max_lag = url.max_lag if url.max_lag is not None else snapshot.service.max_lag
-        session = self._state.session
-        token = session.token if session is not None else EMPTY
-        return Policy(
-            qos=url.qos,
-            max_lag=max_lag,
-            fallback=url.fallback,
-            token=token,
-            allow_wait=allow_wait,
-            exclude=exclude,
-        )
+        return policy_for(self._url, self._state, snapshot, exclude, allow_wait=allow_wait)
 
     def connect(self, sock: Any = None) -> None:
         """Route, then open the connection on the chosen datasource (PyMySQL's
@@ -235,49 +150,19 @@ class Connection(GtidCapture):
 
         ``exclude`` names datasources this connect must not use (a server a read just
         failed on); ``allow_wait=False`` goes to the fallback rather than wait for a
-        replica to catch up with the session's token (one just did not).
-
-        Attempts are driven by a tenacity policy:
-
-        - RW_STRICT retries while no writable master exists or it refuses connections,
-          every 50 ms, for up to ``failover_timeout`` seconds (0: one attempt).
-        - RO_RELAXED moves to the next qualifying datasource (then the master, with
-          ``fallback=master``) when one does not answer, with no pause; each attempt
-          is bounded by what is left of ``connect_timeout`` and by at least
-          ``min(1, connect_timeout)`` seconds, so one frozen server costs at most
-          ``connect_timeout + 1`` seconds.
+        replica to catch up with the session's token (one just did not).  Attempts go
+        on as :func:`sqlrouter._attempts.retry_arguments` says.
         """
-        url = self._url
-        attempt = Attempt(
-            deadline=time.monotonic() + url.connect_timeout,
-            grace=min(1.0, url.connect_timeout),
-            exclude=exclude,
-            allow_wait=allow_wait,
-        )
-        started = time.monotonic()
+        attempt = Attempt.start(self._url, exclude=exclude, allow_wait=allow_wait)
         try:
             self._connect_once(attempt)  # the common case: no policy to build
         except TryAgain:
             pass
         else:
             return
-        spent = time.monotonic() - started
-        if url.qos is QoS.RW_STRICT:
-            policy = tenacity.Retrying(
-                stop=tenacity.stop_after_delay(max(0.0, url.failover_timeout - spent)),
-                wait=tenacity.wait_fixed(_FAILOVER_POLL),
-                retry=tenacity.retry_if_exception_type(TryAgain),
-                reraise=True,
-            )
-        else:
-            policy = tenacity.Retrying(
-                stop=tenacity.stop_after_delay(
-                    max(0.0, url.connect_timeout + attempt.grace - spent)
-                )
-                | tenacity.stop_after_attempt(2 * len(self._handle.service.datasources) + 2),
-                retry=tenacity.retry_if_exception_type(TryAgain),
-                reraise=True,
-            )
+        policy = tenacity.Retrying(
+            **retry_arguments(self._url, attempt, len(self._handle.service.datasources))
+        )
         try:
             policy(self._connect_once, attempt)
         except TryAgain as exc:
@@ -287,154 +172,32 @@ class Connection(GtidCapture):
         """One routing decision and one connection attempt; TryAgain to go on."""
         handle = self._handle
         url = self._url
-        started = time.monotonic()
         snapshot = handle.snapshot(
             Credentials(url.user or "", url.password or ""),
-            timeout=max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - started)),
+            timeout=max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - time.monotonic())),
         )
-        refused = refused_everywhere(snapshot)
-        if refused is not None:
-            if telemetry.observers:
-                self._observe(snapshot, None, None, started, refused)
-            raise refused
-        policy = self._policy(snapshot, attempt.exclude, allow_wait=attempt.allow_wait)
-        try:
-            decision = choose(snapshot, policy, turn=handle.next_turn(), now=time.monotonic())
-        except RoutingError as exc:
-            if telemetry.observers:
-                self._observe(snapshot, policy, None, started, exc)
-            if isinstance(exc, NoMasterAvailable):
-                raise TryAgain(with_failures(exc, attempt.failures)) from None
-            if attempt.auth_failures and len(attempt.auth_failures) == len(attempt.failures):
-                raise auth_error(url, attempt.auth_errno, attempt.auth_failures) from None
-            raise with_failures(exc, attempt.failures) from None
-        ds = decision.datasource
-        logger.debug(
-            "service %r qos=%s: connecting to %s: %s",
-            url.service,
-            url.qos.value,
-            ds,
-            decision.reason,
-        )
+        ds = self._decide(snapshot, attempt)
         self.host, self.port = ds.host, ds.port
         try:
-            self._connect_bounded(max(attempt.deadline - time.monotonic(), attempt.grace))
+            self._connect_bounded(attempt.left())
         except pymysql.err.OperationalError as exc:
-            failure = f"{ds.name} ({ds.host}:{ds.port}): {exc.args[-1]}"
-            attempt.failures.append(failure)
-            logger.debug("service %r: connection to %s failed: %s", url.service, ds, exc)
-            if exc.args[0] in AUTH_ERRNOS:
-                # A refused login: no wait or retry changes it (another replica may know
-                # the user, so a relaxed connect tries the others before it fails).
-                attempt.auth_errno = exc.args[0]
-                attempt.auth_failures.append(failure)
-                if url.qos is QoS.RW_STRICT:
-                    raise auth_error(url, exc.args[0], [failure]) from exc
-            if telemetry.observers:
-                self._observe(snapshot, policy, decision, started, exc)
-            if url.qos is QoS.RW_STRICT:
-                error = OperationalError(
-                    exc.args[0],
-                    f"service {url.service!r}: cannot connect to the master "
-                    f"{ds.name} ({ds.host}:{ds.port}): {exc.args[-1]}",
-                )
-            else:
-                attempt.exclude = attempt.exclude | {ds.name}
-                error = OperationalError(
-                    exc.args[0],
-                    f"service {url.service!r}: no connection within connect_timeout "
-                    f"{url.connect_timeout:g}s: {'; '.join(attempt.failures)}",
-                )
-            raise TryAgain(error) from exc
-        if telemetry.observers:
-            self._observe(snapshot, policy, decision, started, None)
-        self.datasource = ds
-        self.decision = decision
-        state = self._state
-        state.opened(on_master=decision.on_master)
-        if state.session is not None and not self._after_connect(snapshot, decision):
-            attempt.allow_wait = False  # the replica did not catch up in time: stop waiting
-            raise TryAgain(
-                NoReplicaAvailable(
-                    ER_NO_REPLICA,
-                    f"service {url.service!r}: {ds.name} did not reach the session's "
-                    f"token within consistency_wait {url.consistency_wait:g}s",
-                    service=url.service,
-                )
-            )
-        handle.opened(self)
-        latest = handle.monitor.snapshot
-        if latest.generation != snapshot.generation:
-            # Routed on a snapshot that a newer one replaced while connecting: an event
-            # published meanwhile may not have seen this connection.
-            stale = stale_after_connect(latest, ds, writes=url.qos is QoS.RW_STRICT)
-            if stale is not None:
-                self.invalidate(stale)
-
-    def _observe(
-        self,
-        snapshot: Snapshot,
-        policy: Policy | None,
-        decision: Decision | None,
-        started: float,
-        error: Error | None,
-    ) -> None:
-        """Hand one attempt's record to the telemetry observers (only called when there
-        are some: see :mod:`sqlrouter.telemetry`)."""
-        # PyMySQL's server_version (untyped): the handshake's version string.
-        version = getattr(self, "server_version", "") if error is None else ""
-        record = routed(
-            self._url,
-            snapshot,
-            policy,
-            decision,
-            started=started,
-            ended=time.monotonic(),
-            error=error,
-            server_version=version or "",
-        )
-        telemetry.emit(record)
+            raise self._failed(ds, exc, attempt) from exc
+        if self._connected(ds) and not self._after_connect(snapshot):
+            raise not_caught_up(url, ds, attempt)
+        self._registered(snapshot)
 
     # -- session consistency -------------------------------------------------------
 
-    def _after_connect(self, snapshot: Snapshot, decision: Decision) -> bool:
+    def _after_connect(self, snapshot: Snapshot) -> bool:
         """Set up session consistency on a new connection; False: go elsewhere."""
-        state = self._state
-        session = state.session
-        if session is None:
+        setup = self._session_setup(snapshot)
+        if setup.track_gtid:
+            self._enable_gtid_tracking()
+        caught_up = setup.wait_for is None or self._gtid_wait(setup.wait_for)
+        if self._caught_up(setup, caught_up):
             return True
-        ds = decision.datasource
-        health = snapshot.health_of(ds.name)
-        if state.on_master:
-            state.checked(session.version)
-            if not health.tracks_last_gtid and not state.relaxed:
-                self._enable_gtid_tracking()
-            return True
-        if decision.needs_wait is not None:
-            started = time.monotonic()
-            caught_up = self._gtid_wait(decision.needs_wait)
-            if telemetry.observers:
-                outcome: telemetry.CheckOutcome = "waited" if caught_up else "moved"
-                self._checked(outcome, started, decision.needs_wait)
-            if not caught_up:
-                logger.debug(
-                    "service %r: %s did not reach %s within consistency_wait %gs",
-                    self._url.service,
-                    ds.name,
-                    decision.needs_wait,
-                    self._url.consistency_wait,
-                )
-                self._force_close()
-                return False
-            state.checked(session.version)
-        else:
-            if session.token and telemetry.observers:
-                self._checked("free", None, session.token)
-            # Monotonic reads: later reads of the session require what this one may see.
-            session.advance(health.position)
-            state.merged_generation = snapshot.generation
-            state.checked(session.version)
-        return True
+        self._force_close()
+        return False
 
     def _enable_gtid_tracking(self) -> None:
         """Ask the server to report ``last_gtid`` in OK packets (one round trip).
@@ -444,44 +207,18 @@ class Connection(GtidCapture):
         each commit that wrote.
         """
         try:
-            super().query(
-                "SET SESSION session_track_system_variables = "
-                "CONCAT(@@session.session_track_system_variables, ',last_gtid')"
-            )
+            super().query(ENABLE_GTID_TRACKING)
         except pymysql.err.MySQLError as exc:
-            logger.debug(
-                "service %r: %s: cannot track last_gtid (%s); using SELECT @@last_gtid",
-                self._url.service,
-                self.datasource,
-                exc.args[-1],
-            )
-            self._state.gtid_by_select = True
-            if telemetry.observers:
-                name = self.datasource.name if self.datasource is not None else ""
-                telemetry.emit(telemetry.GtidFallback(self._url.service, name))
+            self._no_tracking(exc)
 
     def _gtid_wait(self, token: CausalToken) -> bool:
         """``MASTER_GTID_WAIT(token, consistency_wait)`` in one round trip."""
-        wait = self._url.consistency_wait
-        bound = wait + self.connect_timeout if self.connect_timeout else wait + 10
-        # The token's text is digits, dashes and commas only (CausalToken validates).
-        found = self._first_value_within(f"SELECT MASTER_GTID_WAIT('{token}', {wait:.6f})", bound)
-        return bool(found == 0)
+        sql, bound = gtid_wait(token, self._url.consistency_wait, self.connect_timeout)
+        return bool(self._first_value_within(sql, bound) == 0)
 
     def _at_transaction_start(self, session: Session) -> None:
-        """Keep the session's guarantee on a relaxed connection, at a transaction start.
-
-        Runs only when the session's token advanced since this connection last checked:
-
-        - on the master (no replica qualified when it connected) while it is still the
-          observed master: nothing to do, the master has every write;
-        - on a replica the monitor last saw at or past the token: nothing to do;
-        - else, if this replica is as close to the token as any qualifying one
-          (:func:`sqlrouter.routing.router.wait_here`): one
-          ``MASTER_GTID_WAIT(token, consistency_wait)`` round trip;
-        - else, or when the wait times out: the connection moves (reconnects through
-          the router, which picks a replica known to have the token, waits on the
-          closest one, or falls back to the master).
+        """Keep the session's guarantee on a relaxed connection, at a transaction start
+        (:func:`sqlrouter._connrules.transaction_start`: nothing, a wait, or a move).
 
         Whether the server still qualifies at all (lag, threads, role) is checked after
         each monitor round, outside the statement path (:meth:`check_route`).
@@ -489,85 +226,15 @@ class Connection(GtidCapture):
         ds = self.datasource
         if ds is None:
             raise InterfaceError(0, "connection is not open")
-        state = self._state
-        version = session.version
         snapshot = self._handle.monitor.snapshot
-        if state.on_master:
-            master = observed_master(snapshot)
-            if master is not None and master.name == ds.name:
-                state.checked(version)
-                return
-            # Demoted since (by some tool, its sessions left open): it may lack the
-            # session's writes, made on the new master.  Check it as a replica.
-            state.on_master = False
-        health = snapshot.health_of(ds.name)
-        if snapshot.generation != state.merged_generation:
-            # Monotonic reads: what this replica had is now required of later reads.
-            session.advance(health.position)
-            state.merged_generation = snapshot.generation
-            version = session.version
-        token = session.token
-        if health.position.covers(token):
-            if telemetry.observers:
-                self._checked("free", None, token)
-            state.checked(version)
+        step = self._transaction_step(session, snapshot, ds)
+        if step is None:
             return
-        # Not known to have the token: wait for it here (one round trip) unless another
-        # replica is clearly closer to it (moving costs a new connection).
-        why = f"{ds.name} has not applied {token}"
-        if not wait_here(snapshot, ds.name, self._policy(snapshot, frozenset())):
-            if telemetry.observers:
-                self._checked("moved", None, token)
-            self._move(why)
-            return
-        started = time.monotonic()
-        caught_up = self._gtid_wait(token)
-        if telemetry.observers:
-            self._checked("waited" if caught_up else "moved", started, token)
-        if caught_up:
-            state.checked(version)
-        else:
+        if isinstance(step, Move):
+            self._move(step.why)
+        elif not self._waited(step, self._gtid_wait(step.token)):
             # It did not catch up in time: the next server is one that needs no wait.
-            self._move(why, allow_wait=False)
-
-    def _checked(
-        self, outcome: telemetry.CheckOutcome, started: float | None, token: CausalToken
-    ) -> None:
-        """Hand a consistency check's record to the telemetry observers (``started``:
-        when its ``MASTER_GTID_WAIT`` began, ``None`` when none ran)."""
-        ds = self.datasource
-        if ds is None:
-            return
-        now = time.monotonic()
-        telemetry.emit(
-            telemetry.ConsistencyCheck(
-                service=self._url.service,
-                datasource=ds,
-                outcome=outcome,
-                started=now if started is None else started,
-                waited=0.0 if started is None else now - started,
-                token=token,
-            )
-        )
-
-    def check_route(self, snapshot: Snapshot) -> None:
-        """After a monitor round (in the monitor's thread): a relaxed connection whose
-        server no longer suits its own policy moves at its next transaction start.
-
-        See :func:`sqlrouter.routing.router.reroute`.  Only sets a flag: the statement path
-        pays nothing for it.
-        """
-        ds = self.datasource
-        state = self._state
-        if not state.relaxed or ds is None or state.invalid is not None or self._sock is None:
-            return
-        why = reroute(
-            snapshot, ds.name, self._policy(snapshot, frozenset()), fallback=state.on_master
-        )
-        if why is not None:
-            state.invalidate(why, at_transaction_boundary=True)
-            if telemetry.observers:
-                telemetry.emit(telemetry.Invalidated(self._url.service, ds.name, "reroute"))
+            self._move(step.why, allow_wait=False)
 
     def _move(
         self, why: str, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
@@ -631,7 +298,7 @@ class Connection(GtidCapture):
             # A statement in autocommit that failed because its server went away returned
             # nothing yet: run it once more elsewhere if running it twice cannot have an
             # effect (sqlrouter._statements); else say its outcome is unknown.
-            if exc.args[0] not in _LOST or status & _IN_TRANS or not status & _AUTOCOMMIT:
+            if not may_read_elsewhere(exc.args[0], status):
                 raise
             if not may_resend(sql):
                 raise self._lost(exc, status, "a statement that may lock or write") from exc
@@ -647,7 +314,7 @@ class Connection(GtidCapture):
                 raise
             raise self._closed_error() from None
         except pymysql.err.OperationalError as exc:
-            if exc.args[0] in _LOST:
+            if exc.args[0] in LOST:
                 raise self._lost(exc, status, "a statement") from exc
             raise
         state = self._state
@@ -680,15 +347,14 @@ class Connection(GtidCapture):
                 raise
             raise self._closed_error() from None
         except pymysql.err.OperationalError as exc:
-            if exc.args[0] in _LOST and status & _IN_TRANS:
+            if exc.args[0] in LOST and status & _IN_TRANS:
                 raise self._lost(exc, status, "COMMIT") from exc
             raise
         state = self._state
         if state.session is None or not state.on_master:
             return
         if state.gtid_by_select:
-            if state.gtid_pending:
-                state.gtid_pending = False
+            if committed_by_select(state):
                 self._select_last_gtid()
         else:
             self._capture(ok.server_status, ok.message)
@@ -745,71 +411,16 @@ class Connection(GtidCapture):
     def close(self) -> None:
         """Close the connection (PEP 249).  On a connection inherited across ``fork()``
         this only forgets it: its socket is the parent's, and was never used here."""
-        self._handle.closed(self)
         state = self._state
-        if state.closed_why is not None and state.closed_why[0].startswith(_INHERITED):
-            return
-        if self._sock is not None:
-            if not state.relaxed and state.session is not None:
-                # A streamed write's GTID is learnt at the end of its rows: read them
-                # (the session would lose the write otherwise).
-                with contextlib.suppress(pymysql.err.MySQLError, OSError):
-                    finish_pending(self, warn=False)
-            state.closed_why = ("closed by close()", time.time())
-        super().close()
-
-    def inherited(self, parent: int) -> None:
-        """In a forked child (called by the service table, before anything else runs):
-        close this process's copy of the socket, which is the parent's (nothing is sent
-        on it), and make the next use raise or move (see ``_raise_or_move``)."""
-        if self._sock is None:
-            return
-        why = f"{_INHERITED} {parent} before fork(), whose socket it keeps"
-        self._inherited_from = parent
-        abandon_after_fork(self, f"the connection was {why}")
-        self._state.closed_why = (why, time.time())
-        self._state.invalidate(why, at_transaction_boundary=False)
-
-    @property
-    def inherited_from(self) -> int | None:
-        """The pid of the process that opened this connection, when this process
-        inherited it across ``fork()`` (it is closed here); ``None`` otherwise."""
-        return self._inherited_from
-
-    def _closed_error(self) -> InterfaceError:
-        """PyMySQL's ``InterfaceError(0, '')`` for a closed connection, saying which
-        connection, since when and why (SQLAlchemy sees "already closed": a disconnect)."""
-        where = f"to {self.datasource} " if self.datasource is not None else ""
-        closed_why = self._state.closed_why
-        if closed_why is None:
-            why = "closed after an error, or never opened"
-        else:
-            text, when = closed_why
-            why = f"{text}, {max(0.0, time.time() - when):.1f}s ago"
-        return InterfaceError(
-            0,
-            f"service {self._url.service!r}: connection {where}already closed ({why}); "
-            "open a new connection",
-        )
+        if self._sock is not None and not state.relaxed and state.session is not None:
+            # A streamed write's GTID is learnt at the end of its rows: read them (the
+            # session would lose the write otherwise).
+            with contextlib.suppress(pymysql.err.MySQLError, OSError):
+                finish_pending(self, warn=False)
+        if self._forget("closed by close()"):
+            super().close()
 
     # -- invalidation and faults ---------------------------------------------------
-
-    @property
-    def datasource_name(self) -> str | None:
-        """The datasource this connection is open on (None when closed)."""
-        ds = self.datasource
-        return ds.name if ds is not None and self._sock is not None else None
-
-    @property
-    def writes_to_master(self) -> bool:
-        return self._url.qos is QoS.RW_STRICT
-
-    def invalidate(self, reason: str, *, at_transaction_boundary: bool = False) -> None:
-        """Make the next use raise :class:`ConnectionInvalidated` (thread-safe: a flag).
-
-        With ``at_transaction_boundary`` the current transaction may finish first.
-        """
-        self._state.invalidate(reason, at_transaction_boundary=at_transaction_boundary)
 
     def _raise_or_move(self) -> None:
         """Act on the connection's invalidation: a relaxed connection between
@@ -825,56 +436,16 @@ class Connection(GtidCapture):
         if state.moves_instead(in_transaction=in_transaction):
             self._move(reason)
             return
-        where = self.datasource
-        self._handle.closed(self)
         self._force_close()
-        state.closed_why = (f"invalidated: {reason}", time.time())
-        raise ConnectionInvalidated(
-            ER_CONNECTION_INVALIDATED,
-            f"service {self._url.service!r}: connection to {where} invalidated: {reason}; "
-            "open a new connection",
-        )
-
-    def _lost(self, exc: pymysql.err.OperationalError, status: int, what: str) -> Error:
-        """The error for a connection lost while a write may have been running.
-
-        sqlrouter never re-sends such a statement: it says what may have happened.
-        """
-        where = f"service {self._url.service!r}: connection to {self.datasource} lost"
-        self._handle.closed(self)
-        self._state.closed_why = (f"lost during {what}: {exc.args[-1]}", time.time())
-        if what == "COMMIT":
-            return OutcomeUnknown(
-                exc.args[0],
-                f"{where} during COMMIT: the transaction's outcome is unknown (it may or "
-                f"may not have been committed); it was not re-sent ({exc.args[-1]})",
-            )
-        if status & _IN_TRANS or not status & _AUTOCOMMIT:
-            return OperationalError(
-                exc.args[0],
-                f"{where} inside a transaction: the server rolls it back, nothing of it "
-                f"was committed; it was not re-sent ({exc.args[-1]})",
-            )
-        return OutcomeUnknown(
-            exc.args[0],
-            f"{where} during {what} in autocommit mode: its outcome is unknown (it may "
-            f"or may not have been executed); it was not re-sent ({exc.args[-1]})",
-        )
+        raise self._invalidated(reason)
 
     def _read_elsewhere(
         self, sql: str | bytes, unbuffered: bool, exc: pymysql.err.OperationalError
     ) -> int:
-        failed = self.datasource
-        logger.debug(
-            "service %r: read on %s failed (%s); running it once on another server",
-            self._url.service,
-            failed,
-            exc.args[-1],
-        )
-        self._handle.closed(self)
+        exclude = self._leaving(exc)
         self._force_close()
         try:
-            self._route(exclude=frozenset({failed.name}) if failed is not None else frozenset())
+            self._route(exclude=exclude)
         except Error as again:
             raise again from exc
         return super().query(sql, unbuffered)
@@ -891,26 +462,6 @@ class Connection(GtidCapture):
             self._state.connecting = False
 
 
-#: How an inherited connection's reason starts (see Connection.inherited).
-_INHERITED = "opened by process"
-
-
-@functools.lru_cache(maxsize=128)
-def _parse_cached(url: str | None, items: tuple[tuple[str, Any], ...]) -> ServiceURL:
-    return parse_url(url, **dict(items))
-
-
-def _parse(url: str | ServiceURL | None, kwargs: dict[str, Any]) -> ServiceURL:
-    """parse_url, remembered for the URLs a process uses again and again (a ServiceURL
-    is immutable, so sharing one is safe)."""
-    if isinstance(url, ServiceURL):
-        return parse_url(url, **kwargs)
-    try:
-        return _parse_cached(url, tuple(sorted(kwargs.items())))
-    except TypeError:  # an unhashable keyword value (an ssl dict, say)
-        return parse_url(url, **kwargs)
-
-
 def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> Connection:
     """Open a connection to a service.
 
@@ -922,7 +473,7 @@ def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> Connection
     :class:`sqlrouter.NoReplicaAvailable`, whose message lists every candidate and why
     it was rejected.
     """
-    parsed = _parse(url, kwargs)
+    parsed = parse_cached(url, kwargs)
     creds = Credentials(parsed.user or "", parsed.password or "")
     handle = handle_for(parsed.registry, parsed.service, creds)
     return Connection(parsed, handle)

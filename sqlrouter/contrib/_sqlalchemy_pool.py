@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import event, exc
 
 from sqlrouter import _forksafe, events
+from sqlrouter._connbase import RoutedConnection
 from sqlrouter.connection import Connection
 from sqlrouter.consistency import Session, current_session
 from sqlrouter.qos import QoS
@@ -45,6 +46,7 @@ __all__ = [
     "condemnation",
     "follow",
     "follower_of",
+    "routed",
 ]
 
 logger = logging.getLogger("sqlrouter.sqlalchemy")
@@ -95,7 +97,16 @@ def condemnation(
     return None
 
 
-def bind_session(info: MutableMapping[Any, Any], conn: Connection, session: Session) -> None:
+def routed(pooled: ConnectionPoolEntry | PoolProxiedConnection) -> RoutedConnection | None:
+    """The sqlrouter connection of a pool's entry or proxied connection: its driver
+    connection (the DB-API connection of ``mysql+sqlrouter``, the one SQLAlchemy's
+    asyncio adaptation wraps under ``create_async_engine``); ``None`` for another
+    driver's."""
+    driver = pooled.driver_connection
+    return driver if isinstance(driver, RoutedConnection) else None
+
+
+def bind_session(info: MutableMapping[Any, Any], conn: RoutedConnection, session: Session) -> None:
     """Make the pooled ``conn`` share ``session``'s causal token until its checkin.
 
     ``info`` is the pool's ``info`` dictionary of the connection (it follows the DB-API
@@ -118,8 +129,10 @@ class PoolFollower:
         self._lock = _forksafe.lock()
         # The pool's DB-API connections, and those that an event condemned (weakly: a
         # connection the pool closed simply disappears).
-        self._open: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self._condemned: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
+        self._open: weakref.WeakSet[RoutedConnection] = weakref.WeakSet()
+        self._condemned: weakref.WeakKeyDictionary[RoutedConnection, str] = (
+            weakref.WeakKeyDictionary()
+        )
         # The master of each service, as the last master_changed event named it.
         self._masters: dict[str, str] = {}
         #: How many pooled connections were replaced at checkout.
@@ -162,21 +175,22 @@ class PoolFollower:
     # -- pool listeners (the application's threads) -------------------------------------
 
     def on_connect(self, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
-        if not isinstance(dbapi_connection, Connection):
+        conn = routed(record)
+        if conn is None:
             return
         with self._lock:
-            self._open.add(dbapi_connection)
-            master = self._masters.get(dbapi_connection.service)
-        where = dbapi_connection.datasource_name
-        if master is None or where in (None, master) or dbapi_connection.qos is QoS.RO_RELAXED:
+            self._open.add(conn)
+            master = self._masters.get(conn.service)
+        where = conn.datasource_name
+        if master is None or where in (None, master) or conn.qos is QoS.RO_RELAXED:
             return
         # A writer routed just before this process saw the master change, and opened
-        # after the event was handled, escaped it: the server says if it is writable.
-        if _read_only(dbapi_connection):
+        # after the event was handled, escaped it: the server says if it is writable
+        # (asked of a synchronous connection; an asyncio one fails at its first write
+        # there, read-only, and its next checkout routes again).
+        if isinstance(conn, Connection) and _read_only(conn):
             with self._lock:
-                self._condemned[dbapi_connection] = (
-                    f"{where} is read-only (the master is now {master})"
-                )
+                self._condemned[conn] = f"{where} is read-only (the master is now {master})"
 
     def on_checkout(
         self,
@@ -184,38 +198,39 @@ class PoolFollower:
         record: ConnectionPoolEntry,
         proxy: PoolProxiedConnection,
     ) -> None:
-        if not isinstance(dbapi_connection, Connection):
+        conn = routed(record)
+        if conn is None:
             return
-        parent = dbapi_connection.inherited_from
+        parent = conn.inherited_from
         if parent is not None:
             # A connection of the pool as it was at fork(): the parent's socket, closed
             # in this process.  SQLAlchemy opens a new one in this checkout.
             raise exc.DisconnectionError(
-                f"service {dbapi_connection.service!r}: pooled connection replaced: it "
+                f"service {conn.service!r}: pooled connection replaced: it "
                 f"was opened by process {parent} before fork()"
             )
         if self._condemned:
             with self._lock:
-                why = self._condemned.pop(dbapi_connection, None)
+                why = self._condemned.pop(conn, None)
                 if why is not None:
                     self.replaced += 1
             if why is not None:
-                where = dbapi_connection.datasource_name
+                where = conn.datasource_name
                 # SQLAlchemy discards the connection and opens a new one in this checkout.
                 raise exc.DisconnectionError(
-                    f"service {dbapi_connection.service!r}: pooled connection to {where} "
-                    f"replaced: {why}"
+                    f"service {conn.service!r}: pooled connection to {where} replaced: {why}"
                 )
         session = current_session()
         if session is not None:
-            bind_session(record.info, dbapi_connection, session)
+            bind_session(record.info, conn, session)
 
     def on_checkin(
         self, dbapi_connection: DBAPIConnection | None, record: ConnectionPoolEntry
     ) -> None:
         own = record.info.pop(_OWN_SESSION, None)
-        if isinstance(own, Session) and isinstance(dbapi_connection, Connection):
-            dbapi_connection.use_session(own)
+        conn = routed(record)
+        if isinstance(own, Session) and conn is not None:
+            conn.use_session(own)
 
 
 def _read_only(conn: Connection) -> bool:

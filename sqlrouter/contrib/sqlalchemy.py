@@ -68,6 +68,7 @@ from urllib.parse import urlencode
 
 from pymysql.constants import CLIENT
 from sqlalchemy import exc, util
+from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.mysql.mariadb import MariaDBDialect
 from sqlalchemy.dialects.mysql.pymysql import MySQLDialect_pymysql
 
@@ -83,7 +84,7 @@ from sqlrouter.errors import (
 from ._sqlalchemy_pool import follow
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Dialect, Engine
     from sqlalchemy.engine.interfaces import (
         ConnectArgsType,
         DBAPIConnection,
@@ -93,7 +94,13 @@ if TYPE_CHECKING:
     )
     from sqlalchemy.engine.url import URL
 
-__all__ = ["MariaDBDialect_sqlrouter", "MySQLDialect_sqlrouter", "dialect", "mariadb_dialect"]
+__all__ = [
+    "MariaDBDialect_sqlrouter",
+    "MySQLDialect_sqlrouter",
+    "SqlrouterDialect",
+    "dialect",
+    "mariadb_dialect",
+]
 
 #: Error numbers that mean "this connection must not be used again" (see
 #: :mod:`sqlrouter.errors`); matched by number too, so that an error re-raised as a
@@ -105,20 +112,15 @@ _DISCONNECT_ERRNOS: Final = frozenset({ER_CONNECTION_INVALIDATED, ER_NO_MASTER, 
 _LOCATION: Final = ("service", "database", "user", "password")
 
 
-class MySQLDialect_sqlrouter(MySQLDialect_pymysql):
-    """The PyMySQL dialect, connecting through :func:`sqlrouter.connect`."""
-
-    driver = "sqlrouter"
-    supports_statement_cache = True
-
-    @classmethod
-    def import_dbapi(cls) -> DBAPIModule:
-        return sqlrouter  # type: ignore[return-value]  # a module is not a Protocol instance to mypy
+class SqlrouterDialect(MySQLDialect_pymysql):
+    """What the ``sqlrouter`` dialects add to SQLAlchemy's PyMySQL and aiomysql dialects:
+    the URL read by sqlrouter's parser, sqlrouter's disconnects, pools that follow the
+    cluster, pings that never reconnect.  Its subclasses say which driver connects."""
 
     def retrieve_dbapi_version(self, dbapi: DBAPIModule) -> util.VersionInfo:
         # The PyMySQL dialect reads pymysql.VERSION_STRING; the DB-API module here is
         # sqlrouter, which publishes __version__.
-        return util.parse_version_string(getattr(dbapi, "__version__", None))
+        return util.parse_version_string(sqlrouter.__version__)
 
     def create_connect_args(
         self, url: URL, _translate_args: dict[str, Any] | None = None
@@ -205,10 +207,33 @@ class MySQLDialect_sqlrouter(MySQLDialect_pymysql):
         return True
 
 
+class MySQLDialect_sqlrouter(SqlrouterDialect):
+    """The PyMySQL dialect, connecting through :func:`sqlrouter.connect`."""
+
+    driver = "sqlrouter"
+    supports_statement_cache = True
+
+    @classmethod
+    def import_dbapi(cls) -> DBAPIModule:
+        return sqlrouter  # type: ignore[return-value]  # a module is not a Protocol instance to mypy
+
+    @classmethod
+    def get_async_dialect_cls(cls, url: URL) -> type[Dialect]:
+        # create_async_engine("mysql+sqlrouter://..."): the same URL, asyncio's driver
+        # (sqlrouter.aio), found by its entry point (it needs the aio extra).
+        dialect_cls: type[Dialect] = registry.load("mysql.sqlrouter_async")
+        return dialect_cls
+
+
 class MariaDBDialect_sqlrouter(MariaDBDialect, MySQLDialect_sqlrouter):
     """``mariadb+sqlrouter://``: the same, with SQLAlchemy's MariaDB-only behaviour forced."""
 
     supports_statement_cache = True
+
+    @classmethod
+    def get_async_dialect_cls(cls, url: URL) -> type[Dialect]:
+        dialect_cls: type[Dialect] = registry.load("mariadb.sqlrouter_async")
+        return dialect_cls
 
 
 def _query_pairs(query: Mapping[str, str | tuple[str, ...]]) -> list[tuple[str, str]]:

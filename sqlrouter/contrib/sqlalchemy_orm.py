@@ -35,6 +35,11 @@ The two engines' connections checked out by one session share one
 reads on a replica wait until the replica has applied them (or go elsewhere), so a query
 right after a commit sees the committed rows even when replicas lag.  The token can be
 carried on: ``str(session.causal_token)``, then ``Session(causal_token=...)``.
+
+Under asyncio, :class:`AsyncRoutingSession` (made by :func:`async_routing_sessionmaker`
+from two ``create_async_engine("mysql+sqlrouter://...")`` engines) is SQLAlchemy's
+:class:`~sqlalchemy.ext.asyncio.AsyncSession` around a :class:`RoutingSession`: the same
+routing and the same shared token.
 """
 
 from __future__ import annotations
@@ -46,24 +51,30 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import FromStatement, ORMExecuteState, SessionTransaction, sessionmaker
 from sqlalchemy.orm import Session as ORMSession
 from sqlalchemy.sql import ClauseElement, TextClause
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TextualSelect
 
-from sqlrouter.connection import Connection
 from sqlrouter.consistency import Session, current_session
 from sqlrouter.gtid import CausalToken
 from sqlrouter.qos import QoS
 
-from ._sqlalchemy_pool import bind_session
-from .sqlalchemy import MySQLDialect_sqlrouter
+from ._sqlalchemy_pool import bind_session, routed
+from .sqlalchemy import SqlrouterDialect
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import _ExecuteOptions
 
-__all__ = ["RoutingSession", "routing_sessionmaker", "writes"]
+__all__ = [
+    "AsyncRoutingSession",
+    "RoutingSession",
+    "async_routing_sessionmaker",
+    "routing_sessionmaker",
+    "writes",
+]
 
 #: The execution option (and ``bind_arguments`` key) that chooses the engine.
 QOS_OPTION: Final = "qos"
@@ -128,7 +139,7 @@ def _check_engine(engine: object, role: str) -> Engine:
             f"RoutingSession: {role} must be a SQLAlchemy Engine "
             f"(create_engine('mysql+sqlrouter://...')), not {type(engine).__name__}"
         )
-    if not isinstance(engine.dialect, MySQLDialect_sqlrouter):
+    if not isinstance(engine.dialect, SqlrouterDialect):
         raise sa_exc.ArgumentError(
             f"RoutingSession: {role} must be a mysql+sqlrouter (or mariadb+sqlrouter) "
             f"engine, not {engine.url.render_as_string(hide_password=True)!r}"
@@ -245,8 +256,8 @@ class RoutingSession(ORMSession):
 
     def _share_token(self, connection: SAConnection) -> None:
         """Bind a connection the transaction just took to this session's causal token."""
-        dbapi = connection.connection.dbapi_connection
-        if not isinstance(dbapi, Connection):
+        dbapi = routed(connection.connection)
+        if dbapi is None:
             return
         if connection.engine is self._writer:
             role, expected = "writer", QoS.RW_STRICT
@@ -296,6 +307,65 @@ def _qos_option(state: ORMExecuteState) -> None:
     qos = options.get(QOS_OPTION)
     if qos is not None:
         state.bind_arguments.setdefault(QOS_OPTION, qos)
+
+
+class AsyncRoutingSession(AsyncSession):
+    """:class:`RoutingSession` under asyncio: ``writer`` and ``reader`` are
+    ``create_async_engine("mysql+sqlrouter://...")`` engines (``RW_STRICT`` and
+    ``RO_RELAXED``); the other keywords are :class:`RoutingSession`'s and
+    :class:`~sqlalchemy.ext.asyncio.AsyncSession`'s."""
+
+    sync_session_class = RoutingSession
+
+    def __init__(
+        self,
+        *,
+        writer: AsyncEngine,
+        reader: AsyncEngine,
+        causal_token: CausalToken | str | Session | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            writer=_sync_engine(writer, "writer"),
+            reader=_sync_engine(reader, "reader"),
+            causal_token=causal_token,
+            **kwargs,
+        )
+
+    @property
+    def routing_session(self) -> RoutingSession:
+        """The :class:`RoutingSession` this session runs."""
+        sync = self.sync_session
+        assert isinstance(sync, RoutingSession)  # noqa: S101  (sync_session_class)
+        return sync
+
+    @property
+    def causal_token(self) -> CausalToken:
+        """What this session has written or read; ``str()`` it to carry it on."""
+        return self.routing_session.causal_token
+
+    @property
+    def sqlrouter_session(self) -> Session:
+        """The :class:`sqlrouter.Session` that this session's connections share."""
+        return self.routing_session.sqlrouter_session
+
+
+def _sync_engine(engine: object, role: str) -> Engine:
+    if not isinstance(engine, AsyncEngine):
+        raise sa_exc.ArgumentError(
+            f"AsyncRoutingSession: {role} must be a SQLAlchemy AsyncEngine "
+            f"(create_async_engine('mysql+sqlrouter://...')), not {type(engine).__name__}"
+        )
+    return _check_engine(engine.sync_engine, role)
+
+
+def async_routing_sessionmaker(
+    writer: AsyncEngine, reader: AsyncEngine, **kwargs: Any
+) -> async_sessionmaker[AsyncRoutingSession]:
+    """``async_sessionmaker(class_=AsyncRoutingSession, writer=..., reader=..., **kwargs)``."""
+    _sync_engine(writer, "writer")
+    _sync_engine(reader, "reader")
+    return async_sessionmaker(class_=AsyncRoutingSession, writer=writer, reader=reader, **kwargs)
 
 
 def routing_sessionmaker(

@@ -186,13 +186,10 @@ class ServiceHandle:
         takes them if its own have not logged in (see ``Monitor.offer_credentials``),
         and this waits for a round made with them.
         """
-        monitor = self.monitor
-        snap = monitor.snapshot
-        after = monitor.offer_credentials(credentials) if credentials is not None else None
+        snap, after = self._fresh(credentials)
         if after is None:
-            if time.monotonic() - snap.taken_at <= snap.max_age:
-                return snap
-            after = snap.generation
+            return snap
+        monitor = self.monitor
         if not monitor.running:
             monitor.start()
             if self._forked:
@@ -200,6 +197,24 @@ class ServiceHandle:
                 if self._on_fork_restart is not None:
                     self._on_fork_restart(self)
         return monitor.wait_for_round(after=after, timeout=timeout)
+
+    def fresh_snapshot(self, credentials: Credentials | None = None) -> Snapshot | None:
+        """The snapshot :meth:`snapshot` would return at once, without waiting; ``None``
+        when it would wait for a round (asyncio code waits for it in a thread)."""
+        snap, after = self._fresh(credentials)
+        return snap if after is None else None
+
+    def _fresh(self, credentials: Credentials | None) -> tuple[Snapshot, int | None]:
+        """The current snapshot, and the generation after which a round must be waited
+        for (``None``: the snapshot is fresh and made with usable credentials)."""
+        monitor = self.monitor
+        snap = monitor.snapshot
+        after = monitor.offer_credentials(credentials) if credentials is not None else None
+        if after is None:
+            if time.monotonic() - snap.taken_at <= snap.max_age:
+                return snap, None
+            after = snap.generation
+        return snap, after
 
     def after_fork(self) -> None:
         """In a forked child, before anything else runs: the monitor forgets the parent's

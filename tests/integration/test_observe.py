@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -27,7 +28,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 import sqlrouter
-from sqlrouter import control
+import sqlrouter.aio
+from sqlrouter import control, telemetry
 from sqlrouter._runtime import handles
 from sqlrouter.observe import metrics as observe_metrics
 from sqlrouter.observe import otel
@@ -161,6 +163,42 @@ def test_metrics_count_connects_and_decisions_and_report_each_datasource(
     sqlrouter.connect(cluster.url("RW_STRICT")).close()
     assert metrics.registry.get_sample_value("sqlrouter_connects_total", {**ok}) is None
     assert "sqlrouter_" not in metrics.exposition().decode()
+
+
+def test_asyncio_connections_emit_the_same_records(cluster: Sandbox) -> None:
+    """The telemetry hooks live in the code both drivers share (_connbase): an
+    aiomysql connection is routed, refused and checked exactly like a PyMySQL one."""
+    records: list[telemetry.Record] = []
+    registration = telemetry.add(records.append)
+
+    async def main() -> None:
+        with sqlrouter.session():
+            rw = await sqlrouter.aio.connect(cluster.url("RW_STRICT"), autocommit=True)
+            ro = await sqlrouter.aio.connect(cluster.url("RO_RELAXED", max_lag=5))
+            async with rw.cursor() as cur:
+                await cur.execute("CREATE OR REPLACE TABLE appdb.obs_aio (id INT PRIMARY KEY)")
+                await cur.execute("INSERT INTO appdb.obs_aio VALUES (1)")
+            async with ro.cursor() as cur:  # the session's token is checked here
+                await cur.execute("SELECT id FROM appdb.obs_aio")
+        rw.close()
+        ro.close()
+        with replicas_offline(), pytest.raises(sqlrouter.NoReplicaAvailable):
+            await sqlrouter.aio.connect(cluster.url("RO_RELAXED", fallback="error"))
+
+    try:
+        asyncio.run(main())
+    finally:
+        registration.cancel()
+    routed = [r for r in records if isinstance(r, telemetry.Routed)]
+    verdicts = [(r.qos, r.verdict, r.reason, r.connected) for r in routed]
+    assert verdicts == [
+        ("RW_STRICT", "master", "ok", True),
+        ("RO_RELAXED", "replica", "ok", True),
+        ("RO_RELAXED", "refused", "no_replica", False),
+    ]
+    assert routed[0].server_version and routed[0].datasource is not None
+    checks = [r for r in records if isinstance(r, telemetry.ConsistencyCheck)]
+    assert checks and {c.outcome for c in checks} <= {"free", "waited"}
 
 
 def test_without_the_extras_nothing_is_imported(cluster: Sandbox) -> None:

@@ -428,14 +428,25 @@ def test_the_comparison_reports_what_sqlrouter_fails(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(1500)
-def test_compliance_suite_passes_what_pymysql_passes(tmp_path: Path) -> None:
-    """tests/sqla_suite through mysql+sqlrouter and mysql+pymysql, same master."""
+@pytest.mark.parametrize(
+    ("options", "ours_name", "theirs_name"),
+    [
+        pytest.param([], "sqlrouter", "pymysql", id="sync"),
+        # mysql+sqlrouter_async (what create_async_engine uses) beside mysql+aiomysql
+        pytest.param(["--asyncio"], "sqlrouter_async", "aiomysql", id="asyncio"),
+    ],
+)
+def test_compliance_suite_passes_what_the_plain_driver_passes(
+    tmp_path: Path, options: list[str], ours_name: str, theirs_name: str
+) -> None:
+    """tests/sqla_suite through sqlrouter's dialect and the plain driver's, same master."""
     results = tmp_path / "results.json"
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "tests.sqla_suite.run",
+            *options,
             "--json",
             str(results),
             "--logs",
@@ -450,7 +461,7 @@ def test_compliance_suite_passes_what_pymysql_passes(tmp_path: Path) -> None:
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report
     data = json.loads(results.read_text())
-    ours, theirs = data["runs"]["sqlrouter"], data["runs"]["pymysql"]
+    ours, theirs = data["runs"][ours_name], data["runs"][theirs_name]
     assert ours["counts"]["passed"] >= theirs["counts"]["passed"] > 1000, report
     assert data["regressions"] == {}, report
     assert ours["total"] == theirs["total"], report

@@ -2,8 +2,9 @@
 
 Usage (``scripts/sqla-suite`` runs this module)::
 
-    python -m tests.sqla_suite.run [--dir SANDBOX_DIR] [--replicas N] [--json FILE]
-                                   [--logs DIR] [--timeout SECONDS] [-- PYTEST_ARGS...]
+    python -m tests.sqla_suite.run [--asyncio] [--dir SANDBOX_DIR] [--replicas N]
+                                   [--json FILE] [--logs DIR] [--timeout SECONDS]
+                                   [-- PYTEST_ARGS...]
 
 Without ``--dir`` it starts a private sandbox cluster (1 master, 2 replicas) in a
 temporary directory and destroys it at the end.  It creates what the suite needs on
@@ -14,6 +15,9 @@ and database as the same user:
 
 - ``mysql+sqlrouter://app:***@sandbox/appdb?qos=RW_STRICT&registry=...``
 - ``mysql+pymysql://app:***@127.0.0.1:PORT/appdb`` (the master's own address)
+
+With ``--asyncio`` the two drivers are the asyncio ones, ``mysql+sqlrouter_async``
+(what ``create_async_engine("mysql+sqlrouter://...")`` uses) and ``mysql+aiomysql``.
 
 It prints the counts of both runs and every test whose outcome differs, and exits 0
 when sqlrouter passes every test that PyMySQL passes (and so at least as many), 1 when
@@ -65,6 +69,8 @@ __all__ = [
 ROOT: Final = Path(__file__).resolve().parents[2]
 SUITE_DIR: Final = Path(__file__).resolve().parent
 DRIVERS: Final = ("sqlrouter", "pymysql")
+#: The asyncio pair (``--asyncio``): sqlrouter.aio through SQLAlchemy, and aiomysql.
+ASYNC_DRIVERS: Final = ("sqlrouter_async", "aiomysql")
 OUTCOMES: Final = ("passed", "failed", "error", "skipped")
 
 #: Schemas the suite uses besides the default one (SQLAlchemy's ``config.test_schema``
@@ -76,7 +82,7 @@ SCHEMAS: Final = ("test_schema", "test_schema_2")
 EXPLAINED: Final[Mapping[str, str]] = {}
 
 # "ComponentReflectionTest_mariadb+sqlrouter_10_11_19" -> "ComponentReflectionTest"
-_CONFIG_SUFFIX: Final = re.compile(r"_(?:mysql|mariadb)\+[a-z0-9]+_[\d_]+$")
+_CONFIG_SUFFIX: Final = re.compile(r"_(?:mysql|mariadb)\+[a-z0-9_]+?_[\d_]+$")
 _CRASH_MARK: Final = "got signal"
 
 
@@ -159,7 +165,8 @@ def compare(sqlrouter: SuiteRun, pymysql: SuiteRun) -> Comparison:
 
 
 def suite_urls(sb: Sandbox) -> dict[str, str]:
-    """The URL of each driver: same master, database and user (with the password)."""
+    """The URL of each driver (both pairs): same master, database and user (with the
+    password)."""
     st = sb.state
     user = quote(st.app.user, safe="")
     password = quote(st.app.password, safe="")
@@ -168,6 +175,13 @@ def suite_urls(sb: Sandbox) -> dict[str, str]:
         "sqlrouter": f"mysql+sqlrouter://{user}:{password}@{st.service}/{st.database}?{query}",
         "pymysql": (
             f"mysql+pymysql://{user}:{password}@127.0.0.1:{sb.master.port}/{st.database}"
+            "?charset=utf8mb4"
+        ),
+        "sqlrouter_async": (
+            f"mysql+sqlrouter_async://{user}:{password}@{st.service}/{st.database}?{query}"
+        ),
+        "aiomysql": (
+            f"mysql+aiomysql://{user}:{password}@127.0.0.1:{sb.master.port}/{st.database}"
             "?charset=utf8mb4"
         ),
     }
@@ -331,18 +345,19 @@ def _summary(runs: Sequence[SuiteRun], comparison: Comparison, header: str) -> s
             f"{c['skipped']:>8} {len(run.outcomes):>6} {run.seconds:>8.1f}"
             + (f"  (server crashed {run.crashes}x, run again)" if run.crashes else "")
         )
+    us, them = runs[0].driver, runs[1].driver
     for title, items in (
-        ("sqlrouter does not pass, pymysql passes", comparison.regressions),
-        ("sqlrouter passes, pymysql does not", comparison.improvements),
+        (f"{us} does not pass, {them} passes", comparison.regressions),
+        (f"{us} passes, {them} does not", comparison.improvements),
         ("other differences", comparison.other),
     ):
         if items:
             lines.append(f"{title} ({len(items)}):")
             for key, (ours, theirs) in items.items():
                 why = f"  -- {EXPLAINED[key]}" if key in EXPLAINED else ""
-                lines.append(f"  {key}: sqlrouter {ours}, pymysql {theirs}{why}")
+                lines.append(f"  {key}: {us} {ours}, {them} {theirs}{why}")
     if not comparison.unexplained and runs[0].passed >= runs[1].passed:
-        lines.append("sqlrouter passes every test that pymysql passes.")
+        lines.append(f"{us} passes every test that {them} passes.")
     return "\n".join(lines)
 
 
@@ -353,6 +368,11 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
             "Run SQLAlchemy's dialect compliance suite through mysql+sqlrouter and "
             "mysql+pymysql against the same sandbox master, and compare."
         ),
+    )
+    parser.add_argument(
+        "--asyncio",
+        action="store_true",
+        help="compare mysql+sqlrouter_async with mysql+aiomysql (create_async_engine)",
     )
     parser.add_argument("--dir", type=Path, help="an existing sandbox (default: a new one)")
     parser.add_argument("--replicas", type=int, default=2, help="replicas of a new sandbox")
@@ -385,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         pytest_args=args.pytest_args,
                         timeout=args.timeout,
                     )
-                    for driver in DRIVERS
+                    for driver in (ASYNC_DRIVERS if args.asyncio else DRIVERS)
                 ]
         except SandboxError as exc:
             print(f"sqla-suite: {exc}", file=sys.stderr)
@@ -394,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         header = (
             f"SQLAlchemy {sqlalchemy.__version__} compliance suite, MariaDB {version} "
             "(the sandbox master), same user and database for both drivers"
+            + (" (asyncio)" if args.asyncio else "")
         )
         print(redact(_summary(runs, comparison, header)))
         if args.json is not None:

@@ -1,0 +1,616 @@
+"""asyncio connections that route: ``await sqlrouter.aio.connect(service URL)``.
+
+:class:`Connection` *is* an aiomysql connection (a subclass): cursors, conversions and
+errors are aiomysql's and PyMySQL's, and a statement costs what it costs in aiomysql.
+Routing is sqlrouter's one routing core, shared with :class:`sqlrouter.Connection`: the
+service table and monitor of :mod:`sqlrouter._runtime`, the router, and the decisions of
+:mod:`sqlrouter._attempts` (a connect's attempts), :mod:`sqlrouter._connrules` (session
+consistency, failures) and :mod:`sqlrouter._gtidcapture` (each write's GTID).  What is
+here is how they are carried out without blocking the event loop:
+
+- finding the service (a registry file, DNS) and waiting for the monitor's first round
+  run in the loop's default executor, never in the loop;
+- every wait is awaited (a failover wait with ``asyncio.sleep``, ``MASTER_GTID_WAIT``
+  on the socket) and bounded;
+- a task cancelled while it awaits a server (a statement, a consistency wait, the
+  handshake) closes the connection and stops the statement on the server
+  (:mod:`sqlrouter.aio._cancel`) before the cancellation goes on: nothing is left in
+  an undefined state, and no server thread runs on for it.
+
+This module is kept whole (just over 600 lines), as ``sqlrouter/connection.py`` is: the
+connect path, the statement path and cancellation act on one connection's state, and
+read best side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import tenacity
+
+from .. import _runtime
+from .._attempts import (
+    Attempt,
+    TryAgain,
+    not_caught_up,
+    policy_for,
+    retry_arguments,
+)
+from .._connbase import RoutedConnection, parse_cached
+from .._connrules import (
+    ENABLE_GTID_TRACKING,
+    IN_TRANS,
+    LOST,
+    Move,
+    gtid_wait,
+    may_read_elsewhere,
+    open_session,
+)
+from .._connstate import ConnState
+from .._gtidcapture import (
+    after_write,
+    capture,
+    committed_by_select,
+    unbuffered_done,
+    written_by_select,
+)
+from .._session_track import SERVER_SESSION_STATE_CHANGED
+from .._statements import may_resend
+from ..consistency import Session
+from ..errors import (
+    Error,
+    InterfaceError,
+    MySQLError,
+    OperationalError,
+)
+from ..gtid import CausalToken
+from ..qos import QoS
+from ..routing.health import Snapshot
+from ..routing.router import Decision, Policy
+from ..routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
+from ..topology import Credentials, DataSource
+from ..url import ServiceURL
+from . import _cancel
+from ._aiomysql import AiomysqlConnection, Result, aiomysql_query, connect_args
+
+__all__ = ["Connection", "connect"]
+
+logger = logging.getLogger("sqlrouter.aio")
+
+_T = TypeVar("_T")
+
+#: What a statement is called in the errors of a cancelled or timed-out one.
+_STATEMENT = "a statement"
+#: The longest a cancelled statement's clean-up (closing, ``KILL``) may delay the
+#: cancellation (also bounded by ``connect_timeout``).
+CANCEL_CLEANUP_TIMEOUT = 5.0
+
+
+class Connection(RoutedConnection, AiomysqlConnection):
+    """An aiomysql connection opened on the datasource the router chose.
+
+    Extra attributes, as on :class:`sqlrouter.Connection`: :attr:`datasource`,
+    :attr:`qos`, :attr:`service`, :attr:`decision`, :attr:`causal_token`,
+    :attr:`session`.  Open it with :func:`connect`.
+    """
+
+    __module__ = "sqlrouter.aio"
+
+    datasource: DataSource | None
+    decision: Decision | None
+    #: The ssl options asked for TLS (aiomysql itself only prefers it).
+    _tls_required: bool = False
+
+    def __init__(self, url: ServiceURL, handle: ServiceHandle, args: dict[str, Any]) -> None:
+        """``args``: aiomysql's keywords for ``url`` (``_aiomysql.connect_args``)."""
+        session = open_session(url, args)
+        self._routed(url, handle)
+        self._state = ConnState(relaxed=url.qos is QoS.RO_RELAXED, session=session)
+        super().__init__(
+            host="",
+            port=0,
+            user=url.user,
+            password=url.password or "",
+            db=url.database,
+            connect_timeout=url.connect_timeout,
+            **args,
+        )
+
+    # -- what sqlrouter adds (the rest is RoutedConnection's) ------------------------
+
+    @property
+    def _is_open(self) -> bool:
+        return self._writer is not None
+
+    def _abandon(self, why: str) -> None:
+        self._abandon_after_fork(why)
+
+    # -- routing and connecting ----------------------------------------------------
+
+    async def _route(
+        self, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
+    ) -> None:
+        """Route, then open the connection on the chosen datasource (attempts go on as
+        :func:`sqlrouter._attempts.retry_arguments` says, waiting with asyncio.sleep)."""
+        attempt = Attempt.start(self._url, exclude=exclude, allow_wait=allow_wait)
+        try:
+            await self._connect_once(attempt)
+        except TryAgain:
+            pass
+        else:
+            return
+        retrying = tenacity.AsyncRetrying(
+            **retry_arguments(self._url, attempt, len(self._handle.service.datasources))
+        )
+        try:
+            await retrying(self._connect_once, attempt)
+        except TryAgain as exc:
+            raise exc.error from exc.__cause__
+
+    async def _snapshot(self, attempt: Attempt) -> Snapshot:
+        """The snapshot to route on; waiting for a monitor round happens in a thread."""
+        url = self._url
+        credentials = Credentials(url.user or "", url.password or "")
+        fresh = self._handle.fresh_snapshot(credentials)
+        if fresh is not None:
+            return fresh
+        timeout = max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - time.monotonic()))
+        wait = functools.partial(self._handle.snapshot, credentials, timeout=timeout)
+        return await asyncio.get_running_loop().run_in_executor(None, wait)
+
+    async def _connect_once(self, attempt: Attempt) -> None:
+        """One routing decision and one connection attempt; TryAgain to go on."""
+        url = self._url
+        snapshot = await self._snapshot(attempt)
+        ds = self._decide(snapshot, attempt)
+        self._host, self._port = ds.host, ds.port
+        try:
+            await self._connect_bounded(attempt.left())
+        except OperationalError as exc:
+            raise self._failed(ds, exc, attempt) from exc
+        if self._connected(ds) and not await self._after_connect(snapshot):
+            raise not_caught_up(url, ds, attempt)
+        self._registered(snapshot)
+
+    async def _connect_bounded(self, timeout: float) -> None:
+        """aiomysql's connect (socket, handshake, set-up statements), bounded by
+        ``timeout``; cancelled, it closes what it opened."""
+        self._result = None
+        state = self._state
+        state.connecting = True
+        self.connect_timeout = timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await super()._connect()
+        except TimeoutError:
+            self._close_transport()
+            raise OperationalError(
+                2003,
+                f"Can't connect to MySQL server on {self._host}:{self._port} "
+                f"(no handshake within {timeout:g}s)",
+            ) from None
+        except BaseException:
+            self._close_transport()
+            raise
+        finally:
+            state.connecting = False
+        if self._tls_required and not self._secure:
+            self._close_transport()
+            raise OperationalError(
+                2026,
+                f"{self._host}:{self._port} does not offer TLS, which the connection's "
+                "ssl options require",
+            )
+
+    async def _after_connect(self, snapshot: Snapshot) -> bool:
+        """Set up session consistency on a new connection; False: go elsewhere."""
+        setup = self._session_setup(snapshot)
+        if setup.track_gtid:
+            await self._enable_gtid_tracking()
+        caught_up = setup.wait_for is None or await self._gtid_wait(setup.wait_for)
+        if self._caught_up(setup, caught_up):
+            return True
+        self._close_transport()
+        return False
+
+    async def _enable_gtid_tracking(self) -> None:
+        try:
+            await self._guarded(aiomysql_query(self, ENABLE_GTID_TRACKING), "SET")
+        except MySQLError as exc:
+            self._no_tracking(exc)
+
+    async def _gtid_wait(self, token: CausalToken) -> bool:
+        """``MASTER_GTID_WAIT(token, consistency_wait)`` in one round trip, bounded."""
+        sql, bound = gtid_wait(token, self._url.consistency_wait, self._url.connect_timeout)
+        try:
+            async with asyncio.timeout(bound):
+                found = await self._guarded(self._first_value_aside(sql), "MASTER_GTID_WAIT")
+        except TimeoutError:
+            await self._stopped("MASTER_GTID_WAIT timed out", kill=True)
+            return False
+        return bool(found == 0)
+
+    # -- cancellation --------------------------------------------------------------
+
+    async def _guarded(self, step: Awaitable[_T], what: str) -> _T:
+        """Await a server's reply to ``what``, within ``read_timeout`` (none: no bound).
+
+        A task cancelled meanwhile, or a reply that does not come in time, closes the
+        connection and stops the statement on the server before the cancellation goes on
+        (or OperationalError 2013 is raised, as PyMySQL raises it for a read timeout).
+        """
+        timeout = self._url.read_timeout
+        try:
+            if timeout is None:
+                return await step
+            try:
+                async with asyncio.timeout(timeout):
+                    return await step
+            except TimeoutError:
+                await self._stopped(f"no reply to {what} within read_timeout", kill=True)
+                raise OperationalError(
+                    2013,
+                    f"Lost connection to server during query (no reply to {what} within "
+                    f"read_timeout {timeout:g}s; it was stopped on the server)",
+                ) from None
+        except asyncio.CancelledError:
+            await self._stopped(f"cancelled during {what}", kill=True)
+            raise
+
+    async def _stopped(self, why: str, *, kill: bool) -> None:
+        """The connection's reply was abandoned: close it (nothing more can be read from
+        it in step) and end its server thread, within ``CANCEL_CLEANUP_TIMEOUT``."""
+        thread_id = self.thread_id_or_none
+        self._handle.closed(self)
+        self._state.closed_why = (why, time.time())
+        self._close_transport()
+        if not kill or thread_id is None or not self._host:
+            return
+        url = self._url
+        ends = asyncio.ensure_future(
+            _cancel.kill(
+                host=self._host,
+                port=self._port,
+                user=url.user or "",
+                password=url.password or "",
+                thread_id=thread_id,
+                ssl=self._ssl_context,
+                timeout=min(url.connect_timeout, CANCEL_CLEANUP_TIMEOUT),
+                service=url.service,
+            )
+        )
+        # Shielded: cancelled again, this task goes on at once and the kill in the
+        # background (bounded by its own timeout).
+        await asyncio.shield(ends)
+
+    def _ensure_alive(self) -> None:
+        # aiomysql's says "Not connected" or "Cancelled during execution": say which
+        # connection, since when and why.  An invalidated one (inherited across fork())
+        # raises or moves at its statement.
+        if self._writer is None and self._state.invalid is None:
+            raise self._closed_error()
+
+    def _close_transport(self) -> None:
+        if self._writer is not None:
+            self._writer.transport.close()
+        self._writer = None
+        self._reader = None
+
+    # -- the statement path --------------------------------------------------------
+
+    # aiomysql's cursors call query() for every statement: keep this cheap.
+    async def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
+        state = self._state
+        if state.invalid is None and not state.connecting:
+            if not state.relaxed:
+                return await self._write(sql, unbuffered)
+            session = state.session
+            if session is None or session.version == state.checked_version:
+                return await self._read(sql, unbuffered)
+        return await self._query(sql, unbuffered)
+
+    async def _query(self, sql: str | bytes, unbuffered: bool) -> int:
+        """The slow path: aiomysql's own set-up statements, an invalidation to act on, or
+        a token to check before the statement that starts a transaction."""
+        state = self._state
+        if state.connecting:
+            return await self._guarded(aiomysql_query(self, sql, unbuffered), "set-up")
+        if state.invalid is not None:
+            await self._raise_or_move()
+        if not state.relaxed:
+            return await self._write(sql, unbuffered)
+        await self._check_token()
+        return await self._read(sql, unbuffered)
+
+    async def _read(self, sql: str | bytes, unbuffered: bool) -> int:
+        """A relaxed connection's statement."""
+        status = self.server_status
+        try:
+            return await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
+        except InterfaceError:
+            if self._writer is not None:
+                raise
+            raise self._closed_error() from None
+        except OperationalError as exc:
+            if not may_read_elsewhere(exc.args[0], status):
+                raise
+            if not may_resend(sql):
+                raise self._lost(exc, status, "a statement that may lock or write") from exc
+            return await self._read_elsewhere(sql, unbuffered, exc)
+
+    async def _write(self, sql: str | bytes, unbuffered: bool) -> int:
+        """A RW_STRICT connection's statement: never re-sent; its GTID learnt."""
+        status = self.server_status
+        try:
+            rows = await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
+        except InterfaceError:
+            if self._writer is not None:
+                raise
+            raise self._closed_error() from None
+        except OperationalError as exc:
+            if exc.args[0] in LOST:
+                raise self._lost(exc, status, "a statement") from exc
+            raise
+        state = self._state
+        result = self._result
+        if state.session is None or result is None or result.unbuffered_active:
+            return rows  # streamed rows: _unbuffered_done() takes over at their end
+        if state.gtid_by_select:
+            if state.on_master and written_by_select(
+                state, result.affected_rows, self.server_status
+            ):
+                await self._select_last_gtid()
+        elif self.server_status & SERVER_SESSION_STATE_CHANGED and after_write(
+            state, result.message, result.field_count
+        ):
+            await self._select_last_gtid()
+        return rows
+
+    async def _unbuffered_done(self, result: Result) -> None:
+        status = result.server_status
+        if status is None or self._writer is None:
+            return
+        self.server_status = status
+        if unbuffered_done(self._state, status, result.has_next):
+            await self._select_last_gtid()
+
+    async def _select_last_gtid(self) -> None:
+        gtid = await self._guarded(self._first_value_aside("SELECT @@last_gtid"), "a GTID")
+        session = self._state.session
+        if gtid and session is not None:
+            session.advance_gtid(str(gtid))
+
+    async def _check_token(self) -> None:
+        session = self._state.due_check(in_transaction=bool(self.server_status & IN_TRANS))
+        if session is not None:
+            await self._at_transaction_start(session)
+
+    async def _at_transaction_start(self, session: Session) -> None:
+        """See :func:`sqlrouter._connrules.transaction_start`."""
+        ds = self.datasource
+        if ds is None:
+            raise InterfaceError(0, "connection is not open")
+        snapshot = self._handle.monitor.snapshot
+        step = self._transaction_step(session, snapshot, ds)
+        if step is None:
+            return
+        if isinstance(step, Move):
+            await self._move(step.why)
+        elif not self._waited(step, await self._gtid_wait(step.token)):
+            await self._move(step.why, allow_wait=False)
+
+    def _policy_now(self, snapshot: Snapshot) -> Policy:
+        return policy_for(self._url, self._state, snapshot, frozenset())
+
+    async def begin(self) -> None:
+        if self._state.invalid is not None:
+            await self._raise_or_move()
+        await self._check_token()
+        await self._command(super().begin, "BEGIN")
+
+    async def commit(self) -> None:
+        state = self._state
+        if state.connecting:  # aiomysql's connect commits after init_command
+            await self._guarded(super().commit(), "set-up")
+            return
+        invalid = state.invalid
+        if invalid is not None and not invalid.at_transaction_boundary:
+            await self._raise_or_move()
+        status = self.server_status
+        try:
+            ok = await self._guarded(self._commit_ok(), "COMMIT")
+        except InterfaceError:
+            if self._writer is not None:
+                raise
+            raise self._closed_error() from None
+        except OperationalError as exc:
+            if exc.args[0] in LOST and status & IN_TRANS:
+                raise self._lost(exc, status, "COMMIT") from exc
+            raise
+        if state.session is None or not state.on_master:
+            return
+        if state.gtid_by_select:
+            if committed_by_select(state):
+                await self._select_last_gtid()
+        else:
+            capture(state, ok.server_status, ok.message)
+
+    async def rollback(self) -> None:
+        await self._command(super().rollback, "ROLLBACK")
+
+    async def autocommit(self, value: Any) -> None:
+        await self._command(functools.partial(super().autocommit, value), "SET autocommit")
+
+    async def select_db(self, db: str) -> None:
+        await self._command(functools.partial(super().select_db, db), "COM_INIT_DB")
+
+    async def _command(self, run: Callable[[], Awaitable[Any]], what: str) -> None:
+        try:
+            await self._guarded(run(), what)
+        except InterfaceError:
+            if self._writer is not None:
+                raise
+            raise self._closed_error() from None
+
+    async def ping(self, reconnect: bool = False) -> None:
+        """Ping the server; an invalidated connection raises ConnectionInvalidated.
+        ``reconnect=True`` routes again (a closed or invalidated connection)."""
+        state = self._state
+        if state.invalid is not None:
+            if reconnect:
+                state.invalid = None
+                self._close_transport()
+            else:
+                await self._raise_or_move()
+        if self._writer is None:
+            if not reconnect:
+                raise self._closed_error()
+            self._handle.closed(self)
+            await self._route()
+            return
+        await self._command(functools.partial(super().ping, False), "COM_PING")
+
+    def close(self) -> None:
+        """Close the socket (aiomysql's ``close()``).  On a connection inherited across
+        ``fork()`` this only forgets it: its socket is the parent's."""
+        if self._forget("closed by close()"):
+            super().close()
+
+    async def ensure_closed(self) -> None:
+        """Say goodbye to the server (COM_QUIT), then close (aiomysql's)."""
+        if not self._forget("closed by ensure_closed()"):
+            return
+        try:
+            await super().ensure_closed()
+        except OSError:
+            super().close()
+
+    # -- invalidation and faults ---------------------------------------------------
+
+    async def _raise_or_move(self) -> None:
+        state = self._state
+        in_transaction = bool(self.server_status & IN_TRANS)
+        invalid = state.take_invalidation(in_transaction=in_transaction)
+        if invalid is None:
+            return
+        if state.moves_instead(in_transaction=in_transaction):
+            await self._move(invalid.reason)
+            return
+        if self._inherited_from is None:
+            self._close_transport()
+        raise self._invalidated(invalid.reason)
+
+    async def _read_elsewhere(
+        self, sql: str | bytes, unbuffered: bool, exc: OperationalError
+    ) -> int:
+        exclude = self._leaving(exc)
+        self._close_transport()
+        try:
+            await self._route(exclude=exclude)
+        except Error as again:
+            raise again from exc
+        return await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
+
+    async def _move(
+        self, why: str, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
+    ) -> None:
+        logger.debug(
+            "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
+        )
+        self._handle.closed(self)
+        result = self._result
+        if result is not None and result.unbuffered_active:
+            await self._guarded(result._finish_unbuffered_query(), "the rest of a result")
+        self._close_transport()
+        await self._route(exclude=exclude, allow_wait=allow_wait)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.close()
+        else:
+            await self.ensure_closed()
+
+
+class _Connecting(Coroutine[Any, Any, Connection]):
+    """What :func:`connect` returns: a coroutine (await it, or give it to
+    ``asyncio.create_task``), and an asynchronous context manager (``async with``: the
+    connection is closed at the end of the block), as aiomysql's ``connect()``."""
+
+    __slots__ = ("_conn", "_coro")
+
+    def __init__(self, coro: Coroutine[Any, Any, Connection]) -> None:
+        self._coro = coro
+        self._conn: Connection | None = None
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._coro.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        return self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await self._coro
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.__aexit__(exc_type, exc, tb)
+
+
+async def _open(url: ServiceURL, args: dict[str, Any], tls_required: bool) -> Connection:
+    creds = Credentials(url.user or "", url.password or "")
+    # Finding the registry and the service reads files and may resolve names: in a
+    # thread, never in the loop.
+    loop = asyncio.get_running_loop()
+    handle = await loop.run_in_executor(
+        None, functools.partial(_runtime.handle_for, url.registry, url.service, creds)
+    )
+    conn = Connection(url, handle, args)
+    conn._tls_required = tls_required
+    try:
+        await conn._route()
+    except BaseException:
+        conn._close_transport()
+        raise
+    return conn
+
+
+def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> _Connecting:
+    """Open a connection to a service: ``conn = await sqlrouter.aio.connect(url)``, or
+    ``async with sqlrouter.aio.connect(url) as conn:``.
+
+    Takes what :func:`sqlrouter.connect` takes (the same URL forms, parameters, errors
+    and error numbers), except the PyMySQL options aiomysql has no equivalent for
+    (``binary_prefix``, ``collation``, ``max_allowed_packet``, ``bind_address``,
+    ``auth_plugin_map``: :class:`sqlrouter.ProgrammingError`); ``cursorclass`` is an
+    aiomysql cursor class.  Bad input raises at once, before anything is awaited.
+    """
+    parsed = parse_cached(url, kwargs)
+    args, tls_required = connect_args(parsed.service, parsed.connect_args)
+    return _Connecting(_open(parsed, args, tls_required))
