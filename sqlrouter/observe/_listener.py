@@ -1,10 +1,15 @@
 """A TCP listener for small request-response protocols (the health endpoint, HAProxy's
 agent check), in a thread of its own.
 
-Each client gets a thread, at most ``max_clients`` at once (the others get the
-protocol's ``busy`` answer at once), ``timeout`` seconds in all to send a request of at
-most ``limit`` bytes (else the ``too_slow`` or ``too_large`` answer), one answer, and
-the connection is closed.
+Each client gets a thread, at most ``max_clients`` at once, ``timeout`` seconds in all
+to send a request of at most ``limit`` bytes (else the ``too_slow`` or ``too_large``
+answer), one answer, and the connection is closed.
+
+When ``max_clients`` are connected, a new client takes the slot of the oldest one that
+has not finished sending its request (that one is closed without an answer): idle or
+slow clients cannot keep the health checks out.  Only when every client has sent its
+request and is being answered, and none finishes within :data:`ANSWER_WAIT`, does the
+new one get the protocol's ``busy`` answer (an empty ``busy``: closed without a word).
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["Listener", "Protocol"]
 
 logger = logging.getLogger("sqlrouter.observe")
+
+#: How long a new client waits for a slot when every client is being answered (then
+#: it gets the ``busy`` answer); the accept loop waits with it.
+ANSWER_WAIT: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +54,27 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         owner = self.owner
-        if not owner.slots.acquire(blocking=False):
+        if not owner.slots.acquire(blocking=False) and not owner.evict_oldest():
             logger.debug("%s: %s: too many clients", owner.protocol.name, client_address)
-            with contextlib.suppress(OSError):  # a few bytes into an empty socket buffer
-                request.setblocking(False)
-                request.send(owner.protocol.busy)
+            busy = owner.protocol.busy
+            if busy:
+                with contextlib.suppress(OSError):  # a few bytes into an empty socket buffer
+                    request.setblocking(False)
+                    request.send(busy)
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        owner.reading(request)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            owner.finished(request)
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.owner.slots.release()
+            self.owner.finished(request)
 
 
 def _recv(sock: socket.socket, deadline: float) -> bytes | None:
@@ -97,6 +113,7 @@ class _Handler(socketserver.BaseRequestHandler):
                         return
                     break
                 data += chunk
+            owner.read(sock)
             sock.settimeout(owner.timeout)
             sock.sendall(protocol.reply(data))
         except OSError as exc:  # a client that went away, or did not read in time
@@ -122,8 +139,44 @@ class Listener:
         self.protocol = protocol
         self.timeout = timeout
         self.slots = threading.BoundedSemaphore(max_clients)
+        #: The clients still sending their request, with when they connected.
+        self._reading: dict[socket.socket, float] = {}
+        self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def reading(self, sock: socket.socket) -> None:
+        """``sock`` holds a slot and is sending its request."""
+        with self._lock:
+            self._reading[sock] = time.monotonic()
+
+    def read(self, sock: socket.socket) -> None:
+        """``sock`` sent its request: it is being answered, and keeps its slot."""
+        with self._lock:
+            self._reading.pop(sock, None)
+
+    def finished(self, sock: socket.socket) -> None:
+        """``sock`` is done: its slot is free."""
+        with self._lock:
+            self._reading.pop(sock, None)
+        self.slots.release()
+
+    def evict_oldest(self) -> bool:
+        """All slots are taken: close the oldest client still sending its request and
+        take its slot once its thread let go; when every client is being answered
+        (answers are made in memory: it takes little), wait up to :data:`ANSWER_WAIT`
+        seconds for one to finish.  False: no slot in time."""
+        with self._lock:
+            oldest = None
+            if self._reading:
+                oldest = min(self._reading, key=self._reading.__getitem__)
+                del self._reading[oldest]
+        if oldest is None:
+            return self.slots.acquire(timeout=min(self.timeout, ANSWER_WAIT))
+        logger.debug("%s: all slots taken: closed the oldest unfinished client", self.protocol.name)
+        with contextlib.suppress(OSError):  # wakes its thread's recv() with b""
+            oldest.shutdown(socket.SHUT_RDWR)
+        return self.slots.acquire(timeout=self.timeout)
 
     @property
     def running(self) -> bool:

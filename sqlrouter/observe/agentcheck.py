@@ -15,7 +15,9 @@ ignores ``down#REASON``); an unknown service or datasource
 or a malformed line also answers ``down #...`` saying what is accepted.  HAProxy takes a
 server out at ``down`` and puts it back at ``up`` once its own check passes too.  The
 same limits as the HTTP endpoint: loopback unless ``allow_remote``, ``timeout`` seconds
-to send a line of at most :data:`MAX_LINE` bytes, at most ``max_clients`` at once.
+to send a line of at most :data:`MAX_LINE` bytes, at most ``max_clients`` at once (a
+new client takes the slot of the oldest one still sending; when all are being answered
+it is closed without an answer, which HAProxy ignores).
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ class AgentCheckServer:
                 limit=MAX_LINE,
                 too_large=_line(f"down #request over {MAX_LINE} bytes"),
                 too_slow=_line("down #request not received in time"),
-                busy=_line("down #busy: too many clients"),
+                # Busy: closed without an answer, which HAProxy ignores (an answer of
+                # "down" would take the server out because of this listener's clients).
+                busy=b"",
             ),
             timeout=timeout,
             max_clients=max_clients,

@@ -24,7 +24,9 @@ parameter or a bad value ``400`` saying what is accepted; other methods ``405``.
 server listens on loopback unless ``allow_remote``; it never opens a file, resolves a
 name or connects anywhere to answer.  Each client has ``timeout`` seconds in all to send
 a request of at most :data:`MAX_REQUEST` bytes, and at most ``max_clients`` are served
-at once (the others get ``503`` at once).
+at once: a new client takes the slot of the oldest one still sending its request (idle
+clients cannot keep the health checks out); only when all are being answered does it
+get ``503`` at once.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from sqlrouter import control, telemetry
 from sqlrouter._runtime import handles
 from sqlrouter.observe import metrics as observe_metrics
 from sqlrouter.observe import otel
+from sqlrouter.observe.agentcheck import AgentCheckServer
 from sqlrouter.observe.health import MAX_REQUEST, HealthServer
 from sqlrouter.observe.serve import HealthTask
 from sqlrouter.sandbox import Sandbox
@@ -97,7 +98,7 @@ def replicas_offline() -> Iterator[None]:
             handle.monitor.set_offline(name, False)
 
 
-def raw(server: HealthServer, data: bytes, *, timeout: float = 10.0) -> bytes:
+def raw(server: HealthServer | AgentCheckServer, data: bytes, *, timeout: float = 10.0) -> bytes:
     with socket.create_connection(server.address, timeout=timeout) as sock:
         sock.sendall(data)
         chunks = []
@@ -351,20 +352,34 @@ def test_the_health_endpoint_over_http(cluster: Sandbox, metrics: observe_metric
         socket.create_connection(server.address, timeout=2).close()
 
 
-def test_the_health_endpoint_serves_a_bounded_number_of_clients(cluster: Sandbox) -> None:
+def test_idle_clients_cannot_keep_the_checks_out(cluster: Sandbox) -> None:
+    """More idle clients than max_clients (a port scan, a slowloris): each new client
+    takes the slot of the oldest one still sending, so HAProxy's checks are answered
+    instead of "busy" (which marked every replica down)."""
     sqlrouter.connect(cluster.url("RW_STRICT")).close()
-    with HealthServer("127.0.0.1:0", timeout=10.0, max_clients=2) as server:
-        silent = [socket.create_connection(server.address, timeout=10) for _ in range(2)]
-        try:
-            assert raw(server, b"GET /status HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 503 ")
-        finally:
-            for sock in silent:
-                sock.close()
-        wait_until(
-            lambda: raw(server, b"GET /status HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 "),
-            timeout=10,
-            what="served again once the silent clients left",
-        )
+    master = cluster.state.master
+    with (
+        HealthServer("127.0.0.1:0", timeout=30.0, max_clients=2) as server,
+        AgentCheckServer("127.0.0.1:0", timeout=30.0, max_clients=2) as agent,
+    ):
+        for listener, request, ok in (
+            (
+                server,
+                f"GET /health/sandbox/{master}?role=master HTTP/1.0\r\n\r\n",
+                b"HTTP/1.0 200 ",
+            ),
+            (agent, f"sandbox {master} master\n", b"up\n"),
+        ):
+            silent = [socket.create_connection(listener.address, timeout=10) for _ in range(4)]
+            try:
+                for _ in range(3):
+                    assert raw(listener, request.encode()).startswith(ok), listener
+                # The oldest idle clients were closed without an answer.
+                assert silent[0].recv(100) == b""
+                assert silent[1].recv(100) == b""
+            finally:
+                for sock in silent:
+                    sock.close()
 
 
 def test_lag_and_switchover_seen_by_metrics_spans_and_the_endpoint(
