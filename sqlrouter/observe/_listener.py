@@ -49,6 +49,8 @@ class Protocol:
 class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # HAProxy checks every server at once: socketserver's 5 dropped checks.
+    request_queue_size = socket.SOMAXCONN
     block_on_close = False
     owner: Listener
 

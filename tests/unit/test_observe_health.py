@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
 from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sqlrouter.observe.agentcheck import agent_reply
+from sqlrouter.observe.agentcheck import AgentCheckServer, agent_reply
 from sqlrouter.observe.health import HealthServer, parse_address, respond
 from sqlrouter.routing.health import Snapshot
 
@@ -145,3 +148,26 @@ def test_property_any_line_gets_one_line(data: bytes) -> None:
     reply = agent_reply(data, [healthy()], now=0.0)
     assert reply in (b"up\n",) or reply.startswith(b"down #")
     assert reply.count(b"\n") == 1 and reply.endswith(b"\n")
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_the_listeners_accept_queue_is_the_systems_maximum() -> None:
+    """HAProxy checks every server at once: a backlog of 5 (socketserver's default)
+    timed out 22 of 300 parallel checks.  ss shows a listening socket's backlog as
+    its Send-Q."""
+    with HealthServer("127.0.0.1:0") as server, AgentCheckServer("127.0.0.1:0") as agent:
+        for address in (server.address, agent.address):
+            out = subprocess.run(
+                ["ss", "-ltnH", f"sport = :{address[1]}"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout.split()
+            assert int(out[2]) == min(socket.SOMAXCONN, _somaxconn()), out
+
+
+def _somaxconn() -> int:
+    """The kernel caps listen()'s backlog at net.core.somaxconn."""
+    with open("/proc/sys/net/core/somaxconn") as f:
+        return int(f.read())
