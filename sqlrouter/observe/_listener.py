@@ -10,19 +10,28 @@ has not finished sending its request (that one is closed without an answer): idl
 slow clients cannot keep the health checks out.  Only when every client has sent its
 request and is being answered, and none finishes within :data:`ANSWER_WAIT`, does the
 new one get the protocol's ``busy`` answer (an empty ``busy``: closed without a word).
+
+After ``fork()`` the child does not listen: its copies of the listening and client
+sockets are closed (the port stays the parent's alone, and is free again once the
+parent stops), and a listener is stopped there at once.  Start it again in the child to
+serve from there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import socketserver
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
+
+from .. import _forksafe
 
 __all__ = ["Listener", "Protocol"]
 
@@ -140,12 +149,15 @@ class Listener:
         self._wanted = address
         self.protocol = protocol
         self.timeout = timeout
+        self._max_clients = max_clients
         self.slots = threading.BoundedSemaphore(max_clients)
         #: The clients still sending their request, with when they connected.
         self._reading: dict[socket.socket, float] = {}
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        _listeners.add(self)
 
     def reading(self, sock: socket.socket) -> None:
         """``sock`` holds a slot and is sending its request."""
@@ -198,22 +210,65 @@ class Listener:
         server_class = type("_Server", (_Server,), {"address_family": family})
         server: _Server = server_class(self._wanted, _Handler)
         server.owner = self
+        server.timeout = POLL
         self._server = server
+        self._stopping = threading.Event()
         self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
+            target=_serve,
+            args=(server, self._stopping),
             name=f"sqlrouter-{self.protocol.name}-{self.address[1]}",
             daemon=True,
         )
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop listening and join the thread (at most ``timeout`` seconds)."""
+        """Stop listening and join the thread (at most ``timeout`` seconds: the
+        thread notices within :data:`POLL`)."""
         server, thread = self._server, self._thread
         self._server = self._thread = None
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
+        self._stopping.set()
         if thread is not None:
             thread.join(timeout)
+        server.server_close()
+
+    def _forked(self) -> None:
+        """In the child of a ``fork()``: the serving thread is not there; close this
+        process's copies of the sockets (nothing is sent on them) and forget them."""
+        server = self._server
+        self._server = self._thread = None
+        reading, self._reading = list(self._reading), {}
+        self.slots = threading.BoundedSemaphore(self._max_clients)
+        if server is None:
+            return
+        for sock in (server.socket, *reading):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+#: How often the serving thread looks whether it should stop, in seconds.
+POLL: Final = 0.2
+
+
+def _serve(server: _Server, stopping: threading.Event) -> None:
+    """The serving thread: one accepted client at a time until ``stopping``."""
+    while not stopping.is_set():
+        try:
+            server.handle_request()
+        except (OSError, ValueError):  # the socket was closed under it (stop() timed out)
+            if stopping.is_set():
+                return
+            logger.exception("%s: accept failed", server.owner.protocol.name)
+            stopping.wait(POLL)
+
+
+_listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for listener in list(_listeners):
+        listener._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

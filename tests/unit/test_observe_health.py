@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import select
 import shutil
+import signal
 import socket
 import subprocess
 from dataclasses import replace
@@ -171,3 +175,33 @@ def _somaxconn() -> int:
     """The kernel caps listen()'s backlog at net.core.somaxconn."""
     with open("/proc/sys/net/core/somaxconn") as f:
         return int(f.read())
+
+
+def test_a_forked_child_neither_keeps_the_port_nor_hangs_in_stop() -> None:
+    """A forked worker kept the listening socket (the port stayed taken after the
+    parent stopped: EADDRINUSE on a restart) and its stop() hung for ever."""
+    server = HealthServer("127.0.0.1:0", snapshots=list).start()
+    port = server.address[1]
+    stopped_r, stopped_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            server.stop()
+            os.write(stopped_w, b"stopped")
+            os.read(done_r, 1)  # alive while the parent binds the port again
+        finally:
+            os._exit(0)
+    try:
+        ready, _, _ = select.select([stopped_r], [], [], 60)  # a bound, not a measure
+        assert ready and os.read(stopped_r, 100) == b"stopped", "stop() hung in the child"
+        server.stop()
+        with HealthServer(f"127.0.0.1:{port}", snapshots=list) as again:
+            assert again.address[1] == port
+    finally:
+        os.write(done_w, b"x")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        for fd in (stopped_r, stopped_w, done_r, done_w):
+            os.close(fd)
