@@ -90,15 +90,28 @@ class _SnapshotCollector(Collector):
             "Seconds since the monitor's last round ended",
             labels=["service"],
         )
+        fresh = GaugeMetricFamily(
+            "sqlrouter_snapshot_fresh",
+            "1 while the monitor's last round is within the snapshot's max_age (what "
+            "routing trusts); 0 past it, when the datasources' up, lag, read_only and "
+            "role are not reported",
+            labels=["service"],
+        )
         now = self._clock()
         for name, snap in latest(self._snapshots()).items():
             age.add_metric([name], max(0.0, snap.age(now)))
+            trusted = snap.age(now) <= snap.max_age
+            fresh.add_metric([name], 1.0 if trusted else 0.0)
             master = observed_master(snap)
             for ds in snap.datasources:
-                h = snap.health_of(ds.name)
                 labels = [name, ds.name]
-                up.add_metric(labels, 1.0 if h.reachable else 0.0)
                 online.add_metric(labels, 0.0 if ds.name in snap.offline else 1.0)
+                if not trusted:
+                    # The monitor stopped publishing: what it last saw is not the
+                    # present (a replica's lag of 0 s then would read as caught up).
+                    continue
+                h = snap.health_of(ds.name)
+                up.add_metric(labels, 1.0 if h.reachable else 0.0)
                 if h.lag is not None and math.isfinite(h.lag):
                     lag.add_metric(labels, h.lag)
                 if h.reachable and h.read_only is not None:
@@ -110,7 +123,7 @@ class _SnapshotCollector(Collector):
                 else:
                     seen = "none"
                 role.add_metric([*labels, seen], 1.0)
-        yield from (up, online, lag, read_only, role, age)
+        yield from (up, online, lag, read_only, role, age, fresh)
 
 
 class Metrics:

@@ -149,6 +149,28 @@ def test_the_datasource_gauges_are_read_from_the_snapshots() -> None:
         m.close()
 
 
+def test_a_stale_snapshot_reports_no_observation_and_says_it_is_stale() -> None:
+    """A monitor that stopped publishing left up=1 and lag=0.1 on the dashboards for
+    ever; past the snapshot's max_age only its age, fresh=0 and online remain."""
+    snap = replace(healthy(), taken_at=10.0)
+    now = [10.0 + snap.max_age]
+    m = Metrics(registry=CollectorRegistry(), snapshots=lambda: [snap], clock=lambda: now[0])
+    try:
+        svc = {"service": "sandbox", "datasource": "db2"}
+        assert sample(m, "sqlrouter_snapshot_fresh", service="sandbox") == 1
+        assert sample(m, "sqlrouter_datasource_up", **svc) == 1
+        assert sample(m, "sqlrouter_datasource_lag_seconds", **svc) == 0.12
+        now[0] += 0.5
+        assert sample(m, "sqlrouter_snapshot_fresh", service="sandbox") == 0
+        for gauge in ("up", "lag_seconds", "read_only"):
+            assert sample(m, f"sqlrouter_datasource_{gauge}", **svc) is None, gauge
+        assert sample(m, "sqlrouter_datasource_role", role="replica", **svc) is None
+        assert sample(m, "sqlrouter_datasource_online", **svc) == 1
+        assert sample(m, "sqlrouter_snapshot_age_seconds", service="sandbox") == snap.max_age + 0.5
+    finally:
+        m.close()
+
+
 def test_close_removes_everything_and_a_second_registration_is_refused() -> None:
     registry = CollectorRegistry()
     m = Metrics(registry=registry).start()
