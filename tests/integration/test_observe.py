@@ -202,20 +202,49 @@ def test_asyncio_connections_emit_the_same_records(cluster: Sandbox) -> None:
     assert checks and {c.outcome for c in checks} <= {"free", "waited"}
 
 
+_BLOCKER = """
+import importlib.abc, sys
+tried = []
+class Blocker(importlib.abc.MetaPathFinder):
+    # As if the metrics and otel extras were not installed, and recording every try.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("prometheus_client", "opentelemetry"):
+            tried.append(name)
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+sys.meta_path.insert(0, Blocker())
+"""
+
+
 def test_without_the_extras_nothing_is_imported(cluster: Sandbox) -> None:
-    """A process that routes, with no observer, loads neither library."""
-    code = (
-        "import sys, sqlrouter\n"
-        f"sqlrouter.connect({cluster.url('RO_RELAXED')!r}).close()\n"
-        f"sqlrouter.connect({cluster.url('RW_STRICT')!r}).close()\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('prometheus_client', 'opentelemetry') or m.startswith('sqlrouter.observe'))\n"
-        "print(loaded)\n"
+    """With prometheus_client and opentelemetry unimportable (a meta-path blocker), a
+    process routes, keeps sessions, and serves the health endpoint and the agent check
+    (no extra needed), and never tries to import either library; the metrics module
+    says which extra it needs."""
+    master = cluster.state.master
+    code = _BLOCKER + (
+        "import socket, urllib.request, sqlrouter\n"
+        "from sqlrouter.observe.health import HealthServer\n"
+        "from sqlrouter.observe.agentcheck import AgentCheckServer\n"
+        "with sqlrouter.session():\n"
+        f"    sqlrouter.connect({cluster.url('RW_STRICT')!r}).close()\n"
+        f"    sqlrouter.connect({cluster.url('RO_RELAXED')!r}).close()\n"
+        "with HealthServer('127.0.0.1:0') as h, AgentCheckServer('127.0.0.1:0') as a:\n"
+        f"    url = 'http://%s:%d/health/sandbox/{master}?role=master' % h.address\n"
+        "    print(urllib.request.urlopen(url, timeout=10).status)\n"
+        "    with socket.create_connection(a.address, timeout=10) as s:\n"
+        f"        s.sendall(b'sandbox {master} master\\n')\n"
+        "        print(s.recv(100).decode().strip())\n"
+        "print(tried)\n"
+        "try:\n"
+        "    import sqlrouter.observe.metrics\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc.name)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert out.stdout.split() == ["200", "up", "[]", "prometheus_client"], out.stdout + out.stderr
 
 
 def test_control_commands_are_counted(
