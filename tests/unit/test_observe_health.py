@@ -205,3 +205,23 @@ def test_a_forked_child_neither_keeps_the_port_nor_hangs_in_stop() -> None:
         os.waitpid(pid, 0)
         for fd in (stopped_r, stopped_w, done_r, done_w):
             os.close(fd)
+
+
+def _agent_exchange(agent: AgentCheckServer, data: bytes) -> bytes:
+    with socket.create_connection(agent.address, timeout=30) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_the_agent_check_over_a_socket_oversized_slow_and_unknown() -> None:
+    """HAProxy reads the one line it gets: an oversized or unfinished request is
+    answered 'down #...' with the reason (the space after down matters to HAProxy)."""
+    with AgentCheckServer("127.0.0.1:0", snapshots=list, timeout=0.5) as agent:
+        assert _agent_exchange(agent, b"x" * 2000) == b"down #request over 512 bytes\n"
+        # No newline: the deadline passes (a bound of 0.5 s, not a measured time).
+        assert _agent_exchange(agent, b"sandbox db2") == b"down #request not received in time\n"
+        answer = _agent_exchange(agent, b"sandbox db2 replica\n")
+        assert answer.startswith(b"down #") and answer.endswith(b"\n") and b"sandbox" in answer
