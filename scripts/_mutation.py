@@ -143,6 +143,11 @@ def _run(
         raise
     if base is not None:
         codes = {m: previous.get(m) if code is None else code for m, code in codes.items()}
+        # Keep the merged verdicts, so that this run can be the --base of the next one.
+        meta_path = work / "mutants" / (target.module + ".meta")
+        meta = json.loads(meta_path.read_text())
+        meta["exit_code_by_key"] = codes
+        meta_path.write_text(json.dumps(meta))
     counts: Counter[str] = Counter()
     alive: list[str] = []
     for mutant, code in sorted(codes.items()):

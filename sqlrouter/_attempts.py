@@ -10,6 +10,7 @@ errors a connect ends with.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -28,7 +29,7 @@ from .errors import (
 from .gtid import EMPTY
 from .qos import QoS
 from .routing.health import Snapshot
-from .routing.router import Decision, Policy, choose, logins_refused, observed_master
+from .routing.router import Decision, Policy, logins_refused, observed_master
 from .telemetry import Reason, Routed, Verdict
 from .topology import DataSource
 from .url import ServiceURL
@@ -36,6 +37,7 @@ from .url import ServiceURL
 __all__ = [
     "FAILOVER_POLL",
     "Attempt",
+    "Chooser",
     "TryAgain",
     "auth_error",
     "connect_failed",
@@ -145,17 +147,28 @@ def retry_arguments(url: ServiceURL, attempt: Attempt, datasources: int) -> dict
     }
 
 
+#: The router's decision at the next turn (``ServiceHandle.choose``: routes decided on one
+#: snapshot are kept, so a connect on the same snapshot only picks its turn).
+Chooser = Callable[[Snapshot, Policy], Decision]
+
+
 def decide(
-    url: ServiceURL, state: ConnState, snapshot: Snapshot, attempt: Attempt, turn: int
+    url: ServiceURL,
+    state: ConnState,
+    snapshot: Snapshot,
+    attempt: Attempt,
+    chooser: Chooser,
+    *,
+    refused_in: Callable[[Snapshot], tuple[int, str] | None] = logins_refused,
 ) -> Decision:
     """Where this attempt connects; :class:`TryAgain` (no master yet) or the error that
     ends the connect."""
-    refused = refused_everywhere(snapshot)
+    refused = refused_everywhere(snapshot, refused_in)
     if refused is not None:
         raise refused
     policy = policy_for(url, state, snapshot, attempt.exclude, allow_wait=attempt.allow_wait)
     try:
-        return choose(snapshot, policy, turn=turn, now=time.monotonic())
+        return chooser(snapshot, policy)
     except NoMasterAvailable as exc:
         raise TryAgain(with_failures(exc, attempt.failures)) from None
     except RoutingError as exc:
@@ -219,11 +232,14 @@ def auth_error(url: ServiceURL, errno: int, failures: list[str]) -> OperationalE
     )
 
 
-def refused_everywhere(snapshot: Snapshot) -> OperationalError | None:
+def refused_everywhere(
+    snapshot: Snapshot, refused_in: Callable[[Snapshot], tuple[int, str] | None] = logins_refused
+) -> OperationalError | None:
     """The error to raise when the monitor's own logins were refused by every server:
     nothing can be observed, so nothing can be routed, and the cause is the account
-    (see :func:`sqlrouter.routing.router.logins_refused`)."""
-    refused = logins_refused(snapshot)
+    (see :func:`sqlrouter.routing.router.logins_refused`, or ``refused_in``: the same,
+    remembered per snapshot by the service's handle)."""
+    refused = refused_in(snapshot)
     if refused is None:
         return None
     errno, message = refused

@@ -48,6 +48,7 @@ from .errors import (
 )
 from .gtid import EMPTY, CausalToken
 from .qos import QoS
+from .topology import Credentials
 from .url import ServiceURL, parse_url
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from .routing.service import ServiceHandle
     from .topology import DataSource
 
-__all__ = ["INHERITED", "RoutedConnection", "parse_cached"]
+__all__ = ["INHERITED", "RoutedConnection", "credentials_of", "parse_cached"]
 
 logger = logging.getLogger("sqlrouter.connection")
 
@@ -204,15 +205,18 @@ class RoutedConnection:
         """Where this attempt connects (:func:`sqlrouter._attempts.decide`); the protocol
         connects there next."""
         url = self._url
+        handle = self._handle
         if telemetry.observers:
             policy = None
-            if refused_everywhere(snapshot) is None:
+            if refused_everywhere(snapshot, handle.logins_refused) is None:
                 policy = policy_for(
                     url, self._state, snapshot, attempt.exclude, allow_wait=attempt.allow_wait
                 )
             self._observed = (snapshot, policy, time.monotonic())
         try:
-            decision = decide(url, self._state, snapshot, attempt, self._handle.next_turn())
+            decision = decide(
+                url, self._state, snapshot, attempt, handle.choose, refused_in=handle.logins_refused
+            )
         except TryAgain as exc:
             if telemetry.observers:
                 self._observe(None, exc.error)
@@ -429,3 +433,8 @@ def parse_cached(url: str | ServiceURL | None, kwargs: dict[str, Any]) -> Servic
         return _parse_cached(url, tuple(sorted(kwargs.items())))
     except TypeError:  # an unhashable keyword value (an ssl dict, say)
         return parse_url(url, **kwargs)
+
+
+#: The application's credentials, made once per user and password and shared by its
+#: connects (a Credentials is an immutable value).
+credentials_of = functools.lru_cache(maxsize=128)(Credentials)

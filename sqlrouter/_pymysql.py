@@ -96,6 +96,10 @@ CHECKED: Final[Mapping[str, str]] = MappingProxyType(
         "Connection._read_ok_packet": "09cfef7de98ababaee11c3efeb9b20b1",
         "Connection._force_close": "0ad9bf02d8a88d73e8a97002101c495c",
         "Connection._create_ssl_ctx": "03fb3c944adac2ba172ec686e21ce672",
+        # p: set the socket's timeout from _read_timeout / _write_timeout when it changes
+        # (what _connect_within relies on to bound the handshake)
+        "Connection._read_packet": "befc04efe3c01b849d91f3b68278eed4",
+        "Connection._write_bytes": "2daf1e2f4b586ab64ba5b435176ece91",
         # c: copied in Result, keeping the EOF packet's server status
         "MySQLResult._check_packet_is_eof": "793363274b94b4699d6646e190a46ca0",
         # o: Result tells its connection when an unbuffered result ends
@@ -229,6 +233,7 @@ class PyMySQLConnection(_Base):
         _result: MySQLResult | None
         _affected_rows: int
         _read_timeout: float | None
+        _write_timeout: float | None
         _sock: object
         ssl: bool
         _ssl_required: bool
@@ -265,17 +270,23 @@ class PyMySQLConnection(_Base):
         """PyMySQL's connect, with the TCP connect and the handshake bounded by ``timeout``.
 
         PyMySQL reads the handshake with ``read_timeout`` (None: forever), so a frozen
-        server that still accepts TCP connections would hang the connect.
+        server that still accepts TCP connections would hang the connect.  Its writes get
+        the same bound: PyMySQL sets the socket's timeout again whenever the one it needs
+        changes (a system call each way), so one timeout for both saves that at every
+        round trip of the handshake.
         """
         read_timeout = self._read_timeout
+        write_timeout = self._write_timeout
         connect_timeout = self.connect_timeout
         self.connect_timeout = timeout
         self._read_timeout = timeout if read_timeout is None else min(timeout, read_timeout)
+        self._write_timeout = self._read_timeout
         try:
             pymysql.connections.Connection.connect(self)
         finally:
-            # PyMySQL re-applies _read_timeout to the socket at the next read.
+            # PyMySQL re-applies its timeouts to the socket at the next read or write.
             self._read_timeout = read_timeout
+            self._write_timeout = write_timeout
             self.connect_timeout = connect_timeout
 
     def _first_value_within(self, sql: str, seconds: float) -> Any:

@@ -36,7 +36,7 @@ from ._attempts import (
     policy_for,
     retry_arguments,
 )
-from ._connbase import RoutedConnection, parse_cached
+from ._connbase import RoutedConnection, credentials_of, parse_cached
 from ._connrules import (
     ENABLE_GTID_TRACKING,
     LOST,
@@ -68,7 +68,7 @@ from .qos import QoS
 from .routing.health import Snapshot
 from .routing.router import Decision, Policy
 from .routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
-from .topology import Credentials, DataSource
+from .topology import DataSource
 from .url import ServiceURL
 
 __all__ = ["Connection", "connect"]
@@ -173,7 +173,7 @@ class Connection(RoutedConnection, GtidCapture):
         handle = self._handle
         url = self._url
         snapshot = handle.snapshot(
-            Credentials(url.user or "", url.password or ""),
+            credentials_of(url.user or "", url.password or ""),
             timeout=max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - time.monotonic())),
         )
         ds = self._decide(snapshot, attempt)
@@ -474,6 +474,6 @@ def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> Connection
     it was rejected.
     """
     parsed = parse_cached(url, kwargs)
-    creds = Credentials(parsed.user or "", parsed.password or "")
+    creds = credentials_of(parsed.user or "", parsed.password or "")
     handle = handle_for(parsed.registry, parsed.service, creds)
     return Connection(parsed, handle)

@@ -49,7 +49,8 @@ class Session:
         if self.token.covers(token):
             return False
         with self._lock:
-            merged = self.token.merge(token)
+            # An empty token (a new session) merged with ``token`` is ``token`` itself.
+            merged = self.token.merge(token) if self.token else token
             if merged == self.token:
                 return False
             self.token = merged

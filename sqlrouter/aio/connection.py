@@ -42,7 +42,7 @@ from .._attempts import (
     policy_for,
     retry_arguments,
 )
-from .._connbase import RoutedConnection, parse_cached
+from .._connbase import RoutedConnection, credentials_of, parse_cached
 from .._connrules import (
     ENABLE_GTID_TRACKING,
     IN_TRANS,
@@ -74,7 +74,7 @@ from ..qos import QoS
 from ..routing.health import Snapshot
 from ..routing.router import Decision, Policy
 from ..routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
-from ..topology import Credentials, DataSource
+from ..topology import DataSource
 from ..url import ServiceURL
 from . import _cancel
 from ._aiomysql import AiomysqlConnection, Result, aiomysql_query, connect_args
@@ -156,7 +156,7 @@ class Connection(RoutedConnection, AiomysqlConnection):
     async def _snapshot(self, attempt: Attempt) -> Snapshot:
         """The snapshot to route on; waiting for a monitor round happens in a thread."""
         url = self._url
-        credentials = Credentials(url.user or "", url.password or "")
+        credentials = credentials_of(url.user or "", url.password or "")
         fresh = self._handle.fresh_snapshot(credentials)
         if fresh is not None:
             return fresh
@@ -584,7 +584,7 @@ class _Connecting(Coroutine[Any, Any, Connection]):
 
 
 async def _open(url: ServiceURL, args: dict[str, Any], tls_required: bool) -> Connection:
-    creds = Credentials(url.user or "", url.password or "")
+    creds = credentials_of(url.user or "", url.password or "")
     # Finding the registry and the service reads files and may resolve names: in a
     # thread, never in the loop.
     loop = asyncio.get_running_loop()

@@ -6,9 +6,9 @@ import argparse
 import math
 
 from .. import __version__
+from .._faults import FAULTS
 from ..control.client import DEFAULT_TIMEOUT
 from ..control.protocol import COMMANDS
-from ..sandbox import FAULTS
 
 __all__ = ["build_parser"]
 

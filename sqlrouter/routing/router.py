@@ -78,10 +78,10 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from ..errors import (
     AUTH_ERRNOS,
@@ -97,12 +97,14 @@ from ..topology import DataSource, Role
 from .health import STALE_AFTER_INTERVALS, Health, Snapshot, unknown
 
 __all__ = [
+    "MAX_ROUTES",
     "MOVE_TOLERANCE",
     "Decision",
     "Fallback",
     "Mastership",
     "Policy",
     "QoS",
+    "Route",
     "Source",
     "choose",
     "explain",
@@ -113,6 +115,7 @@ __all__ = [
     "observed_master",
     "reroute",
     "resolve_master",
+    "route",
     "upstream_of",
     "wait_here",
 ]
@@ -161,7 +164,12 @@ class Decision:
 
 
 def choose(
-    snapshot: Snapshot, policy: Policy, *, turn: int = 0, now: float | None = None
+    snapshot: Snapshot,
+    policy: Policy,
+    *,
+    turn: int = 0,
+    now: float | None = None,
+    routes: MutableMapping[Policy, Route] | None = None,
 ) -> Decision:
     """Pick the datasource for a new connection.
 
@@ -177,12 +185,80 @@ def choose(
     ``now`` (a ``time.monotonic()`` reading of the caller) makes a snapshot older than
     :attr:`Snapshot.max_age <sqlrouter.routing.health.Snapshot.max_age>` qualify nothing: a
     monitor that stopped publishing (a forked child, a stalled thread) is not trusted.
+
+    ``routes`` (optional, kept by the caller for this snapshot alone) holds the
+    :func:`route` of each policy already decided on it; one decided here is added (at
+    most :data:`MAX_ROUTES`), so that the next connect only picks its turn.
     """
     if now is not None and snapshot.generation > 0 and snapshot.age(now) > snapshot.max_age:
         _refuse_stale(snapshot, policy, now)
+    if routes is None:
+        return route(snapshot, policy).pick(turn)
+    known = routes.get(policy)
+    if known is None:
+        known = route(snapshot, policy)
+        if len(routes) < MAX_ROUTES:
+            routes[policy] = known
+    return known.pick(turn)
+
+
+#: The most routes :func:`choose` keeps for one snapshot (policies differ by the
+#: session's token, so their number follows the traffic).
+MAX_ROUTES: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What :func:`choose` decides from a snapshot and a policy, before the turn: one
+    decision, or the decisions for the qualifying replicas that turns spread
+    connections over (by weight, see :func:`choose`)."""
+
+    decisions: tuple[Decision, ...]
+    #: The sum of the positive weights, and the step between the slots of two turns
+    #: (see :func:`_stride`); 0 when the decisions are used in turn.
+    total: int = 0
+    stride: int = 1
+    #: The decision of each slot ``0..total-1``, when there are at most
+    #: :data:`_SLOT_TABLE` slots (each connect then indexes it).
+    by_slot: tuple[Decision, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        slots: tuple[Decision, ...] = ()
+        if 0 < self.total <= _SLOT_TABLE and len(self.decisions) > 1:
+            slots = tuple(d for d in self.decisions for _ in range(max(0, d.datasource.weight)))
+        object.__setattr__(self, "by_slot", slots)
+
+    def pick(self, turn: int) -> Decision:
+        """The decision for a connect's ``turn``."""
+        decisions = self.decisions
+        if len(decisions) == 1:
+            return decisions[0]
+        if self.total == 0:
+            return decisions[turn % len(decisions)]
+        slot = turn * self.stride % self.total
+        if self.by_slot:
+            return self.by_slot[slot]
+        for decision in decisions:
+            weight = decision.datasource.weight
+            if weight > 0:
+                if slot < weight:
+                    return decision
+                slot -= weight
+        raise AssertionError("unreachable: slot < total")
+
+
+#: The most slots (the sum of the weights) a :class:`Route` tabulates.
+_SLOT_TABLE: Final = 1024
+
+
+def route(snapshot: Snapshot, policy: Policy) -> Route:
+    """:func:`choose` without the turn and the staleness check: what it decides for this
+    snapshot and policy, or the error it raises.  Pure, so a caller may keep the route
+    for as long as it routes on the same snapshot with the same policy (a connect then
+    only picks its turn: :meth:`Route.pick`)."""
     if policy.qos is QoS.RW_STRICT:
-        return _choose_master(snapshot, policy)
-    return _choose_replica(snapshot, policy, turn)
+        return Route((_choose_master(snapshot, policy),))
+    return _route_replica(snapshot, policy)
 
 
 def _refuse_stale(snapshot: Snapshot, policy: Policy, now: float) -> NoReturn:
@@ -574,7 +650,7 @@ def _reject(
     return None
 
 
-def _choose_replica(snapshot: Snapshot, policy: Policy, turn: int) -> Decision:
+def _route_replica(snapshot: Snapshot, policy: Policy) -> Route:
     token = policy.token
     health = snapshot.health
     offline = snapshot.offline
@@ -592,12 +668,16 @@ def _choose_replica(snapshot: Snapshot, policy: Policy, turn: int) -> Decision:
             ready.append(ds)
 
     if ready:
-        ds = _spread(ready, turn)
-        h = health[ds.name]
-        reason = f"replica {ds.name} lag {_secs(h.lag)} <= {_secs(max_lag)}"
-        if token:
-            reason += f", covers token {token}"
-        return Decision(ds, reason)
+        covers = f", covers token {token}" if token else ""
+        decisions = tuple(
+            Decision(
+                ds,
+                f"replica {ds.name} lag {_secs(health[ds.name].lag)} <= {_secs(max_lag)}{covers}",
+            )
+            for ds in ready
+        )
+        total, stride = _stride(ready)
+        return Route(decisions, total, stride)
 
     if behind and policy.allow_wait:
         ds = _closest(behind, health, token)
@@ -606,7 +686,7 @@ def _choose_replica(snapshot: Snapshot, policy: Policy, turn: int) -> Decision:
             f"replica {ds.name} lag {_secs(h.lag)} <= {_secs(max_lag)}, "
             f"{_not_covered(h, token)} yet: wait for it"
         )
-        return Decision(ds, reason, needs_wait=token)
+        return Route((Decision(ds, reason, needs_wait=token),))
 
     head = (
         f"no replica covers token {token}"
@@ -623,7 +703,9 @@ def _choose_replica(snapshot: Snapshot, policy: Policy, turn: int) -> Decision:
     ):
         details = _ro_details(snapshot, policy, m, skip=master)
         reason = f"fallback to master {master.name}: {head}: {details}"
-        return Decision(master, reason, is_fallback=True, on_master=True, for_token=bool(behind))
+        return Route(
+            (Decision(master, reason, is_fallback=True, on_master=True, for_token=bool(behind)),)
+        )
 
     if policy.fallback is Fallback.ERROR:
         head += ", and fallback=error"
@@ -637,8 +719,9 @@ def _choose_replica(snapshot: Snapshot, policy: Policy, turn: int) -> Decision:
     )
 
 
-def _spread(candidates: Sequence[DataSource], turn: int) -> DataSource:
-    """Deterministic, interleaved weighted round-robin over ``candidates``.
+def _stride(candidates: Sequence[DataSource]) -> tuple[int, int]:
+    """Deterministic, interleaved weighted round-robin over ``candidates``: ``(total,
+    stride)`` (``total`` 0: no positive weight, the candidates are used in turn).
 
     Slot ``k`` of ``0..total-1`` belongs to the candidate whose cumulative weight range
     holds it.  Turn ``t`` takes slot ``t * stride % total`` with ``stride`` coprime to
@@ -646,21 +729,13 @@ def _spread(candidates: Sequence[DataSource], turn: int) -> DataSource:
     exactly its weight), and with ``stride`` near ``total / golden ratio`` consecutive
     turns land far apart, so a burst of connects is spread rather than sent in blocks.
     """
-    if len(candidates) == 1:
-        return candidates[0]
     total = sum(ds.weight for ds in candidates if ds.weight > 0)
     if total == 0:
-        return candidates[turn % len(candidates)]
+        return 0, 1
     stride = max(1, round(total * 0.618))
     while math.gcd(stride, total) != 1:
         stride += 1
-    slot = turn * stride % total
-    for ds in candidates:
-        if ds.weight > 0:
-            if slot < ds.weight:
-                return ds
-            slot -= ds.weight
-    raise AssertionError("unreachable: slot < total")
+    return total, stride
 
 
 def _closest(
@@ -743,7 +818,7 @@ def reroute(snapshot: Snapshot, name: str, policy: Policy, *, fallback: bool) ->
         now = f"{master.name} is" if master is not None else "no server is"
         return f"{name} is no longer the master ({now})"
     try:
-        back = _choose_replica(snapshot, policy, 0)
+        back = _route_replica(snapshot, policy).pick(0)
     except NoReplicaAvailable:
         return None
     if back.is_fallback or back.datasource.name == name:

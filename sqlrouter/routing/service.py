@@ -25,6 +25,7 @@ from ..topology import Credentials, Service
 from .changes import diff
 from .health import Snapshot
 from .monitor import Monitor
+from .router import Decision, Policy, Route, choose, logins_refused
 from .shared import Share
 
 __all__ = ["FIRST_ROUND_TIMEOUT", "Invalidatable", "ServiceHandle"]
@@ -89,6 +90,11 @@ class ServiceHandle:
             share=share,
         )
         self._turn = itertools.count()
+        # The routes decided on one snapshot, by policy (see router.choose): a connect
+        # on the same snapshot with the same policy only picks its turn.
+        self._routes: tuple[Snapshot | None, dict[Policy, Route]] = (None, {})
+        # The last snapshot in which logins_refused() found no refusal.
+        self._logins_ok: Snapshot | None = None
         self._lock = _forksafe.lock()
         # Settings an operator changed in this process (`sqlrouter admin set`), with the
         # registry's definition of the service they were made against.
@@ -170,9 +176,31 @@ class ServiceHandle:
     def service(self) -> Service:
         return self.monitor.service
 
-    def next_turn(self) -> int:
-        """A counter for spreading connections over replicas (atomic under the GIL)."""
-        return next(self._turn)
+    def logins_refused(self, snapshot: Snapshot) -> tuple[int, str] | None:
+        """:func:`~.router.logins_refused`, remembered for the last snapshot without a
+        refusal (snapshots are immutable: the answer stays)."""
+        if snapshot is self._logins_ok:
+            return None
+        refused = logins_refused(snapshot)
+        if refused is None:
+            self._logins_ok = snapshot
+        return refused
+
+    def choose(self, snapshot: Snapshot, policy: Policy, now: float | None = None) -> Decision:
+        """The router's decision for the next connect (:func:`~.router.choose` at the
+        next turn, at ``now``: the clock by default), with the routes already decided on
+        ``snapshot`` kept."""
+        kept, routes = self._routes
+        if kept is not snapshot:
+            routes = {}
+            self._routes = (snapshot, routes)  # one assignment: atomic under the GIL
+        return choose(
+            snapshot,
+            policy,
+            turn=next(self._turn),
+            now=time.monotonic() if now is None else now,
+            routes=routes,
+        )
 
     def snapshot(
         self, credentials: Credentials | None = None, *, timeout: float = FIRST_ROUND_TIMEOUT

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from .._faults import FAULTS
 from .._table import CLIPPED_NOTE, GTID_WIDTH, clip, format_table
 from ..topology import Credentials
 
@@ -45,10 +46,6 @@ START_TIMEOUT = 60.0
 
 
 STOP_TIMEOUT = 30.0
-
-
-#: Fault actions of ``sqlrouter sandbox fault`` (``delay`` takes SECONDS).
-FAULTS = ("delay", "stop-io", "stop-sql", "resume", "kill", "freeze", "thaw", "restart")
 
 
 class SandboxError(Exception):

@@ -137,7 +137,8 @@ def test_write_gtid_is_captured_without_a_round_trip(cluster: Sandbox) -> None:
             async with conn.cursor() as cur:
                 await cur.execute("SHOW SESSION STATUS LIKE 'Com_select'")
                 after = int((await cur.fetchone())[1])
-                await cur.execute("SELECT @@gtid_binlog_pos")
+                # This session's commit: not @@gtid_binlog_pos, which the heartbeat moves.
+                await cur.execute("SELECT @@last_gtid")
                 master_pos = (await cur.fetchone())[0]
             conn.close()
         assert after == before  # no SELECT @@last_gtid was sent

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import shutil
 import socket
 import subprocess
@@ -683,7 +684,7 @@ def test_slow_and_silent_clients_are_dropped_while_others_are_served(
     cluster: Sandbox, tmp_path: Path, ctl_dir: Path
 ) -> None:
     registry = _registry(
-        cluster, tmp_path, enabled=True, socket_dir=str(ctl_dir), client_timeout=2.0
+        cluster, tmp_path, enabled=True, socket_dir=str(ctl_dir), client_timeout=5.0
     )
     url = cluster.url("RO_RELAXED", registry=str(registry))
     app = QueryLoop(url)
@@ -705,18 +706,18 @@ def test_slow_and_silent_clients_are_dropped_while_others_are_served(
         feeder = threading.Thread(target=trickling, daemon=True)
         feeder.start()
 
-        asked = time.monotonic()
         assert Raw().ask({"cmd": "status"})["ok"] is True
-        assert time.monotonic() - asked < 1.0  # not behind the slow clients
+        # Served while the slow clients still hold their connections, not after them.
+        waiting, _, _ = select.select([slow.sock, silent.sock, trickle.sock], [], [], 0)
+        assert waiting == [], "status was answered only after the slow clients were dropped"
         assert app.progresses()
 
         for client in (slow, silent, trickle):
             answer = client.line(timeout=15)
             assert answer["code"] == "timeout"
-            assert "no complete request line within 2s" in answer["error"]
+            assert "no complete request line within 5s" in answer["error"]
             assert client.at_eof()
-        elapsed = time.monotonic() - started
-        assert 1.5 < elapsed < 10, elapsed
+        assert time.monotonic() - started > 4.5  # not before client_timeout (load only adds)
         stop_trickle.set()
         feeder.join(5)
         assert app.progresses()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import sqlrouter
 from sqlrouter._runtime import handles
 from sqlrouter.sandbox import Sandbox
-from tests.fixtures.helpers import node_of, server_id, wait_until
+from tests.fixtures.helpers import node_of, returns_before, server_id, wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -177,12 +178,14 @@ def test_stopped_io_thread_is_excluded(fresh_cluster: Sandbox) -> None:
     # Seconds_Behind_Master is NULL now, and the heartbeat age grows while the master
     # keeps writing (the monitor's heartbeat is a write every round).
     # Excluded once its lag is over max_lag, or unknown (no heartbeat applied yet).
-    took = wait_until(lambda: not lag_within("db3", 1.0), timeout=10)
-    assert took <= 1.0 + 2 * interval + 1.0, took  # max_lag + 2 intervals, 1 s of slack
+    # Excluded by its lag, measured by the monitor (a deadline to wait, no duration
+    # asserted: how soon depends on the machine's load), while it still answers.
+    wait_until(lambda: not lag_within("db3", 1.0), timeout=10 + 2 * interval)
     assert relaxed_nodes(sb, 6) == Counter({"db2": 6})
     health = handle.monitor.snapshot.health_of("db3")
+    assert health.reachable and health.read_only is True
     assert health.io_running is False
-    assert health.lag is None or health.lag_source == "heartbeat"
+    assert health.lag is None or (health.lag_source == "heartbeat" and health.lag > 1.0)
 
 
 def test_frozen_replica_relaxed_connect_is_bounded(fresh_cluster: Sandbox) -> None:
@@ -191,26 +194,39 @@ def test_frozen_replica_relaxed_connect_is_bounded(fresh_cluster: Sandbox) -> No
     sb.fault("db2", "freeze")
     try:
         for _ in range(6):
-            start = time.monotonic()
-            with sqlrouter.connect(sb.url("RO_RELAXED", connect_timeout=1)) as conn:
-                took = time.monotonic() - start
+            # Bounded by connect_timeout: it returns, elsewhere, while db2 stays frozen.
+            conn = returns_before(
+                lambda: sqlrouter.connect(sb.url("RO_RELAXED", connect_timeout=1)),
+                "the frozen db2 to be thawed",
+            )
+            with conn:
                 assert node_of(sb, conn) != "db2"
-            assert took < 1 + 1, took
     finally:
         sb.fault("db2", "thaw")
 
 
-def test_master_killed(fresh_cluster: Sandbox) -> None:
+def test_master_killed(fresh_cluster: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     sb = fresh_cluster
+    # What this thread sleeps: a RW_STRICT connect waits for a master by polling.
+    slept: list[float] = []
+    me = threading.get_ident()
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.get_ident() == me:
+            slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     with sqlrouter.connect(sb.url("RW_STRICT")) as conn:
         assert server_id(conn) == 1
     sb.fault("db1", "kill")
     (handle,) = handles()
     wait_until(lambda: not handle.monitor.snapshot.health_of("db1").reachable, timeout=5)
-    start = time.monotonic()
+    slept.clear()
     with pytest.raises(sqlrouter.NoMasterAvailable) as info:
         sqlrouter.connect(sb.url("RW_STRICT"))
-    assert time.monotonic() - start < 1.0
+    assert slept == []  # failover_timeout=0 (the default): it fails without waiting
     message = str(info.value)
     assert "sandbox" in message and "db1" in message
     assert info.value.args[0] == sqlrouter.errors.ER_NO_MASTER
@@ -218,10 +234,12 @@ def test_master_killed(fresh_cluster: Sandbox) -> None:
     # Reads keep working on the replicas.
     assert set(relaxed_nodes(sb, 6)) <= {"db2", "db3"}
     # failover_timeout: a RW_STRICT connect waits that long for a master, then fails.
+    slept.clear()
     start = time.monotonic()
     with pytest.raises(sqlrouter.NoMasterAvailable):
         sqlrouter.connect(sb.url("RW_STRICT", failover_timeout=0.5))
-    assert time.monotonic() - start >= 0.5
+    assert slept  # it polled for a master...
+    assert time.monotonic() - start >= 0.5  # ... for that long at least (a load only adds)
 
 
 def test_fallback_error_and_master(fresh_cluster: Sandbox) -> None:

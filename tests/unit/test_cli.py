@@ -212,3 +212,23 @@ def test_agent_options() -> None:
     )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["agent"])  # --registry is required
+
+
+def test_the_cli_starts_without_the_sandbox_or_the_switchover_package() -> None:
+    # `sqlrouter --help` (and every command that does not use them) must not pay for
+    # importing the sandbox or the switchover package: they load when their command runs.
+    code = (
+        "import sys\n"
+        "from sqlrouter.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('sqlrouter.sandbox', 'sqlrouter.switchover')\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.rstrip().endswith("LOADED []"), res.stdout[-500:]

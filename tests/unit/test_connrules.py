@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sqlrouter._attempts import Attempt, TryAgain, connect_failed, decide, stale_since
+from sqlrouter._attempts import Attempt, Chooser, TryAgain, connect_failed, decide, stale_since
 from sqlrouter._connrules import (
     AUTOCOMMIT,
     IN_TRANS,
@@ -21,7 +21,7 @@ from sqlrouter._connstate import ConnState
 from sqlrouter._session_track import CLIENT_SESSION_TRACK
 from sqlrouter.consistency import Session, session
 from sqlrouter.errors import OperationalError, OutcomeUnknown, ProgrammingError
-from sqlrouter.routing.router import Decision
+from sqlrouter.routing.router import Decision, choose
 from sqlrouter.url import parse_url
 from tests.unit.test_router import cluster, master, replica, ro, tok
 
@@ -99,11 +99,15 @@ def test_attempts_go_on_or_end() -> None:
     snap = cluster(master("db1"), replica("db2"))
     attempt = Attempt.start(RO_URL, exclude=frozenset(), allow_wait=True)
     state = ConnState(relaxed=True, session=None)
-    first = decide(RO_URL, state, snap, attempt, 0)
+
+    def turn(at: int) -> Chooser:
+        return lambda snapshot, policy: choose(snapshot, policy, turn=at)
+
+    first = decide(RO_URL, state, snap, attempt, turn(0))
     assert first.datasource.name == "db2"
     again = connect_failed(RO_URL, first.datasource, OperationalError(2003, "refused"), attempt)
     assert isinstance(again, TryAgain) and attempt.exclude == {"db2"}
-    assert decide(RO_URL, state, snap, attempt, 1).datasource.name == "db1"  # the fallback
+    assert decide(RO_URL, state, snap, attempt, turn(1)).datasource.name == "db1"  # the fallback
     with pytest.raises(OperationalError, match="authentication failed on the master"):
         connect_failed(RW_URL, snap.service.datasources[0], OperationalError(1045, "no"), attempt)
     newer = cluster(master("db1"), replica("db2"), offline={"db2"})

@@ -471,3 +471,10 @@ def test_the_promotion_breaks_a_tie_of_the_reference() -> None:
     promoted = compute_health(round_, four, promoted="db3")["db2"]
     assert promoted.lag is not None and abs(promoted.lag - 3.0) < 1e-6
     assert promoted.lag_source == "heartbeat"
+
+
+def test_a_master_without_heartbeat_leaves_seconds_behind_master() -> None:
+    # The master's heartbeat table is unusable (NULL), the replica still has old rows.
+    behind = replica(gtid_slave_pos="0-1-90", gtid_binlog_pos="0-1-90", heartbeat=NOW - 50)
+    behind = replace(behind, seconds_behind_master=5)
+    assert lag(master(heartbeat=None), behind) == (5.0, "seconds_behind_master")

@@ -27,15 +27,18 @@ from sqlrouter.gtid import EMPTY, CausalToken
 from sqlrouter.qos import Fallback, QoS
 from sqlrouter.routing.health import Health, Snapshot
 from sqlrouter.routing.router import (
+    MAX_ROUTES,
     MOVE_TOLERANCE,
     Decision,
     Policy,
+    Route,
     choose,
     explain,
     missing,
     observed_master,
     reroute,
     resolve_master,
+    route,
     wait_here,
 )
 from sqlrouter.topology import Credentials, DataSource, Role, Service
@@ -1495,3 +1498,44 @@ def test_only_published_snapshots_age() -> None:
     snapshot = replace(healthy(), generation=0, taken_at=0.0)
     assert choose(snapshot, RW, now=1e9).datasource.name == "db1"
     assert choose(replace(snapshot, generation=1), RW).datasource.name == "db1"  # no clock
+
+
+# --- routes kept per snapshot (what a connect on the same snapshot reuses) --------------
+
+
+@settings(max_examples=200)
+@given(snapshots(), policies(), st.integers(-50, 50))
+def test_property_kept_routes_decide_as_choose(
+    snapshot: Snapshot, policy: Policy, start: int
+) -> None:
+    routes: dict[Policy, Route] = {}
+
+    def outcome(turn: int, kept: dict[Policy, Route] | None) -> Decision | str:
+        try:
+            return choose(snapshot, policy, turn=turn, routes=kept)
+        except (NoMasterAvailable, NoReplicaAvailable) as exc:
+            return str(exc.args)
+
+    for turn in range(start, start + 12):
+        assert outcome(turn, routes) == outcome(turn, None)
+    assert set(routes) <= {policy}
+
+
+def test_kept_routes_are_bounded() -> None:
+    snapshot = healthy()
+    routes: dict[Policy, Route] = {}
+    for i in range(MAX_ROUTES + 10):
+        choose(snapshot, Policy(QoS.RO_RELAXED, max_lag=1.0 + i), routes=routes)
+    assert len(routes) == MAX_ROUTES
+
+
+@given(st.lists(st.integers(0, 40), min_size=2, max_size=6), st.integers(-100, 100))
+def test_property_a_routes_slot_table_picks_as_its_weights(weights: list[int], turn: int) -> None:
+    names = [f"db{i + 2}" for i in range(len(weights))]
+    snapshot = cluster(
+        master("db1"), *(replica(n) for n in names), weights=dict(zip(names, weights, strict=True))
+    )
+    kept = route(snapshot, RO)
+    untabulated = Route(kept.decisions, kept.total, kept.stride)
+    object.__setattr__(untabulated, "by_slot", ())  # the loop over the weights
+    assert kept.pick(turn) == untabulated.pick(turn)

@@ -807,6 +807,11 @@ def test_an_empty_gtids_entry_is_kept_unread() -> None:
             "expected the end of the GTIDs entry, found 1 byte more",
         ),
         (
+            b"\x00\xfc\x01",
+            0x4002,
+            "expected the 3-byte length of the session state, found only 2 bytes left",
+        ),
+        (
             encode([(SESSION_TRACK_TRANSACTION_STATE, lenstr(b"T_") + b"xy")]),
             0x4002,
             "expected the end of the transaction entry, found 2 bytes more",
@@ -817,3 +822,22 @@ def test_error_messages_word_for_word(message: bytes, server_status: int, error:
     with pytest.raises(ValueError) as excinfo:
         decode_session_state(message, server_status)
     assert str(excinfo.value).endswith(f"after warning_count: {error}")
+
+
+@pytest.mark.parametrize("info_len", [0, 120, 200, 0xFA])
+@pytest.mark.parametrize("state_len", [19, 0xF9, 0xFA])
+def test_the_fast_path_takes_every_one_byte_length(info_len: int, state_len: int) -> None:
+    # The longest info string and session state whose lengths fit in one byte (0xfa).
+    value = b"0-1-" + b"9" * (state_len - 13 - 4)
+    message = encode([variable(b"last_gtid", value)], b"i" * info_len)
+    assert message[info_len + 1] == state_len
+    original = session_track._block
+
+    def no_full_parse(buf: bytes) -> tuple[int, int, int, int]:
+        raise AssertionError("the commit packet went through the full parser")
+
+    session_track._block = no_full_parse
+    try:
+        assert last_gtid_from_ok(0x4002, message) == value.decode()
+    finally:
+        session_track._block = original

@@ -1476,6 +1476,8 @@ def test_keyword_errors_word_for_word() -> None:
     # The password of a ServiceURL given to parse_url is hidden in the keywords' errors.
     url = parse_url("sqlrouter://app:hunter22@shop")
     assert error_of(url, qos="hunter22") == "invalid qos '***': expected RW_STRICT or RO_RELAXED"
+    # ... also where the ServiceURL is not built yet: a keyword named like it.
+    assert error_of(url, **{"hunter22": 1}).startswith("unknown parameter '***': expected")
 
 
 def test_service_url_hides_its_ssl_key_password_in_errors() -> None:
