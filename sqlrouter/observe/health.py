@@ -88,6 +88,7 @@ class Response:
             f"Content-Type: {self.content_type}",
             f"Content-Length: {len(self.body)}",
             "Cache-Control: no-store",
+            "X-Content-Type-Options: nosniff",  # a browser never reads it as HTML
             "Connection: close",
             "",
             "",

@@ -225,3 +225,9 @@ def test_the_agent_check_over_a_socket_oversized_slow_and_unknown() -> None:
         assert _agent_exchange(agent, b"sandbox db2") == b"down #request not received in time\n"
         answer = _agent_exchange(agent, b"sandbox db2 replica\n")
         assert answer.startswith(b"down #") and answer.endswith(b"\n") and b"sandbox" in answer
+
+
+def test_every_answer_says_nosniff() -> None:
+    for path in ("/health/sandbox/db2", "/nowhere", "/status"):
+        response, _ = respond(f"GET {path} HTTP/1.0\r\n\r\n".encode(), (healthy(),), now=0.0)
+        assert b"\r\nX-Content-Type-Options: nosniff\r\n" in response.encode(), path
