@@ -65,6 +65,8 @@ __all__ = [
     "find_haproxy",
     "parse_stat",
     "render_config",
+    "spawn_haproxy",
+    "stop_process",
 ]
 
 #: The user HAProxy's ``option mysql-check`` logs in as (no password, no privilege).
@@ -534,15 +536,11 @@ class HAProxy:
                 check_interval=self.check_interval,
             )
             self.config_path.write_text(config, encoding="utf-8")
-            check = subprocess.run(
-                [str(self.binary), "-c", "-q", "-f", str(self.config_path)],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
+            self._proc = spawn_haproxy(self.binary, self.config_path, self.dir / "haproxy.log")
+            self._progress(
+                f"haproxy {self.version} (pid {self._proc.pid}): writer 127.0.0.1:"
+                f"{self.writer_port}, reader 127.0.0.1:{self.reader_port}"
             )
-            _check_config(check, self.config_path)
-            self._start_haproxy()
             self.wait_ready(timeout=START_TIMEOUT)
         except BaseException:
             self.stop()
@@ -577,24 +575,6 @@ class HAProxy:
         self.agent_port = int(line.split()[1])
         self._progress(f"check agent on 127.0.0.1:{self.agent_port} (pid {self._agent.pid})")
 
-    def _start_haproxy(self) -> None:
-        log = open(self.dir / "haproxy.log", "ab")  # noqa: SIM115 - handed to the child
-        try:
-            self._proc = subprocess.Popen(
-                [str(self.binary), "-db", "-f", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_pdeathsig,  # noqa: PLW1509 - only prctl, no lock taken
-            )
-        finally:
-            log.close()
-        self._progress(
-            f"haproxy {self.version} (pid {self._proc.pid}): writer 127.0.0.1:{self.writer_port}, "
-            f"reader 127.0.0.1:{self.reader_port}"
-        )
-
     def expected(self) -> dict[tuple[str, str], bool]:
         """Every server's expected state when the cluster is healthy."""
         out = {(WRITER_BACKEND, s.name): s is self.master for s in self.servers}
@@ -628,13 +608,8 @@ class HAProxy:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
+        if proc is not None:
+            stop_process(proc)
         agent, self._agent = self._agent, None
         if agent is not None:
             if agent.stdin is not None:
@@ -701,9 +676,41 @@ class HAProxy:
         return total
 
 
-def _check_config(result: subprocess.CompletedProcess[str], path: Path) -> None:
-    if result.returncode != 0:
-        raise HAProxyError(f"haproxy rejected {path}: {(result.stderr or result.stdout).strip()}")
+def spawn_haproxy(binary: Path, config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Check ``config`` (``haproxy -c``), then run haproxy on it in the foreground as a
+    child that dies with this thread, its output appended to ``log_path``."""
+    check = subprocess.run(
+        [str(binary), "-c", "-q", "-f", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if check.returncode != 0:
+        raise HAProxyError(f"haproxy rejected {config}: {(check.stderr or check.stdout).strip()}")
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            [str(binary), "-db", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_pdeathsig,  # noqa: PLW1509 - only prctl, no lock taken
+        )
+    finally:
+        log.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`; waits for it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
 
 
 def _readline(stream: IO[str], timeout: float) -> str:

@@ -210,6 +210,19 @@ class Context:
     replicas: list[Target]
     server_version: str = ""
 
+    @classmethod
+    def of(cls, sb: Sandbox) -> Context:
+        """The context of ``sb``'s service, read through ``RO_RELAXED`` URLs."""
+        st = sb.state
+        return cls(
+            sb=sb,
+            url=sb.url("RO_RELAXED"),
+            user=st.app.user,
+            password=st.app.password,
+            database=st.database,
+            replicas=[Target(n.name, "127.0.0.1", n.port) for n in sb.replicas],
+        )
+
 
 def _raw_connect(ctx: Context, target: Target, **kwargs: Any) -> AnyConnection:
     """A plain PyMySQL connection to ``target``, autocommit unless ``kwargs`` say otherwise."""
@@ -693,15 +706,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with bench_sandbox(args.dir, "sqlrouter-bench-", _log) as sb:
         fill_table(sb)
-        st = sb.state
-        ctx = Context(
-            sb=sb,
-            url=sb.url("RO_RELAXED"),
-            user=st.app.user,
-            password=st.app.password,
-            database=st.database,
-            replicas=[Target(n.name, "127.0.0.1", n.port) for n in sb.replicas],
-        )
+        ctx = Context.of(sb)
         comparisons = measure(ctx, plan)
         profile: tuple[str, str] | None = None
         if args.profile:

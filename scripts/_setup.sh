@@ -1,5 +1,5 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run).
-# On a fresh Debian/Ubuntu machine it installs what is missing: the MariaDB server, etcd,
+# On a fresh Debian/Ubuntu machine it installs what is missing: the MariaDB server, etcd, HAProxy,
 # Python's venv module, then a virtual environment in .venv with sqlrouter and its
 # extras.  Every step is skipped when already done.
 set -euo pipefail
@@ -30,6 +30,15 @@ fi
 # its own members on free loopback ports; the package's own service is not used).
 if ! command -v etcd >/dev/null 2>&1; then
     apt_install etcd-server
+fi
+
+have_haproxy() {
+    command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]
+}
+
+# tests/integration/test_haproxy_health.py and scripts/bench run Debian's haproxy.
+if ! have_haproxy; then
+    apt_install haproxy
 fi
 
 if [ -z "$PYTHON" ]; then

@@ -30,6 +30,7 @@ from .gtid import EMPTY
 from .qos import QoS
 from .routing.health import Snapshot
 from .routing.router import Decision, Policy, logins_refused, observed_master
+from .telemetry import Reason, Routed, Verdict
 from .topology import DataSource
 from .url import ServiceURL
 
@@ -45,6 +46,7 @@ __all__ = [
     "policy_for",
     "refused_everywhere",
     "retry_arguments",
+    "routed",
     "stale_after_connect",
     "stale_since",
     "with_failures",
@@ -276,4 +278,59 @@ def with_failures(exc: RoutingError, failures: list[str]) -> RoutingError:
         exc.args[0],
         f"{exc.args[1]}; connection attempts failed: {'; '.join(failures)}",
         service=exc.service,
+    )
+
+
+def routed(
+    url: ServiceURL,
+    snapshot: Snapshot,
+    policy: Policy | None,
+    decision: Decision | None,
+    *,
+    started: float,
+    ended: float,
+    error: Error | None = None,
+    server_version: str = "",
+) -> Routed:
+    """The telemetry record of one attempt (:class:`sqlrouter.telemetry.Routed`):
+    ``decision`` ``None`` when the router refused with ``error``."""
+    verdict: Verdict
+    reason: Reason
+    ds = decision.datasource if decision is not None else None
+    if decision is None:
+        verdict = "refused"
+        if policy is None:
+            reason = "auth"
+        elif snapshot.generation > 0 and snapshot.age(ended) > snapshot.max_age:
+            reason = "stale"
+        else:
+            reason = "no_master" if isinstance(error, NoMasterAvailable) else "no_replica"
+    elif decision.is_fallback:
+        verdict, reason = "fallback", "token" if decision.for_token else "no_replica"
+    else:
+        verdict, reason = ("master" if decision.on_master else "replica"), "ok"
+    token = policy.token if policy is not None else None
+    covered: bool | None = None
+    if ds is not None and token and decision is not None and not decision.on_master:
+        covered = decision.needs_wait is None
+    if error is not None:
+        detail = str(error.args[-1])
+    else:
+        detail = decision.reason if decision is not None else ""
+    return Routed(
+        service=url.service,
+        qos=url.qos.value,
+        verdict=verdict,
+        reason=reason,
+        datasource=ds,
+        detail=detail,
+        connected=decision is not None and error is None,
+        started=started,
+        duration=ended - started,
+        lag=snapshot.health_of(ds.name).lag if ds is not None else None,
+        token=token if token is not None else EMPTY,
+        token_covered=covered,
+        database=url.database or "",
+        server_version=server_version,
+        error=str(error.args[-1]) if error is not None else "",
     )

@@ -16,14 +16,27 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from ._attempts import Attempt, TryAgain, connect_failed, decide, stale_since
+from . import telemetry
+from ._attempts import (
+    Attempt,
+    TryAgain,
+    connect_failed,
+    decide,
+    policy_for,
+    refused_everywhere,
+    routed,
+    stale_since,
+)
 from ._connrules import (
+    Move,
     Setup,
+    Wait,
     closed_error,
     invalidated_error,
     lost_error,
     recheck,
     session_setup,
+    transaction_start,
 )
 from .errors import (
     ConnectionInvalidated,
@@ -42,7 +55,7 @@ if TYPE_CHECKING:
     from ._connstate import ConnState
     from .consistency import Session
     from .routing.health import Snapshot
-    from .routing.router import Decision
+    from .routing.router import Decision, Policy
     from .routing.service import ServiceHandle
     from .topology import DataSource
 
@@ -63,6 +76,10 @@ class RoutedConnection:
     _inherited_from: int | None
     datasource: DataSource | None
     decision: Decision | None
+    #: Telemetry only (set while :data:`sqlrouter.telemetry.observers` is not empty):
+    #: what the current connect attempt routed on, and when a ``MASTER_GTID_WAIT`` began.
+    _observed: tuple[Snapshot, Policy | None, float] | None
+    _wait_started: float
 
     def _routed(self, url: ServiceURL, handle: ServiceHandle) -> None:
         self._url = url
@@ -70,6 +87,8 @@ class RoutedConnection:
         self._inherited_from = None
         self.datasource = None
         self.decision = None
+        self._observed = None
+        self._wait_started = 0.0
 
     @property
     def _is_open(self) -> bool:
@@ -158,7 +177,9 @@ class RoutedConnection:
         (:func:`sqlrouter._connrules.recheck`: only sets a flag)."""
         ds = self.datasource
         if ds is not None and self._is_open:
-            recheck(self._url, self._state, snapshot, ds)
+            moves = recheck(self._url, self._state, snapshot, ds)
+            if moves and telemetry.observers:
+                telemetry.emit(telemetry.Invalidated(self._url.service, ds.name, "reroute"))
 
     def inherited(self, parent: int) -> None:
         """In a forked child (called by the service table, before anything else runs):
@@ -185,9 +206,25 @@ class RoutedConnection:
         connects there next."""
         url = self._url
         handle = self._handle
-        decision = decide(
-            url, self._state, snapshot, attempt, handle.choose, refused_in=handle.logins_refused
-        )
+        if telemetry.observers:
+            policy = None
+            if refused_everywhere(snapshot, handle.logins_refused) is None:
+                policy = policy_for(
+                    url, self._state, snapshot, attempt.exclude, allow_wait=attempt.allow_wait
+                )
+            self._observed = (snapshot, policy, time.monotonic())
+        try:
+            decision = decide(
+                url, self._state, snapshot, attempt, handle.choose, refused_in=handle.logins_refused
+            )
+        except TryAgain as exc:
+            if telemetry.observers:
+                self._observe(None, exc.error)
+            raise
+        except Error as exc:
+            if telemetry.observers:
+                self._observe(None, exc)
+            raise
         ds = decision.datasource
         logger.debug(
             "service %r qos=%s: connecting to %s: %s",
@@ -201,6 +238,8 @@ class RoutedConnection:
 
     def _failed(self, ds: DataSource, exc: OperationalError, attempt: Attempt) -> TryAgain:
         logger.debug("service %r: connection to %s failed: %s", self._url.service, ds, exc)
+        if telemetry.observers:
+            self._observe(self.decision, exc)
         return connect_failed(self._url, ds, exc, attempt)
 
     def _connected(self, ds: DataSource) -> bool:
@@ -209,21 +248,108 @@ class RoutedConnection:
         self.datasource = ds
         state = self._state
         state.opened(on_master=decision is not None and decision.on_master)
+        if telemetry.observers:
+            self._observe(decision, None)
         return state.session is not None
+
+    def _observe(self, decision: Decision | None, error: Error | None) -> None:
+        """Hand the record of this connect attempt to the telemetry observers (only
+        called when there are some: see :mod:`sqlrouter.telemetry`); ``decision``
+        ``None``: the router refused with ``error``."""
+        observed = self._observed
+        if observed is None:  # observers were added during the attempt
+            return
+        snapshot, policy, started = observed
+        # The protocol's server_version (PyMySQL's and aiomysql's, untyped): the
+        # handshake's version string.
+        version = getattr(self, "server_version", "") if error is None else ""
+        telemetry.emit(
+            routed(
+                self._url,
+                snapshot,
+                policy,
+                decision,
+                started=started,
+                ended=time.monotonic(),
+                error=error,
+                server_version=version or "",
+            )
+        )
+
+    def _checked(
+        self, outcome: telemetry.CheckOutcome, started: float | None, token: CausalToken
+    ) -> None:
+        """Hand a consistency check's record to the telemetry observers (``started``:
+        when its ``MASTER_GTID_WAIT`` began, ``None`` when none ran)."""
+        ds = self.datasource
+        if ds is None:
+            return
+        now = time.monotonic()
+        telemetry.emit(
+            telemetry.ConsistencyCheck(
+                service=self._url.service,
+                datasource=ds,
+                outcome=outcome,
+                started=now if started is None else started,
+                waited=0.0 if started is None else now - started,
+                token=token,
+            )
+        )
 
     def _session_setup(self, snapshot: Snapshot) -> Setup:
         """What the session needs of the new connection (:func:`session_setup`)."""
         decision = self.decision
         if decision is None:
             return Setup()
-        return session_setup(self._state, snapshot, decision)
+        setup = session_setup(self._state, snapshot, decision)
+        if setup.wait_for is not None and telemetry.observers:
+            self._wait_started = time.monotonic()
+        return setup
 
-    def _caught_up(self, setup: Setup) -> bool:
-        """The session's set-up is done (a wait for ``setup.wait_for`` succeeded)."""
-        session = self._state.session
-        if setup.wait_for is not None and session is not None:
-            self._state.checked(session.version)
-        return True
+    def _caught_up(self, setup: Setup, caught_up: bool) -> bool:
+        """The session's set-up is done (``caught_up``: no wait for ``setup.wait_for``
+        was needed, or it succeeded); returns ``caught_up`` (False: go elsewhere)."""
+        state = self._state
+        session = state.session
+        if session is None:
+            return caught_up
+        if telemetry.observers:
+            if setup.wait_for is not None:
+                outcome: telemetry.CheckOutcome = "waited" if caught_up else "moved"
+                self._checked(outcome, self._wait_started, setup.wait_for)
+            elif not state.on_master and session.token:
+                self._checked("free", None, session.token)
+        if caught_up and setup.wait_for is not None:
+            state.checked(session.version)
+        return caught_up
+
+    def _transaction_step(
+        self, session: Session, snapshot: Snapshot, ds: DataSource
+    ) -> Wait | Move | None:
+        """What a relaxed connection does for ``session`` at a transaction start
+        (:func:`sqlrouter._connrules.transaction_start`); a :class:`Wait`'s outcome
+        goes to :meth:`_waited`."""
+        state = self._state
+        policy = policy_for(self._url, state, snapshot, frozenset())
+        step = transaction_start(state, session, snapshot, ds, policy)
+        if telemetry.observers:
+            if step is None:
+                if not state.on_master:
+                    self._checked("free", None, session.token)
+            elif isinstance(step, Move):
+                self._checked("moved", None, session.token)
+            else:
+                self._wait_started = time.monotonic()
+        return step
+
+    def _waited(self, step: Wait, caught_up: bool) -> bool:
+        """The ``MASTER_GTID_WAIT`` of ``step`` returned ``caught_up`` (False: move,
+        to a server that needs no wait)."""
+        if telemetry.observers:
+            self._checked("waited" if caught_up else "moved", self._wait_started, step.token)
+        if caught_up:
+            self._state.checked(step.version)
+        return caught_up
 
     def _registered(self, routed_on: Snapshot) -> None:
         """The connection is ready: the service table knows it from now on (and one
@@ -259,6 +385,9 @@ class RoutedConnection:
             exc.args[-1],
         )
         self._state.gtid_by_select = True
+        if telemetry.observers:
+            name = self.datasource.name if self.datasource is not None else ""
+            telemetry.emit(telemetry.GtidFallback(self._url.service, name))
 
     # -- closing and failing ---------------------------------------------------------
 

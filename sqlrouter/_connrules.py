@@ -96,17 +96,19 @@ def open_session(url: ServiceURL, args: dict[str, Any]) -> Session | None:
     return session
 
 
-def recheck(url: ServiceURL, state: ConnState, snapshot: Snapshot, ds: DataSource) -> None:
+def recheck(url: ServiceURL, state: ConnState, snapshot: Snapshot, ds: DataSource) -> bool:
     """After a monitor round (in the monitor's thread): a relaxed connection whose
     server no longer suits its own policy moves at its next transaction start (see
     :func:`sqlrouter.routing.router.reroute`).  Only sets a flag: the statement path
-    pays nothing for it."""
+    pays nothing for it.  True when it set the flag."""
     if not state.relaxed or state.invalid is not None:
-        return
+        return False
     policy = policy_for(url, state, snapshot, frozenset())
     why = reroute(snapshot, ds.name, policy, fallback=state.on_master)
-    if why is not None:
-        state.invalidate(why, at_transaction_boundary=True)
+    if why is None:
+        return False
+    state.invalidate(why, at_transaction_boundary=True)
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,6 @@ from ._connrules import (
     gtid_wait,
     may_read_elsewhere,
     open_session,
-    transaction_start,
 )
 from ._connstate import ConnState
 from ._gtidcapture import GtidCapture, committed_by_select
@@ -194,8 +193,9 @@ class Connection(RoutedConnection, GtidCapture):
         setup = self._session_setup(snapshot)
         if setup.track_gtid:
             self._enable_gtid_tracking()
-        if setup.wait_for is None or self._gtid_wait(setup.wait_for):
-            return self._caught_up(setup)
+        caught_up = setup.wait_for is None or self._gtid_wait(setup.wait_for)
+        if self._caught_up(setup, caught_up):
+            return True
         self._force_close()
         return False
 
@@ -227,16 +227,12 @@ class Connection(RoutedConnection, GtidCapture):
         if ds is None:
             raise InterfaceError(0, "connection is not open")
         snapshot = self._handle.monitor.snapshot
-        step = transaction_start(
-            self._state, session, snapshot, ds, self._policy(snapshot, frozenset())
-        )
+        step = self._transaction_step(session, snapshot, ds)
         if step is None:
             return
         if isinstance(step, Move):
             self._move(step.why)
-        elif self._gtid_wait(step.token):
-            self._state.checked(step.version)
-        else:
+        elif not self._waited(step, self._gtid_wait(step.token)):
             # It did not catch up in time: the next server is one that needs no wait.
             self._move(step.why, allow_wait=False)
 

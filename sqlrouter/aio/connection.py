@@ -51,7 +51,6 @@ from .._connrules import (
     gtid_wait,
     may_read_elsewhere,
     open_session,
-    transaction_start,
 )
 from .._connstate import ConnState
 from .._gtidcapture import (
@@ -214,8 +213,9 @@ class Connection(RoutedConnection, AiomysqlConnection):
         setup = self._session_setup(snapshot)
         if setup.track_gtid:
             await self._enable_gtid_tracking()
-        if setup.wait_for is None or await self._gtid_wait(setup.wait_for):
-            return self._caught_up(setup)
+        caught_up = setup.wait_for is None or await self._gtid_wait(setup.wait_for)
+        if self._caught_up(setup, caught_up):
+            return True
         self._close_transport()
         return False
 
@@ -397,14 +397,12 @@ class Connection(RoutedConnection, AiomysqlConnection):
         if ds is None:
             raise InterfaceError(0, "connection is not open")
         snapshot = self._handle.monitor.snapshot
-        step = transaction_start(self._state, session, snapshot, ds, self._policy_now(snapshot))
+        step = self._transaction_step(session, snapshot, ds)
         if step is None:
             return
         if isinstance(step, Move):
             await self._move(step.why)
-        elif await self._gtid_wait(step.token):
-            self._state.checked(step.version)
-        else:
+        elif not self._waited(step, await self._gtid_wait(step.token)):
             await self._move(step.why, allow_wait=False)
 
     def _policy_now(self, snapshot: Snapshot) -> Policy:

@@ -157,6 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch only this service (repeatable; default: every service of the registry)",
     )
     agent.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the lag-aware health endpoint (/health/SERVICE/DATASOURCE, /status, "
+        "/metrics) for HAProxy and Kubernetes on this loopback address (docs/observability.md)",
+    )
+    agent.add_argument(
+        "--agent-check",
+        metavar="HOST:PORT",
+        default=None,
+        help="also answer HAProxy's agent check (one line: up, or down #reason) there",
+    )
+    agent.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="let --http and --agent-check listen on a non-loopback address",
+    )
+    agent.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,

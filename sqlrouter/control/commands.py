@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from .. import telemetry
 from ..errors import ProgrammingError
 from ..qos import QoS
 from ..registry.base import Registry
@@ -188,6 +189,12 @@ class Commands:
 
     def run(self, request: Request) -> dict[str, Any]:
         """The response to ``request`` (never raises)."""
+        response = self._run(request)
+        if telemetry.observers:
+            telemetry.emit(telemetry.ControlCommand(request.cmd, bool(response.get("ok"))))
+        return response
+
+    def _run(self, request: Request) -> dict[str, Any]:
         try:
             result = getattr(self, f"cmd_{request.cmd}")(request.args)
         except RequestError as exc:

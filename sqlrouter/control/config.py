@@ -131,11 +131,18 @@ def env_setting(environ: Mapping[str, str] = os.environ) -> bool | Path | None:
     return Path(os.path.abspath(Path(env).expanduser()))
 
 
-def parse_tcp(value: object, *, allow_remote: bool = False) -> tuple[str, int]:
+def parse_tcp(
+    value: object,
+    *,
+    allow_remote: bool = False,
+    what: str = "the control port",
+    unless: str = "tcp_allow_remote = true",
+) -> tuple[str, int]:
     """``PORT``, ``"PORT"``, ``"HOST:PORT"`` or ``"[IPv6]:PORT"`` -> ``(host, port)``.
 
     The host must be an IP address (or ``localhost``); a non-loopback address needs
-    ``allow_remote``.  Raises :class:`ValueError` saying what is accepted.
+    ``allow_remote``.  Raises :class:`ValueError` saying what is accepted (``what``
+    listens on loopback only ``unless`` the setting that allows others).
     """
     expected = "expected PORT or 'HOST:PORT' with HOST a loopback IP address"
     if isinstance(value, bool) or not isinstance(value, int | str):
@@ -156,8 +163,7 @@ def parse_tcp(value: object, *, allow_remote: bool = False) -> tuple[str, int]:
         raise ValueError(f"{expected}, got {value!r} ({host!r} is not an IP address)") from None
     if not address.is_loopback and not allow_remote:
         raise ValueError(
-            f"{value!r} is not a loopback address: the control port listens on loopback "
-            "only unless tcp_allow_remote = true"
+            f"{value!r} is not a loopback address: {what} listens on loopback only unless {unless}"
         )
     return str(address), int(port_text)
 

@@ -40,7 +40,7 @@ from dataclasses import replace
 
 import pymysql
 
-from .. import _forksafe
+from .. import _forksafe, telemetry
 from ..errors import AUTH_ERRNOS
 from ..topology import Credentials, DataSource, Service
 from ._probe import Clock, Connect, Prober, describe_error
@@ -423,10 +423,17 @@ class Monitor:
     def run_round(self) -> Snapshot:
         """Probe every datasource once (in parallel) and publish a new snapshot."""
         self._in_round = True
+        started = self._clock()
         try:
-            return self._round()
+            snap = self._round()
         finally:
             self._in_round = False
+        if telemetry.observers and snap.taken_at >= started:
+            failed = tuple(name for name, h in snap.health.items() if not h.reachable)
+            telemetry.emit(
+                telemetry.MonitorRound(snap.service.name, started, self._clock() - started, failed)
+            )
+        return snap
 
     def _round(self) -> Snapshot:
         if self._pending_credentials is not None:

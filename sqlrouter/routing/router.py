@@ -109,6 +109,7 @@ __all__ = [
     "choose",
     "explain",
     "explain_master",
+    "health_check",
     "logins_refused",
     "missing",
     "observed_master",
@@ -157,6 +158,9 @@ class Decision:
     #: The datasource is the master (RW_STRICT, or a RO_RELAXED fallback): it has every
     #: write, so a session's token needs no check there.
     on_master: bool = False
+    #: A fallback because replicas within ``max_lag`` lack the session's token (and
+    #: none could be waited for), not because none is within ``max_lag``.
+    for_token: bool = False
 
 
 def choose(
@@ -699,7 +703,9 @@ def _route_replica(snapshot: Snapshot, policy: Policy) -> Route:
     ):
         details = _ro_details(snapshot, policy, m, skip=master)
         reason = f"fallback to master {master.name}: {head}: {details}"
-        return Route((Decision(master, reason, is_fallback=True, on_master=True),))
+        return Route(
+            (Decision(master, reason, is_fallback=True, on_master=True, for_token=bool(behind)),)
+        )
 
     if policy.fallback is Fallback.ERROR:
         head += ", and fallback=error"
@@ -818,6 +824,42 @@ def reroute(snapshot: Snapshot, name: str, policy: Policy, *, fallback: bool) ->
     if back.is_fallback or back.datasource.name == name:
         return None
     return f"a replica serves reads again: {back.reason}"
+
+
+def health_check(
+    snapshot: Snapshot,
+    name: str,
+    *,
+    role: Role,
+    max_lag: float,
+    now: float | None = None,
+) -> str | None:
+    """Why datasource ``name`` should get no traffic as ``role`` now, in the words of the
+    rules above; ``None`` when it qualifies (for load balancers' health checks).
+
+    ``Role.REPLICA``: online and a replica within ``max_lag`` (what a RO_RELAXED connect
+    with that ``max_lag`` would accept).  ``Role.MASTER``: online and the observed master.
+    ``now`` (monotonic) makes a snapshot older than its ``max_age`` qualify nothing.
+    """
+    if math.isnan(max_lag) or max_lag < 0:
+        raise ValueError(f"max_lag must be a number of seconds >= 0, not {max_lag!r}")
+    ds = next((d for d in snapshot.service.datasources if d.name == name), None)
+    if ds is None:
+        return f"{name} is not a datasource of service {snapshot.service.name!r}"
+    if now is not None and snapshot.age(now) > snapshot.max_age:
+        age = snapshot.age(now)
+        shown = "of unknown age" if math.isinf(age) else f"{age:.1f}s old"
+        return f"the monitor's last observation is {shown} (trusted for {_secs(snapshot.max_age)})"
+    m = _mastership(snapshot)
+    if role is Role.MASTER:
+        if m.master is not None and m.master.name == name and name not in snapshot.offline:
+            return None
+        return _rw_verdict(ds, snapshot, Policy(QoS.RW_STRICT), m)
+    h = snapshot.health_of(name)
+    why = _reject(name, h, snapshot.offline, frozenset(), max_lag)
+    if why is None:
+        return None
+    return _describe(why, ds, h, Policy(QoS.RO_RELAXED, max_lag=max_lag), snapshot=snapshot, m=m)
 
 
 def logins_refused(snapshot: Snapshot) -> tuple[int, str] | None:

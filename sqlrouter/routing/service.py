@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from .. import _forksafe, events
+from .. import _forksafe, events, telemetry
 from ..errors import ProgrammingError
 from ..registry.base import Registry
 from ..topology import Credentials, Service
@@ -57,6 +57,12 @@ _INVALIDATING: Final[dict[str, tuple[str, bool]]] = {
     "datasource_offline": ("{ds} was taken offline by an operator", True),
 }
 
+
+_CAUSES: Final[dict[str, telemetry.InvalidationCause]] = {
+    "master_changed": "master_changed",
+    "datasource_down": "datasource_down",
+    "datasource_offline": "datasource_offline",
+}
 
 #: How long the first connect to a service waits for the monitor's first round.
 FIRST_ROUND_TIMEOUT: Final = 5.0
@@ -151,11 +157,16 @@ class ServiceHandle:
             if reason is None or target is None:
                 continue
             why = reason.format(ds=target, detail=event.detail, new=event.datasource or "none")
+            count = 0
             for conn in conns:
                 if conn.datasource_name == target and (
                     event.name != "master_changed" or conn.writes_to_master
                 ):
                     conn.invalidate(why, at_transaction_boundary=at_boundary)
+                    count += 1
+            if count and telemetry.observers:
+                cause = _CAUSES[event.name]
+                telemetry.emit(telemetry.Invalidated(self.name, target, cause, count))
         events.publish(found)
 
     def __repr__(self) -> str:

@@ -44,6 +44,7 @@ from ._steps import (
     _check_timeout,
     _Deadline,
     _note_inspection,
+    _observed,
     _refuse,
     _report_dry_run,
     _report_plan_notes,
@@ -421,16 +422,17 @@ def failover(
     creds = _admin(service, "failover")
     run = _Run(service, "failover", report, _secrets(service, None), guard)
     started = time.monotonic()
-    with _Servers(service, creds, timeout) as servers:
-        _note_inspection(run, service, servers)
-        fp = _plan_failover(service, servers, creds, force, timeout, note=run.note)
-        run.add(Step("plan", True, fp.plan.summary(), time.monotonic() - started))
-        _report_plan_notes(run, fp.plan)
-        if dry_run:
-            _report_dry_run(run, fp.plan)
-            return run.steps
-        _run_failover(fp, servers=servers, run=run, creds=creds, force=force, timeout=timeout)
-    return run.steps
+    with _observed(service, "failover", "", dry_run):
+        with _Servers(service, creds, timeout) as servers:
+            _note_inspection(run, service, servers)
+            fp = _plan_failover(service, servers, creds, force, timeout, note=run.note)
+            run.add(Step("plan", True, fp.plan.summary(), time.monotonic() - started))
+            _report_plan_notes(run, fp.plan)
+            if dry_run:
+                _report_dry_run(run, fp.plan)
+                return run.steps
+            _run_failover(fp, servers=servers, run=run, creds=creds, force=force, timeout=timeout)
+        return run.steps
 
 
 def _run_failover(

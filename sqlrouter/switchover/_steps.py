@@ -3,15 +3,17 @@ and the running of its steps: reporting, rollback, deadlines, verification."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import pymysql
 
+from .. import telemetry
 from ..errors import OperationalError
 from ..topology import Credentials, Service
 from ._servers import _describe, _Failure, _Node, _Servers
@@ -269,6 +271,36 @@ class _Deadline:
     @property
     def expired(self) -> bool:
         return time.monotonic() >= self.end
+
+
+@contextlib.contextmanager
+def _observed(
+    service: Service, operation: Literal["switchover", "failover"], target: str, dry_run: bool
+) -> Iterator[None]:
+    """Around an operation: its telemetry record (:mod:`sqlrouter.telemetry`) at the end."""
+    if not telemetry.observers:
+        yield
+        return
+    started = time.monotonic()
+    outcome: Literal["ok", "failed", "dry_run"] = "dry_run" if dry_run else "ok"
+    error = ""
+    try:
+        yield
+    except Exception as exc:
+        outcome, error = "failed", str(exc.args[-1] if exc.args else exc)
+        raise
+    finally:
+        telemetry.emit(
+            telemetry.TopologyRun(
+                service.name,
+                operation,
+                outcome,
+                started,
+                time.monotonic() - started,
+                target=target,
+                error=error,
+            )
+        )
 
 
 def _check_seconds(name: str, value: float, *, zero_ok: bool = False) -> None:

@@ -36,6 +36,7 @@ from ._steps import (
     _check_timeout,
     _Deadline,
     _note_inspection,
+    _observed,
     _refuse,
     _report_dry_run,
     _report_plan_notes,
@@ -326,16 +327,17 @@ def switchover(
     creds = _admin(service, f"{kind} to {to!r}")
     run = _Run(service, f"{kind} to {to}", report, _secrets(service, replication))
     started = time.monotonic()
-    with _Servers(service, creds, timeout) as servers:
-        _note_inspection(run, service, servers)
-        sp = _plan_switchover(service, to, servers, replication, max_lag)
-        run.add(Step("plan", True, sp.plan.summary(), time.monotonic() - started))
-        _report_plan_notes(run, sp.plan)
-        if dry_run:
-            _report_dry_run(run, sp.plan)
-            return run.steps
-        _run_switchover(sp, servers, run, timeout, disconnect_clients)
-    return run.steps
+    with _observed(service, "switchover", to, dry_run):
+        with _Servers(service, creds, timeout) as servers:
+            _note_inspection(run, service, servers)
+            sp = _plan_switchover(service, to, servers, replication, max_lag)
+            run.add(Step("plan", True, sp.plan.summary(), time.monotonic() - started))
+            _report_plan_notes(run, sp.plan)
+            if dry_run:
+                _report_dry_run(run, sp.plan)
+                return run.steps
+            _run_switchover(sp, servers, run, timeout, disconnect_clients)
+        return run.steps
 
 
 def _run_switchover(
