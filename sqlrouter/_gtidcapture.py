@@ -28,6 +28,7 @@ __all__ = [
     "after_write",
     "capture",
     "committed_by_select",
+    "next_result_done",
     "unbuffered_done",
     "written_by_select",
 ]
@@ -59,6 +60,13 @@ def after_write(state: ConnState, message: bytes | str | None, field_count: int)
         capture(state, SERVER_SESSION_STATE_CHANGED, message)
         return False
     return True if field_count else None
+
+
+def next_result_done(state: ConnState, status: int, message: bytes | str | None) -> None:
+    """A multi-statement query's next result was read (``status``, ``message``: its OK
+    packet's): on the master, merge the ``last_gtid`` it reports, as for the first."""
+    if state.on_master and not state.gtid_by_select:
+        capture(state, status, message)
 
 
 def unbuffered_done(state: ConnState, status: int, has_next: bool | None) -> bool:
@@ -138,9 +146,8 @@ class GtidCapture(PyMySQLConnection):
 
     def next_result(self, unbuffered: bool = False) -> int:
         rows = super().next_result(unbuffered)
-        state = self._state
-        if state.on_master and self._result is not None and not state.gtid_by_select:
-            self._capture(self.server_status, self._result.message)
+        if self._result is not None:
+            next_result_done(self._state, self.server_status, self._result.message)
         return rows
 
     def _after_write_by_select(self, affected: int | None) -> None:

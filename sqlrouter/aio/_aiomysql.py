@@ -60,6 +60,8 @@ CHECKED: Final[Mapping[str, str]] = MappingProxyType(
         # o: the statement path; calls this one (aiomysql_query)
         "Connection.query": "132961ac97334eadef8f4acd2d121060",
         "Connection.begin": "e42787753c0f9dedd2a6ad99652f75b5",
+        # o: each next result's GTID learnt (guarded)
+        "Connection.next_result": "4be4ed2920bb1050374407db985982c6",
         # c: commit_ok() sends COMMIT as aiomysql's commit() does, keeping the OK packet
         "Connection.commit": "b8172d17066f20ef3ee881d94a8df895",
         "Connection.rollback": "5277b90fa1567fb19f067b1f7ee7c769",

@@ -58,6 +58,7 @@ from .._gtidcapture import (
     after_write,
     capture,
     committed_by_select,
+    next_result_done,
     unbuffered_done,
     written_by_select,
 )
@@ -370,6 +371,14 @@ class Connection(RoutedConnection, AiomysqlConnection):
             state, result.message, result.field_count
         ):
             await self._select_last_gtid()
+        return rows
+
+    async def next_result(self) -> int:
+        """The next result of a multi-statement query (aiomysql's); its write's GTID
+        learnt as the first statement's is."""
+        rows: int = await self._guarded(super().next_result(), _STATEMENT)
+        if self._result is not None:
+            next_result_done(self._state, self.server_status, self._result.message)
         return rows
 
     async def _unbuffered_done(self, result: Result) -> None:
