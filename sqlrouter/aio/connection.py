@@ -17,7 +17,7 @@ here is how they are carried out without blocking the event loop:
   (:mod:`sqlrouter.aio._cancel`) before the cancellation goes on: nothing is left in
   an undefined state, and no server thread runs on for it.
 
-This module is kept whole (just over 600 lines), as ``sqlrouter/connection.py`` is: the
+This module is kept whole (about 650 lines), as ``sqlrouter/connection.py`` is: the
 connect path, the statement path and cancellation act on one connection's state, and
 read best side by side.
 """
@@ -92,6 +92,8 @@ _STATEMENT = "a statement"
 #: The longest a cancelled statement's clean-up (closing, ``KILL``) may delay the
 #: cancellation (also bounded by ``connect_timeout``).
 CANCEL_CLEANUP_TIMEOUT = 5.0
+#: The longest ``ensure_closed()`` reads the rest of a streamed write's rows (its GTID).
+CLOSE_DRAIN_TIMEOUT = 10.0
 
 
 class Connection(RoutedConnection, AiomysqlConnection):
@@ -494,13 +496,43 @@ class Connection(RoutedConnection, AiomysqlConnection):
             super().close()
 
     async def ensure_closed(self) -> None:
-        """Say goodbye to the server (COM_QUIT), then close (aiomysql's)."""
+        """Say goodbye to the server (COM_QUIT), then close (aiomysql's).
+
+        A write whose rows were streamed and not all read (``INSERT ... RETURNING`` through
+        an ``SSCursor``) on a connection with a session has them read first, within
+        ``CLOSE_DRAIN_TIMEOUT``, so that its GTID reaches the session (``close()``, being
+        synchronous, cannot: it loses it)."""
+        state = self._state
+        if (
+            self._writer is not None
+            and state.session is not None
+            and not state.relaxed
+            and self._inherited_from is None
+        ):
+            await self._drain_before_close()
         if not self._forget("closed by ensure_closed()"):
             return
         try:
             await super().ensure_closed()
         except OSError:
             super().close()
+
+    async def _drain_before_close(self) -> None:
+        """Read the rest of a streamed result, learning its write's GTID; a failure or
+        ``CLOSE_DRAIN_TIMEOUT`` is logged (the connection is being closed anyway)."""
+        result = self._result
+        if result is None or not result.unbuffered_active:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_DRAIN_TIMEOUT):
+                await self._guarded(result._finish_unbuffered_query(), "the rest of a result")
+        except (MySQLError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "service %r: the rest of a streamed result could not be read before close "
+                "(its write's GTID, if any, is not in the session): %r",
+                self._url.service,
+                exc,
+            )
 
     # -- invalidation and faults ---------------------------------------------------
 

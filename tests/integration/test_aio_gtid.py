@@ -43,3 +43,25 @@ def test_each_statement_of_a_multi_statement_write_is_learnt(cluster: Sandbox) -
 
     token, last = asyncio.run(main())
     assert token == last  # the second INSERT's GTID, not the first's
+
+
+def test_ensure_closed_learns_a_streamed_writes_gtid(cluster: Sandbox) -> None:
+    sb = cluster
+
+    async def main() -> tuple[str, str]:
+        with sqlrouter.session() as session:
+            conn = await sqlrouter.aio.connect(sb.url("RW_STRICT"), autocommit=True)
+            async with conn.cursor() as cur:
+                await cur.execute("CREATE OR REPLACE TABLE appdb.aio_r (id INT PRIMARY KEY)")
+            created = str(session.token)
+            cur = await conn.cursor(sqlrouter.aio.SSCursor)
+            await cur.execute("INSERT INTO appdb.aio_r SELECT seq FROM seq_1_to_3000 RETURNING id")
+            await cur.fetchone()
+            await conn.ensure_closed()
+            return created, str(session.token)
+
+    created, closed = asyncio.run(main())
+    # The INSERT's GTID came after the CREATE's (the monitor's heartbeat writes on the
+    # master too: the master's position is not the INSERT's).
+    assert closed != created
+    assert sqlrouter.CausalToken.parse(closed).covers(sqlrouter.CausalToken.parse(created))
