@@ -15,7 +15,8 @@ public API is here:
   set's final EOF packet (which aiomysql drops) and telling its connection when an
   unbuffered result ends;
 - :func:`connect_args`: PyMySQL's ``connect()`` options (those of a service URL) as
-  aiomysql's.
+  aiomysql's; :func:`build_tls`: the SSL context PyMySQL would build from them, once per
+  set of options (in a thread: it reads files), :func:`tls_cached` (in the loop).
 
 :data:`CHECKED` records, for each aiomysql function overridden, copied or called
 although private, the hash of its source in :data:`AIOMYSQL_TESTED`;
@@ -26,9 +27,11 @@ differs, and ``pyproject.toml`` pins aiomysql to the range checked.
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from ssl import SSLContext
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import aiomysql
 import aiomysql.connection
@@ -46,7 +49,9 @@ __all__ = [
     "AiomysqlConnection",
     "Result",
     "aiomysql_query",
+    "build_tls",
     "connect_args",
+    "tls_cached",
 ]
 
 #: The aiomysql release whose sources :data:`CHECKED` hashes.
@@ -116,13 +121,12 @@ _UNSUPPORTED: Final = frozenset(
 )
 
 
-def connect_args(service: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+def connect_args(service: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The keywords of ``aiomysql.Connection`` for a service URL's ``connect_args`` (PyMySQL's
-    options), and whether TLS is required.
+    options), but TLS's (:func:`tls_cached`, :func:`build_tls`).
 
-    TLS is set up as PyMySQL sets it up from the same options (``ssl``, ``ssl_ca``,
-    ``ssl_disabled``...: preferred when none is given).  Options aiomysql has no
-    equivalent for raise :class:`sqlrouter.ProgrammingError`, naming them.
+    Options aiomysql has no equivalent for raise :class:`sqlrouter.ProgrammingError`,
+    naming them.
     """
     unsupported = sorted(_UNSUPPORTED & set(options))
     if unsupported:
@@ -139,10 +143,55 @@ def connect_args(service: str, options: Mapping[str, Any]) -> tuple[dict[str, An
             f"service {service!r}: cursorclass {cursorclass!r} is not an aiomysql cursor "
             "class (sqlrouter.aio.Cursor, DictCursor, SSCursor or SSDictCursor)"
         )
-    args = {k: v for k, v in options.items() if k in _SAME}
-    context, required = tls_of(options)
-    args["ssl"] = context
-    return args, required
+    return {k: v for k, v in options.items() if k in _SAME}
+
+
+#: The TLS set-up of each set of ssl options seen (:func:`build_tls`), by :func:`_tls_key`.
+_TLS: dict[Hashable, tuple[SSLContext | None, bool]] = {}
+_TLS_LOCK = threading.Lock()
+#: At most this many sets of ssl options are remembered.
+_TLS_KEPT = 64
+
+
+def _frozen(value: Any) -> Hashable:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    hash(value)  # TypeError: not remembered
+    return cast(Hashable, value)
+
+
+def _tls_key(options: Mapping[str, Any]) -> Hashable | None:
+    """The ssl options of ``options``, frozen; ``None`` when one cannot be (not cached)."""
+    try:
+        return _frozen({k: v for k, v in options.items() if k == "ssl" or k.startswith("ssl_")})
+    except TypeError:
+        return None
+
+
+def tls_cached(options: Mapping[str, Any]) -> tuple[SSLContext | None, bool] | None:
+    """The TLS set-up of ``options`` if built before (a dictionary look-up, for the event
+    loop); ``None``: call :func:`build_tls`, in a thread."""
+    key = _tls_key(options)
+    return None if key is None else _TLS.get(key)
+
+
+def build_tls(options: Mapping[str, Any]) -> tuple[SSLContext | None, bool]:
+    """The SSL context PyMySQL builds from ``options`` (``ssl``, ``ssl_ca``...) and whether
+    TLS is required (:func:`sqlrouter._pymysql.tls_of`), built once per set of options:
+    it reads certificate files and the system's trust store, so it runs in a thread."""
+    key = _tls_key(options)
+    if key is None:
+        return tls_of(options)
+    with _TLS_LOCK:  # many connects at once: one builds, the others find it
+        found = _TLS.get(key)
+        if found is None:
+            found = tls_of(options)
+            if len(_TLS) >= _TLS_KEPT:
+                _TLS.clear()
+            _TLS[key] = found
+    return found
 
 
 def raw_socket(transport: Any) -> socket.socket | None:

@@ -79,7 +79,14 @@ from ..routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
 from ..topology import Credentials, DataSource
 from ..url import ServiceURL
 from . import _cancel
-from ._aiomysql import AiomysqlConnection, Result, aiomysql_query, connect_args
+from ._aiomysql import (
+    AiomysqlConnection,
+    Result,
+    aiomysql_query,
+    build_tls,
+    connect_args,
+    tls_cached,
+)
 
 __all__ = ["Connection", "connect"]
 
@@ -626,15 +633,19 @@ class _Connecting(Coroutine[Any, Any, Connection]):
             await conn.__aexit__(exc_type, exc, tb)
 
 
-async def _open(url: ServiceURL, args: dict[str, Any], tls_required: bool) -> Connection:
+async def _open(url: ServiceURL, args: dict[str, Any]) -> Connection:
     creds = Credentials(url.user or "", url.password or "")
-    # Finding the registry and the service reads files and may resolve names: in a
-    # thread, never in the loop.
+    # Finding the registry and the service reads files and may resolve names, building
+    # an SSL context reads certificates: in a thread, never in the loop.
     loop = asyncio.get_running_loop()
     handle = await loop.run_in_executor(
         None, functools.partial(_runtime.handle_for, url.registry, url.service, creds)
     )
-    conn = Connection(url, handle, args)
+    tls = tls_cached(url.connect_args)
+    if tls is None:
+        tls = await loop.run_in_executor(None, build_tls, url.connect_args)
+    context, tls_required = tls
+    conn = Connection(url, handle, {**args, "ssl": context})
     conn._tls_required = tls_required
     try:
         await conn._route()
@@ -655,5 +666,4 @@ def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> _Connectin
     aiomysql cursor class.  Bad input raises at once, before anything is awaited.
     """
     parsed = parse_cached(url, kwargs)
-    args, tls_required = connect_args(parsed.service, parsed.connect_args)
-    return _Connecting(_open(parsed, args, tls_required))
+    return _Connecting(_open(parsed, connect_args(parsed.service, parsed.connect_args)))
