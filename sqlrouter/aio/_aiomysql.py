@@ -26,6 +26,7 @@ differs, and ``pyproject.toml`` pins aiomysql to the range checked.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -268,13 +269,25 @@ class AiomysqlConnection(_Base):  # type: ignore[misc]  # aiomysql is untyped
             self._result, self._affected_rows = result, affected
         return rows[0][0] if rows else None
 
+    async def _stream_cancelled(self, why: str) -> None:
+        """A task was cancelled while it read a streamed result's rows (see
+        :class:`Result`): the connection stops it (``sqlrouter.aio.Connection``)."""
+
+    def _drop_stream(self, why: str) -> None:
+        """The socket is closed under a streamed result: reading its rest raises ``why``
+        (:class:`_Gone`); closing its cursor ends it quietly."""
+        result, self._result = self._result, None
+        if result is not None and result.unbuffered_active:
+            result.connection = _Gone(why)
+
     def _abandon_after_fork(self, why: str) -> None:
         """In a forked child: make this connection (the parent's, as this process sees
         it) unusable, without a word to the server and without touching the parent's
         event loop (see :func:`sqlrouter._forksafe.abandon`); only this process's copy
         of the socket's descriptor is closed."""
         writer, reader, result = self._writer, self._reader, self._result
-        self._writer = self._reader = self._result = None
+        self._writer = self._reader = None
+        self._drop_stream(why)
         self._close_reason = why
         transport = writer.transport if writer is not None else None
         abandon(raw_socket(transport), transport, writer, reader, result)
@@ -286,10 +299,28 @@ class AiomysqlConnection(_Base):  # type: ignore[misc]  # aiomysql is untyped
         return int(ids[0]) if ids else None
 
 
+class _Gone:
+    """Stands for the connection of a streamed result whose socket sqlrouter closed (a
+    cancelled task, ``fork()``): reading the rest of its rows raises a clear error instead
+    of failing on a socket that is gone (as ``sqlrouter._pymysql._Gone``)."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    async def _read_packet(self, *args: object, **kwargs: object) -> Any:
+        raise OperationalError(
+            2013, f"the rest of this result is lost: {self.why}; run the statement again"
+        )
+
+
 class Result(_ResultBase):  # type: ignore[misc]  # aiomysql is untyped
     """aiomysql's query result, keeping the server status of a result set's final EOF
     packet, which aiomysql drops (it tells whether a statement that returned rows also
     wrote), and telling its connection when an unbuffered result ends."""
+
+    if TYPE_CHECKING:  # aiomysql internals (it has no type information)
+        connection: Any
+        unbuffered_active: bool
 
     def _check_packet_is_eof(self, packet: Any) -> bool:
         if not packet.is_eof_packet():
@@ -302,13 +333,27 @@ class Result(_ResultBase):  # type: ignore[misc]  # aiomysql is untyped
 
     async def _read_rowdata_packet_unbuffered(self) -> Any:
         conn = self.connection
-        row = await super()._read_rowdata_packet_unbuffered()
+        try:
+            row = await super()._read_rowdata_packet_unbuffered()
+        except asyncio.CancelledError:
+            if isinstance(conn, AiomysqlConnection):
+                await conn._stream_cancelled("cancelled while reading a streamed result")
+            raise
         if row is None and conn is not None and not self.unbuffered_active:
             await conn._unbuffered_done(self)
         return row
 
     async def _finish_unbuffered_query(self) -> None:
         conn, active = self.connection, self.unbuffered_active
-        await super()._finish_unbuffered_query()
+        if isinstance(conn, _Gone):  # its socket is closed: nothing more to read
+            self.unbuffered_active = False
+            self.connection = None
+            return
+        try:
+            await super()._finish_unbuffered_query()
+        except asyncio.CancelledError:
+            if isinstance(conn, AiomysqlConnection):
+                await conn._stream_cancelled("cancelled while reading a streamed result")
+            raise
         if active and conn is not None and not self.unbuffered_active:
             await conn._unbuffered_done(self)

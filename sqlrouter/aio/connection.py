@@ -280,6 +280,7 @@ class Connection(RoutedConnection, AiomysqlConnection):
         self._handle.closed(self)
         self._state.closed_why = (why, time.time())
         self._close_transport()
+        self._drop_stream(why)
         if not kill or thread_id is None or not self._host:
             return
         url = self._url
@@ -298,6 +299,12 @@ class Connection(RoutedConnection, AiomysqlConnection):
         # Shielded: cancelled again, this task goes on at once and the kill in the
         # background (bounded by its own timeout).
         await asyncio.shield(ends)
+
+    async def _stream_cancelled(self, why: str) -> None:
+        # The task's reads of a streamed result's rows are not _guarded (a row costs what
+        # it costs in aiomysql); a cancellation meanwhile is handled here, as there.
+        if self._inherited_from is None:
+            await self._stopped(why, kill=True)
 
     def _ensure_alive(self) -> None:
         # aiomysql's says "Not connected" or "Cancelled during execution": say which

@@ -4,11 +4,9 @@ event loop never blocked, fork."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,7 +20,7 @@ from sqlrouter.routing.router import observed_master
 from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
-from tests.fixtures.helpers import wait_until
+from tests.fixtures.helpers import in_forked_child, wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -337,21 +335,7 @@ def test_forked_child_runs_its_own_loop_and_never_touches_the_parents(cluster: S
     async def main() -> dict[str, Any]:
         conn = await sqlrouter.aio.connect(sb.url("RW_STRICT"), autocommit=True)
         thread_id = conn.thread_id()
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child: a loop of its own
-            try:
-                out = json.dumps(asyncio.run(child_main(conn)))
-            except BaseException:  # noqa: BLE001 - reported to the parent
-                out = json.dumps({"traceback": traceback.format_exc()})
-            os.write(w, out.encode())
-            os._exit(0)
-        os.close(w)
-        loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(None, lambda: os.read(r, 65536))
-        await loop.run_in_executor(None, os.waitpid, pid, 0)
-        os.close(r)
-        result: dict[str, Any] = json.loads(data or b'{"traceback": "no output"}')
+        result = await in_forked_child(lambda: child_main(conn))
         # The parent's connection still works: the child sent nothing on its socket.
         result["parent"] = await sid(conn)
         result["same_thread"] = conn.thread_id() == thread_id
