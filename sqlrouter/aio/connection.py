@@ -240,10 +240,16 @@ class Connection(RoutedConnection, AiomysqlConnection):
         sql, bound = gtid_wait(token, self._url.consistency_wait, self._url.connect_timeout)
         try:
             async with asyncio.timeout(bound):
-                found = await self._guarded(self._first_value_aside(sql), "MASTER_GTID_WAIT")
+                found = await self._first_value_aside(sql)
         except TimeoutError:
-            await self._stopped("MASTER_GTID_WAIT timed out", kill=True)
+            # The wait ends on the server by itself after consistency_wait: no reply long
+            # after that is a server or network that does not answer, which a KILL (one
+            # more connection to it) would not reach either.
+            await self._stopped("MASTER_GTID_WAIT timed out", kill=False)
             return False
+        except asyncio.CancelledError:
+            await self._stopped("cancelled during MASTER_GTID_WAIT", kill=True)
+            raise
         return bool(found == 0)
 
     # -- cancellation --------------------------------------------------------------

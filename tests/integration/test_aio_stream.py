@@ -10,6 +10,7 @@ import pytest
 
 import sqlrouter
 import sqlrouter.aio
+from sqlrouter.aio import _cancel
 from sqlrouter.sandbox import Sandbox
 from tests.fixtures.helpers import in_forked_child, wait_until
 
@@ -92,3 +93,38 @@ def test_forked_child_reading_an_inherited_stream_gets_a_clear_error(cluster: Sa
     assert result["error"] == 2013 and "the rest of this result is lost" in result["says"]
     assert "before fork()" in result["says"]
     assert result["parent_rows"] == 20000
+
+
+def test_gtid_wait_timing_out_sends_no_kill(
+    cluster: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MASTER_GTID_WAIT ends on the server by itself; no reply within its bound means a
+    server that does not answer: the connection is closed, no KILL is tried (one was sent
+    twice, each waiting for connect_timeout)."""
+    sb = cluster
+    kills: list[int] = []
+    original = _cancel.kill
+
+    async def kill(**kwargs: Any) -> bool:
+        kills.append(kwargs["thread_id"])
+        return await original(**kwargs)
+
+    monkeypatch.setattr(_cancel, "kill", kill)
+
+    async def main() -> None:
+        conn = await sqlrouter.aio.connect(
+            sb.url("RO_RELAXED", max_lag=5, connect_timeout=2, consistency_wait=0.5)
+        )
+        assert conn.datasource is not None
+        node = conn.datasource.name
+        sb.fault(node, "freeze")
+        try:
+            ahead = sqlrouter.CausalToken.parse("0-1-999999999")
+            assert await conn._gtid_wait(ahead) is False
+        finally:
+            sb.fault(node, "thaw")
+        assert conn.closed
+        conn.close()
+
+    asyncio.run(main())
+    assert kills == []
