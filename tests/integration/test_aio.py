@@ -24,6 +24,11 @@ from tests.fixtures.helpers import in_forked_child, wait_until
 
 pytestmark = pytest.mark.sandbox
 
+#: A statement that runs on after its client went away (a SLEEP ends a few seconds after
+#: its socket closes, so a test with one could not tell a KILL from no KILL): only a
+#: KILL ends it within a minute.
+NEVER_ENDS = "SELECT MASTER_GTID_WAIT('0-1-999999999', 60)"
+
 
 def handle() -> ServiceHandle:
     (h,) = handles()
@@ -229,7 +234,7 @@ def test_cancelled_statement_is_stopped_on_the_server(cluster: Sandbox) -> None:
         node, thread_id = conn.datasource.name, conn.thread_id()
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.5), conn.cursor() as cur:
-                await cur.execute("SELECT SLEEP(60)")
+                await cur.execute(NEVER_ENDS)
         # Not in an undefined state: closed, saying why, and no longer counted.
         assert conn.closed
         assert handle().open_connections() == {}
@@ -249,7 +254,7 @@ def test_read_timeout_stops_the_statement(cluster: Sandbox) -> None:
         thread_id = conn.thread_id()
         with pytest.raises(sqlrouter.OutcomeUnknown) as info:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT SLEEP(60)")
+                await cur.execute(NEVER_ENDS)
         assert info.value.args[0] == 2013 and "read_timeout 0.5s" in str(info.value)
         assert "in autocommit mode: its outcome is unknown" in str(info.value)
         wait_until(

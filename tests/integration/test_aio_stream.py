@@ -17,8 +17,14 @@ from tests.fixtures.helpers import in_forked_child, wait_until
 pytestmark = pytest.mark.sandbox
 
 #: Rows at once (more than the server's network buffer: they are sent, the statement's
-#: execute() returns), then a row the server takes a minute to produce.
-STALLS = "SELECT seq, REPEAT('x', 1000), IF(seq = 2000, SLEEP(60), 0) FROM seq_1_to_3000"
+#: execute() returns), then a row the server takes a minute to produce, and goes on
+#: producing after its client went away (a SLEEP would end a few seconds after): only a
+#: KILL ends it sooner.
+STALLS = (
+    "SELECT seq, REPEAT('x', 1000), "
+    "IF(seq = 2000, MASTER_GTID_WAIT('0-1-999999999', 60), 0) FROM seq_1_to_3000"
+)
+WAITING = "Waiting in MASTER_GTID_WAIT() (primary waiter)"
 
 
 def thread_state(sb: Sandbox, node: str, thread_id: int) -> list[str]:
@@ -48,7 +54,7 @@ def test_cancelled_while_streaming_stops_the_statement(cluster: Sandbox, qos: st
         await asyncio.get_running_loop().run_in_executor(
             None,
             lambda: wait_until(
-                lambda: thread_state(sb, node, thread_id) == ["User sleep"], 20, "the SLEEP"
+                lambda: thread_state(sb, node, thread_id) == [WAITING], 20, "the wait"
             ),
         )
         task.cancel()
