@@ -62,6 +62,8 @@ class RoutedConnection:
     _inherited_from: int | None
     datasource: DataSource | None
     decision: Decision | None
+    #: The session's version read before the last routing decision (see _decide).
+    _decided_version: int = 0
 
     def _routed(self, url: ServiceURL, handle: ServiceHandle) -> None:
         self._url = url
@@ -183,6 +185,10 @@ class RoutedConnection:
         """Where this attempt connects (:func:`sqlrouter._attempts.decide`); the protocol
         connects there next."""
         url = self._url
+        session = self._state.session
+        # Read before the decision reads the session's token: a write learnt in between
+        # makes this version older than the token's, never newer (checked again later).
+        self._decided_version = session.version if session is not None else 0
         decision = decide(url, self._state, snapshot, attempt, self._handle.next_turn())
         ds = decision.datasource
         logger.debug(
@@ -212,13 +218,13 @@ class RoutedConnection:
         decision = self.decision
         if decision is None:
             return Setup()
-        return session_setup(self._state, snapshot, decision)
+        return session_setup(self._state, snapshot, decision, self._decided_version)
 
     def _caught_up(self, setup: Setup) -> bool:
-        """The session's set-up is done (a wait for ``setup.wait_for`` succeeded)."""
-        session = self._state.session
-        if setup.wait_for is not None and session is not None:
-            self._state.checked(session.version)
+        """The session's set-up is done (a wait for ``setup.wait_for`` succeeded): the
+        session is checked as of the version whose token was waited for."""
+        if setup.wait_for is not None and self._state.session is not None:
+            self._state.checked(setup.version)
         return True
 
     def _registered(self, routed_on: Snapshot) -> None:
