@@ -8,8 +8,9 @@ service table and monitor of :mod:`sqlrouter._runtime`, the router, and the deci
 consistency, failures) and :mod:`sqlrouter._gtidcapture` (each write's GTID).  What is
 here is how they are carried out without blocking the event loop:
 
-- finding the service (a registry file, DNS) and waiting for the monitor's first round
-  run in the loop's default executor, never in the loop;
+- finding the service (a registry file, DNS), building SSL contexts and waiting for the
+  monitor's first round run in threads of sqlrouter's own (:mod:`sqlrouter.aio._offloop`),
+  bounded, never in the loop;
 - every wait is awaited (a failover wait with ``asyncio.sleep``, ``MASTER_GTID_WAIT``
   on the socket) and bounded;
 - a task cancelled while it awaits a server (a statement, a consistency wait, the
@@ -87,6 +88,7 @@ from ._aiomysql import (
     connect_args,
     tls_cached,
 )
+from ._offloop import off_loop
 
 __all__ = ["Connection", "connect"]
 
@@ -173,7 +175,12 @@ class Connection(RoutedConnection, AiomysqlConnection):
             return fresh
         timeout = max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - time.monotonic()))
         wait = functools.partial(self._handle.snapshot, credentials, timeout=timeout)
-        return await asyncio.get_running_loop().run_in_executor(None, wait)
+        try:
+            return await off_loop(wait, timeout)
+        except TimeoutError:
+            # No thread free in time: as a wait for a round that does not come, the
+            # current snapshot (stale: the router trusts none of it).
+            return self._handle.monitor.snapshot
 
     async def _connect_once(self, attempt: Attempt) -> None:
         """One routing decision and one connection attempt; TryAgain to go on."""
@@ -650,13 +657,20 @@ async def _open(url: ServiceURL, args: dict[str, Any]) -> Connection:
     creds = Credentials(url.user or "", url.password or "")
     # Finding the registry and the service reads files and may resolve names, building
     # an SSL context reads certificates: in a thread, never in the loop.
-    loop = asyncio.get_running_loop()
-    handle = await loop.run_in_executor(
-        None, functools.partial(_runtime.handle_for, url.registry, url.service, creds)
-    )
-    tls = tls_cached(url.connect_args)
-    if tls is None:
-        tls = await loop.run_in_executor(None, build_tls, url.connect_args)
+    timeout = url.connect_timeout
+    try:
+        handle = await off_loop(
+            functools.partial(_runtime.handle_for, url.registry, url.service, creds), timeout
+        )
+        tls = tls_cached(url.connect_args)
+        if tls is None:
+            tls = await off_loop(functools.partial(build_tls, url.connect_args), timeout)
+    except TimeoutError:
+        raise OperationalError(
+            2003,
+            f"service {url.service!r}: can't connect: finding the service or setting up "
+            f"TLS took longer than connect_timeout {timeout:g}s",
+        ) from None
     context, tls_required = tls
     conn = Connection(url, handle, {**args, "ssl": context})
     conn._tls_required = tls_required
