@@ -56,14 +56,11 @@ from .._connrules import (
 )
 from .._connstate import ConnState
 from .._gtidcapture import (
-    after_write,
-    capture,
-    committed_by_select,
+    commit_done,
     next_result_done,
+    statement_done,
     unbuffered_done,
-    written_by_select,
 )
-from .._session_track import SERVER_SESSION_STATE_CHANGED
 from .._statements import may_resend
 from ..consistency import Session
 from ..errors import (
@@ -387,17 +384,8 @@ class Connection(RoutedConnection, AiomysqlConnection):
             if exc.args[0] in LOST:
                 raise self._lost(exc, status, "a statement") from exc
             raise
-        state = self._state
-        result = self._result
-        if state.session is None or result is None or result.unbuffered_active:
-            return rows  # streamed rows: _unbuffered_done() takes over at their end
-        if state.gtid_by_select:
-            if state.on_master and written_by_select(
-                state, result.affected_rows, self.server_status
-            ):
-                await self._select_last_gtid()
-        elif self.server_status & SERVER_SESSION_STATE_CHANGED and after_write(
-            state, result.message, result.field_count
+        if self._state.session is not None and statement_done(
+            self._state, self._result, self.server_status
         ):
             await self._select_last_gtid()
         return rows
@@ -473,13 +461,8 @@ class Connection(RoutedConnection, AiomysqlConnection):
             if exc.args[0] in LOST and status & IN_TRANS:
                 raise self._lost(exc, status, "COMMIT") from exc
             raise
-        if state.session is None or not state.on_master:
-            return
-        if state.gtid_by_select:
-            if committed_by_select(state):
-                await self._select_last_gtid()
-        else:
-            capture(state, ok.server_status, ok.message)
+        if commit_done(state, ok.server_status, ok.message):
+            await self._select_last_gtid()
 
     async def rollback(self) -> None:
         await self._command(super().rollback, "ROLLBACK")
