@@ -116,6 +116,8 @@ class Connection(RoutedConnection, AiomysqlConnection):
     decision: Decision | None
     #: The ssl options asked for TLS (aiomysql itself only prefers it).
     _tls_required: bool = False
+    #: The server thread _stopped() last closed (and killed): never twice.
+    _stopped_thread: int | None = None
 
     def __init__(self, url: ServiceURL, handle: ServiceHandle, args: dict[str, Any]) -> None:
         """``args``: aiomysql's keywords for ``url`` (``_aiomysql.connect_args``)."""
@@ -287,6 +289,9 @@ class Connection(RoutedConnection, AiomysqlConnection):
         """The connection's reply was abandoned: close it (nothing more can be read from
         it in step) and end its server thread, within ``CANCEL_CLEANUP_TIMEOUT``."""
         thread_id = self.thread_id_or_none
+        if thread_id is not None and thread_id == self._stopped_thread:
+            return  # by a nested handler already (one reason, one KILL)
+        self._stopped_thread = thread_id
         self._handle.closed(self)
         self._state.closed_why = (why, time.time())
         self._close_transport()

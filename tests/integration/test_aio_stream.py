@@ -134,3 +134,43 @@ def test_gtid_wait_timing_out_sends_no_kill(
 
     asyncio.run(main())
     assert kills == []
+
+
+def test_ensure_closed_cancelled_while_reading_the_rest_kills_once(
+    cluster: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ensure_closed() reads the rest of a writer's streamed result (its GTID); cancelled
+    meanwhile, the statement is stopped with one KILL (two handlers see the cancellation)."""
+    sb = cluster
+    kills: list[int] = []
+    original = _cancel.kill
+
+    async def kill(**kwargs: Any) -> bool:
+        kills.append(kwargs["thread_id"])
+        return await original(**kwargs)
+
+    monkeypatch.setattr(_cancel, "kill", kill)
+
+    async def main() -> int:
+        with sqlrouter.session():
+            conn = await sqlrouter.aio.connect(sb.url("RW_STRICT"), autocommit=True)
+            node, thread_id = sb.state.master, int(conn.thread_id())
+            cur = await conn.cursor(sqlrouter.aio.SSCursor)
+            await cur.execute(STALLS)
+            await cur.fetchone()
+            closing = asyncio.create_task(conn.ensure_closed())
+            await asyncio.get_running_loop().run_in_executor(
+                None,
+                lambda: wait_until(
+                    lambda: thread_state(sb, node, thread_id) == [WAITING], 20, "the wait"
+                ),
+            )
+            closing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await closing
+            assert conn.closed
+            wait_until(lambda: not thread_state(sb, node, thread_id), 10, "the thread ends")
+            return thread_id
+
+    thread_id = asyncio.run(main())
+    assert kills == [thread_id]
