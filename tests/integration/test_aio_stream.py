@@ -27,6 +27,20 @@ STALLS = (
 WAITING = "Waiting in MASTER_GTID_WAIT() (primary waiter)"
 
 
+@pytest.fixture
+def kills(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The thread ids the KILLs of cancelled statements were sent for (they are sent)."""
+    sent: list[int] = []
+    original = _cancel.kill
+
+    async def kill(**kwargs: Any) -> bool:
+        sent.append(kwargs["thread_id"])
+        return await original(**kwargs)
+
+    monkeypatch.setattr(_cancel, "kill", kill)
+    return sent
+
+
 def thread_state(sb: Sandbox, node: str, thread_id: int) -> list[str]:
     return [
         str(row[1])
@@ -101,21 +115,11 @@ def test_forked_child_reading_an_inherited_stream_gets_a_clear_error(cluster: Sa
     assert result["parent_rows"] == 20000
 
 
-def test_gtid_wait_timing_out_sends_no_kill(
-    cluster: Sandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_gtid_wait_timing_out_sends_no_kill(cluster: Sandbox, kills: list[int]) -> None:
     """MASTER_GTID_WAIT ends on the server by itself; no reply within its bound means a
     server that does not answer: the connection is closed, no KILL is tried (one was sent
     twice, each waiting for connect_timeout)."""
     sb = cluster
-    kills: list[int] = []
-    original = _cancel.kill
-
-    async def kill(**kwargs: Any) -> bool:
-        kills.append(kwargs["thread_id"])
-        return await original(**kwargs)
-
-    monkeypatch.setattr(_cancel, "kill", kill)
 
     async def main() -> None:
         conn = await sqlrouter.aio.connect(
@@ -137,19 +141,11 @@ def test_gtid_wait_timing_out_sends_no_kill(
 
 
 def test_ensure_closed_cancelled_while_reading_the_rest_kills_once(
-    cluster: Sandbox, monkeypatch: pytest.MonkeyPatch
+    cluster: Sandbox, kills: list[int]
 ) -> None:
     """ensure_closed() reads the rest of a writer's streamed result (its GTID); cancelled
     meanwhile, the statement is stopped with one KILL (two handlers see the cancellation)."""
     sb = cluster
-    kills: list[int] = []
-    original = _cancel.kill
-
-    async def kill(**kwargs: Any) -> bool:
-        kills.append(kwargs["thread_id"])
-        return await original(**kwargs)
-
-    monkeypatch.setattr(_cancel, "kill", kill)
 
     async def main() -> int:
         with sqlrouter.session():
