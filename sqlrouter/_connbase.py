@@ -80,6 +80,8 @@ class RoutedConnection:
     #: what the current connect attempt routed on, and when a ``MASTER_GTID_WAIT`` began.
     _observed: tuple[Snapshot, Policy | None, float] | None
     _wait_started: float
+    #: The session's version read before the last routing decision (see _decide).
+    _decided_version: int = 0
 
     def _routed(self, url: ServiceURL, handle: ServiceHandle) -> None:
         self._url = url
@@ -205,6 +207,10 @@ class RoutedConnection:
         """Where this attempt connects (:func:`sqlrouter._attempts.decide`); the protocol
         connects there next."""
         url = self._url
+        session = self._state.session
+        # Read before the decision reads the session's token: a write learnt in between
+        # makes this version older than the token's, never newer (checked again later).
+        self._decided_version = session.version if session is not None else 0
         handle = self._handle
         if telemetry.observers:
             policy = None
@@ -301,7 +307,7 @@ class RoutedConnection:
         decision = self.decision
         if decision is None:
             return Setup()
-        setup = session_setup(self._state, snapshot, decision)
+        setup = session_setup(self._state, snapshot, decision, self._decided_version)
         if setup.wait_for is not None and telemetry.observers:
             self._wait_started = time.monotonic()
         return setup
@@ -320,7 +326,8 @@ class RoutedConnection:
             elif not state.on_master and session.token:
                 self._checked("free", None, session.token)
         if caught_up and setup.wait_for is not None:
-            state.checked(session.version)
+            # Checked as of the version whose token was waited for (read before routing).
+            state.checked(setup.version)
         return caught_up
 
     def _transaction_step(

@@ -119,15 +119,20 @@ class Setup:
     track_gtid: bool = False
     #: ``MASTER_GTID_WAIT`` for this token on the replica first (timed out: go elsewhere).
     wait_for: CausalToken | None = None
+    #: The session's version when the router read its token (``wait_for``): after the
+    #: wait, ``state.checked(version)``: a write the session learnt meanwhile (another
+    #: task's, another thread's) is checked at the next transaction start.
+    version: int = 0
 
 
 _NOTHING: Final = Setup()
 
 
-def session_setup(state: ConnState, snapshot: Snapshot, decision: Decision) -> Setup:
+def session_setup(state: ConnState, snapshot: Snapshot, decision: Decision, version: int) -> Setup:
     """Set up session consistency on a connection just opened where ``decision`` sent
-    it; what is left to do on the server is returned (after a successful wait, call
-    ``state.checked(session.version)``)."""
+    it (``version``: the session's when the decision was made, read before its token);
+    what is left to do on the server is returned (after a successful wait, call
+    ``state.checked(setup.version)``)."""
     session = state.session
     if session is None:
         return _NOTHING
@@ -136,7 +141,7 @@ def session_setup(state: ConnState, snapshot: Snapshot, decision: Decision) -> S
         state.checked(session.version)
         return Setup(track_gtid=not health.tracks_last_gtid and not state.relaxed)
     if decision.needs_wait is not None:
-        return Setup(wait_for=decision.needs_wait)
+        return Setup(wait_for=decision.needs_wait, version=version)
     # Monotonic reads: later reads of the session require what this one may see.
     session.advance(health.position)
     state.merged_generation = snapshot.generation

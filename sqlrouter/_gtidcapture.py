@@ -12,7 +12,7 @@ connection's :class:`~sqlrouter._connstate.ConnState`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pymysql.connections import MySQLResult
 from pymysql.constants import SERVER_STATUS
@@ -27,7 +27,10 @@ __all__ = [
     "GtidCapture",
     "after_write",
     "capture",
+    "commit_done",
     "committed_by_select",
+    "next_result_done",
+    "statement_done",
     "unbuffered_done",
     "written_by_select",
 ]
@@ -59,6 +62,13 @@ def after_write(state: ConnState, message: bytes | str | None, field_count: int)
         capture(state, SERVER_SESSION_STATE_CHANGED, message)
         return False
     return True if field_count else None
+
+
+def next_result_done(state: ConnState, status: int, message: bytes | str | None) -> None:
+    """A multi-statement query's next result was read (``status``, ``message``: its OK
+    packet's): on the master, merge the ``last_gtid`` it reports, as for the first."""
+    if state.on_master and not state.gtid_by_select:
+        capture(state, status, message)
 
 
 def unbuffered_done(state: ConnState, status: int, has_next: bool | None) -> bool:
@@ -96,14 +106,50 @@ def committed_by_select(state: ConnState) -> bool:
     return False
 
 
+class _Result(Protocol):
+    """What :func:`statement_done` reads of a result (PyMySQL's or aiomysql's)."""
+
+    @property
+    def affected_rows(self) -> int | None: ...
+    @property
+    def message(self) -> bytes | str | None: ...
+    @property
+    def field_count(self) -> int: ...
+    @property
+    def unbuffered_active(self) -> bool: ...
+
+
+def statement_done(state: ConnState, result: _Result | None, status: int) -> bool:
+    """A RW_STRICT connection with a session ran a statement (``result``: the
+    connection's, ``status``: its server status): learn its write's GTID from the OK
+    packet, or ask ``SELECT @@last_gtid`` now (``True``).  Both drivers' step."""
+    if result is None or result.unbuffered_active:
+        # Its rows are still on the socket (a server-side cursor): nothing may be sent
+        # now; the result reports its final status at its end (unbuffered_done).
+        return False
+    if state.gtid_by_select:
+        return state.on_master and written_by_select(state, result.affected_rows, status)
+    if status & SERVER_SESSION_STATE_CHANGED:
+        return bool(after_write(state, result.message, result.field_count))
+    return False
+
+
+def commit_done(state: ConnState, status: int, message: bytes | str | None) -> bool:
+    """COMMIT's OK packet (``status``, ``message``) arrived: learn the transaction's GTID
+    from it, or ask ``SELECT @@last_gtid`` now (``True``).  Both drivers' step."""
+    if state.session is None or not state.on_master:
+        return False
+    if state.gtid_by_select:
+        return committed_by_select(state)
+    capture(state, status, message)
+    return False
+
+
 class GtidCapture(PyMySQLConnection):
     """The GTID of each write of a connection on the master, into its session (the
     decisions are the functions above, shared with :mod:`sqlrouter.aio`)."""
 
     _state: ConnState
-
-    def _capture(self, status: int, message: bytes | str | None) -> None:
-        capture(self._state, status, message)
 
     def _unbuffered_done(self, result: MySQLResult) -> None:
         """An unbuffered result (server-side cursor) read its final EOF packet.
@@ -126,25 +172,8 @@ class GtidCapture(PyMySQLConnection):
         if gtid and session is not None:
             session.advance_gtid(str(gtid))
 
-    def _after_write(self, result: MySQLResult | None) -> None:
-        """The session's state changed under the last statement: learn its GTID."""
-        if result is None or result.unbuffered_active:
-            # Its rows are still on the socket (a server-side cursor): nothing may be
-            # sent now.  ``server_status`` is still the previous statement's; the result
-            # reports its own at its end (_unbuffered_done).
-            return
-        if after_write(self._state, result.message, result.field_count):
-            self._select_last_gtid()
-
     def next_result(self, unbuffered: bool = False) -> int:
         rows = super().next_result(unbuffered)
-        state = self._state
-        if state.on_master and self._result is not None and not state.gtid_by_select:
-            self._capture(self.server_status, self._result.message)
+        if self._result is not None:
+            next_result_done(self._state, self.server_status, self._result.message)
         return rows
-
-    def _after_write_by_select(self, affected: int | None) -> None:
-        if self._result is not None and self._result.unbuffered_active:
-            return  # rows still on the socket: _unbuffered_done() takes over at their end
-        if written_by_select(self._state, affected, self.server_status):
-            self._select_last_gtid()

@@ -46,7 +46,7 @@ from ._connrules import (
     open_session,
 )
 from ._connstate import ConnState
-from ._gtidcapture import GtidCapture, committed_by_select
+from ._gtidcapture import GtidCapture, commit_done, statement_done
 from ._pymysql import (
     SSL_ENABLED,
     abandon_after_fork,
@@ -55,7 +55,6 @@ from ._pymysql import (
     pymysql_query,
 )
 from ._runtime import handle_for
-from ._session_track import SERVER_SESSION_STATE_CHANGED
 from ._statements import may_resend
 from .consistency import Session
 from .errors import (
@@ -317,13 +316,10 @@ class Connection(RoutedConnection, GtidCapture):
             if exc.args[0] in LOST:
                 raise self._lost(exc, status, "a statement") from exc
             raise
-        state = self._state
-        if state.session is not None:
-            if state.gtid_by_select:
-                if self._result is not None and state.on_master:
-                    self._after_write_by_select(self._result.affected_rows)
-            elif self.server_status & SERVER_SESSION_STATE_CHANGED:
-                self._after_write(self._result)
+        if self._state.session is not None and statement_done(
+            self._state, self._result, self.server_status
+        ):
+            self._select_last_gtid()
         return rows
 
     def begin(self) -> None:
@@ -350,14 +346,8 @@ class Connection(RoutedConnection, GtidCapture):
             if exc.args[0] in LOST and status & _IN_TRANS:
                 raise self._lost(exc, status, "COMMIT") from exc
             raise
-        state = self._state
-        if state.session is None or not state.on_master:
-            return
-        if state.gtid_by_select:
-            if committed_by_select(state):
-                self._select_last_gtid()
-        else:
-            self._capture(ok.server_status, ok.message)
+        if commit_done(self._state, ok.server_status, ok.message):
+            self._select_last_gtid()
 
     def ping(self, reconnect: bool | None = False) -> None:
         """PyMySQL's ping; an invalidated connection raises ConnectionInvalidated

@@ -15,7 +15,8 @@ public API is here:
   set's final EOF packet (which aiomysql drops) and telling its connection when an
   unbuffered result ends;
 - :func:`connect_args`: PyMySQL's ``connect()`` options (those of a service URL) as
-  aiomysql's.
+  aiomysql's; :func:`build_tls`: the SSL context PyMySQL would build from them, once per
+  set of options (in a thread: it reads files), :func:`tls_cached` (in the loop).
 
 :data:`CHECKED` records, for each aiomysql function overridden, copied or called
 although private, the hash of its source in :data:`AIOMYSQL_TESTED`;
@@ -25,10 +26,13 @@ differs, and ``pyproject.toml`` pins aiomysql to the range checked.
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from ssl import SSLContext
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import aiomysql
 import aiomysql.connection
@@ -46,7 +50,9 @@ __all__ = [
     "AiomysqlConnection",
     "Result",
     "aiomysql_query",
+    "build_tls",
     "connect_args",
+    "tls_cached",
 ]
 
 #: The aiomysql release whose sources :data:`CHECKED` hashes.
@@ -60,6 +66,8 @@ CHECKED: Final[Mapping[str, str]] = MappingProxyType(
         # o: the statement path; calls this one (aiomysql_query)
         "Connection.query": "132961ac97334eadef8f4acd2d121060",
         "Connection.begin": "e42787753c0f9dedd2a6ad99652f75b5",
+        # o: each next result's GTID learnt (guarded)
+        "Connection.next_result": "4be4ed2920bb1050374407db985982c6",
         # c: commit_ok() sends COMMIT as aiomysql's commit() does, keeping the OK packet
         "Connection.commit": "b8172d17066f20ef3ee881d94a8df895",
         "Connection.rollback": "5277b90fa1567fb19f067b1f7ee7c769",
@@ -114,13 +122,12 @@ _UNSUPPORTED: Final = frozenset(
 )
 
 
-def connect_args(service: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+def connect_args(service: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The keywords of ``aiomysql.Connection`` for a service URL's ``connect_args`` (PyMySQL's
-    options), and whether TLS is required.
+    options), but TLS's (:func:`tls_cached`, :func:`build_tls`).
 
-    TLS is set up as PyMySQL sets it up from the same options (``ssl``, ``ssl_ca``,
-    ``ssl_disabled``...: preferred when none is given).  Options aiomysql has no
-    equivalent for raise :class:`sqlrouter.ProgrammingError`, naming them.
+    Options aiomysql has no equivalent for raise :class:`sqlrouter.ProgrammingError`,
+    naming them.
     """
     unsupported = sorted(_UNSUPPORTED & set(options))
     if unsupported:
@@ -137,10 +144,55 @@ def connect_args(service: str, options: Mapping[str, Any]) -> tuple[dict[str, An
             f"service {service!r}: cursorclass {cursorclass!r} is not an aiomysql cursor "
             "class (sqlrouter.aio.Cursor, DictCursor, SSCursor or SSDictCursor)"
         )
-    args = {k: v for k, v in options.items() if k in _SAME}
-    context, required = tls_of(options)
-    args["ssl"] = context
-    return args, required
+    return {k: v for k, v in options.items() if k in _SAME}
+
+
+#: The TLS set-up of each set of ssl options seen (:func:`build_tls`), by :func:`_tls_key`.
+_TLS: dict[Hashable, tuple[SSLContext | None, bool]] = {}
+_TLS_LOCK = threading.Lock()
+#: At most this many sets of ssl options are remembered.
+_TLS_KEPT = 64
+
+
+def _frozen(value: Any) -> Hashable:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    hash(value)  # TypeError: not remembered
+    return cast(Hashable, value)
+
+
+def _tls_key(options: Mapping[str, Any]) -> Hashable | None:
+    """The ssl options of ``options``, frozen; ``None`` when one cannot be (not cached)."""
+    try:
+        return _frozen({k: v for k, v in options.items() if k == "ssl" or k.startswith("ssl_")})
+    except TypeError:
+        return None
+
+
+def tls_cached(options: Mapping[str, Any]) -> tuple[SSLContext | None, bool] | None:
+    """The TLS set-up of ``options`` if built before (a dictionary look-up, for the event
+    loop); ``None``: call :func:`build_tls`, in a thread."""
+    key = _tls_key(options)
+    return None if key is None else _TLS.get(key)
+
+
+def build_tls(options: Mapping[str, Any]) -> tuple[SSLContext | None, bool]:
+    """The SSL context PyMySQL builds from ``options`` (``ssl``, ``ssl_ca``...) and whether
+    TLS is required (:func:`sqlrouter._pymysql.tls_of`), built once per set of options:
+    it reads certificate files and the system's trust store, so it runs in a thread."""
+    key = _tls_key(options)
+    if key is None:
+        return tls_of(options)
+    with _TLS_LOCK:  # many connects at once: one builds, the others find it
+        found = _TLS.get(key)
+        if found is None:
+            found = tls_of(options)
+            if len(_TLS) >= _TLS_KEPT:
+                _TLS.clear()
+            _TLS[key] = found
+    return found
 
 
 def raw_socket(transport: Any) -> socket.socket | None:
@@ -217,13 +269,25 @@ class AiomysqlConnection(_Base):  # type: ignore[misc]  # aiomysql is untyped
             self._result, self._affected_rows = result, affected
         return rows[0][0] if rows else None
 
+    async def _stream_cancelled(self, why: str) -> None:
+        """A task was cancelled while it read a streamed result's rows (see
+        :class:`Result`): the connection stops it (``sqlrouter.aio.Connection``)."""
+
+    def _drop_stream(self, why: str) -> None:
+        """The socket is closed under a streamed result: reading its rest raises ``why``
+        (:class:`_Gone`); closing its cursor ends it quietly."""
+        result, self._result = self._result, None
+        if result is not None and result.unbuffered_active:
+            result.connection = _Gone(why)
+
     def _abandon_after_fork(self, why: str) -> None:
         """In a forked child: make this connection (the parent's, as this process sees
         it) unusable, without a word to the server and without touching the parent's
         event loop (see :func:`sqlrouter._forksafe.abandon`); only this process's copy
         of the socket's descriptor is closed."""
         writer, reader, result = self._writer, self._reader, self._result
-        self._writer = self._reader = self._result = None
+        self._writer = self._reader = None
+        self._drop_stream(why)
         self._close_reason = why
         transport = writer.transport if writer is not None else None
         abandon(raw_socket(transport), transport, writer, reader, result)
@@ -235,10 +299,28 @@ class AiomysqlConnection(_Base):  # type: ignore[misc]  # aiomysql is untyped
         return int(ids[0]) if ids else None
 
 
+class _Gone:
+    """Stands for the connection of a streamed result whose socket sqlrouter closed (a
+    cancelled task, ``fork()``): reading the rest of its rows raises a clear error instead
+    of failing on a socket that is gone (as ``sqlrouter._pymysql._Gone``)."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    async def _read_packet(self, *args: object, **kwargs: object) -> Any:
+        raise OperationalError(
+            2013, f"the rest of this result is lost: {self.why}; run the statement again"
+        )
+
+
 class Result(_ResultBase):  # type: ignore[misc]  # aiomysql is untyped
     """aiomysql's query result, keeping the server status of a result set's final EOF
     packet, which aiomysql drops (it tells whether a statement that returned rows also
     wrote), and telling its connection when an unbuffered result ends."""
+
+    if TYPE_CHECKING:  # aiomysql internals (it has no type information)
+        connection: Any
+        unbuffered_active: bool
 
     def _check_packet_is_eof(self, packet: Any) -> bool:
         if not packet.is_eof_packet():
@@ -251,13 +333,27 @@ class Result(_ResultBase):  # type: ignore[misc]  # aiomysql is untyped
 
     async def _read_rowdata_packet_unbuffered(self) -> Any:
         conn = self.connection
-        row = await super()._read_rowdata_packet_unbuffered()
+        try:
+            row = await super()._read_rowdata_packet_unbuffered()
+        except asyncio.CancelledError:
+            if isinstance(conn, AiomysqlConnection):
+                await conn._stream_cancelled("cancelled while reading a streamed result")
+            raise
         if row is None and conn is not None and not self.unbuffered_active:
             await conn._unbuffered_done(self)
         return row
 
     async def _finish_unbuffered_query(self) -> None:
         conn, active = self.connection, self.unbuffered_active
-        await super()._finish_unbuffered_query()
+        if isinstance(conn, _Gone):  # its socket is closed: nothing more to read
+            self.unbuffered_active = False
+            self.connection = None
+            return
+        try:
+            await super()._finish_unbuffered_query()
+        except asyncio.CancelledError:
+            if isinstance(conn, AiomysqlConnection):
+                await conn._stream_cancelled("cancelled while reading a streamed result")
+            raise
         if active and conn is not None and not self.unbuffered_active:
             await conn._unbuffered_done(self)

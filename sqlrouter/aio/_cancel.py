@@ -52,7 +52,7 @@ async def kill(
                 conn.close()
     except (MySQLError, OSError, TimeoutError) as exc:
         logger.warning(
-            "service %r: could not stop thread %d on %s:%d after a cancelled statement: %s",
+            "service %r: could not stop thread %d on %s:%d after a cancelled statement: %r",
             service,
             thread_id,
             host,

@@ -8,8 +8,9 @@ service table and monitor of :mod:`sqlrouter._runtime`, the router, and the deci
 consistency, failures) and :mod:`sqlrouter._gtidcapture` (each write's GTID).  What is
 here is how they are carried out without blocking the event loop:
 
-- finding the service (a registry file, DNS) and waiting for the monitor's first round
-  run in the loop's default executor, never in the loop;
+- finding the service (a registry file, DNS), building SSL contexts and waiting for the
+  monitor's first round run in threads of sqlrouter's own (:mod:`sqlrouter.aio._offloop`),
+  bounded, never in the loop;
 - every wait is awaited (a failover wait with ``asyncio.sleep``, ``MASTER_GTID_WAIT``
   on the socket) and bounded;
 - a task cancelled while it awaits a server (a statement, a consistency wait, the
@@ -17,7 +18,7 @@ here is how they are carried out without blocking the event loop:
   (:mod:`sqlrouter.aio._cancel`) before the cancellation goes on: nothing is left in
   an undefined state, and no server thread runs on for it.
 
-This module is kept whole (just over 600 lines), as ``sqlrouter/connection.py`` is: the
+This module is kept whole (about 650 lines), as ``sqlrouter/connection.py`` is: the
 connect path, the statement path and cancellation act on one connection's state, and
 read best side by side.
 """
@@ -54,13 +55,11 @@ from .._connrules import (
 )
 from .._connstate import ConnState
 from .._gtidcapture import (
-    after_write,
-    capture,
-    committed_by_select,
+    commit_done,
+    next_result_done,
+    statement_done,
     unbuffered_done,
-    written_by_select,
 )
-from .._session_track import SERVER_SESSION_STATE_CHANGED
 from .._statements import may_resend
 from ..consistency import Session
 from ..errors import (
@@ -77,7 +76,15 @@ from ..routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
 from ..topology import DataSource
 from ..url import ServiceURL
 from . import _cancel
-from ._aiomysql import AiomysqlConnection, Result, aiomysql_query, connect_args
+from ._aiomysql import (
+    AiomysqlConnection,
+    Result,
+    aiomysql_query,
+    build_tls,
+    connect_args,
+    tls_cached,
+)
+from ._offloop import off_loop
 
 __all__ = ["Connection", "connect"]
 
@@ -90,6 +97,8 @@ _STATEMENT = "a statement"
 #: The longest a cancelled statement's clean-up (closing, ``KILL``) may delay the
 #: cancellation (also bounded by ``connect_timeout``).
 CANCEL_CLEANUP_TIMEOUT = 5.0
+#: The longest ``ensure_closed()`` reads the rest of a streamed write's rows (its GTID).
+CLOSE_DRAIN_TIMEOUT = 10.0
 
 
 class Connection(RoutedConnection, AiomysqlConnection):
@@ -106,6 +115,8 @@ class Connection(RoutedConnection, AiomysqlConnection):
     decision: Decision | None
     #: The ssl options asked for TLS (aiomysql itself only prefers it).
     _tls_required: bool = False
+    #: The server thread _stopped() last closed (and killed): never twice.
+    _stopped_thread: int | None = None
 
     def __init__(self, url: ServiceURL, handle: ServiceHandle, args: dict[str, Any]) -> None:
         """``args``: aiomysql's keywords for ``url`` (``_aiomysql.connect_args``)."""
@@ -162,7 +173,12 @@ class Connection(RoutedConnection, AiomysqlConnection):
             return fresh
         timeout = max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - time.monotonic()))
         wait = functools.partial(self._handle.snapshot, credentials, timeout=timeout)
-        return await asyncio.get_running_loop().run_in_executor(None, wait)
+        try:
+            return await off_loop(wait, timeout)
+        except TimeoutError:
+            # No thread free in time: as a wait for a round that does not come, the
+            # current snapshot (stale: the router trusts none of it).
+            return self._handle.monitor.snapshot
 
     async def _connect_once(self, attempt: Attempt) -> None:
         """One routing decision and one connection attempt; TryAgain to go on."""
@@ -230,10 +246,16 @@ class Connection(RoutedConnection, AiomysqlConnection):
         sql, bound = gtid_wait(token, self._url.consistency_wait, self._url.connect_timeout)
         try:
             async with asyncio.timeout(bound):
-                found = await self._guarded(self._first_value_aside(sql), "MASTER_GTID_WAIT")
+                found = await self._first_value_aside(sql)
         except TimeoutError:
-            await self._stopped("MASTER_GTID_WAIT timed out", kill=True)
+            # The wait ends on the server by itself after consistency_wait: no reply long
+            # after that is a server or network that does not answer, which a KILL (one
+            # more connection to it) would not reach either.
+            await self._stopped("MASTER_GTID_WAIT timed out", kill=False)
             return False
+        except asyncio.CancelledError:
+            await self._stopped("cancelled during MASTER_GTID_WAIT", kill=True)
+            raise
         return bool(found == 0)
 
     # -- cancellation --------------------------------------------------------------
@@ -267,9 +289,13 @@ class Connection(RoutedConnection, AiomysqlConnection):
         """The connection's reply was abandoned: close it (nothing more can be read from
         it in step) and end its server thread, within ``CANCEL_CLEANUP_TIMEOUT``."""
         thread_id = self.thread_id_or_none
+        if thread_id is not None and thread_id == self._stopped_thread:
+            return  # by a nested handler already (one reason, one KILL)
+        self._stopped_thread = thread_id
         self._handle.closed(self)
         self._state.closed_why = (why, time.time())
         self._close_transport()
+        self._drop_stream(why)
         if not kill or thread_id is None or not self._host:
             return
         url = self._url
@@ -288,6 +314,12 @@ class Connection(RoutedConnection, AiomysqlConnection):
         # Shielded: cancelled again, this task goes on at once and the kill in the
         # background (bounded by its own timeout).
         await asyncio.shield(ends)
+
+    async def _stream_cancelled(self, why: str) -> None:
+        # The task's reads of a streamed result's rows are not _guarded (a row costs what
+        # it costs in aiomysql); a cancellation meanwhile is handled here, as there.
+        if self._inherited_from is None:
+            await self._stopped(why, kill=True)
 
     def _ensure_alive(self) -> None:
         # aiomysql's says "Not connected" or "Cancelled during execution": say which
@@ -357,19 +389,18 @@ class Connection(RoutedConnection, AiomysqlConnection):
             if exc.args[0] in LOST:
                 raise self._lost(exc, status, "a statement") from exc
             raise
-        state = self._state
-        result = self._result
-        if state.session is None or result is None or result.unbuffered_active:
-            return rows  # streamed rows: _unbuffered_done() takes over at their end
-        if state.gtid_by_select:
-            if state.on_master and written_by_select(
-                state, result.affected_rows, self.server_status
-            ):
-                await self._select_last_gtid()
-        elif self.server_status & SERVER_SESSION_STATE_CHANGED and after_write(
-            state, result.message, result.field_count
+        if self._state.session is not None and statement_done(
+            self._state, self._result, self.server_status
         ):
             await self._select_last_gtid()
+        return rows
+
+    async def next_result(self) -> int:
+        """The next result of a multi-statement query (aiomysql's); its write's GTID
+        learnt as the first statement's is."""
+        rows: int = await self._guarded(super().next_result(), _STATEMENT)
+        if self._result is not None:
+            next_result_done(self._state, self.server_status, self._result.message)
         return rows
 
     async def _unbuffered_done(self, result: Result) -> None:
@@ -433,13 +464,8 @@ class Connection(RoutedConnection, AiomysqlConnection):
             if exc.args[0] in LOST and status & IN_TRANS:
                 raise self._lost(exc, status, "COMMIT") from exc
             raise
-        if state.session is None or not state.on_master:
-            return
-        if state.gtid_by_select:
-            if committed_by_select(state):
-                await self._select_last_gtid()
-        else:
-            capture(state, ok.server_status, ok.message)
+        if commit_done(state, ok.server_status, ok.message):
+            await self._select_last_gtid()
 
     async def rollback(self) -> None:
         await self._command(super().rollback, "ROLLBACK")
@@ -483,13 +509,43 @@ class Connection(RoutedConnection, AiomysqlConnection):
             super().close()
 
     async def ensure_closed(self) -> None:
-        """Say goodbye to the server (COM_QUIT), then close (aiomysql's)."""
+        """Say goodbye to the server (COM_QUIT), then close (aiomysql's).
+
+        A write whose rows were streamed and not all read (``INSERT ... RETURNING`` through
+        an ``SSCursor``) on a connection with a session has them read first, within
+        ``CLOSE_DRAIN_TIMEOUT``, so that its GTID reaches the session (``close()``, being
+        synchronous, cannot: it loses it)."""
+        state = self._state
+        if (
+            self._writer is not None
+            and state.session is not None
+            and not state.relaxed
+            and self._inherited_from is None
+        ):
+            await self._drain_before_close()
         if not self._forget("closed by ensure_closed()"):
             return
         try:
             await super().ensure_closed()
         except OSError:
             super().close()
+
+    async def _drain_before_close(self) -> None:
+        """Read the rest of a streamed result, learning its write's GTID; a failure or
+        ``CLOSE_DRAIN_TIMEOUT`` is logged (the connection is being closed anyway)."""
+        result = self._result
+        if result is None or not result.unbuffered_active:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_DRAIN_TIMEOUT):
+                await self._guarded(result._finish_unbuffered_query(), "the rest of a result")
+        except (MySQLError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "service %r: the rest of a streamed result could not be read before close "
+                "(its write's GTID, if any, is not in the session): %r",
+                self._url.service,
+                exc,
+            )
 
     # -- invalidation and faults ---------------------------------------------------
 
@@ -583,15 +639,26 @@ class _Connecting(Coroutine[Any, Any, Connection]):
             await conn.__aexit__(exc_type, exc, tb)
 
 
-async def _open(url: ServiceURL, args: dict[str, Any], tls_required: bool) -> Connection:
+async def _open(url: ServiceURL, args: dict[str, Any]) -> Connection:
     creds = credentials_of(url.user or "", url.password or "")
-    # Finding the registry and the service reads files and may resolve names: in a
-    # thread, never in the loop.
-    loop = asyncio.get_running_loop()
-    handle = await loop.run_in_executor(
-        None, functools.partial(_runtime.handle_for, url.registry, url.service, creds)
-    )
-    conn = Connection(url, handle, args)
+    # Finding the registry and the service reads files and may resolve names, building
+    # an SSL context reads certificates: in a thread, never in the loop.
+    timeout = url.connect_timeout
+    try:
+        handle = await off_loop(
+            functools.partial(_runtime.handle_for, url.registry, url.service, creds), timeout
+        )
+        tls = tls_cached(url.connect_args)
+        if tls is None:
+            tls = await off_loop(functools.partial(build_tls, url.connect_args), timeout)
+    except TimeoutError:
+        raise OperationalError(
+            2003,
+            f"service {url.service!r}: can't connect: finding the service or setting up "
+            f"TLS took longer than connect_timeout {timeout:g}s",
+        ) from None
+    context, tls_required = tls
+    conn = Connection(url, handle, {**args, "ssl": context})
     conn._tls_required = tls_required
     try:
         await conn._route()
@@ -612,5 +679,4 @@ def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> _Connectin
     aiomysql cursor class.  Bad input raises at once, before anything is awaited.
     """
     parsed = parse_cached(url, kwargs)
-    args, tls_required = connect_args(parsed.service, parsed.connect_args)
-    return _Connecting(_open(parsed, args, tls_required))
+    return _Connecting(_open(parsed, connect_args(parsed.service, parsed.connect_args)))

@@ -4,11 +4,9 @@ event loop never blocked, fork."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,9 +20,14 @@ from sqlrouter.routing.router import observed_master
 from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
-from tests.fixtures.helpers import wait_until
+from tests.fixtures.helpers import in_forked_child, wait_until
 
 pytestmark = pytest.mark.sandbox
+
+#: A statement that runs on after its client went away (a SLEEP ends a few seconds after
+#: its socket closes, so a test with one could not tell a KILL from no KILL): only a
+#: KILL ends it within a minute.
+NEVER_ENDS = "SELECT MASTER_GTID_WAIT('0-1-999999999', 60)"
 
 
 def handle() -> ServiceHandle:
@@ -232,7 +235,7 @@ def test_cancelled_statement_is_stopped_on_the_server(cluster: Sandbox) -> None:
         node, thread_id = conn.datasource.name, conn.thread_id()
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.5), conn.cursor() as cur:
-                await cur.execute("SELECT SLEEP(60)")
+                await cur.execute(NEVER_ENDS)
         # Not in an undefined state: closed, saying why, and no longer counted.
         assert conn.closed
         assert handle().open_connections() == {}
@@ -252,7 +255,7 @@ def test_read_timeout_stops_the_statement(cluster: Sandbox) -> None:
         thread_id = conn.thread_id()
         with pytest.raises(sqlrouter.OutcomeUnknown) as info:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT SLEEP(60)")
+                await cur.execute(NEVER_ENDS)
         assert info.value.args[0] == 2013 and "read_timeout 0.5s" in str(info.value)
         assert "in autocommit mode: its outcome is unknown" in str(info.value)
         wait_until(
@@ -338,21 +341,7 @@ def test_forked_child_runs_its_own_loop_and_never_touches_the_parents(cluster: S
     async def main() -> dict[str, Any]:
         conn = await sqlrouter.aio.connect(sb.url("RW_STRICT"), autocommit=True)
         thread_id = conn.thread_id()
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child: a loop of its own
-            try:
-                out = json.dumps(asyncio.run(child_main(conn)))
-            except BaseException:  # noqa: BLE001 - reported to the parent
-                out = json.dumps({"traceback": traceback.format_exc()})
-            os.write(w, out.encode())
-            os._exit(0)
-        os.close(w)
-        loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(None, lambda: os.read(r, 65536))
-        await loop.run_in_executor(None, os.waitpid, pid, 0)
-        os.close(r)
-        result: dict[str, Any] = json.loads(data or b'{"traceback": "no output"}')
+        result = await in_forked_child(lambda: child_main(conn))
         # The parent's connection still works: the child sent nothing on its socket.
         result["parent"] = await sid(conn)
         result["same_thread"] = conn.thread_id() == thread_id

@@ -11,7 +11,7 @@ import pytest
 import sqlrouter
 import sqlrouter.aio
 from sqlrouter._pymysql import source_hash
-from sqlrouter.aio._aiomysql import AIOMYSQL_TESTED, CHECKED, connect_args
+from sqlrouter.aio._aiomysql import AIOMYSQL_TESTED, CHECKED, build_tls, connect_args, tls_cached
 
 
 def test_the_installed_aiomysql_is_in_the_pinned_range() -> None:
@@ -52,22 +52,31 @@ def test_a_pymysql_cursor_class_is_refused() -> None:
 
     with pytest.raises(sqlrouter.ProgrammingError, match="not an aiomysql cursor class"):
         connect_args("shop", {"cursorclass": pymysql.cursors.DictCursor})
-    args, _ = connect_args("shop", {"cursorclass": sqlrouter.aio.DictCursor})
+    args = connect_args("shop", {"cursorclass": sqlrouter.aio.DictCursor})
     assert args["cursorclass"] is sqlrouter.aio.DictCursor
 
 
 def test_tls_is_set_up_as_pymysql_sets_it_up() -> None:
-    preferred, required = connect_args("shop", {"charset": "utf8mb4"})
-    assert isinstance(preferred["ssl"], ssl.SSLContext) and not required
-    assert preferred["charset"] == "utf8mb4"
-    disabled, required = connect_args("shop", {"ssl_disabled": True})
-    assert disabled["ssl"] is None and not required
-    asked, required = connect_args("shop", {"ssl_verify_cert": True})
-    assert isinstance(asked["ssl"], ssl.SSLContext) and required
-    assert asked["ssl"].verify_mode is ssl.CERT_REQUIRED
+    assert connect_args("shop", {"charset": "utf8mb4"}) == {"charset": "utf8mb4"}
+    preferred, required = build_tls({"charset": "utf8mb4"})
+    assert isinstance(preferred, ssl.SSLContext) and not required
+    disabled, required = build_tls({"ssl_disabled": True})
+    assert disabled is None and not required
+    asked, required = build_tls({"ssl_verify_cert": True})
+    assert isinstance(asked, ssl.SSLContext) and required
+    assert asked.verify_mode is ssl.CERT_REQUIRED
     # As in PyMySQL: a false verify option alone asks for nothing (TLS preferred).
-    _, required = connect_args("shop", {"ssl_verify_cert": False})
+    _, required = build_tls({"ssl_verify_cert": False})
     assert not required
+
+
+def test_tls_is_built_once_per_set_of_ssl_options() -> None:
+    options = {"ssl": {"check_hostname": False, "verify_mode": 0}, "charset": "x"}
+    built = build_tls(options)
+    # The same ssl options (another mapping, other non-ssl options): found, not rebuilt.
+    assert tls_cached({"ssl": {"verify_mode": 0, "check_hostname": False}}) is built
+    assert build_tls({"ssl": {"verify_mode": 0, "check_hostname": False}}) is built
+    assert tls_cached({"ssl": {"check_hostname": True}}) is None
 
 
 def test_bad_input_raises_before_anything_is_awaited() -> None:

@@ -49,16 +49,17 @@ def test_session_setup_on_the_master_replica_and_a_wait() -> None:
     on_master = ConnState(relaxed=False, session=Session())
     on_master.opened(on_master=True)
     decision = Decision(snap.service.datasources[0], "master", on_master=True)
-    assert session_setup(on_master, snap, decision).track_gtid  # the master lacks it
+    assert session_setup(on_master, snap, decision, 0).track_gtid  # the master lacks it
     assert on_master.checked_version == 0
     reader = ConnState(relaxed=True, session=Session())
     reader.opened(on_master=False)
-    setup = session_setup(reader, snap, Decision(snap.service.datasources[1], "replica"))
+    setup = session_setup(reader, snap, Decision(snap.service.datasources[1], "replica"), 0)
     assert setup.wait_for is None and not setup.track_gtid
     assert reader.session is not None and reader.session.token == tok("0-1-15")  # monotonic
     waiting = ConnState(relaxed=True, session=Session("0-1-18"))
     needs = Decision(snap.service.datasources[1], "replica", needs_wait=tok("0-1-18"))
-    assert session_setup(waiting, snap, needs).wait_for == tok("0-1-18")
+    setup = session_setup(waiting, snap, needs, 7)
+    assert setup.wait_for == tok("0-1-18") and setup.version == 7  # the routing's version
     assert waiting.checked_version == -1  # checked once the wait succeeded
 
 
