@@ -203,10 +203,22 @@ def encode(published: Published, key: str) -> bytes:
 
 
 def decode(data: bytes, key: str, service: Service, now: float) -> Published:
-    """Parse and check a file's content; :class:`ShareError` says what is wrong."""
+    """Parse and check a file's content; :class:`ShareError` says what is wrong (and
+    nothing else escapes: whatever the content, a reader refuses it and probes)."""
+    try:
+        return _decode(data, key, service, now)
+    except ShareError:
+        raise
+    except RecursionError:  # nesting deeper than the interpreter's stack
+        raise ShareError("not JSON (nested too deep: recursion limit)") from None
+    except Exception as exc:  # noqa: BLE001 - int() over 4300 digits, float() overflow...
+        raise ShareError(f"malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(data: bytes, key: str, service: Service, now: float) -> Published:
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # also int() refusing over 4300 digits
         raise ShareError(f"not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise ShareError("not a JSON object")
@@ -466,6 +478,8 @@ class Share:
             chunks = []
             while chunk := os.read(fd, MAX_FILE_BYTES + 1):
                 chunks.append(chunk)
+        except OSError as exc:
+            raise ShareError(f"cannot read it: {exc.strerror}") from None
         finally:
             os.close(fd)
         # The caller's ``now`` was read before this (maybe long before, on a loaded

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -101,6 +102,48 @@ def test_a_wrong_file_is_refused_saying_why(change: object, why: str) -> None:
     change(doc)  # type: ignore[operator]
     with pytest.raises(ShareError, match=why):
         decode(json.dumps(doc).encode(), KEY, SERVICE, NOW)
+
+
+def _huge_lag(doc: dict[str, Any]) -> None:
+    doc["health"][0]["lag"] = -(10**400)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b'{"pid":' + b"1" * 5000 + b"}", "digits"),  # int() refuses over 4300 digits
+        (b"[" * 100_000, "recursion"),  # nesting deeper than the interpreter's stack
+        (lambda d: d.update(lease_at=-(10**400)), "too large"),  # float() overflows
+        (_huge_lag, "too large"),
+    ],
+)
+def test_a_file_that_breaks_the_parser_is_refused(data: object, why: str) -> None:
+    if callable(data):
+        doc = json.loads(encode(Published(1, "x", False, NOW, NOW, health()), KEY))
+        data(doc)
+        data = json.dumps(doc).encode()
+    assert isinstance(data, bytes)
+    with pytest.raises(ShareError, match=why):
+        decode(data, KEY, SERVICE, NOW)
+
+
+def test_a_follower_probes_around_a_file_that_breaks_the_parser(
+    directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    a.path.write_bytes(b"[" * 100_000)
+    b = Share(directory)
+    with caplog.at_level(logging.WARNING, logger="sqlrouter.monitor"):
+        assert b.lead(SERVICE, NOW + 0.01) is True  # probes, and replaces the file
+    assert "is unusable" in caplog.text
+    assert b.role == "publisher"
+    b.publish(NOW + 0.01, health(), NOW + 0.02)
+    # The old publisher, and anyone, read the replaced file.
+    assert a.publish(NOW + 0.02, health(), NOW + 0.03) is False
+    assert a.lead(SERVICE, NOW + 0.04) is False
+    assert a.take() == (NOW + 0.01, health())
 
 
 JSON = st.recursive(
