@@ -489,7 +489,12 @@ class Monitor:
         """
         service = self._service
         promoted = self._promoted
-        health = compute_health(observations, service.datasources, promoted=promoted)
+        health = compute_health(
+            observations,
+            service.datasources,
+            promoted=promoted,
+            monitor_interval=service.monitor_interval,
+        )
         with self._lock:
             previous = self._snapshot
             snap = Snapshot(
