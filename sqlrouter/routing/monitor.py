@@ -346,6 +346,10 @@ class Monitor:
         service = self._service
         with self._lock:
             previous = self._snapshot
+            if taken_at <= previous.taken_at:
+                # Older than what this process routes on (its own last round, before it
+                # followed; a late write of a replaced publisher): not installed.
+                return
             promoted = self._promoted
             snap = Snapshot(
                 service=service,

@@ -377,8 +377,8 @@ class Share:
         read = self._read
         if self.role != "follower" or read is None or read.health is None:
             return None
-        if read.taken_at == self._taken or read.taken_at is None:
-            return None
+        if read.taken_at is None or (self._taken is not None and read.taken_at <= self._taken):
+            return None  # handed over already, or older than the last one handed over
         self._taken = read.taken_at
         return read.taken_at, read.health
 

@@ -5,9 +5,11 @@ foreign or half-written file does (a WARNING and probing, never a crash or a rou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from hypothesis import strategies as st
 
 from sqlrouter.gtid import CausalToken
 from sqlrouter.routing.health import Health
+from sqlrouter.routing.lag import Observation
+from sqlrouter.routing.monitor import Monitor
 from sqlrouter.routing.shared import (
     LEASE_INTERVALS,
     Published,
@@ -26,7 +30,7 @@ from sqlrouter.routing.shared import (
     encode,
     service_key,
 )
-from sqlrouter.topology import DataSource, Role, Service
+from sqlrouter.topology import Credentials, DataSource, Role, Service
 
 SERVICE = Service(
     "shop",
@@ -297,3 +301,32 @@ def test_after_fork_a_publisher_copy_is_a_follower(directory: Path) -> None:
     # this test runs in one process, so the "parent" is this pid too: still alive.
     assert a.lead(SERVICE, NOW + 0.01) is False
     assert a.take() == (NOW, health())
+
+
+def test_a_follower_never_installs_a_round_older_than_its_snapshot(directory: Path) -> None:
+    # This process published a round of its own (as the publisher, or alone) and now
+    # follows another one whose file holds an older round (it took over with the old
+    # file's round, or a stalled publisher's late write): that round is not installed.
+    other, mine = Share(directory), Share(directory)
+    monitor = Monitor(
+        dataclasses.replace(SERVICE, monitor_credentials=Credentials("m", "pw")), share=mine
+    )
+    monitor.publish(
+        [
+            Observation("db1", time.monotonic(), True, server_id=1, read_only=False),
+            Observation("db2", time.monotonic(), True, server_id=2, read_only=True),
+        ]
+    )
+    before = monitor.snapshot
+    now = time.monotonic()
+    assert other.lead(SERVICE, now) is True
+    other.publish(before.taken_at - 1.0, health(before.taken_at - 1.1), now)
+    assert mine.lead(SERVICE, now) is False
+    monitor._follow(mine)
+    assert monitor.snapshot is before
+    # A newer round is installed.
+    other.publish(before.taken_at + 0.5, health(before.taken_at + 0.4), time.monotonic())
+    assert mine.lead(SERVICE, time.monotonic()) is False
+    monitor._follow(mine)
+    assert monitor.snapshot.taken_at == before.taken_at + 0.5
+    assert monitor.snapshot.generation == before.generation + 1
