@@ -517,6 +517,9 @@ class Monitor:
             # Only rounds whose probes logged in: a mistyped password of this process's
             # first connect must not be what the other processes see.
             share.publish(snap.taken_at, health, self._clock())
+        elif share is not None:
+            # Nor does it keep the file (and its followers) without rounds.
+            share.step_down(self._clock(), "its probes have not logged in")
         mastership = resolve_master(service.datasources, health, promoted=promoted)
         self._maybe_write_heartbeat(service, mastership)
         self._warn_split_brain(snap, mastership)

@@ -319,6 +319,8 @@ class Share:
         self._warned: str | None = None
         #: Since when the lock could not be had (``None``: it could, last time).
         self._lock_failed_since: float | None = None
+        #: When it last stepped down because its rounds cannot be published.
+        self._stood_down_at: float | None = None
         self.changes = 0
 
     def __repr__(self) -> str:
@@ -348,6 +350,7 @@ class Share:
         self._signature = None
         self._read = None
         self._taken = None
+        self._stood_down_at = None
 
     # -- the monitor's calls ---------------------------------------------------------
 
@@ -370,6 +373,10 @@ class Share:
                 logger.info("service %r: following the snapshots of pid %d", service.name, read.pid)
             self.role = "follower"
             return False
+        since = self._stood_down_at
+        if since is not None and now - since < LEASE_INTERVALS * service.monitor_interval:
+            self.role = "alone"  # leaves the file to a process that can publish
+            return True
         return self._elect(service, now)
 
     def take(self) -> tuple[float, Mapping[str, Health]] | None:
@@ -394,6 +401,21 @@ class Share:
         if self.role == "publisher":
             read = self._read
             self._write_if_mine(now, None if read is None else read.taken_at, None, keep=True)
+
+    def step_down(self, now: float, why: str) -> None:
+        """This process's rounds cannot be published (``why``: its probes' login was
+        refused): stop publishing, so that a follower takes over at its next poll, and
+        do not claim the file again for :data:`LEASE_INTERVALS` intervals (meanwhile it
+        follows a publisher if one appears, else it probes alone)."""
+        self._stood_down_at = now
+        if self.role == "publisher":
+            logger.warning(
+                "service %r: this process's rounds cannot be shared (%s): handing the "
+                "snapshots over",
+                self._service_name(),
+                why,
+            )
+            self.resign(now)
 
     def resign(self, now: float) -> None:
         """Stop publishing and say so, so that a follower takes over at its next poll."""

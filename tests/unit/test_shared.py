@@ -330,3 +330,38 @@ def test_a_follower_never_installs_a_round_older_than_its_snapshot(directory: Pa
     monitor._follow(mine)
     assert monitor.snapshot.taken_at == before.taken_at + 0.5
     assert monitor.snapshot.generation == before.generation + 1
+
+
+def test_a_publisher_whose_logins_are_refused_hands_over(directory: Path) -> None:
+    # Its probes' login is refused (a mistyped password in its URL): its rounds are
+    # not published, and it does not keep the file either.
+    mine, other = Share(directory), Share(directory)
+    monitor = Monitor(SERVICE, credentials=Credentials("app", "wrong"), share=mine)
+    now = time.monotonic()
+    assert mine.lead(SERVICE, now) is True
+    assert other.lead(SERVICE, now) is False
+    refused = "Access denied for user 'app'"
+    monitor.publish(
+        [
+            Observation("db1", time.monotonic(), False, error=refused, error_code=1045),
+            Observation("db2", time.monotonic(), False, error=refused, error_code=1045),
+        ]
+    )
+    assert mine.role != "publisher"
+    # Another process takes over at its next poll (not after the lease), and this one
+    # follows it.
+    assert other.lead(SERVICE, now + 0.01) is True
+    other.publish(now + 0.01, health(now), now + 0.02)
+    assert mine.lead(SERVICE, now + 0.03) is False
+    assert mine.take() == (now + 0.01, health(now))
+    # Alone, it probes for itself without claiming the file back until the lease
+    # would have run out; then it may try again.
+    (directory / "alone").mkdir(mode=0o700)
+    alone = Share(directory / "alone")
+    assert alone.lead(SERVICE, now) is True
+    alone.step_down(now, "refused")
+    lease = LEASE_INTERVALS * SERVICE.monitor_interval
+    assert alone.lead(SERVICE, now + lease / 2) is True
+    assert alone.role == "alone"
+    assert alone.lead(SERVICE, now + lease + 0.01) is True
+    assert alone.role == "publisher"
