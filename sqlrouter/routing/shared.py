@@ -11,8 +11,9 @@ The directory and its files
     ``DIR/NAME-KEY.json`` holds the last published round, ``DIR/NAME-KEY.lock`` is
     locked (``lockf``) for the instant it takes to read and replace it.  ``KEY`` is a
     hash of what the observations depend on (the datasources' addresses, the heartbeat
-    table, the interval, the probe timeout): processes that define the service alike
-    share, the others do not.  ``DIR`` is private (mode 0700, owned by the user, the
+    table, the interval, the probe timeout) and of the file's format version: processes
+    that define the service alike (and run versions that read the same format) share,
+    the others do not.  ``DIR`` is private (mode 0700, owned by the user, the
     control socket's directory: :mod:`sqlrouter._runtime` checks it); a file that is not
     a regular file of this user, that is too big, malformed, from another boot, or that
     names other datasources is refused with one WARNING line, and this process probes
@@ -126,6 +127,9 @@ _BOOT: Final = _boot_id()
 def service_key(service: Service) -> str:
     """A file-name-safe id of what a round's observations depend on (no secret)."""
     what = {
+        # Versions of the format have files of their own: during an upgrade, each
+        # version would find the other's file unusable and replace it, endlessly.
+        "format": _FORMAT,
         "name": service.name,
         "datasources": [(ds.name, ds.host, ds.port) for ds in service.datasources],
         "heartbeat": [service.heartbeat.enabled, service.heartbeat.table],

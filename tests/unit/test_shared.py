@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sqlrouter.gtid import CausalToken
+from sqlrouter.routing import shared
 from sqlrouter.routing.health import Health
 from sqlrouter.routing.lag import Observation
 from sqlrouter.routing.monitor import Monitor
@@ -365,3 +366,22 @@ def test_a_publisher_whose_logins_are_refused_hands_over(directory: Path) -> Non
     assert alone.role == "alone"
     assert alone.lead(SERVICE, now + lease + 0.01) is True
     assert alone.role == "publisher"
+
+
+def test_two_versions_of_the_format_do_not_take_over_from_each_other(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # During an upgrade, processes of the old and the new version run on one host:
+    # each would find the other's file unusable and replace it, endlessly.  The
+    # format is part of the file's name: each version has its own publisher.
+    old = Share(directory)
+    assert old.lead(SERVICE, NOW) is True
+    assert old.publish(NOW, health(), NOW)
+    monkeypatch.setattr(shared, "_FORMAT", shared._FORMAT + 1)
+    new = Share(directory)
+    assert new.lead(SERVICE, NOW + 0.01) is True
+    assert new.path != old.path
+    assert new.publish(NOW + 0.01, health(), NOW + 0.02)
+    monkeypatch.undo()
+    assert old.publish(NOW + 0.02, health(), NOW + 0.03) is True
+    assert old.role == "publisher"
