@@ -21,12 +21,15 @@ The directory and its files
     by ``rename()``: a reader never sees half of one.
 
 The lease
-    The file names its publisher (pid, a random id, whether it is an agent) and when it
+    The file names its publisher (pid, PID namespace and start time, a random id,
+    whether it is an agent) and when it
     last wrote (``lease_at``, ``time.monotonic()``: CLOCK_MONOTONIC is one clock for
     every process of a host).  The publisher writes every round, and every monitor
     interval while a round waits for a frozen server.  A follower takes over (under the
     lock, after reading the file again) when the publisher's pid is gone (it died or
-    exited: at its next poll), when it resigned (it stopped: at once), or when the lease
+    exited: at its next poll; a zombie, or a pid that now names a process or thread
+    started at another time, is gone; from another PID namespace only the lease
+    counts), when it resigned (it stopped: at once), or when the lease
     is older than :data:`LEASE_INTERVALS` intervals (it stalls: a stopped process, a
     starved thread): within two intervals in each case.  (On a machine so loaded that
     the publisher's thread misses its turn by that much, a follower takes over: safe,
@@ -41,6 +44,9 @@ Reading stays off the statement path
     round of its own: connections read it from memory.  The freshness bound applies
     unchanged (the snapshot keeps the publisher's ``taken_at``): a follower never routes
     on a round older than ``Snapshot.max_age``, whoever made it.
+
+(Over 600 lines: the file's format, its checks and the election are one protocol, best
+read together.)
 
 What stays per process: the operator's routing-level state (``offline``, ``promote``
 through the control socket), the open connections and their invalidation, events.
@@ -98,7 +104,7 @@ MAX_FILE_BYTES: Final = 1 << 20
 #: slow is common, and a herd of processes probing alone would load it more.
 LOCK_TIMEOUT: Final = 0.2
 LOCK_GIVE_UP_INTERVALS: Final = 10.0
-_FORMAT: Final = 1
+_FORMAT: Final = 2
 #: The largest process id Linux gives (``pid_max`` cannot exceed it).
 _PID_MAX: Final = 4_194_304
 
@@ -154,6 +160,11 @@ class Published:
     #: The round: when it ended, and what it observed (``None``: no round yet).
     taken_at: float | None = None
     health: Mapping[str, Health] | None = None
+    #: The publisher's PID namespace (an inode number) and start time (clock ticks
+    #: after boot; 0: unknown): its ``pid`` is only looked up from the same namespace,
+    #: and must still name the process that started then.
+    pidns: int = 0
+    started: int = 0
 
 
 _HEALTH_FIELDS: Final = {f.name: f for f in dataclasses.fields(Health)}
@@ -199,6 +210,8 @@ def encode(published: Published, key: str) -> bytes:
             "publisher": published.publisher,
             "agent": published.agent,
             "lease_at": published.lease_at,
+            "pidns": published.pidns,
+            "started": published.started,
             "taken_at": published.taken_at,
             "health": health,
         },
@@ -238,6 +251,7 @@ def _decode(data: bytes, key: str, service: Service, now: float) -> Published:
         raise ShareError(f"pid {pid!r} is not a process id")
     if not isinstance(publisher, str) or not isinstance(agent, bool):
         raise ShareError("publisher or agent missing")
+    pidns, started = _count(doc.get("pidns"), "pidns"), _count(doc.get("started"), "started")
     lease = _time(lease_at, "lease_at", now)
     if lease is None:
         raise ShareError("lease_at is missing")
@@ -266,7 +280,15 @@ def _decode(data: bytes, key: str, service: Service, now: float) -> Published:
         lease_at=lease,
         taken_at=taken,
         health=health,
+        pidns=pidns,
+        started=started,
     )
+
+
+def _count(value: object, what: str) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64):
+        raise ShareError(f"{what} {value!r} is not a count")
+    return value
 
 
 def _time(value: object, what: str, now: float) -> float | None:
@@ -446,8 +468,14 @@ class Share:
             return False
         if self.agent and not read.agent:
             return False
-        lease = LEASE_INTERVALS * service.monitor_interval
-        return now - read.lease_at <= lease and _pid.exists(read.pid)
+        if now - read.lease_at > LEASE_INTERVALS * service.monitor_interval:
+            return False
+        _, pidns, _ = _pid.identity()
+        if not pidns or read.pidns != pidns:
+            # Another PID namespace (a sidecar agent, a container sharing the
+            # directory): its pid means nothing here; the lease decides alone.
+            return True
+        return _pid.running(read.pid, read.started)
 
     def _refresh(self, service: Service, now: float) -> str | None:
         """Read the file again if it changed (one ``stat()`` otherwise)."""
@@ -571,7 +599,7 @@ class Share:
                 return False
             taken_at = current.taken_at if current is not None else None
             health = current.health if current is not None else None
-            claim = Published(os.getpid(), self._me, self.agent, now, taken_at, health)
+            claim = self._mine(now, taken_at, health)
             if not self._write(claim):
                 return self._alone("it cannot be written")
             self._read = claim
@@ -620,10 +648,16 @@ class Share:
                 return False
             if keep:
                 taken_at, health = current.taken_at, current.health
-            mine = Published(os.getpid(), self._me, self.agent, now, taken_at, health)
+            mine = self._mine(now, taken_at, health)
             self._write(mine)
             self._read = mine
         return True
+
+    def _mine(
+        self, now: float, taken_at: float | None, health: Mapping[str, Health] | None
+    ) -> Published:
+        pid, pidns, started = _pid.identity()
+        return Published(pid, self._me, self.agent, now, taken_at, health, pidns, started)
 
     def _write(self, published: Published) -> bool:
         tmp = self.directory / f".{self._key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"

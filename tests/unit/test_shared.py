@@ -89,7 +89,9 @@ def test_the_key_names_what_observations_depend_on_and_no_secret() -> None:
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        (lambda d: d.update(format=2), "format"),
+        (lambda d: d.update(format=99), "format"),
+        (lambda d: d.update(pidns=-1), "pidns"),
+        (lambda d: d.update(started="1"), "started"),
         (lambda d: d.update(key="other"), "another definition"),
         (lambda d: d.update(boot="another-boot"), "boot"),
         (lambda d: d.update(lease_at=NOW + 60), "in the future"),
@@ -385,3 +387,60 @@ def test_two_versions_of_the_format_do_not_take_over_from_each_other(
     monkeypatch.undo()
     assert old.publish(NOW + 0.02, health(), NOW + 0.03) is True
     assert old.role == "publisher"
+
+
+def _rewrite(path: Path, **fields: object) -> None:
+    doc = json.loads(path.read_bytes())
+    doc.update(fields)
+    path.write_text(json.dumps(doc))
+
+
+def _start_time(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
+def test_a_publisher_in_another_pid_namespace_is_judged_by_its_lease(directory: Path) -> None:
+    # A sidecar agent in its own PID namespace: its pid means nothing here (it may be
+    # no process, or another one, of this namespace).  Not replaced while its lease
+    # holds, replaced when it runs out.
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only exits
+        os._exit(0)
+    os.waitpid(pid, 0)  # no such process here
+    pidns = os.stat("/proc/self/ns/pid").st_ino
+    _rewrite(a.path, pid=pid, pidns=pidns + 1, started=12345)
+    b = Share(directory)
+    assert b.lead(SERVICE, NOW + 0.01) is False
+    lease = LEASE_INTERVALS * SERVICE.monitor_interval
+    assert b.lead(SERVICE, NOW + lease + 0.01) is True
+
+
+def test_a_zombie_or_a_reused_pid_is_no_publisher(directory: Path) -> None:
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only exits
+        os.close(read)
+        os.write(write, b"x")
+        os._exit(0)
+    os.close(write)
+    try:
+        os.read(read, 1)
+        started = _start_time(pid)
+        # Not reaped yet: a zombie (its pid answers signal 0).
+        while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            time.sleep(0.01)
+        _rewrite(a.path, pid=pid, started=started)
+        assert Share(directory).lead(SERVICE, NOW + 0.01) is True
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    # A pid that now names another process (this one; or a thread's id): its start
+    # time is not the publisher's.
+    _rewrite(a.path, pid=os.getpid(), started=_start_time(os.getpid()) + 1, publisher="old")
+    assert Share(directory).lead(SERVICE, NOW + 0.02) is True
