@@ -105,7 +105,20 @@ def work(rw_url: str, ro_url: str, status: Path, *, check: bool, watch: Path | N
     snapshot (in memory) and records when the master or the excluded set changed."""
     signal.signal(signal.SIGTERM, _stop)
     rw, ro = _connect(rw_url), _connect(ro_url)
-    checks: dict[str, Any] = {"errors": [], "rw_on": None, "ro_on": None, "queries": 0}
+    checks: dict[str, Any] = {
+        "errors": [],
+        "error_count": 0,
+        "rw_on": None,
+        "ro_on": None,
+        # Every distinct (server_id, read_only) that answered a RW_STRICT query.
+        "rw_seen": [],
+        "queries": 0,
+        # The oldest snapshot seen (seconds), its bound (Snapshot.max_age), and how
+        # many looks found it past that bound.
+        "max_age": 0.0,
+        "bound": None,
+        "stale": 0,
+    }
     changes: list[tuple[float, str | None, tuple[str, ...]]] = []
     tmp = status.with_name(status.name + ".tmp")
     written = 0.0
@@ -121,12 +134,22 @@ def work(rw_url: str, ro_url: str, status: Path, *, check: bool, watch: Path | N
                         row = cur.fetchone()
                     assert row is not None
                     checks[f"{name}_on"] = [int(row[0]), int(row[1])]
+                    if name == "rw" and checks["rw_on"] not in checks["rw_seen"]:
+                        checks["rw_seen"] = [*checks["rw_seen"], checks["rw_on"]]
                     checks["queries"] += 1
                 except sqlrouter.Error as exc:
+                    checks["error_count"] += 1
                     checks["errors"] = [*checks["errors"], f"{name}: {exc}"][-5:]
                     with contextlib.suppress(sqlrouter.Error):
                         conn.ping(reconnect=True)
         now = time.monotonic()
+        hs = handles()
+        if hs:
+            snap = hs[0].monitor.snapshot
+            age = now - snap.taken_at
+            checks["max_age"] = max(checks["max_age"], age)
+            checks["bound"] = snap.max_age
+            checks["stale"] += age > snap.max_age
         master, excluded = _facts()
         changed = not changes or changes[-1][1:] != (master, excluded)
         if changed:
