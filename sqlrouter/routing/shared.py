@@ -640,11 +640,11 @@ class Share:
             if current is None or current.publisher != self._me:
                 self.role = "follower"
                 self._read, self._signature = current, None
-                logger.info(
-                    "service %r: another process (pid %s) took over the snapshots; following it",
-                    self._service_name(),
-                    current.pid if current is not None else "?",
-                )
+                if current is not None and current.pid:
+                    who = f"another process (pid {current.pid}) took over the snapshots"
+                else:
+                    who = "the snapshot file no longer names this process (replaced meanwhile)"
+                logger.info("service %r: %s; following it", self._service_name(), who)
                 return False
             if keep:
                 taken_at, health = current.taken_at, current.health

@@ -444,3 +444,18 @@ def test_a_zombie_or_a_reused_pid_is_no_publisher(directory: Path) -> None:
     # time is not the publisher's.
     _rewrite(a.path, pid=os.getpid(), started=_start_time(os.getpid()) + 1, publisher="old")
     assert Share(directory).lead(SERVICE, NOW + 0.02) is True
+
+
+def test_a_replaced_publisher_says_who_replaced_it(
+    directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = Share(directory), Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    lease = LEASE_INTERVALS * SERVICE.monitor_interval
+    assert b.lead(SERVICE, NOW + lease + 0.01) is True
+    b.resign(NOW + lease + 0.02)  # the file names nobody now
+    with caplog.at_level(logging.INFO, logger="sqlrouter.monitor"):
+        assert a.publish(NOW + lease, health(), NOW + lease + 0.03) is False
+    assert "pid 0" not in caplog.text
+    assert "no longer names this process" in caplog.text
