@@ -347,6 +347,8 @@ class Share:
         self._lock_failed_since: float | None = None
         #: When it last stepped down because its rounds cannot be published.
         self._stood_down_at: float | None = None
+        #: The last write failed (logged once until one succeeds: a full disk).
+        self._write_failed = False
         self.changes = 0
 
     def __repr__(self) -> str:
@@ -599,6 +601,7 @@ class Share:
                 return False
             taken_at = current.taken_at if current is not None else None
             health = current.health if current is not None else None
+            self._remove_orphans()
             claim = self._mine(now, taken_at, health)
             if not self._write(claim):
                 return self._alone("it cannot be written")
@@ -676,11 +679,37 @@ class Share:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            logger.warning(
-                "service %r: cannot write the shared snapshot file %s: %s",
+            if not self._write_failed:
+                logger.warning(
+                    "service %r: cannot write the shared snapshot file %s: %s (said once "
+                    "until a write succeeds)",
+                    self._service_name(),
+                    self.path,
+                    exc.strerror,
+                )
+            self._write_failed = True
+            return False
+        if self._write_failed:
+            self._write_failed = False
+            logger.info(
+                "service %r: this process writes the shared snapshot file %s again",
                 self._service_name(),
                 self.path,
-                exc.strerror,
             )
-            return False
         return True
+
+    def _remove_orphans(self) -> None:
+        """Remove this file's temporary copies left by writers killed before their
+        ``rename()`` (``.KEY.PID.HEX.tmp`` of a pid that no longer runs)."""
+        prefix = f".{self._key}."
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            if not (name.startswith(prefix) and name.endswith(".tmp")):
+                continue
+            pid = name[len(prefix) :].split(".", 1)[0]
+            if pid.isdigit() and not _pid.exists(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.directory / name)

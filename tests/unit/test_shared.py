@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -459,3 +460,45 @@ def test_a_replaced_publisher_says_who_replaced_it(
         assert a.publish(NOW + lease, health(), NOW + lease + 0.03) is False
     assert "pid 0" not in caplog.text
     assert "no longer names this process" in caplog.text
+
+
+def test_a_new_publisher_removes_the_temporary_files_of_dead_writers(directory: Path) -> None:
+    # A publisher killed between writing its temporary file and renaming it leaves it.
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only exits
+        os._exit(0)
+    os.waitpid(pid, 0)
+    key = a.path.stem
+    dead = directory / f".{key}.{pid}.0123abcd.tmp"
+    live = directory / f".{key}.{os.getpid()}.4567cdef.tmp"  # being written right now
+    other = directory / f".other-key.{pid}.0123abcd.tmp"
+    for path in (dead, live, other):
+        path.write_bytes(b"{}")
+    a.resign(NOW)
+    assert Share(directory).lead(SERVICE, NOW + 0.01) is True
+    assert not dead.exists()
+    assert live.exists() and other.exists()
+
+
+def test_a_write_that_keeps_failing_is_logged_once(
+    directory: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with caplog.at_level(logging.INFO, logger="sqlrouter.monitor"):
+        monkeypatch.setattr(os, "write", full)  # a full disk
+        for i in range(5):
+            a.renew(NOW + i * 0.1)
+        monkeypatch.undo()
+        a.renew(NOW + 0.6)
+    failed = [r for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(failed) == 1
+    assert "No space left" in failed[0].getMessage()
+    assert "writes the shared snapshot file" in caplog.text
+    assert caplog.records[-1].getMessage().endswith(" again")
