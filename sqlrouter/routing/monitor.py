@@ -323,7 +323,10 @@ class Monitor:
             interval = service.monitor_interval
             wait = interval * random.uniform(0.9, 1.1)  # noqa: S311
             try:
-                if self.share is not None and not self.share.lead(service, started):
+                account = self._credentials.user
+                if self.share is not None and not self.share.lead(
+                    service, started, account=account
+                ):
                     self._stop_probing()
                     self._follow(self.share)
                     wait = interval / POLLS_PER_INTERVAL

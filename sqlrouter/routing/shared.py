@@ -11,7 +11,8 @@ The directory and its files
     ``DIR/NAME-KEY.json`` holds the last published round, ``DIR/NAME-KEY.lock`` is
     locked (``lockf``) for the instant it takes to read and replace it.  ``KEY`` is a
     hash of what the observations depend on (the datasources' addresses, the heartbeat
-    table, the interval, the probe timeout) and of the file's format version: processes
+    table, the interval, the probe timeout, the probes' account) and of the file's
+    format version: processes
     that define the service alike (and run versions that read the same format) share,
     the others do not.  ``DIR`` is private (mode 0700, owned by the user, the
     control socket's directory: :mod:`sqlrouter._runtime` checks it); a file that is not
@@ -130,9 +131,11 @@ def _boot_id() -> str:
 _BOOT: Final = _boot_id()
 
 
-def service_key(service: Service) -> str:
-    """A file-name-safe id of what a round's observations depend on (no secret)."""
+def service_key(service: Service, account: str = "") -> str:
+    """A file-name-safe id of what a round's observations depend on (no secret):
+    ``account`` is the user the probes log in as (its grants, a server refusing it)."""
     what = {
+        "account": account,
         # Versions of the format have files of their own: during an upgrade, each
         # version would find the other's file unusable and replace it, endlessly.
         "format": _FORMAT,
@@ -337,6 +340,7 @@ class Share:
         self.role = "follower"
         self._me = secrets.token_hex(8)
         self._key = ""
+        self._account = ""
         self._service: Service | None = None
         self._signature: tuple[int, int, int] | None = None
         self._read: Published | None = None
@@ -382,10 +386,16 @@ class Share:
 
     # -- the monitor's calls ---------------------------------------------------------
 
-    def lead(self, service: Service, now: float) -> bool:
+    def lead(self, service: Service, now: float, *, account: str = "") -> bool:
         """Whether this process probes this time (a publisher, or alone); a follower
-        whose publisher is gone or stalled tries to take over first."""
-        key = self._key if service is self._service else service_key(service)
+        whose publisher is gone or stalled tries to take over first.  ``account``: the
+        user this process's probes log in as (processes of other accounts do not
+        share)."""
+        if service is self._service and account == self._account:
+            key = self._key
+        else:
+            key = service_key(service, account)
+        self._account = account
         if key != self._key:
             if self.role == "publisher":
                 self.resign(now)

@@ -502,3 +502,15 @@ def test_a_write_that_keeps_failing_is_logged_once(
     assert "No space left" in failed[0].getMessage()
     assert "writes the shared snapshot file" in caplog.text
     assert caplog.records[-1].getMessage().endswith(" again")
+
+
+def test_processes_probing_with_other_accounts_do_not_share(directory: Path) -> None:
+    # What a probe sees depends on its account (its grants, a server refusing it):
+    # a process is not routed on another account's observations.
+    app, report = Share(directory), Share(directory)
+    assert app.lead(SERVICE, NOW, account="app") is True
+    assert report.lead(SERVICE, NOW, account="report") is True  # a file of its own
+    assert app.path != report.path
+    assert service_key(SERVICE, "app") != service_key(SERVICE, "report")
+    same = Share(directory)
+    assert same.lead(SERVICE, NOW, account="app") is False  # follows app's publisher
