@@ -15,7 +15,8 @@ The directory and its files
     format version: processes
     that define the service alike (and run versions that read the same format) share,
     the others do not.  ``DIR`` is private (mode 0700, owned by the user, the
-    control socket's directory: :mod:`sqlrouter._runtime` checks it); a file that is not
+    control socket's directory: :mod:`sqlrouter._runtime` checks it, and each use opens it
+    again without following a symlink and checks it again); a file that is not
     a regular file of this user, that is too big, malformed, from another boot, or that
     names other datasources is refused with one WARNING line, and this process probes
     for itself (then replaces the file when it wins the election).  A file is replaced
@@ -489,13 +490,41 @@ class Share:
             return True
         return _pid.running(read.pid, read.started)
 
+    @contextlib.contextmanager
+    def _dir(self) -> Iterator[int]:
+        """The directory, opened and checked again at each use (it was checked when
+        this process started watching; it may have been replaced since): a directory,
+        not a symlink, this user's, closed to others.  :class:`ShareError`."""
+        try:
+            fd = os.open(
+                self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+        except OSError as exc:
+            raise ShareError(
+                f"its directory cannot be opened (a symlink? gone?): {exc.strerror}"
+            ) from None
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise ShareError(
+                    f"its directory is not private (uid {st.st_uid}, mode "
+                    f"{stat_mode.S_IMODE(st.st_mode):o}; expected uid {os.getuid()}, 0700)"
+                )
+            yield fd
+        finally:
+            os.close(fd)
+
     def _refresh(self, service: Service, now: float) -> str | None:
         """Read the file again if it changed (one ``stat()`` otherwise)."""
         try:
-            st = os.stat(self.path, follow_symlinks=False)
+            with self._dir() as d:
+                st = os.stat(self.path.name, dir_fd=d, follow_symlinks=False)
         except FileNotFoundError:
             self._signature, self._read = None, None
             return None
+        except ShareError as exc:
+            self._signature, self._read = None, None
+            return self._unusable(str(exc))
         except OSError as exc:
             return self._unusable(f"cannot stat it: {exc.strerror}")
         signature = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -528,7 +557,12 @@ class Share:
         if self._service is None:
             raise ShareError("no service yet")
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with self._dir() as d:
+                fd = os.open(
+                    self.path.name,
+                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    dir_fd=d,
+                )
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -559,18 +593,22 @@ class Share:
             return None
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[bool]:
-        """The file's lock, for at most :data:`LOCK_TIMEOUT` seconds (False: not had)."""
+    def _locked(self) -> Iterator[bool | None]:
+        """The file's lock, for at most :data:`LOCK_TIMEOUT` seconds (False: not had,
+        another process holds it; ``None``: it cannot be opened, logged)."""
         with _thread_lock:
             try:
-                fd = os.open(
-                    self.directory / f"{self._key}.lock",
-                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                )
-            except OSError as exc:
-                self._unusable(f"cannot open its lock: {exc.strerror}")
-                yield False
+                with self._dir() as d:
+                    fd = os.open(
+                        f"{self._key}.lock",
+                        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o600,
+                        dir_fd=d,
+                    )
+            except (OSError, ShareError) as exc:
+                why = str(exc) if isinstance(exc, ShareError) else exc.strerror
+                self._unusable(f"cannot open its lock: {why}")
+                yield None
                 return
             try:
                 deadline = time.monotonic() + LOCK_TIMEOUT
@@ -592,6 +630,8 @@ class Share:
     def _elect(self, service: Service, now: float) -> bool:
         """Take over if, under the lock, the file still names no live publisher."""
         with self._locked() as locked:
+            if locked is None:
+                return self._alone("its lock cannot be opened")
             if not locked:
                 since = self._lock_failed_since
                 if since is None:
@@ -673,29 +713,36 @@ class Share:
         return Published(pid, self._me, self.agent, now, taken_at, health, pidns, started)
 
     def _write(self, published: Published) -> bool:
-        tmp = self.directory / f".{self._key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp = f".{self._key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         data = encode(published, self._key)
         try:
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            with self._dir() as d:
+                try:
+                    fd = os.open(
+                        tmp,
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o600,
+                        dir_fd=d,
+                    )
+                    try:
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                    finally:
+                        os.close(fd)
+                    os.replace(tmp, self.path.name, src_dir_fd=d, dst_dir_fd=d)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=d)
+                    raise
+        except (OSError, ShareError) as exc:
             if not self._write_failed:
                 logger.warning(
                     "service %r: cannot write the shared snapshot file %s: %s (said once "
                     "until a write succeeds)",
                     self._service_name(),
                     self.path,
-                    exc.strerror,
+                    str(exc) if isinstance(exc, ShareError) else exc.strerror,
                 )
             self._write_failed = True
             return False
@@ -712,14 +759,11 @@ class Share:
         """Remove this file's temporary copies left by writers killed before their
         ``rename()`` (``.KEY.PID.HEX.tmp`` of a pid that no longer runs)."""
         prefix = f".{self._key}."
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return
-        for name in names:
-            if not (name.startswith(prefix) and name.endswith(".tmp")):
-                continue
-            pid = name[len(prefix) :].split(".", 1)[0]
-            if pid.isdigit() and not _pid.exists(int(pid)):
-                with contextlib.suppress(OSError):
-                    os.unlink(self.directory / name)
+        with contextlib.suppress(OSError, ShareError), self._dir() as d:
+            for name in os.listdir(d):
+                if not (name.startswith(prefix) and name.endswith(".tmp")):
+                    continue
+                pid = name[len(prefix) :].split(".", 1)[0]
+                if pid.isdigit() and not _pid.exists(int(pid)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=d)

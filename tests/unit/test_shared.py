@@ -514,3 +514,30 @@ def test_processes_probing_with_other_accounts_do_not_share(directory: Path) -> 
     assert service_key(SERVICE, "app") != service_key(SERVICE, "report")
     same = Share(directory)
     assert same.lead(SERVICE, NOW, account="app") is False  # follows app's publisher
+
+
+def test_the_directory_is_checked_at_every_use(directory: Path) -> None:
+    # Checked when the process started watching, the directory may be replaced later
+    # (by a symlink to elsewhere, or made readable by others): nothing is written
+    # through it then, and nothing read from it is trusted.
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    assert a.publish(NOW, health(), NOW)
+    elsewhere = directory.parent / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    directory.rename(directory.parent / "moved")
+    directory.symlink_to(elsewhere)
+    a.publish(NOW + 0.01, health(), NOW + 0.02)
+    a.renew(NOW + 0.03)
+    assert list(elsewhere.iterdir()) == []
+    b = Share(directory)
+    assert b.lead(SERVICE, NOW + 0.04) is True
+    assert b.role == "alone"
+    assert list(elsewhere.iterdir()) == []
+    directory.unlink()
+    (directory.parent / "moved").rename(directory)
+    directory.chmod(0o755)
+    c = Share(directory)
+    assert c.lead(SERVICE, NOW + 0.05) is True
+    assert c.role == "alone"
+    assert c.take() is None
