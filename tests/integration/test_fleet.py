@@ -301,8 +301,9 @@ def test_the_agent_publishes_shows_in_status_and_hands_over_on_sigterm(
         )
         assert res.returncode == 0, res.stderr
         assert "snapshots: published by this process (an agent) in " in res.stdout
-        # The worker's own view says who publishes.
-        assert worker.status()["probers"] == 0
+        # The worker stopped probing (its monitoring connections close once its last
+        # probes are done).
+        wait_until(lambda: worker.status().get("probers") == 0, 30, "the worker stops probing")
         agent.send_signal(signal.SIGTERM)
         out, err = agent.communicate(timeout=60)
         assert agent.returncode == 0, err
