@@ -1,8 +1,10 @@
 """Idle application processes of a fleet, for tests/integration/test_fleet.py and
 benchmarks/bench_fleet.py.
 
-``python -m benchmarks._fleet_worker RW_URL RO_URL STATUS [--check] [--fork N --hosts
-DIR,DIR]``: a process that holds one RW_STRICT and one RO_RELAXED connection and writes
+``python -m benchmarks._fleet_worker STATUS [--check] [--fork N --hosts DIR,DIR]``, with
+the service URLs (which hold the password: never in argv, that every user of the host
+reads) in the environment variables ``FLEET_RW_URL`` and ``FLEET_RO_URL``: a process
+that holds one RW_STRICT and one RO_RELAXED connection and writes
 what its monitor sees to the JSON file STATUS (replaced atomically) every 50 ms: its
 share role, whether it writes the heartbeat, the snapshot's age, master and lags.  With
 ``--check`` it also runs a query on each connection every round and records where each
@@ -59,6 +61,10 @@ def _status(checks: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The environment variables that give the worker its service URLs.
+RW_ENV, RO_ENV = "FLEET_RW_URL", "FLEET_RO_URL"
+
+
 def _stop(signum: int, frame: object) -> None:
     sys.exit(0)
 
@@ -99,7 +105,20 @@ def work(rw_url: str, ro_url: str, status: Path, *, check: bool, watch: Path | N
     snapshot (in memory) and records when the master or the excluded set changed."""
     signal.signal(signal.SIGTERM, _stop)
     rw, ro = _connect(rw_url), _connect(ro_url)
-    checks: dict[str, Any] = {"errors": [], "rw_on": None, "ro_on": None, "queries": 0}
+    checks: dict[str, Any] = {
+        "errors": [],
+        "error_count": 0,
+        "rw_on": None,
+        "ro_on": None,
+        # Every distinct (server_id, read_only) that answered a RW_STRICT query.
+        "rw_seen": [],
+        "queries": 0,
+        # The oldest snapshot seen (seconds), its bound (Snapshot.max_age), and how
+        # many looks found it past that bound.
+        "max_age": 0.0,
+        "bound": None,
+        "stale": 0,
+    }
     changes: list[tuple[float, str | None, tuple[str, ...]]] = []
     tmp = status.with_name(status.name + ".tmp")
     written = 0.0
@@ -115,12 +134,22 @@ def work(rw_url: str, ro_url: str, status: Path, *, check: bool, watch: Path | N
                         row = cur.fetchone()
                     assert row is not None
                     checks[f"{name}_on"] = [int(row[0]), int(row[1])]
+                    if name == "rw" and checks["rw_on"] not in checks["rw_seen"]:
+                        checks["rw_seen"] = [*checks["rw_seen"], checks["rw_on"]]
                     checks["queries"] += 1
                 except sqlrouter.Error as exc:
+                    checks["error_count"] += 1
                     checks["errors"] = [*checks["errors"], f"{name}: {exc}"][-5:]
                     with contextlib.suppress(sqlrouter.Error):
                         conn.ping(reconnect=True)
         now = time.monotonic()
+        hs = handles()
+        if hs:
+            snap = hs[0].monitor.snapshot
+            age = now - snap.taken_at
+            checks["max_age"] = max(checks["max_age"], age)
+            checks["bound"] = snap.max_age
+            checks["stale"] += age > snap.max_age
         master, excluded = _facts()
         changed = not changes or changes[-1][1:] != (master, excluded)
         if changed:
@@ -134,16 +163,17 @@ def work(rw_url: str, ro_url: str, status: Path, *, check: bool, watch: Path | N
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("rw")
-    parser.add_argument("ro")
     parser.add_argument("status", type=Path)
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--watch", type=Path, default=None)
     parser.add_argument("--fork", type=int, default=0)
     parser.add_argument("--hosts", default="")
     args = parser.parse_args()
+    rw, ro = os.environ.get(RW_ENV), os.environ.get(RO_ENV)
+    if not rw or not ro:
+        parser.error(f"the service URLs go in the environment: {RW_ENV} and {RO_ENV}")
     if not args.fork:
-        work(args.rw, args.ro, args.status, check=args.check, watch=args.watch)
+        work(rw, ro, args.status, check=args.check, watch=args.watch)
         return
     hosts = [h for h in args.hosts.split(",") if h] or [os.environ.get("SQLROUTER_SHARE", "")]
     children = []
@@ -155,7 +185,7 @@ def main() -> None:
                 if hosts[i % len(hosts)]:
                     os.environ["SQLROUTER_SHARE"] = hosts[i % len(hosts)]
                 status = args.status / f"{os.getpid()}.json"
-                work(args.rw, args.ro, status, check=args.check, watch=args.watch)
+                work(rw, ro, status, check=args.check, watch=args.watch)
             except SystemExit:
                 pass
             except BaseException:  # noqa: BLE001 - a worker's failure is its exit status

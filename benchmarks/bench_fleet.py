@@ -96,7 +96,13 @@ class Fleet:
         self.watch = self.dir / "watch"
         self.watch.touch()  # every worker reports until it connected
         self.n = n
-        env = {**os.environ, "PYTHONPATH": str(code if code is not None else ROOT)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(code if code is not None else ROOT),
+            # The URLs hold the password: in the environment, not in argv.
+            "FLEET_RW_URL": sb.url("RW_STRICT", autocommit="true"),
+            "FLEET_RO_URL": sb.url("RO_RELAXED", autocommit="true"),
+        }
         env.pop("SQLROUTER_SHARE", None)
         worker = self.dir / "_fleet_worker.py"
         shutil.copy(WORKER, worker)  # run as a script: sys.path[0] is not this checkout
@@ -104,8 +110,6 @@ class Fleet:
             [
                 sys.executable,
                 str(worker),
-                sb.url("RW_STRICT", autocommit="true"),
-                sb.url("RO_RELAXED", autocommit="true"),
                 str(self.status),
                 "--fork",
                 str(n),

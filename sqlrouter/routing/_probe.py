@@ -9,6 +9,7 @@ worker threads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -49,8 +50,19 @@ HEARTBEAT_SQL = (
 
 def heartbeat_lock(table: str) -> str:
     """The name of the ``GET_LOCK()`` that the heartbeat writer of a cluster holds on
-    its master (64 characters at most, as the server requires)."""
-    return f"sqlrouter.heartbeat:{table}"[:64]
+    its master: ``sqlrouter.heartbeat:TABLE``, or, longer than the 64 characters the
+    server accepts, its start and a hash of the whole table name (cut, two tables of
+    one master with a long common prefix would share one writer)."""
+    name = f"sqlrouter.heartbeat:{table}"
+    if len(name) <= _LOCK_NAME_MAX:
+        return name
+    digest = hashlib.sha256(table.encode()).hexdigest()[:24]
+    return f"{name[: _LOCK_NAME_MAX - len(digest) - 1]}~{digest}"
+
+
+_LOCK_NAME_MAX = 64
+#: ``KILL`` of a connection that ended meanwhile (another process ended it first).
+_ER_NO_SUCH_THREAD = 1094
 
 
 #: Whether the writer's lock is held by a connection, and how old the heartbeat this
@@ -94,6 +106,8 @@ class Prober:
         self._heartbeat_ok = service.heartbeat.enabled
         #: This process holds the cluster's heartbeat lock on ``_hb_conn``.
         self.writer = False
+        #: The connection id of the stalled writer last reported.
+        self._stalled_holder: object = None
 
     def _open(self) -> Any:
         timeout = self.service.probe_timeout
@@ -117,6 +131,7 @@ class Prober:
                 conn.close()
 
     def close(self) -> None:
+        self.writer = False  # the lock lived on the heartbeat connection
         for attr in ("_conn", "_hb_conn"):
             conn = getattr(self, attr)
             setattr(self, attr, None)
@@ -126,7 +141,9 @@ class Prober:
 
     def forget(self) -> None:
         """In a forked child: drop the connections without a word to the server (they
-        are the parent's: only this process's copies of the sockets are closed)."""
+        are the parent's: only this process's copies of the sockets are closed).  The
+        writer's lock is the parent's too."""
+        self.writer = False
         for attr in ("_conn", "_hb_conn"):
             conn = getattr(self, attr)
             setattr(self, attr, None)
@@ -294,7 +311,11 @@ class Prober:
         holder, age = cur.fetchone()
         if holder is None or age is None or float(age) <= stale_after:
             return
-        logger.warning(
+        # Each round of each publisher finds it until it is gone: say it once per holder.
+        first = holder != self._stalled_holder
+        self._stalled_holder = holder
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
             "service %r: %s: the heartbeat writer (connection %s) holds %r but its last "
             "heartbeat is %.1fs old: ending its connection so that another process "
             "takes over",
@@ -307,7 +328,9 @@ class Prober:
         try:
             cur.execute(f"KILL CONNECTION {int(holder)}")
         except pymysql.err.MySQLError as exc:
-            logger.warning(
+            gone = bool(exc.args) and exc.args[0] == _ER_NO_SUCH_THREAD
+            logger.log(
+                logging.WARNING if first and not gone else logging.DEBUG,
                 "service %r: %s: cannot end the stalled heartbeat writer's connection: "
                 "%s; lag is measured from its last heartbeat until it resumes or exits",
                 self.service.name,

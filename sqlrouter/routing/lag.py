@@ -9,7 +9,12 @@ is unit-tested without a server.  :mod:`sqlrouter.routing.monitor` does the I/O.
   it applied (reference ``NOW()`` minus its heartbeat): it grows while it is stopped,
   where ``Seconds_Behind_Master`` reads NULL or 0;
 - a replica whose GTID position covers the reference's position has lag 0;
-- otherwise lag is the reference's freshest heartbeat minus the replica's;
+- otherwise lag is the reference's freshest heartbeat minus the replica's, while that
+  heartbeat is fresh (written within :data:`HEARTBEAT_STALE_INTERVALS` monitor
+  intervals: the cluster's one heartbeat writer writes one every round).  When it is
+  older (the writer stalled and has not been replaced yet) a replica may have applied
+  that frozen heartbeat and still be behind: its lag is then the reference's ``NOW()``
+  minus its heartbeat, an overestimate, never a false 0;
 - without a usable heartbeat, ``Seconds_Behind_Master`` (NULL counts as unknown).
 
 The reference is the master the routing rule singles out of the same observations
@@ -28,7 +33,11 @@ from ..topology import DataSource
 from .health import Health
 from .router import resolve_master
 
-__all__ = ["Observation", "compute_health"]
+__all__ = ["HEARTBEAT_STALE_INTERVALS", "Observation", "compute_health"]
+
+#: The master's freshest heartbeat older than this many monitor intervals: the
+#: heartbeat writer stalled (it writes one every round, +-10%).
+HEARTBEAT_STALE_INTERVALS = 2.0
 
 
 #: Seconds after which the reference's own freshest heartbeat is stale (the master writes
@@ -78,13 +87,16 @@ def compute_health(
     datasources: Sequence[DataSource],
     *,
     promoted: str | None = None,
+    monitor_interval: float | None = None,
 ) -> dict[str, Health]:
     """Turn one round of observations into Health values, computing each lag.
 
     Pure: all the times it uses come from the observations.  The lag reference is the
     master as :func:`~sqlrouter.routing.router.resolve_master` singles it out of these
     observations (``promoted``: the operator's routing-level promotion, which may break
-    a tie); without one, the most advanced reachable replica.
+    a tie); without one, the most advanced reachable replica.  ``monitor_interval``
+    (the rounds' interval) tells a stalled heartbeat writer from a fresh heartbeat
+    (``None``: only :data:`_HEARTBEAT_FRESH_SECONDS` does).
     """
     positions = {o.name: _position(o) for o in observations}
     observed = {o.name: _observed(o, positions[o.name]) for o in observations}
@@ -106,7 +118,13 @@ def compute_health(
     for obs in observations:
         h = observed[obs.name]
         if obs.reachable:
-            lag, source = _lag(obs, reference, positions, master_alive=master is not None)
+            lag, source = _lag(
+                obs,
+                reference,
+                positions,
+                master_alive=master is not None,
+                monitor_interval=monitor_interval,
+            )
             h = replace(h, lag=lag, lag_source=source)
         health[obs.name] = h
     return health
@@ -149,6 +167,7 @@ def _lag(
     positions: Mapping[str, CausalToken],
     *,
     master_alive: bool,
+    monitor_interval: float | None,
 ) -> tuple[float | None, str]:
     """``obs``'s lag behind ``ref`` (the master when ``master_alive``, else the most
     advanced replica), and how it was measured."""
@@ -164,7 +183,20 @@ def _lag(
     if ref is not None and positions[obs.name].covers(positions[ref.name]):
         return 0.0, "gtid"
     if ref is not None and ref.heartbeat is not None and obs.heartbeat is not None:
-        fresh = ref.now is not None and ref.now - ref.heartbeat < _HEARTBEAT_FRESH_SECONDS
+        age = None if ref.now is None else ref.now - ref.heartbeat
+        fresh = age is not None and age < _HEARTBEAT_FRESH_SECONDS
+        stalled = (
+            fresh
+            and master_alive
+            and monitor_interval is not None
+            and age is not None
+            and age > HEARTBEAT_STALE_INTERVALS * monitor_interval
+        )
+        if stalled and ref.now is not None:
+            # The writer stalled: the replica may have applied the master's last
+            # heartbeat and not the writes since.  Its heartbeat's age bounds its lag
+            # from above.
+            return max(0.0, ref.now - obs.heartbeat), "heartbeat"
         if fresh or not master_alive:
             return max(0.0, ref.heartbeat - obs.heartbeat), "heartbeat"
     if obs.sql_running and obs.seconds_behind_master is not None:

@@ -323,7 +323,10 @@ class Monitor:
             interval = service.monitor_interval
             wait = interval * random.uniform(0.9, 1.1)  # noqa: S311
             try:
-                if self.share is not None and not self.share.lead(service, started):
+                account = self._credentials.user
+                if self.share is not None and not self.share.lead(
+                    service, started, account=account
+                ):
                     self._stop_probing()
                     self._follow(self.share)
                     wait = interval / POLLS_PER_INTERVAL
@@ -346,6 +349,10 @@ class Monitor:
         service = self._service
         with self._lock:
             previous = self._snapshot
+            if taken_at <= previous.taken_at:
+                # Older than what this process routes on (its own last round, before it
+                # followed; a late write of a replaced publisher): not installed.
+                return
             promoted = self._promoted
             snap = Snapshot(
                 service=service,
@@ -496,7 +503,12 @@ class Monitor:
         """
         service = self._service
         promoted = self._promoted
-        health = compute_health(observations, service.datasources, promoted=promoted)
+        health = compute_health(
+            observations,
+            service.datasources,
+            promoted=promoted,
+            monitor_interval=service.monitor_interval,
+        )
         with self._lock:
             previous = self._snapshot
             snap = Snapshot(
@@ -515,6 +527,9 @@ class Monitor:
             # Only rounds whose probes logged in: a mistyped password of this process's
             # first connect must not be what the other processes see.
             share.publish(snap.taken_at, health, self._clock())
+        elif share is not None:
+            # Nor does it keep the file (and its followers) without rounds.
+            share.step_down(self._clock(), "its probes have not logged in")
         mastership = resolve_master(service.datasources, health, promoted=promoted)
         self._maybe_write_heartbeat(service, mastership)
         self._warn_split_brain(snap, mastership)

@@ -11,21 +11,27 @@ The directory and its files
     ``DIR/NAME-KEY.json`` holds the last published round, ``DIR/NAME-KEY.lock`` is
     locked (``lockf``) for the instant it takes to read and replace it.  ``KEY`` is a
     hash of what the observations depend on (the datasources' addresses, the heartbeat
-    table, the interval, the probe timeout): processes that define the service alike
-    share, the others do not.  ``DIR`` is private (mode 0700, owned by the user, the
-    control socket's directory: :mod:`sqlrouter._runtime` checks it); a file that is not
+    table, the interval, the probe timeout, the probes' account) and of the file's
+    format version: processes
+    that define the service alike (and run versions that read the same format) share,
+    the others do not.  ``DIR`` is private (mode 0700, owned by the user, the
+    control socket's directory: :mod:`sqlrouter._runtime` checks it, and each use opens it
+    again without following a symlink and checks it again); a file that is not
     a regular file of this user, that is too big, malformed, from another boot, or that
     names other datasources is refused with one WARNING line, and this process probes
     for itself (then replaces the file when it wins the election).  A file is replaced
     by ``rename()``: a reader never sees half of one.
 
 The lease
-    The file names its publisher (pid, a random id, whether it is an agent) and when it
+    The file names its publisher (pid, PID namespace and start time, a random id,
+    whether it is an agent) and when it
     last wrote (``lease_at``, ``time.monotonic()``: CLOCK_MONOTONIC is one clock for
     every process of a host).  The publisher writes every round, and every monitor
     interval while a round waits for a frozen server.  A follower takes over (under the
     lock, after reading the file again) when the publisher's pid is gone (it died or
-    exited: at its next poll), when it resigned (it stopped: at once), or when the lease
+    exited: at its next poll; a zombie, or a pid that now names a process or thread
+    started at another time, is gone; from another PID namespace only the lease
+    counts), when it resigned (it stopped: at once), or when the lease
     is older than :data:`LEASE_INTERVALS` intervals (it stalls: a stopped process, a
     starved thread): within two intervals in each case.  (On a machine so loaded that
     the publisher's thread misses its turn by that much, a follower takes over: safe,
@@ -40,6 +46,9 @@ Reading stays off the statement path
     round of its own: connections read it from memory.  The freshness bound applies
     unchanged (the snapshot keeps the publisher's ``taken_at``): a follower never routes
     on a round older than ``Snapshot.max_age``, whoever made it.
+
+(Over 600 lines: the file's format, its checks and the election are one protocol, best
+read together.)
 
 What stays per process: the operator's routing-level state (``offline``, ``promote``
 through the control socket), the open connections and their invalidation, events.
@@ -97,7 +106,7 @@ MAX_FILE_BYTES: Final = 1 << 20
 #: slow is common, and a herd of processes probing alone would load it more.
 LOCK_TIMEOUT: Final = 0.2
 LOCK_GIVE_UP_INTERVALS: Final = 10.0
-_FORMAT: Final = 1
+_FORMAT: Final = 2
 #: The largest process id Linux gives (``pid_max`` cannot exceed it).
 _PID_MAX: Final = 4_194_304
 
@@ -123,9 +132,14 @@ def _boot_id() -> str:
 _BOOT: Final = _boot_id()
 
 
-def service_key(service: Service) -> str:
-    """A file-name-safe id of what a round's observations depend on (no secret)."""
+def service_key(service: Service, account: str = "") -> str:
+    """A file-name-safe id of what a round's observations depend on (no secret):
+    ``account`` is the user the probes log in as (its grants, a server refusing it)."""
     what = {
+        "account": account,
+        # Versions of the format have files of their own: during an upgrade, each
+        # version would find the other's file unusable and replace it, endlessly.
+        "format": _FORMAT,
         "name": service.name,
         "datasources": [(ds.name, ds.host, ds.port) for ds in service.datasources],
         "heartbeat": [service.heartbeat.enabled, service.heartbeat.table],
@@ -150,6 +164,11 @@ class Published:
     #: The round: when it ended, and what it observed (``None``: no round yet).
     taken_at: float | None = None
     health: Mapping[str, Health] | None = None
+    #: The publisher's PID namespace (an inode number) and start time (clock ticks
+    #: after boot; 0: unknown): its ``pid`` is only looked up from the same namespace,
+    #: and must still name the process that started then.
+    pidns: int = 0
+    started: int = 0
 
 
 _HEALTH_FIELDS: Final = {f.name: f for f in dataclasses.fields(Health)}
@@ -195,6 +214,8 @@ def encode(published: Published, key: str) -> bytes:
             "publisher": published.publisher,
             "agent": published.agent,
             "lease_at": published.lease_at,
+            "pidns": published.pidns,
+            "started": published.started,
             "taken_at": published.taken_at,
             "health": health,
         },
@@ -203,10 +224,22 @@ def encode(published: Published, key: str) -> bytes:
 
 
 def decode(data: bytes, key: str, service: Service, now: float) -> Published:
-    """Parse and check a file's content; :class:`ShareError` says what is wrong."""
+    """Parse and check a file's content; :class:`ShareError` says what is wrong (and
+    nothing else escapes: whatever the content, a reader refuses it and probes)."""
+    try:
+        return _decode(data, key, service, now)
+    except ShareError:
+        raise
+    except RecursionError:  # nesting deeper than the interpreter's stack
+        raise ShareError("not JSON (nested too deep: recursion limit)") from None
+    except Exception as exc:  # noqa: BLE001 - int() over 4300 digits, float() overflow...
+        raise ShareError(f"malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(data: bytes, key: str, service: Service, now: float) -> Published:
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # also int() refusing over 4300 digits
         raise ShareError(f"not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise ShareError("not a JSON object")
@@ -222,6 +255,7 @@ def decode(data: bytes, key: str, service: Service, now: float) -> Published:
         raise ShareError(f"pid {pid!r} is not a process id")
     if not isinstance(publisher, str) or not isinstance(agent, bool):
         raise ShareError("publisher or agent missing")
+    pidns, started = _count(doc.get("pidns"), "pidns"), _count(doc.get("started"), "started")
     lease = _time(lease_at, "lease_at", now)
     if lease is None:
         raise ShareError("lease_at is missing")
@@ -250,7 +284,15 @@ def decode(data: bytes, key: str, service: Service, now: float) -> Published:
         lease_at=lease,
         taken_at=taken,
         health=health,
+        pidns=pidns,
+        started=started,
     )
+
+
+def _count(value: object, what: str) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64):
+        raise ShareError(f"{what} {value!r} is not a count")
+    return value
 
 
 def _time(value: object, what: str, now: float) -> float | None:
@@ -299,6 +341,7 @@ class Share:
         self.role = "follower"
         self._me = secrets.token_hex(8)
         self._key = ""
+        self._account = ""
         self._service: Service | None = None
         self._signature: tuple[int, int, int] | None = None
         self._read: Published | None = None
@@ -307,6 +350,10 @@ class Share:
         self._warned: str | None = None
         #: Since when the lock could not be had (``None``: it could, last time).
         self._lock_failed_since: float | None = None
+        #: When it last stepped down because its rounds cannot be published.
+        self._stood_down_at: float | None = None
+        #: The last write failed (logged once until one succeeds: a full disk).
+        self._write_failed = False
         self.changes = 0
 
     def __repr__(self) -> str:
@@ -336,13 +383,20 @@ class Share:
         self._signature = None
         self._read = None
         self._taken = None
+        self._stood_down_at = None
 
     # -- the monitor's calls ---------------------------------------------------------
 
-    def lead(self, service: Service, now: float) -> bool:
+    def lead(self, service: Service, now: float, *, account: str = "") -> bool:
         """Whether this process probes this time (a publisher, or alone); a follower
-        whose publisher is gone or stalled tries to take over first."""
-        key = self._key if service is self._service else service_key(service)
+        whose publisher is gone or stalled tries to take over first.  ``account``: the
+        user this process's probes log in as (processes of other accounts do not
+        share)."""
+        if service is self._service and account == self._account:
+            key = self._key
+        else:
+            key = service_key(service, account)
+        self._account = account
         if key != self._key:
             if self.role == "publisher":
                 self.resign(now)
@@ -358,6 +412,10 @@ class Share:
                 logger.info("service %r: following the snapshots of pid %d", service.name, read.pid)
             self.role = "follower"
             return False
+        since = self._stood_down_at
+        if since is not None and now - since < LEASE_INTERVALS * service.monitor_interval:
+            self.role = "alone"  # leaves the file to a process that can publish
+            return True
         return self._elect(service, now)
 
     def take(self) -> tuple[float, Mapping[str, Health]] | None:
@@ -365,8 +423,8 @@ class Share:
         read = self._read
         if self.role != "follower" or read is None or read.health is None:
             return None
-        if read.taken_at == self._taken or read.taken_at is None:
-            return None
+        if read.taken_at is None or (self._taken is not None and read.taken_at <= self._taken):
+            return None  # handed over already, or older than the last one handed over
         self._taken = read.taken_at
         return read.taken_at, read.health
 
@@ -382,6 +440,21 @@ class Share:
         if self.role == "publisher":
             read = self._read
             self._write_if_mine(now, None if read is None else read.taken_at, None, keep=True)
+
+    def step_down(self, now: float, why: str) -> None:
+        """This process's rounds cannot be published (``why``: its probes' login was
+        refused): stop publishing, so that a follower takes over at its next poll, and
+        do not claim the file again for :data:`LEASE_INTERVALS` intervals (meanwhile it
+        follows a publisher if one appears, else it probes alone)."""
+        self._stood_down_at = now
+        if self.role == "publisher":
+            logger.warning(
+                "service %r: this process's rounds cannot be shared (%s): handing the "
+                "snapshots over",
+                self._service_name(),
+                why,
+            )
+            self.resign(now)
 
     def resign(self, now: float) -> None:
         """Stop publishing and say so, so that a follower takes over at its next poll."""
@@ -408,16 +481,50 @@ class Share:
             return False
         if self.agent and not read.agent:
             return False
-        lease = LEASE_INTERVALS * service.monitor_interval
-        return now - read.lease_at <= lease and _pid.exists(read.pid)
+        if now - read.lease_at > LEASE_INTERVALS * service.monitor_interval:
+            return False
+        _, pidns, _ = _pid.identity()
+        if not pidns or read.pidns != pidns:
+            # Another PID namespace (a sidecar agent, a container sharing the
+            # directory): its pid means nothing here; the lease decides alone.
+            return True
+        return _pid.running(read.pid, read.started)
+
+    @contextlib.contextmanager
+    def _dir(self) -> Iterator[int]:
+        """The directory, opened and checked again at each use (it was checked when
+        this process started watching; it may have been replaced since): a directory,
+        not a symlink, this user's, closed to others.  :class:`ShareError`."""
+        try:
+            fd = os.open(
+                self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            )
+        except OSError as exc:
+            raise ShareError(
+                f"its directory cannot be opened (a symlink? gone?): {exc.strerror}"
+            ) from None
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise ShareError(
+                    f"its directory is not private (uid {st.st_uid}, mode "
+                    f"{stat_mode.S_IMODE(st.st_mode):o}; expected uid {os.getuid()}, 0700)"
+                )
+            yield fd
+        finally:
+            os.close(fd)
 
     def _refresh(self, service: Service, now: float) -> str | None:
         """Read the file again if it changed (one ``stat()`` otherwise)."""
         try:
-            st = os.stat(self.path, follow_symlinks=False)
+            with self._dir() as d:
+                st = os.stat(self.path.name, dir_fd=d, follow_symlinks=False)
         except FileNotFoundError:
             self._signature, self._read = None, None
             return None
+        except ShareError as exc:
+            self._signature, self._read = None, None
+            return self._unusable(str(exc))
         except OSError as exc:
             return self._unusable(f"cannot stat it: {exc.strerror}")
         signature = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -450,7 +557,12 @@ class Share:
         if self._service is None:
             raise ShareError("no service yet")
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with self._dir() as d:
+                fd = os.open(
+                    self.path.name,
+                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    dir_fd=d,
+                )
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -466,6 +578,8 @@ class Share:
             chunks = []
             while chunk := os.read(fd, MAX_FILE_BYTES + 1):
                 chunks.append(chunk)
+        except OSError as exc:
+            raise ShareError(f"cannot read it: {exc.strerror}") from None
         finally:
             os.close(fd)
         # The caller's ``now`` was read before this (maybe long before, on a loaded
@@ -479,18 +593,22 @@ class Share:
             return None
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[bool]:
-        """The file's lock, for at most :data:`LOCK_TIMEOUT` seconds (False: not had)."""
+    def _locked(self) -> Iterator[bool | None]:
+        """The file's lock, for at most :data:`LOCK_TIMEOUT` seconds (False: not had,
+        another process holds it; ``None``: it cannot be opened, logged)."""
         with _thread_lock:
             try:
-                fd = os.open(
-                    self.directory / f"{self._key}.lock",
-                    os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                )
-            except OSError as exc:
-                self._unusable(f"cannot open its lock: {exc.strerror}")
-                yield False
+                with self._dir() as d:
+                    fd = os.open(
+                        f"{self._key}.lock",
+                        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o600,
+                        dir_fd=d,
+                    )
+            except (OSError, ShareError) as exc:
+                why = str(exc) if isinstance(exc, ShareError) else exc.strerror
+                self._unusable(f"cannot open its lock: {why}")
+                yield None
                 return
             try:
                 deadline = time.monotonic() + LOCK_TIMEOUT
@@ -512,6 +630,8 @@ class Share:
     def _elect(self, service: Service, now: float) -> bool:
         """Take over if, under the lock, the file still names no live publisher."""
         with self._locked() as locked:
+            if locked is None:
+                return self._alone("its lock cannot be opened")
             if not locked:
                 since = self._lock_failed_since
                 if since is None:
@@ -531,7 +651,8 @@ class Share:
                 return False
             taken_at = current.taken_at if current is not None else None
             health = current.health if current is not None else None
-            claim = Published(os.getpid(), self._me, self.agent, now, taken_at, health)
+            self._remove_orphans()
+            claim = self._mine(now, taken_at, health)
             if not self._write(claim):
                 return self._alone("it cannot be written")
             self._read = claim
@@ -572,41 +693,77 @@ class Share:
             if current is None or current.publisher != self._me:
                 self.role = "follower"
                 self._read, self._signature = current, None
-                logger.info(
-                    "service %r: another process (pid %s) took over the snapshots; following it",
-                    self._service_name(),
-                    current.pid if current is not None else "?",
-                )
+                if current is not None and current.pid:
+                    who = f"another process (pid {current.pid}) took over the snapshots"
+                else:
+                    who = "the snapshot file no longer names this process (replaced meanwhile)"
+                logger.info("service %r: %s; following it", self._service_name(), who)
                 return False
             if keep:
                 taken_at, health = current.taken_at, current.health
-            mine = Published(os.getpid(), self._me, self.agent, now, taken_at, health)
+            mine = self._mine(now, taken_at, health)
             self._write(mine)
             self._read = mine
         return True
 
+    def _mine(
+        self, now: float, taken_at: float | None, health: Mapping[str, Health] | None
+    ) -> Published:
+        pid, pidns, started = _pid.identity()
+        return Published(pid, self._me, self.agent, now, taken_at, health, pidns, started)
+
     def _write(self, published: Published) -> bool:
-        tmp = self.directory / f".{self._key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp = f".{self._key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         data = encode(published, self._key)
         try:
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            logger.warning(
-                "service %r: cannot write the shared snapshot file %s: %s",
+            with self._dir() as d:
+                try:
+                    fd = os.open(
+                        tmp,
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o600,
+                        dir_fd=d,
+                    )
+                    try:
+                        view = memoryview(data)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                    finally:
+                        os.close(fd)
+                    os.replace(tmp, self.path.name, src_dir_fd=d, dst_dir_fd=d)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=d)
+                    raise
+        except (OSError, ShareError) as exc:
+            if not self._write_failed:
+                logger.warning(
+                    "service %r: cannot write the shared snapshot file %s: %s (said once "
+                    "until a write succeeds)",
+                    self._service_name(),
+                    self.path,
+                    str(exc) if isinstance(exc, ShareError) else exc.strerror,
+                )
+            self._write_failed = True
+            return False
+        if self._write_failed:
+            self._write_failed = False
+            logger.info(
+                "service %r: this process writes the shared snapshot file %s again",
                 self._service_name(),
                 self.path,
-                exc.strerror,
             )
-            return False
         return True
+
+    def _remove_orphans(self) -> None:
+        """Remove this file's temporary copies left by writers killed before their
+        ``rename()`` (``.KEY.PID.HEX.tmp`` of a pid that no longer runs)."""
+        prefix = f".{self._key}."
+        with contextlib.suppress(OSError, ShareError), self._dir() as d:
+            for name in os.listdir(d):
+                if not (name.startswith(prefix) and name.endswith(".tmp")):
+                    continue
+                pid = name[len(prefix) :].split(".", 1)[0]
+                if pid.isdigit() and not _pid.exists(int(pid)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=d)

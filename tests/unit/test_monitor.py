@@ -6,6 +6,7 @@ test_monitor_lag.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import pymysql
 import pytest
 
+from sqlrouter.routing._probe import Prober, heartbeat_lock
 from sqlrouter.routing.monitor import Monitor
 from sqlrouter.routing.router import observed_master
 from sqlrouter.topology import Credentials, DataSource, Role, Service
@@ -355,3 +357,69 @@ def test_after_fork_forgets_the_parents_connections(started: Callable[..., Monit
     assert snap.health_of("db1").reachable
     fresh = [c for c in cluster.connections if c.program == "sqlrouter-monitor"]
     assert len(fresh) == 6  # each server probed on a connection of the child's own
+
+
+def test_a_closed_or_forgotten_prober_is_no_heartbeat_writer(
+    started: Callable[..., Monitor],
+) -> None:
+    # The writer's lock lives on the heartbeat connection: a prober without it (closed,
+    # or a forked child's copy) holds no lock and must take it again before writing.
+    cluster = healthy()
+    monitor = started(cluster, credentials=APP)
+    wait_until(lambda: monitor.heartbeat_writer, "it writes the heartbeat")
+    prober = monitor._probers["db1"]
+    monitor.stop()
+    prober.close()
+    assert not prober.writer
+    monitor = started(cluster, credentials=APP)
+    wait_until(lambda: monitor.heartbeat_writer, "it writes the heartbeat")
+    prober = monitor._probers["db1"]
+    monitor.stop()
+    monitor.after_fork()  # forgets its probers (each forget()s its connections)
+    assert not prober.writer
+
+
+def test_the_heartbeat_lock_names_the_whole_table() -> None:
+    # GET_LOCK names are 64 characters at most: two long tables of one master that
+    # share the first 44 characters must not share one writer's lock.
+    common = "heartbeats_of_the_cluster_with_a_long_name_"
+    one, two = heartbeat_lock(f"db.{common}one"), heartbeat_lock(f"db.{common}two")
+    assert one != two
+    assert len(one) <= 64 and len(two) <= 64
+    assert heartbeat_lock("sqlrouter.heartbeat") == "sqlrouter.heartbeat:sqlrouter.heartbeat"
+
+
+class StalledWriterCursor:
+    """A master whose writer's lock is held by connection 7, its heartbeat 60 s old;
+    ``KILL`` fails with ``kill_errno``."""
+
+    def __init__(self, kill_errno: int) -> None:
+        self.kill_errno = kill_errno
+        self.kills = 0
+
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        if sql.startswith("KILL"):
+            self.kills += 1
+            raise pymysql.err.OperationalError(self.kill_errno, "refused")
+        return 1
+
+    def fetchone(self) -> tuple[Any, ...]:
+        return (7, 60.0)
+
+
+@pytest.mark.parametrize("kill_errno", [1094, 1095])
+def test_a_stalled_writer_that_cannot_be_ended_is_logged_once(
+    kill_errno: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every round of every publisher finds the stalled writer: its WARNINGs once per
+    # holder, not once per round; no "cannot end" when another process ended it first
+    # (1094: no such thread).
+    svc = service()
+    prober = Prober(svc.datasources[0], svc, APP, Cluster({}).connect, time.monotonic)
+    cur = StalledWriterCursor(kill_errno)
+    with caplog.at_level(logging.INFO, logger="sqlrouter.monitor"):
+        for _ in range(5):
+            prober._end_stalled_writer(cur, "lock", "t", 10.0)
+    assert cur.kills == 5
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == (1 if kill_errno == 1094 else 2), [r.getMessage() for r in warnings]

@@ -188,6 +188,27 @@ def test_the_promotion_picks_the_reference_only_in_a_tie() -> None:
     assert h["db2"].lag is not None and abs(h["db2"].lag - 1.0) < 1e-6
 
 
+def test_a_stalled_heartbeat_writer_does_not_hide_a_replica_s_lag() -> None:
+    # The cluster's single heartbeat writer stalled 3 s ago (interval 1 s): the
+    # master's heartbeat is frozen at NOW - 3.  A replica 3 s behind has applied that
+    # very heartbeat but not the writes since (its GTID position does not cover the
+    # master's): its lag is not 0 but at least the 3 s its heartbeat is old.
+    frozen = master(heartbeat=NOW - 3.0)
+    behind = replica(gtid_slave_pos="0-1-90", gtid_binlog_pos="0-1-90", heartbeat=NOW - 3.0)
+    h = compute_health([frozen, behind], DATASOURCES, monitor_interval=1.0)["db2"]
+    assert h.lag is not None and h.lag >= 3.0 - 1e-6
+    assert h.lag_source == "heartbeat"
+    # One that covers the master's position has no lag, stalled writer or not.
+    caught_up = replica(heartbeat=NOW - 3.0)
+    h = compute_health([frozen, caught_up], DATASOURCES, monitor_interval=1.0)["db2"]
+    assert (h.lag, h.lag_source) == (0.0, "gtid")
+    # A heartbeat written within the last two intervals is measured against as before.
+    fresh = master(heartbeat=NOW - 1.5)
+    behind = replace(behind, heartbeat=NOW - 2.0)
+    h = compute_health([fresh, behind], DATASOURCES, monitor_interval=1.0)["db2"]
+    assert h.lag is not None and abs(h.lag - 0.5) < 1e-6
+
+
 # --- the monitor: no history ------------------------------------------------------------
 
 SERVICE = Service("sandbox", DATASOURCES, monitor_credentials=Credentials("monitor", "pw"))

@@ -5,17 +5,24 @@ foreign or half-written file does (a WARNING and probing, never a crash or a rou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import json
 import logging
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sqlrouter.gtid import CausalToken
+from sqlrouter.routing import shared
 from sqlrouter.routing.health import Health
+from sqlrouter.routing.lag import Observation
+from sqlrouter.routing.monitor import Monitor
 from sqlrouter.routing.shared import (
     LEASE_INTERVALS,
     Published,
@@ -25,7 +32,7 @@ from sqlrouter.routing.shared import (
     encode,
     service_key,
 )
-from sqlrouter.topology import DataSource, Role, Service
+from sqlrouter.topology import Credentials, DataSource, Role, Service
 
 SERVICE = Service(
     "shop",
@@ -83,7 +90,9 @@ def test_the_key_names_what_observations_depend_on_and_no_secret() -> None:
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        (lambda d: d.update(format=2), "format"),
+        (lambda d: d.update(format=99), "format"),
+        (lambda d: d.update(pidns=-1), "pidns"),
+        (lambda d: d.update(started="1"), "started"),
         (lambda d: d.update(key="other"), "another definition"),
         (lambda d: d.update(boot="another-boot"), "boot"),
         (lambda d: d.update(lease_at=NOW + 60), "in the future"),
@@ -101,6 +110,48 @@ def test_a_wrong_file_is_refused_saying_why(change: object, why: str) -> None:
     change(doc)  # type: ignore[operator]
     with pytest.raises(ShareError, match=why):
         decode(json.dumps(doc).encode(), KEY, SERVICE, NOW)
+
+
+def _huge_lag(doc: dict[str, Any]) -> None:
+    doc["health"][0]["lag"] = -(10**400)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b'{"pid":' + b"1" * 5000 + b"}", "digits"),  # int() refuses over 4300 digits
+        (b"[" * 100_000, "recursion"),  # nesting deeper than the interpreter's stack
+        (lambda d: d.update(lease_at=-(10**400)), "too large"),  # float() overflows
+        (_huge_lag, "too large"),
+    ],
+)
+def test_a_file_that_breaks_the_parser_is_refused(data: object, why: str) -> None:
+    if callable(data):
+        doc = json.loads(encode(Published(1, "x", False, NOW, NOW, health()), KEY))
+        data(doc)
+        data = json.dumps(doc).encode()
+    assert isinstance(data, bytes)
+    with pytest.raises(ShareError, match=why):
+        decode(data, KEY, SERVICE, NOW)
+
+
+def test_a_follower_probes_around_a_file_that_breaks_the_parser(
+    directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    a.path.write_bytes(b"[" * 100_000)
+    b = Share(directory)
+    with caplog.at_level(logging.WARNING, logger="sqlrouter.monitor"):
+        assert b.lead(SERVICE, NOW + 0.01) is True  # probes, and replaces the file
+    assert "is unusable" in caplog.text
+    assert b.role == "publisher"
+    b.publish(NOW + 0.01, health(), NOW + 0.02)
+    # The old publisher, and anyone, read the replaced file.
+    assert a.publish(NOW + 0.02, health(), NOW + 0.03) is False
+    assert a.lead(SERVICE, NOW + 0.04) is False
+    assert a.take() == (NOW + 0.01, health())
 
 
 JSON = st.recursive(
@@ -254,3 +305,239 @@ def test_after_fork_a_publisher_copy_is_a_follower(directory: Path) -> None:
     # this test runs in one process, so the "parent" is this pid too: still alive.
     assert a.lead(SERVICE, NOW + 0.01) is False
     assert a.take() == (NOW, health())
+
+
+def test_a_follower_never_installs_a_round_older_than_its_snapshot(directory: Path) -> None:
+    # This process published a round of its own (as the publisher, or alone) and now
+    # follows another one whose file holds an older round (it took over with the old
+    # file's round, or a stalled publisher's late write): that round is not installed.
+    other, mine = Share(directory), Share(directory)
+    monitor = Monitor(
+        dataclasses.replace(SERVICE, monitor_credentials=Credentials("m", "pw")), share=mine
+    )
+    monitor.publish(
+        [
+            Observation("db1", time.monotonic(), True, server_id=1, read_only=False),
+            Observation("db2", time.monotonic(), True, server_id=2, read_only=True),
+        ]
+    )
+    before = monitor.snapshot
+    now = time.monotonic()
+    assert other.lead(SERVICE, now) is True
+    other.publish(before.taken_at - 1.0, health(before.taken_at - 1.1), now)
+    assert mine.lead(SERVICE, now) is False
+    monitor._follow(mine)
+    assert monitor.snapshot is before
+    # A newer round is installed.
+    other.publish(before.taken_at + 0.5, health(before.taken_at + 0.4), time.monotonic())
+    assert mine.lead(SERVICE, time.monotonic()) is False
+    monitor._follow(mine)
+    assert monitor.snapshot.taken_at == before.taken_at + 0.5
+    assert monitor.snapshot.generation == before.generation + 1
+
+
+def test_a_publisher_whose_logins_are_refused_hands_over(directory: Path) -> None:
+    # Its probes' login is refused (a mistyped password in its URL): its rounds are
+    # not published, and it does not keep the file either.
+    mine, other = Share(directory), Share(directory)
+    monitor = Monitor(SERVICE, credentials=Credentials("app", "wrong"), share=mine)
+    now = time.monotonic()
+    assert mine.lead(SERVICE, now) is True
+    assert other.lead(SERVICE, now) is False
+    refused = "Access denied for user 'app'"
+    monitor.publish(
+        [
+            Observation("db1", time.monotonic(), False, error=refused, error_code=1045),
+            Observation("db2", time.monotonic(), False, error=refused, error_code=1045),
+        ]
+    )
+    assert mine.role != "publisher"
+    # Another process takes over at its next poll (not after the lease), and this one
+    # follows it.
+    assert other.lead(SERVICE, now + 0.01) is True
+    other.publish(now + 0.01, health(now), now + 0.02)
+    assert mine.lead(SERVICE, now + 0.03) is False
+    assert mine.take() == (now + 0.01, health(now))
+    # Alone, it probes for itself without claiming the file back until the lease
+    # would have run out; then it may try again.
+    (directory / "alone").mkdir(mode=0o700)
+    alone = Share(directory / "alone")
+    assert alone.lead(SERVICE, now) is True
+    alone.step_down(now, "refused")
+    lease = LEASE_INTERVALS * SERVICE.monitor_interval
+    assert alone.lead(SERVICE, now + lease / 2) is True
+    assert alone.role == "alone"
+    assert alone.lead(SERVICE, now + lease + 0.01) is True
+    assert alone.role == "publisher"
+
+
+def test_two_versions_of_the_format_do_not_take_over_from_each_other(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # During an upgrade, processes of the old and the new version run on one host:
+    # each would find the other's file unusable and replace it, endlessly.  The
+    # format is part of the file's name: each version has its own publisher.
+    old = Share(directory)
+    assert old.lead(SERVICE, NOW) is True
+    assert old.publish(NOW, health(), NOW)
+    monkeypatch.setattr(shared, "_FORMAT", shared._FORMAT + 1)
+    new = Share(directory)
+    assert new.lead(SERVICE, NOW + 0.01) is True
+    assert new.path != old.path
+    assert new.publish(NOW + 0.01, health(), NOW + 0.02)
+    monkeypatch.undo()
+    assert old.publish(NOW + 0.02, health(), NOW + 0.03) is True
+    assert old.role == "publisher"
+
+
+def _rewrite(path: Path, **fields: object) -> None:
+    doc = json.loads(path.read_bytes())
+    doc.update(fields)
+    path.write_text(json.dumps(doc))
+
+
+def _start_time(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
+def test_a_publisher_in_another_pid_namespace_is_judged_by_its_lease(directory: Path) -> None:
+    # A sidecar agent in its own PID namespace: its pid means nothing here (it may be
+    # no process, or another one, of this namespace).  Not replaced while its lease
+    # holds, replaced when it runs out.
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only exits
+        os._exit(0)
+    os.waitpid(pid, 0)  # no such process here
+    pidns = os.stat("/proc/self/ns/pid").st_ino
+    _rewrite(a.path, pid=pid, pidns=pidns + 1, started=12345)
+    b = Share(directory)
+    assert b.lead(SERVICE, NOW + 0.01) is False
+    lease = LEASE_INTERVALS * SERVICE.monitor_interval
+    assert b.lead(SERVICE, NOW + lease + 0.01) is True
+
+
+def test_a_zombie_or_a_reused_pid_is_no_publisher(directory: Path) -> None:
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only exits
+        os.close(read)
+        os.write(write, b"x")
+        os._exit(0)
+    os.close(write)
+    try:
+        os.read(read, 1)
+        started = _start_time(pid)
+        # Not reaped yet: a zombie (its pid answers signal 0).
+        while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            time.sleep(0.01)
+        _rewrite(a.path, pid=pid, started=started)
+        assert Share(directory).lead(SERVICE, NOW + 0.01) is True
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    # A pid that now names another process (this one; or a thread's id): its start
+    # time is not the publisher's.
+    _rewrite(a.path, pid=os.getpid(), started=_start_time(os.getpid()) + 1, publisher="old")
+    assert Share(directory).lead(SERVICE, NOW + 0.02) is True
+
+
+def test_a_replaced_publisher_says_who_replaced_it(
+    directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = Share(directory), Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    lease = LEASE_INTERVALS * SERVICE.monitor_interval
+    assert b.lead(SERVICE, NOW + lease + 0.01) is True
+    b.resign(NOW + lease + 0.02)  # the file names nobody now
+    with caplog.at_level(logging.INFO, logger="sqlrouter.monitor"):
+        assert a.publish(NOW + lease, health(), NOW + lease + 0.03) is False
+    assert "pid 0" not in caplog.text
+    assert "no longer names this process" in caplog.text
+
+
+def test_a_new_publisher_removes_the_temporary_files_of_dead_writers(directory: Path) -> None:
+    # A publisher killed between writing its temporary file and renaming it leaves it.
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only exits
+        os._exit(0)
+    os.waitpid(pid, 0)
+    key = a.path.stem
+    dead = directory / f".{key}.{pid}.0123abcd.tmp"
+    live = directory / f".{key}.{os.getpid()}.4567cdef.tmp"  # being written right now
+    other = directory / f".other-key.{pid}.0123abcd.tmp"
+    for path in (dead, live, other):
+        path.write_bytes(b"{}")
+    a.resign(NOW)
+    assert Share(directory).lead(SERVICE, NOW + 0.01) is True
+    assert not dead.exists()
+    assert live.exists() and other.exists()
+
+
+def test_a_write_that_keeps_failing_is_logged_once(
+    directory: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with caplog.at_level(logging.INFO, logger="sqlrouter.monitor"):
+        monkeypatch.setattr(os, "write", full)  # a full disk
+        for i in range(5):
+            a.renew(NOW + i * 0.1)
+        monkeypatch.undo()
+        a.renew(NOW + 0.6)
+    failed = [r for r in caplog.records if "cannot write" in r.getMessage()]
+    assert len(failed) == 1
+    assert "No space left" in failed[0].getMessage()
+    assert "writes the shared snapshot file" in caplog.text
+    assert caplog.records[-1].getMessage().endswith(" again")
+
+
+def test_processes_probing_with_other_accounts_do_not_share(directory: Path) -> None:
+    # What a probe sees depends on its account (its grants, a server refusing it):
+    # a process is not routed on another account's observations.
+    app, report = Share(directory), Share(directory)
+    assert app.lead(SERVICE, NOW, account="app") is True
+    assert report.lead(SERVICE, NOW, account="report") is True  # a file of its own
+    assert app.path != report.path
+    assert service_key(SERVICE, "app") != service_key(SERVICE, "report")
+    same = Share(directory)
+    assert same.lead(SERVICE, NOW, account="app") is False  # follows app's publisher
+
+
+def test_the_directory_is_checked_at_every_use(directory: Path) -> None:
+    # Checked when the process started watching, the directory may be replaced later
+    # (by a symlink to elsewhere, or made readable by others): nothing is written
+    # through it then, and nothing read from it is trusted.
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    assert a.publish(NOW, health(), NOW)
+    elsewhere = directory.parent / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    directory.rename(directory.parent / "moved")
+    directory.symlink_to(elsewhere)
+    a.publish(NOW + 0.01, health(), NOW + 0.02)
+    a.renew(NOW + 0.03)
+    assert list(elsewhere.iterdir()) == []
+    b = Share(directory)
+    assert b.lead(SERVICE, NOW + 0.04) is True
+    assert b.role == "alone"
+    assert list(elsewhere.iterdir()) == []
+    directory.unlink()
+    (directory.parent / "moved").rename(directory)
+    directory.chmod(0o755)
+    c = Share(directory)
+    assert c.lead(SERVICE, NOW + 0.05) is True
+    assert c.role == "alone"
+    assert c.take() is None
