@@ -26,12 +26,14 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import sqlrouter
+import sqlrouter.events
 from sqlrouter._runtime import handles
 from sqlrouter.routing.router import observed_master
 
@@ -120,8 +122,25 @@ def work(rw_url: str, ro_url: str, status: Path, *, check: bool, watch: Path | N
         "stale": 0,
     }
     changes: list[tuple[float, str | None, tuple[str, ...]]] = []
+    guard = threading.Lock()
+
+    def note(event: object = None) -> bool:
+        """Record what routing sees if it changed: called by the monitor's thread as
+        it installs a snapshot (its events), so the time is the install's, not that of
+        this loop's next look; and by the loop (changes that make no event)."""
+        nonlocal changes
+        with guard:
+            now = time.monotonic()
+            master, excluded = _facts()
+            if changes and changes[-1][1:] == (master, excluded):
+                return False
+            changes = [*changes, (now, master, excluded)][-20:]
+            return True
+
+    sqlrouter.events.subscribe(sqlrouter.events.EVENT_NAMES, note)
     tmp = status.with_name(status.name + ".tmp")
     written = 0.0
+    last: list[tuple[float, str | None, tuple[str, ...]]] = []
     while True:
         if watch is not None and not watch.exists():
             time.sleep(0.5)
@@ -150,12 +169,12 @@ def work(rw_url: str, ro_url: str, status: Path, *, check: bool, watch: Path | N
             checks["max_age"] = max(checks["max_age"], age)
             checks["bound"] = snap.max_age
             checks["stale"] += age > snap.max_age
-        master, excluded = _facts()
-        changed = not changes or changes[-1][1:] != (master, excluded)
-        if changed:
-            changes = [*changes, (now, master, excluded)][-20:]
-        if changed or check or now - written >= 1.0:
-            tmp.write_text(json.dumps({**_status(checks), "changes": changes}))
+        note()
+        with guard:
+            recorded = list(changes)
+        if recorded != last or check or now - written >= 1.0:
+            tmp.write_text(json.dumps({**_status(checks), "changes": recorded}))
+            last = recorded
             os.replace(tmp, status)
             written = now
         time.sleep(0.05 if check else 0.02)

@@ -21,8 +21,13 @@ when its snapshot first showed the change; the figure is when the *last* one did
 
 - stop-io exclusion: ``STOP SLAVE IO_THREAD`` on db3 until every process's snapshot
   excludes db3 for relaxed reads (lag over ``max_lag`` or unknown);
-- switchover followed: the start of ``switchover(db2)`` until every process's snapshot
-  names db2 the master (and back to db1, not timed).
+- switchover followed: from the moment db2 is writable (the end of the switchover's
+  ``writable db2`` step) until every process's snapshot names db2 the master (and back
+  to db1, not timed); the time from the start of ``switchover(db2)`` is kept too.
+
+Each run makes its change at a set phase of the monitor interval (``PHASES``, in
+turn, measured from the wall clock's ticks on which the rounds start): the same phases
+for one process and for the fleet.
 
 ``--update-docs`` rewrites the ``fleet`` section of docs/benchmarks.md and draws
 docs/benchmarks/fleet.png (matplotlib: the ``bench`` extra); the JSON goes to
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -47,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlrouter.sandbox import Sandbox
-from sqlrouter.switchover import switchover
+from sqlrouter.switchover import Step, switchover
 
 from ._common import bench_sandbox, machine_info, markdown_table, replace_section, write_json
 
@@ -214,21 +220,56 @@ def _wait_all(fleet: Fleet, since: float, match: Callable[[list[Any]], bool]) ->
     raise RuntimeError("not every worker saw the change within 60s")
 
 
+#: Where in the monitor interval each run's change is made (fractions after a tick of
+#: the wall clock, in turn): a change's reaction depends on its phase against the
+#: rounds (and, for stop-io, the heartbeat), the same way for one process and a fleet;
+#: taking the same phases on both sides compares like with like.
+PHASES = (0.1, 0.35, 0.6, 0.85)
+
+
+def _at_phase(interval: float, fraction: float) -> None:
+    """Sleep until ``fraction`` of an interval after a tick of the wall clock."""
+    time.sleep((fraction * interval - time.time() % interval) % interval)
+
+
+def _note_writable(into: list[float], step: Step) -> None:
+    """A switchover's report: when its ``writable db2`` step ended."""
+    if step.name == "writable db2" and step.ok:
+        into.append(time.monotonic())
+
+
 def measure_reactions(sb: Sandbox, n: int, code: Path | None, repeat: int) -> dict[str, Any]:
     fleet = Fleet(sb, n, code, watch=True)
-    out: dict[str, Any] = {"processes": n, "stop_io": [], "switchover": []}
+    interval = sb.service().monitor_interval
+    out: dict[str, Any] = {
+        "processes": n,
+        "stop_io": [],
+        "switchover": [],
+        "switchover_from_start": [],
+        "phases": [],
+    }
     try:
         time.sleep(3.0)
-        for _ in range(repeat):
+        for i in range(repeat):
+            phase = PHASES[i % len(PHASES)]
+            out["phases"].append(phase)
+            _at_phase(interval, phase)
             since = time.monotonic()
             sb.fault("db3", "stop-io")
             out["stop_io"].append(_wait_all(fleet, since, lambda c: "db3" in c[2]))
             sb.fault("db3", "resume")
             _wait_all(fleet, time.monotonic() - 0.05, lambda c: "db3" not in c[2])
             time.sleep(1.0)
+            writable: list[float] = []
+            _at_phase(interval, phase)
             since = time.monotonic()
-            switchover(sb.service(), "db2")
-            out["switchover"].append(_wait_all(fleet, since, lambda c: c[1] == "db2"))
+            switchover(sb.service(), "db2", report=functools.partial(_note_writable, writable))
+            followed = _wait_all(fleet, since, lambda c: c[1] == "db2")
+            out["switchover_from_start"].append(followed)
+            # From the moment db2 took writes: the switchover's own steps (the
+            # old master drained, db2 caught up) are the servers' time, not the
+            # processes'.
+            out["switchover"].append(since + followed - writable[0])
             switchover(sb.service(), "db1")
             _wait_all(fleet, time.monotonic() - 5, lambda c: c[1] == "db1")
             time.sleep(1.0)
@@ -297,7 +338,7 @@ def report(results: dict[str, Any]) -> str:
         base = results["reactions"][0]
         for r in results["reactions"]:
             cells = [r["processes"]]
-            for key in ("stop_io", "switchover"):
+            for key in ("stop_io", "switchover", "switchover_from_start"):
                 med = statistics.median(r[key])
                 ratio = med / statistics.median(base[key])
                 cells.append(
@@ -307,18 +348,32 @@ def report(results: dict[str, Any]) -> str:
             rrows.append(cells)
         lines += [
             "",
-            "Reaction times (median over the runs; the last process to see the change):",
+            "Reaction times (median over the runs, each made at a set phase of the monitor "
+            "interval, the same phases for every count; the last process to see the change):",
             "",
             markdown_table(
                 [
                     "processes",
                     "stop-io: db3 excluded everywhere (vs 1)",
-                    "switchover: db2 the master everywhere (vs 1)",
+                    "switchover: db2 the master everywhere, from db2 writable (vs 1)",
+                    "the same from the switchover's start (vs 1)",
                     "load avg",
                 ],
                 rrows,
             ),
         ]
+        most = results["reactions"][-1]
+        verdicts = []
+        for key, what in (("stop_io", "stop-io"), ("switchover", "switchover from db2 writable")):
+            ratio = statistics.median(most[key]) / statistics.median(base[key])
+            verdicts.append(
+                f"{what} {ratio:.2f}x ({'met' if ratio <= TARGETS['reaction'] else 'NOT met'})"
+            )
+        lines.append("")
+        lines.append(
+            f"Reaction target with {most['processes']} processes (within "
+            f"{TARGETS['reaction'] - 1:.0%} of one process's): " + "; ".join(verdicts) + "."
+        )
     for failed in results.get("failed", []):
         lines.append(
             f"\n{failed['side']}, {failed['processes']} processes: not measured: "
@@ -373,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", default="1,10,50,200")
     parser.add_argument("--before", type=Path, default=None, help="another checkout to compare")
     parser.add_argument("--window", type=float, default=10.0)
-    parser.add_argument("--reactions", type=int, default=3, help="runs of each reaction (0: none)")
+    parser.add_argument("--reactions", type=int, default=8, help="runs of each reaction (0: none)")
     parser.add_argument(
         "--before-max",
         type=int,

@@ -1,6 +1,7 @@
 """The monitor: one background thread per service, probing every datasource.
 
-Each round (every ``monitor_interval`` seconds, jittered by +-10%) probes every
+Each round (every ``monitor_interval`` seconds, on the wall clock's ticks: see
+:mod:`sqlrouter.routing._ticks`) probes every
 datasource in parallel on a persistent monitoring connection, in one round trip (a
 multi-statement query: ``@@server_id``, ``@@read_only``, the GTID positions, the
 server's clock, the freshest heartbeat, then ``SHOW SLAVE STATUS``), computes each
@@ -17,7 +18,8 @@ Lag is measured from a heartbeat row (pt-heartbeat style) written on that master
 nowhere else, once per round by one process of the whole cluster: the monitor that
 holds the writer's ``GET_LOCK()`` on the master (see ``Prober.write_heartbeat``; the
 others write nothing, so the master's binlog gets one heartbeat commit per interval
-whatever the number of processes and hosts).  The write runs on a connection of its
+whatever the number of processes and hosts), half an interval after the round's tick
+(when no host probes).  The write runs on a connection of its
 own so that a slow write (semi-sync waiting for a replica) never delays a probe.  The
 statement itself writes nothing on a read-only server or on one whose replication SQL
 thread runs.  How the round's observations become each replica's lag is pure, in
@@ -32,7 +34,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ import pymysql
 from .. import _forksafe, telemetry
 from ..errors import AUTH_ERRNOS
 from ..topology import Credentials, DataSource, Service
+from . import _ticks
 from ._probe import Clock, Connect, Prober, describe_error
 from .health import Snapshot, unknown
 from .lag import Observation, compute_health
@@ -77,8 +79,12 @@ class Monitor:
         on_snapshot: Callable[[Snapshot, Snapshot], None] | None = None,
         refresh: Callable[[], Service | None] | None = None,
         share: Share | None = None,
+        wall: Clock = time.time,
     ) -> None:
         self._service = service
+        #: The wall clock whose ticks the rounds and the heartbeat follow (a seam for
+        #: tests; ``clock`` stamps the observations).
+        self._wall = wall
         #: The service's shared snapshots (:mod:`sqlrouter.routing.shared`): this
         #: monitor probes and publishes, or follows another process's rounds.
         self.share = share
@@ -320,21 +326,27 @@ class Monitor:
                 followed = started
                 self._follow_registry()
             service = self._service
-            interval = service.monitor_interval
-            wait = interval * random.uniform(0.9, 1.1)  # noqa: S311
+            following = False
             try:
                 account = self._credentials.user
                 if self.share is not None and not self.share.lead(
                     service, started, account=account
                 ):
+                    following = True
                     self._stop_probing()
                     self._follow(self.share)
-                    wait = interval / POLLS_PER_INTERVAL
                 else:
                     self.run_round()
             except Exception:  # a bug must not kill the monitor silently
                 logger.exception("service %r: monitor round failed", self._service.name)
-            self._kick.wait(max(0.0, wait - (self._clock() - started)))
+            # Rounds start on the wall clock's ticks, in every process and host alike
+            # (see sqlrouter.routing._ticks); a follower looks just after each tick.
+            interval, now = self._service.monitor_interval, self._wall()
+            if following:
+                wait = _ticks.until_look(interval, now, POLLS_PER_INTERVAL)
+            else:
+                wait = _ticks.until_tick(interval, now)
+            self._kick.wait(wait)
             self._kick.clear()
 
     def _follow(self, share: Share) -> None:
@@ -578,12 +590,16 @@ class Monitor:
         prober = self._probers.get(target) if target is not None else None
         if prober is None or not prober._heartbeat_ok:
             return
+        # Half an interval after the tick, not now: the other hosts' probes run now.
+        delay = _ticks.until_heartbeat(service.monitor_interval, self._wall())
         try:
-            self._heartbeat_future = self._pool.submit(self._write_heartbeat, prober)
+            self._heartbeat_future = self._pool.submit(self._write_heartbeat, prober, delay)
         except RuntimeError:  # stop() shut the pool down under this round
             return
 
-    def _write_heartbeat(self, prober: Prober) -> None:
+    def _write_heartbeat(self, prober: Prober, delay: float = 0.0) -> None:
+        if delay > 0 and self._stop.wait(delay):
+            return
         try:
             service = self._service
             prober.write_heartbeat(

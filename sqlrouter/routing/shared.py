@@ -41,11 +41,13 @@ The lease
     publisher that is not one; nothing takes over from a live agent.
 
 Reading stays off the statement path
-    A follower's monitor thread polls the file's ``stat()`` every tenth of an interval
-    and reads it when it changed; the snapshot it installs is the process's, like a
-    round of its own: connections read it from memory.  The freshness bound applies
-    unchanged (the snapshot keeps the publisher's ``taken_at``): a follower never routes
-    on a round older than ``Snapshot.max_age``, whoever made it.
+    A follower's monitor thread looks at the file's ``stat()`` just after each tick of
+    the wall clock, when the publisher's round lands, then every tenth of an interval
+    (:mod:`sqlrouter.routing._ticks`), and reads it when it changed; the snapshot it
+    installs is the process's, like a round of its own: connections read it from
+    memory.  The freshness bound applies unchanged (the snapshot keeps the publisher's
+    ``taken_at``): a follower never routes on a round older than ``Snapshot.max_age``,
+    whoever made it.
 
 (Over 600 lines: the file's format, its checks and the election are one protocol, best
 read together.)

@@ -25,6 +25,8 @@ from sqlrouter.topology import Credentials, DataSource, Role, Service
 APP = Credentials("app", "app-pw")
 OTHER = Credentials("other", "other-pw")
 WALL = 1_800_000_000.0
+#: Half an hour past a tick of the test service's hourly rounds.
+HALF_PAST = 1_800_001_800.0
 
 
 @dataclass
@@ -214,6 +216,8 @@ def started() -> Iterator[Callable[..., Monitor]]:
     monitors: list[Monitor] = []
 
     def start(cluster: Cluster, svc: Service | None = None, **kw: Any) -> Monitor:
+        # The wall clock at half past a tick: the heartbeat is written at once.
+        kw.setdefault("wall", lambda: HALF_PAST)
         monitor = Monitor(svc or service(), connect=cluster.connect, **kw)
         monitors.append(monitor)
         monitor.start()
@@ -256,6 +260,22 @@ def test_the_heartbeat_goes_to_the_master_only(started: Callable[..., Monitor]) 
     started(cluster, credentials=APP)
     wait_until(lambda: cluster.heartbeats(3310) >= 1, "a heartbeat on db1")
     assert cluster.heartbeats(3311) == cluster.heartbeats(3312) == 0
+
+
+def test_the_heartbeat_waits_for_half_an_interval_after_the_tick(
+    started: Callable[..., Monitor],
+) -> None:
+    """At the tick, when every host probes, nothing is written: the write waits until
+    half an interval later (here half an hour), and stop() does not wait for it."""
+    cluster = healthy()
+    monitor = started(cluster, credentials=APP, wall=lambda: 1_800_003_600.0)
+    monitor.run_round()
+    future = monitor._heartbeat_future
+    assert future is not None and not future.done()
+    assert sum(cluster.heartbeats(p) for p in (3310, 3311, 3312)) == 0
+    monitor.stop()
+    assert future.done()
+    assert sum(cluster.heartbeats(p) for p in (3310, 3311, 3312)) == 0
 
 
 def test_no_heartbeat_while_no_master_is_singled_out(started: Callable[..., Monitor]) -> None:

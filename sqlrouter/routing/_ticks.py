@@ -1,0 +1,63 @@
+"""When a monitor's rounds run: on the ticks of the wall clock, alike in every process.
+
+A round starts at a multiple of ``monitor_interval`` on the wall clock (``time.time()``),
+not at a random phase.  The publishers of every host of a fleet then probe at the same
+instants, and a change is seen by every host in the same round: the fleet follows it as
+soon as one process would.  (With random phases, the last of H hosts sees a change on
+average H/(H+1) of an interval after it, against half an interval for one process.)
+Clocks kept by NTP agree within milliseconds; a host whose clock is off only probes at
+another phase, as every host did before.
+
+Two schedules follow from it:
+
+- The heartbeat is written half an interval after the tick, not in the round: the probes
+  of the other hosts, at the tick, would race with a write made then (the master read
+  just after the write, a replica just before it replicated it: a healthy replica would
+  show one interval of lag).
+- A follower (:mod:`sqlrouter.routing.shared`) looks at the shared file just after
+  each tick, when the publisher's round lands (a few milliseconds later:
+  :data:`EARLY_LOOKS`), then every ``1/polls`` of an interval, to notice a publisher
+  that died.
+
+Pure functions of the interval and the time: no clock is read here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["EARLY_LOOKS", "until_heartbeat", "until_look", "until_tick"]
+
+#: When a follower looks at the shared file after a tick (seconds): a round on loopback
+#: or a LAN takes a few milliseconds; a slower one is caught by the regular looks.
+EARLY_LOOKS: Final = (0.002, 0.004, 0.008, 0.016, 0.032)
+_EPSILON: Final = 1e-6
+
+
+def until_tick(interval: float, now: float) -> float:
+    """Seconds from ``now`` to the next round (in ``(0, interval]``)."""
+    return interval - now % interval
+
+
+def until_heartbeat(interval: float, now: float) -> float:
+    """Seconds from ``now`` to the next heartbeat write, half an interval after a tick
+    (in ``[0, interval)``)."""
+    return (interval / 2 - now % interval) % interval
+
+
+def looks(interval: float, polls: int) -> tuple[float, ...]:
+    """A follower's looks within one interval, as offsets after its tick (ascending)."""
+    step = interval / polls
+    regular = {k * step for k in range(1, polls)}
+    return tuple(sorted({look for look in EARLY_LOOKS if look < step} | regular))
+
+
+def until_look(interval: float, now: float, polls: int) -> float:
+    """Seconds from ``now`` to a follower's next look at the shared file (positive, at
+    most an interval plus the first early look)."""
+    phase = now % interval
+    offsets = looks(interval, polls)
+    for offset in offsets:
+        if offset > phase + _EPSILON:
+            return offset - phase
+    return interval - phase + offsets[0]
