@@ -7,8 +7,9 @@ reads) in the environment variables ``FLEET_RW_URL`` and ``FLEET_RO_URL``: a pro
 that holds one RW_STRICT and one RO_RELAXED connection and writes
 what its monitor sees to the JSON file STATUS (replaced atomically) when that changed
 and at least once a second (every 50 ms with ``--check``): its share role, whether
-it writes the heartbeat, the snapshot's age, master and lags.  With ``--check`` it also runs a query on each connection every round and records where each
-went and the errors.  With ``--fork N`` it imports sqlrouter, then forks N such workers
+it writes the heartbeat, the snapshot's age, master and lags.  With ``--check`` it
+also runs a query on each connection every round and records where each went and the
+errors.  With ``--fork N`` it imports sqlrouter, then forks N such workers
 (``STATUS`` then names a directory: one ``PID.json`` each), spread over the simulated
 hosts ``--hosts`` (each a ``$SQLROUTER_SHARE`` directory), and waits; SIGTERM stops
 them all.  ``--watch FILE``: write STATUS only while FILE exists (else look every
