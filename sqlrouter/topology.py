@@ -111,7 +111,7 @@ class Service:
     datasources: tuple[DataSource, ...]
     #: Default ``max_lag`` (seconds) for RO_RELAXED when the URL does not give one.
     max_lag: float = 1.0
-    #: Seconds between two monitor rounds (jittered by +-10%).
+    #: Seconds between two monitor rounds (which start on the wall clock's multiples of it).
     monitor_interval: float = 0.5
     #: Timeout (seconds) of each monitor probe: connect, read and write.
     probe_timeout: float = 1.0

@@ -36,7 +36,7 @@ from .router import resolve_master
 __all__ = ["HEARTBEAT_STALE_INTERVALS", "Observation", "compute_health"]
 
 #: The master's freshest heartbeat older than this many monitor intervals: the
-#: heartbeat writer stalled (it writes one every round, +-10%).
+#: heartbeat writer stalled (it writes one every interval, half an interval after a tick).
 HEARTBEAT_STALE_INTERVALS = 2.0
 
 

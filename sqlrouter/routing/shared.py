@@ -94,7 +94,7 @@ __all__ = [
 logger = logging.getLogger("sqlrouter.monitor")
 
 #: A publisher that has not written for this many monitor intervals has stalled (it
-#: writes every interval, +-10%, plus the round's time; followers look every tenth of an
+#: writes every interval, plus the round's time; followers look every tenth of an
 #: interval: a stalled publisher is replaced within two intervals).
 LEASE_INTERVALS: Final = 1.8
 #: A follower looks at the file this many times per monitor interval.

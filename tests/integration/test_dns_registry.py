@@ -5,7 +5,7 @@ it publishes the sandbox's servers as ``dbN.sandbox.example.test`` (A 127.0.0.1)
 the SRV records of ``_mysql._tcp.SERVICE.sandbox.example.test`` (SERVICE: the
 sandbox's service name), with a TTL of 1 second.
 The tests change the records while applications run and measure how long sqlrouter
-takes to follow: at most TTL + one monitor interval (+10% jitter), plus a margin for a
+takes to follow: at most TTL + one monitor interval (+10%), plus a margin for a
 loaded machine.
 """
 
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.sandbox
 #: The TTL of the published records, and the service's monitor interval (the default).
 TTL = 1.0
 INTERVAL = 0.5
-#: What the issue promises (TTL + one monitor interval, jittered by +10%), plus a margin
+#: What the issue promises (TTL + one monitor interval, +10%), plus a margin
 #: for a loaded 2-core machine: the DNS re-resolution and one monitor round themselves.
 FOLLOW_BOUND = TTL + INTERVAL * 1.1 + 0.75
 #: Seconds each DNS resolution may take (the spec's ``timeout``): short, for the outage.
