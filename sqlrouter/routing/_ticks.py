@@ -45,19 +45,21 @@ def until_heartbeat(interval: float, now: float) -> float:
     return (interval / 2 - now % interval) % interval
 
 
-def looks(interval: float, polls: int) -> tuple[float, ...]:
-    """A follower's looks within one interval, as offsets after its tick (ascending)."""
+def looks(interval: float, polls: int, *, early: bool = True) -> tuple[float, ...]:
+    """A follower's looks within one interval, as offsets after its tick (ascending);
+    without the early ones if not ``early``."""
     step = interval / polls
     regular = {k * step for k in range(1, polls)}
-    return tuple(sorted({look for look in EARLY_LOOKS if look < step} | regular))
+    first = {look for look in EARLY_LOOKS if look < step} if early else set()
+    return tuple(sorted(first | regular))
 
 
-def until_look(interval: float, now: float, polls: int) -> float:
+def until_look(interval: float, now: float, polls: int, *, early: bool = True) -> float:
     """Seconds from ``now`` to a follower's next look at the shared file (positive, at
-    most an interval plus the first early look)."""
+    most an interval plus the first early look).  ``early=False``: this tick's round is
+    in already, skip this interval's early looks (the next tick's are kept)."""
     phase = now % interval
-    offsets = looks(interval, polls)
-    for offset in offsets:
+    for offset in looks(interval, polls, early=early):
         if offset > phase + _EPSILON:
             return offset - phase
-    return interval - phase + offsets[0]
+    return interval - phase + looks(interval, polls)[0]

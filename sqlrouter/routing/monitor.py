@@ -319,6 +319,8 @@ class Monitor:
 
     def _run(self) -> None:
         followed = -math.inf
+        #: When a follower last installed a publisher's round (wall clock).
+        installed_at = -math.inf
         while not self._stop.is_set():
             started = self._clock()
             if started - followed >= self._service.monitor_interval / 2:
@@ -334,7 +336,8 @@ class Monitor:
                 ):
                     following = True
                     self._stop_probing()
-                    self._follow(self.share)
+                    if self._follow(self.share):
+                        installed_at = self._wall()
                 else:
                     self.run_round()
             except Exception:  # a bug must not kill the monitor silently
@@ -343,20 +346,22 @@ class Monitor:
             # (see sqlrouter.routing._ticks); a follower looks just after each tick.
             interval, now = self._service.monitor_interval, self._wall()
             if following:
-                wait = _ticks.until_look(interval, now, POLLS_PER_INTERVAL)
+                # This tick's round is in: no early looks until the next tick.
+                early = now // interval != installed_at // interval
+                wait = _ticks.until_look(interval, now, POLLS_PER_INTERVAL, early=early)
             else:
                 wait = _ticks.until_tick(interval, now)
             self._kick.wait(wait)
             self._kick.clear()
 
-    def _follow(self, share: Share) -> None:
-        """A follower's turn: install the publisher's round if it is a new one."""
+    def _follow(self, share: Share) -> bool:
+        """A follower's turn: install the publisher's round if it is a new one (True)."""
         pending = self._pending_service
         if pending is not None:
             self._apply_service(pending)
         got = share.take()
         if got is None:
-            return
+            return False
         taken_at, health = got
         service = self._service
         with self._lock:
@@ -364,7 +369,7 @@ class Monitor:
             if taken_at <= previous.taken_at:
                 # Older than what this process routes on (its own last round, before it
                 # followed; a late write of a replaced publisher): not installed.
-                return
+                return False
             promoted = self._promoted
             snap = Snapshot(
                 service=service,
@@ -379,6 +384,7 @@ class Monitor:
             self._round_done.notify_all()
         self._warn_split_brain(snap, resolve_master(service.datasources, health, promoted=promoted))
         self._notify(previous, snap)
+        return True
 
     def _stop_probing(self) -> None:
         """A follower probes nothing: close the monitoring connections (and so give up

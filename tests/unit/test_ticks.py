@@ -78,3 +78,20 @@ def test_a_follower_looks_2ms_after_the_tick_then_doubles() -> None:
         at += until_look(0.5, at, 10)
         seen.append(round(at - 1000.0, 6))
     assert seen == [0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.1, 0.15]
+
+
+def test_once_the_ticks_round_is_in_a_follower_skips_the_early_looks() -> None:
+    # At 8 ms after the tick the round was read: the next look is the regular one.
+    assert math.isclose(until_look(0.5, 1000.008, 10, early=False), 0.042)
+    # Past the last regular look: the next tick's early looks are kept.
+    assert math.isclose(until_look(0.5, 1000.46, 10, early=False), 0.042)
+    assert looks(0.5, 10, early=False) == tuple(k * 0.05 for k in range(1, 10))
+
+
+@given(intervals, times, polls)
+def test_skipping_early_looks_never_waits_past_the_next_tick_s_first(
+    interval: float, now: float, n: int
+) -> None:
+    wait = until_look(interval, now, n, early=False)
+    assert 0 < wait <= interval + looks(interval, n)[0] + 1e-6 * max(1.0, now)
+    assert wait >= until_look(interval, now, n) - 1e-9
