@@ -62,6 +62,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -308,6 +309,13 @@ def _time(value: object, what: str, now: float) -> float | None:
     return float(value)
 
 
+@functools.lru_cache(maxsize=256)
+def _position(text: str) -> CausalToken:
+    """A GTID list read from a file, as a token: the same few lists come round after
+    round (tokens are immutable: one serves every round that names it)."""
+    return CausalToken.from_gtid_list(text)
+
+
 def _health(item: object, now: float) -> Health:
     if not isinstance(item, dict) or set(item) != set(_TYPES):
         raise ShareError("a datasource's health has missing or unknown fields")
@@ -320,7 +328,7 @@ def _health(item: object, now: float) -> Health:
     if not values["observed_at"] <= now + 1.0:
         raise ShareError("an observation is in the future")
     try:
-        values["position"] = CausalToken.from_gtid_list(values["position"])
+        values["position"] = _position(values["position"])
     except ValueError as exc:
         raise ShareError(f"position: {exc}") from None
     for name in ("observed_at", "lag"):
@@ -356,6 +364,8 @@ class Share:
         self._stood_down_at: float | None = None
         #: The last write failed (logged once until one succeeds: a full disk).
         self._write_failed = False
+        #: The publisher (pid, start time) last found running, and when.
+        self._checked: tuple[tuple[int, int], float] | None = None
         self.changes = 0
 
     def __repr__(self) -> str:
@@ -386,6 +396,7 @@ class Share:
         self._read = None
         self._taken = None
         self._stood_down_at = None
+        self._checked = None
 
     # -- the monitor's calls ---------------------------------------------------------
 
@@ -490,7 +501,16 @@ class Share:
             # Another PID namespace (a sidecar agent, a container sharing the
             # directory): its pid means nothing here; the lease decides alone.
             return True
-        return _pid.running(read.pid, read.started)
+        # /proc is read at every regular look (a tenth of an interval apart), not at
+        # each of the early looks that follow a tick a few milliseconds apart.
+        who = (read.pid, read.started)
+        checked = self._checked
+        step = 0.9 * service.monitor_interval / POLLS_PER_INTERVAL
+        if checked is not None and checked[0] == who and 0 <= now - checked[1] < step:
+            return True
+        running = _pid.running(read.pid, read.started)
+        self._checked = (who, now) if running else None
+        return running
 
     @contextlib.contextmanager
     def _dir(self) -> Iterator[int]:

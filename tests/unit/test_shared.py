@@ -541,3 +541,33 @@ def test_the_directory_is_checked_at_every_use(directory: Path) -> None:
     assert c.lead(SERVICE, NOW + 0.05) is True
     assert c.role == "alone"
     assert c.take() is None
+
+
+def test_a_follower_reads_proc_once_per_regular_look_and_still_sees_a_death(
+    directory: Path,
+) -> None:
+    """The looks just after a tick come a few ms apart: the publisher's /proc entry is
+    read at most once per tenth of an interval, and its death is seen at the first
+    look after that."""
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child waits to be told to exit
+        os.close(write)
+        os.read(read, 1)
+        os._exit(0)
+    os.close(read)
+    _rewrite(a.path, pid=pid, started=_start_time(pid), publisher="child")
+    b = Share(directory)
+    step = SERVICE.monitor_interval / 10
+    assert b.lead(SERVICE, NOW + 0.01) is False  # alive
+    os.close(write)
+    os.waitpid(pid, 0)
+    # Dead, but looked at again within the step: not read again.
+    assert b.lead(SERVICE, NOW + 0.01 + step / 2) is False
+    assert b.role == "follower"
+    # The next regular look reads it: gone, taken over.
+    assert b.lead(SERVICE, NOW + 0.01 + step) is True
+    assert b.role == "publisher"
