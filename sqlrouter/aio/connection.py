@@ -6,7 +6,7 @@ Routing is sqlrouter's one routing core, shared with :class:`sqlrouter.Connectio
 service table and monitor of :mod:`sqlrouter._runtime`, the router, and the decisions of
 :mod:`sqlrouter._attempts` (a connect's attempts), :mod:`sqlrouter._connrules` (session
 consistency, failures) and :mod:`sqlrouter._gtidcapture` (each write's GTID).  What is
-here is how they are carried out without blocking the event loop:
+here and below is how they are carried out without blocking the event loop:
 
 - finding the service (a registry file, DNS), building SSL contexts and waiting for the
   monitor's first round run in threads of sqlrouter's own (:mod:`sqlrouter.aio._offloop`),
@@ -18,9 +18,9 @@ here is how they are carried out without blocking the event loop:
   (:mod:`sqlrouter.aio._cancel`) before the cancellation goes on: nothing is left in
   an undefined state, and no server thread runs on for it.
 
-This module is kept whole (about 650 lines), as ``sqlrouter/connection.py`` is: the
-connect path, the statement path and cancellation act on one connection's state, and
-read best side by side.
+The class is built in three layers, each a module: :mod:`._guard` (awaiting a server:
+bounded, cancellable), :mod:`._route` (routing and opening the connection, the session's
+set-up), and this one: the statement path, invalidation, closing, and :func:`connect`.
 """
 
 from __future__ import annotations
@@ -28,32 +28,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
-from typing import Any, TypeVar
-
-import tenacity
+from typing import Any
 
 from .. import _runtime
-from .._attempts import (
-    Attempt,
-    TryAgain,
-    not_caught_up,
-    policy_for,
-    retry_arguments,
-)
-from .._connbase import RoutedConnection, credentials_of, parse_cached
+from .._connbase import credentials_of, parse_cached
 from .._connrules import (
-    ENABLE_GTID_TRACKING,
     IN_TRANS,
     LOST,
     Move,
-    gtid_wait,
     may_read_elsewhere,
-    open_session,
 )
-from .._connstate import ConnState
 from .._gtidcapture import (
     commit_done,
     next_result_done,
@@ -68,16 +54,10 @@ from ..errors import (
     MySQLError,
     OperationalError,
 )
-from ..gtid import CausalToken
-from ..qos import QoS
-from ..routing.health import Snapshot
-from ..routing.router import Decision, Policy
-from ..routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
+from ..routing.router import Decision
 from ..topology import DataSource
 from ..url import ServiceURL
-from . import _cancel
 from ._aiomysql import (
-    AiomysqlConnection,
     Result,
     aiomysql_query,
     build_tls,
@@ -85,23 +65,19 @@ from ._aiomysql import (
     tls_cached,
 )
 from ._offloop import off_loop
+from ._route import RoutingConnection
 
 __all__ = ["Connection", "connect"]
 
 logger = logging.getLogger("sqlrouter.aio")
 
-_T = TypeVar("_T")
-
 #: What a statement is called in the errors of a cancelled or timed-out one.
 _STATEMENT = "a statement"
-#: The longest a cancelled statement's clean-up (closing, ``KILL``) may delay the
-#: cancellation (also bounded by ``connect_timeout``).
-CANCEL_CLEANUP_TIMEOUT = 5.0
 #: The longest ``ensure_closed()`` reads the rest of a streamed write's rows (its GTID).
 CLOSE_DRAIN_TIMEOUT = 10.0
 
 
-class Connection(RoutedConnection, AiomysqlConnection):
+class Connection(RoutingConnection):
     """An aiomysql connection opened on the datasource the router chose.
 
     Extra attributes, as on :class:`sqlrouter.Connection`: :attr:`datasource`,
@@ -113,226 +89,6 @@ class Connection(RoutedConnection, AiomysqlConnection):
 
     datasource: DataSource | None
     decision: Decision | None
-    #: The ssl options asked for TLS (aiomysql itself only prefers it).
-    _tls_required: bool = False
-    #: The server thread _stopped() last closed (and killed): never twice.
-    _stopped_thread: int | None = None
-
-    def __init__(self, url: ServiceURL, handle: ServiceHandle, args: dict[str, Any]) -> None:
-        """``args``: aiomysql's keywords for ``url`` (``_aiomysql.connect_args``)."""
-        session = open_session(url, args)
-        self._routed(url, handle)
-        self._state = ConnState(relaxed=url.qos is QoS.RO_RELAXED, session=session)
-        super().__init__(
-            host="",
-            port=0,
-            user=url.user,
-            password=url.password or "",
-            db=url.database,
-            connect_timeout=url.connect_timeout,
-            **args,
-        )
-
-    # -- what sqlrouter adds (the rest is RoutedConnection's) ------------------------
-
-    @property
-    def _is_open(self) -> bool:
-        return self._writer is not None
-
-    def _abandon(self, why: str) -> None:
-        self._abandon_after_fork(why)
-
-    # -- routing and connecting ----------------------------------------------------
-
-    async def _route(
-        self, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
-    ) -> None:
-        """Route, then open the connection on the chosen datasource (attempts go on as
-        :func:`sqlrouter._attempts.retry_arguments` says, waiting with asyncio.sleep)."""
-        attempt = Attempt.start(self._url, exclude=exclude, allow_wait=allow_wait)
-        try:
-            await self._connect_once(attempt)
-        except TryAgain:
-            pass
-        else:
-            return
-        retrying = tenacity.AsyncRetrying(
-            **retry_arguments(self._url, attempt, len(self._handle.service.datasources))
-        )
-        try:
-            await retrying(self._connect_once, attempt)
-        except TryAgain as exc:
-            raise exc.error from exc.__cause__
-
-    async def _snapshot(self, attempt: Attempt) -> Snapshot:
-        """The snapshot to route on; waiting for a monitor round happens in a thread."""
-        url = self._url
-        credentials = credentials_of(url.user or "", url.password or "")
-        fresh = self._handle.fresh_snapshot(credentials)
-        if fresh is not None:
-            return fresh
-        timeout = max(0.0, min(FIRST_ROUND_TIMEOUT, attempt.deadline - time.monotonic()))
-        wait = functools.partial(self._handle.snapshot, credentials, timeout=timeout)
-        try:
-            return await off_loop(wait, timeout)
-        except TimeoutError:
-            # No thread free in time: as a wait for a round that does not come, the
-            # current snapshot (stale: the router trusts none of it).
-            return self._handle.monitor.snapshot
-
-    async def _connect_once(self, attempt: Attempt) -> None:
-        """One routing decision and one connection attempt; TryAgain to go on."""
-        url = self._url
-        snapshot = await self._snapshot(attempt)
-        ds = self._decide(snapshot, attempt)
-        self._host, self._port = ds.host, ds.port
-        try:
-            await self._connect_bounded(attempt.left())
-        except OperationalError as exc:
-            raise self._failed(ds, exc, attempt) from exc
-        if self._connected(ds) and not await self._after_connect(snapshot):
-            raise not_caught_up(url, ds, attempt)
-        self._registered(snapshot)
-
-    async def _connect_bounded(self, timeout: float) -> None:
-        """aiomysql's connect (socket, handshake, set-up statements), bounded by
-        ``timeout``; cancelled, it closes what it opened."""
-        self._result = None
-        state = self._state
-        state.connecting = True
-        self.connect_timeout = timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await super()._connect()
-        except TimeoutError:
-            self._close_transport()
-            raise OperationalError(
-                2003,
-                f"Can't connect to MySQL server on {self._host}:{self._port} "
-                f"(no handshake within {timeout:g}s)",
-            ) from None
-        except BaseException:
-            self._close_transport()
-            raise
-        finally:
-            state.connecting = False
-        if self._tls_required and not self._secure:
-            self._close_transport()
-            raise OperationalError(
-                2026,
-                f"{self._host}:{self._port} does not offer TLS, which the connection's "
-                "ssl options require",
-            )
-
-    async def _after_connect(self, snapshot: Snapshot) -> bool:
-        """Set up session consistency on a new connection; False: go elsewhere."""
-        setup = self._session_setup(snapshot)
-        if setup.track_gtid:
-            await self._enable_gtid_tracking()
-        caught_up = setup.wait_for is None or await self._gtid_wait(setup.wait_for)
-        if self._caught_up(setup, caught_up):
-            return True
-        self._close_transport()
-        return False
-
-    async def _enable_gtid_tracking(self) -> None:
-        try:
-            await self._guarded(aiomysql_query(self, ENABLE_GTID_TRACKING), "SET")
-        except MySQLError as exc:
-            self._no_tracking(exc)
-
-    async def _gtid_wait(self, token: CausalToken) -> bool:
-        """``MASTER_GTID_WAIT(token, consistency_wait)`` in one round trip, bounded."""
-        sql, bound = gtid_wait(token, self._url.consistency_wait, self._url.connect_timeout)
-        try:
-            async with asyncio.timeout(bound):
-                found = await self._first_value_aside(sql)
-        except TimeoutError:
-            # The wait ends on the server by itself after consistency_wait: no reply long
-            # after that is a server or network that does not answer, which a KILL (one
-            # more connection to it) would not reach either.
-            await self._stopped("MASTER_GTID_WAIT timed out", kill=False)
-            return False
-        except asyncio.CancelledError:
-            await self._stopped("cancelled during MASTER_GTID_WAIT", kill=True)
-            raise
-        return bool(found == 0)
-
-    # -- cancellation --------------------------------------------------------------
-
-    async def _guarded(self, step: Awaitable[_T], what: str) -> _T:
-        """Await a server's reply to ``what``, within ``read_timeout`` (none: no bound).
-
-        A task cancelled meanwhile, or a reply that does not come in time, closes the
-        connection and stops the statement on the server before the cancellation goes on
-        (or OperationalError 2013 is raised, as PyMySQL raises it for a read timeout).
-        """
-        timeout = self._url.read_timeout
-        try:
-            if timeout is None:
-                return await step
-            try:
-                async with asyncio.timeout(timeout):
-                    return await step
-            except TimeoutError:
-                await self._stopped(f"no reply to {what} within read_timeout", kill=True)
-                raise OperationalError(
-                    2013,
-                    f"Lost connection to server during query (no reply to {what} within "
-                    f"read_timeout {timeout:g}s; it was stopped on the server)",
-                ) from None
-        except asyncio.CancelledError:
-            await self._stopped(f"cancelled during {what}", kill=True)
-            raise
-
-    async def _stopped(self, why: str, *, kill: bool) -> None:
-        """The connection's reply was abandoned: close it (nothing more can be read from
-        it in step) and end its server thread, within ``CANCEL_CLEANUP_TIMEOUT``."""
-        thread_id = self.thread_id_or_none
-        if thread_id is not None and thread_id == self._stopped_thread:
-            return  # by a nested handler already (one reason, one KILL)
-        self._stopped_thread = thread_id
-        self._handle.closed(self)
-        self._state.closed_why = (why, time.time())
-        self._close_transport()
-        self._drop_stream(why)
-        if not kill or thread_id is None or not self._host:
-            return
-        url = self._url
-        ends = asyncio.ensure_future(
-            _cancel.kill(
-                host=self._host,
-                port=self._port,
-                user=url.user or "",
-                password=url.password or "",
-                thread_id=thread_id,
-                ssl=self._ssl_context,
-                timeout=min(url.connect_timeout, CANCEL_CLEANUP_TIMEOUT),
-                service=url.service,
-            )
-        )
-        # Shielded: cancelled again, this task goes on at once and the kill in the
-        # background (bounded by its own timeout).
-        await asyncio.shield(ends)
-
-    async def _stream_cancelled(self, why: str) -> None:
-        # The task's reads of a streamed result's rows are not _guarded (a row costs what
-        # it costs in aiomysql); a cancellation meanwhile is handled here, as there.
-        if self._inherited_from is None:
-            await self._stopped(why, kill=True)
-
-    def _ensure_alive(self) -> None:
-        # aiomysql's says "Not connected" or "Cancelled during execution": say which
-        # connection, since when and why.  An invalidated one (inherited across fork())
-        # raises or moves at its statement.
-        if self._writer is None and self._state.invalid is None:
-            raise self._closed_error()
-
-    def _close_transport(self) -> None:
-        if self._writer is not None:
-            self._writer.transport.close()
-        self._writer = None
-        self._reader = None
 
     # -- the statement path --------------------------------------------------------
 
@@ -435,9 +191,6 @@ class Connection(RoutedConnection, AiomysqlConnection):
             await self._move(step.why)
         elif not self._waited(step, await self._gtid_wait(step.token)):
             await self._move(step.why, allow_wait=False)
-
-    def _policy_now(self, snapshot: Snapshot) -> Policy:
-        return policy_for(self._url, self._state, snapshot, frozenset())
 
     async def begin(self) -> None:
         if self._state.invalid is not None:

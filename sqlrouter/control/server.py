@@ -1,29 +1,37 @@
 """The control server: the listener and worker threads of a process's control socket.
 
 One listener thread does all the I/O with non-blocking sockets and :mod:`selectors`;
-commands run in one worker thread.  Kept whole (over 600 lines): it is one event loop
-and the state of its clients, which read best side by side.  See :mod:`sqlrouter.control`.
+commands run in one worker thread.  The sockets themselves are made and removed by
+:mod:`._listen`; what a client's request line gets (parsed, its token and role checked,
+audited) is decided by :mod:`._admit`.  See :mod:`sqlrouter.control`.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import hmac
 import logging
 import os
 import queue
 import selectors
 import socket
-import stat as stat_mode
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
+from ._admit import Admitted, Client, admit, expiry
+from ._listen import (
+    BACKLOG,
+    Listener,
+    bind_tcp,
+    bind_unix,
+    peer_credentials,
+    remove_socket,
+    unix_socket_path,
+)
 from .commands import Commands, Handles, Watched
 from .config import ControlConfig, _load_tokens, default_socket_dir, prepare_socket_dir
 from .protocol import (
@@ -31,13 +39,10 @@ from .protocol import (
     MAX_LINE,
     ControlError,
     Request,
-    RequestError,
     Role,
-    authorize,
     describe_request,
     encode_response,
     error_response,
-    parse_request,
     peer_allowed,
 )
 
@@ -49,72 +54,14 @@ logger = logging.getLogger("sqlrouter.control")
 audit = logging.getLogger("sqlrouter.control.audit")
 
 
-_BACKLOG: Final = 128
 _RECV: Final = 65536
 #: The longest a select() sleeps, so that a stop is seen quickly.
 _TICK: Final = 0.5
-_PEERCRED: Final = struct.Struct("3i")
-
-
-# --------------------------------------------------------------------------- settings
-
-
-# --------------------------------------------------------------------------- protocol
-
-
-# --------------------------------------------------------------------------- commands
-
-
-# --------------------------------------------------------------------------- the server
-
-
-class _Client:
-    """One connected client: its buffers, its deadline, what it is waiting for."""
-
-    __slots__ = (
-        "closed",
-        "closing",
-        "deadline",
-        "eof",
-        "events",
-        "inbuf",
-        "kind",
-        "outbuf",
-        "peer",
-        "pending",
-        "role",
-        "sock",
-        "trusted",
-    )
-
-    def __init__(
-        self, sock: socket.socket, kind: str, peer: str, role: Role | None, deadline: float
-    ) -> None:
-        self.sock = sock
-        self.kind = kind
-        self.peer = peer
-        self.role = role
-        self.deadline = deadline
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.pending = False
-        self.eof = False
-        self.closing = False
-        self.closed = False
-        self.events = 0
-        #: A Unix peer of an allowed uid, or a TCP client that sent a valid token.
-        self.trusted = role is not None
-
-
-@dataclass(frozen=True, slots=True)
-class _Listener:
-    sock: socket.socket
-    kind: Literal["unix", "tcp"]
 
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    client: _Client
+    client: Client
     request: Request
     role: Role
 
@@ -149,15 +96,15 @@ class ControlServer:
         self._socket_ino: int | None = None
         self._tokens: tuple[tuple[str, Role], ...] = ()
         self._selector: selectors.BaseSelector | None = None
-        self._listeners: list[_Listener] = []
-        self._clients: set[_Client] = set()
+        self._listeners: list[Listener] = []
+        self._clients: set[Client] = set()
         #: Clients connected per listener kind, and the kinds at their limit.
         self._counts: dict[str, int] = {"unix": 0, "tcp": 0}
         self._full: set[str] = set()
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._done: collections.deque[tuple[_Client, dict[str, Any]]] = collections.deque()
+        self._done: collections.deque[tuple[Client, dict[str, Any]]] = collections.deque()
         #: Set by :meth:`stop`; commands waiting for a monitor give up when it is.
         self.stopping = threading.Event()
         self._commands = Commands(handles, watched, self, clock)
@@ -190,17 +137,15 @@ class ControlServer:
         self._tokens = _load_tokens(config) if config.tcp is not None else ()
         directory = config.socket_dir or default_socket_dir()
         prepare_socket_dir(directory)
-        path = directory / f"{self.pid}.sock"
-        if len(os.fsencode(path)) > 107:
-            raise ControlError(
-                f"control socket path {path} is too long for a Unix socket (107 bytes at "
-                "most): choose a shorter socket_dir"
-            )
-        listeners: list[_Listener] = []
+        path = unix_socket_path(directory, self.pid)
+        listeners: list[Listener] = []
         try:
-            listeners.append(_Listener(self._bind_unix(path), "unix"))
+            sock, self._socket_ino = bind_unix(path)
+            self.socket_path = path
+            listeners.append(Listener(sock, "unix"))
             if config.tcp is not None:
-                listeners.append(_Listener(self._bind_tcp(config.tcp), "tcp"))
+                sock, self.tcp_address = bind_tcp(config.tcp)
+                listeners.append(Listener(sock, "tcp"))
         except BaseException:
             for lst in listeners:
                 lst.sock.close()
@@ -227,43 +172,6 @@ class ControlServer:
             path,
             " and tcp {}:{}".format(*self.tcp_address) if self.tcp_address else "",
         )
-
-    def _bind_unix(self, path: Path) -> socket.socket:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            pass
-        else:
-            # A socket left by a dead process of the same pid (the directory is ours).
-            if not stat_mode.S_ISSOCK(st.st_mode):
-                raise ControlError(f"control socket path {path} exists and is not a socket")
-            os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(os.fspath(path))
-            os.chmod(path, 0o600)
-            sock.listen(_BACKLOG)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise ControlError(f"control socket {path}: cannot listen: {exc.strerror}") from None
-        self.socket_path = path
-        self._socket_ino = os.lstat(path).st_ino
-        return sock
-
-    def _bind_tcp(self, address: tuple[str, int]) -> socket.socket:
-        host, port = address
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            sock = socket.create_server((host, port), family=family, backlog=_BACKLOG)
-        except OSError as exc:
-            raise ControlError(
-                f"control tcp {host}:{port}: cannot listen: {exc.strerror}"
-            ) from None
-        sock.setblocking(False)
-        bound = sock.getsockname()
-        self.tcp_address = (str(bound[0]), int(bound[1]))
-        return sock
 
     def reload_tokens(self) -> None:
         """Re-read the token files (``reload``); on error the old tokens stay."""
@@ -310,13 +218,7 @@ class ControlServer:
         path, self.socket_path = self.socket_path, None
         if path is None or os.getpid() != self.pid:
             return  # in a forked child, the socket is the parent's
-        try:
-            if os.lstat(path).st_ino == self._socket_ino:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            logger.warning("control: cannot remove %s: %s", path, exc.strerror)
+        remove_socket(path, self._socket_ino)
 
     def _wake(self) -> None:
         w = self._wake_w
@@ -350,9 +252,9 @@ class ControlServer:
             target = key.data
             if target is _WAKE:
                 self._drain_wake()
-            elif isinstance(target, _Listener):
+            elif isinstance(target, Listener):
                 self._accept(target)
-            elif isinstance(target, _Client):
+            elif isinstance(target, Client):
                 try:
                     self._on_client(target, mask)
                 except Exception:
@@ -371,8 +273,8 @@ class ControlServer:
         except OSError:
             pass
 
-    def _accept(self, listener: _Listener) -> None:
-        for _ in range(_BACKLOG):
+    def _accept(self, listener: Listener) -> None:
+        for _ in range(BACKLOG):
             try:
                 sock, address = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -384,9 +286,7 @@ class ControlServer:
             role: Role | None = None
             if listener.kind == "unix":
                 try:
-                    pid, uid, _gid = _PEERCRED.unpack(
-                        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-                    )
+                    pid, uid = peer_credentials(sock)
                 except OSError as exc:
                     logger.warning("control: cannot read peer credentials: %s", exc.strerror)
                     sock.close()
@@ -430,7 +330,7 @@ class ControlServer:
             timeout = self.config.client_timeout
             if role is None:  # TCP: a valid token must come soon
                 timeout = min(timeout, self.config.tcp_auth_timeout)
-            client = _Client(sock, kind, peer, role, self._clock() + timeout)
+            client = Client(sock, kind, peer, role, self._clock() + timeout)
             self._clients.add(client)
             self._counts[kind] += 1
             if self._counts[kind] < limit:
@@ -443,7 +343,7 @@ class ControlServer:
             sock.send(encode_response(error_response(code, message)))
         sock.close()
 
-    def _on_client(self, c: _Client, mask: int) -> None:
+    def _on_client(self, c: Client, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
             self._flush(c)
             if c.closed:
@@ -465,7 +365,7 @@ class ControlServer:
                 c.eof = True
             self._process(c)
 
-    def _process(self, c: _Client) -> None:
+    def _process(self, c: Client) -> None:
         """Serve the complete lines buffered, one at a time, answers in order."""
         while not c.closed and not c.pending and not c.outbuf and not c.closing:
             nl = c.inbuf.find(b"\n")
@@ -494,70 +394,34 @@ class ControlServer:
             return
         self._update(c)
 
-    def _too_long(self, c: _Client) -> None:
+    def _too_long(self, c: Client) -> None:
         logger.warning("control: %s sent a line over %d bytes; dropping it", c.peer, MAX_LINE)
         c.inbuf.clear()
         c.closing = True
         self._queue(c, error_response("too_long", f"request line over {MAX_LINE} bytes"))
 
-    def _role_for(self, token: str | None) -> Role | None:
-        if token is None:
-            return None
-        found: Role | None = None
-        given = token.encode("utf-8", "surrogatepass")
-        for secret, role in self._tokens:
-            if hmac.compare_digest(given, secret.encode("utf-8")):
-                found = role
-        return found
-
-    def _handle_line(self, c: _Client, line: bytes) -> None:
-        if not line.strip():
-            return  # blank lines are ignored
-        try:
-            request = parse_request(line.rstrip(b"\r"))
-        except RequestError as exc:
-            logger.debug("control: %s: %s", c.peer, exc.message)
-            if not c.trusted:
-                c.closing = True  # TCP without a valid token yet: no second try
-            self._queue(c, exc.response())
+    def _handle_line(self, c: Client, line: bytes) -> None:
+        got = admit(c, line, self._tokens)
+        if got is None:
             return
-        role = c.role if c.kind == "unix" else self._role_for(request.token)
-        if role is None:
-            why = "no token" if request.token is None else "a wrong token"
-            audit.warning("%s: refused %s: %s", c.peer, request.cmd, why)
-            c.closing = True
-            self._queue(
-                c,
-                error_response(
-                    "unauthorized",
-                    f'unauthorized: {why}; a TCP request needs the "token" of a role',
-                    request.id,
-                ),
-            )
+        if not isinstance(got, Admitted):
+            self._queue(c, got)
             return
-        c.trusted = True
-        who = c.peer if c.kind == "unix" else f"{c.peer[:-1]}, {role})"
-        try:
-            authorize(request, role)
-        except RequestError as exc:
-            audit.warning("%s: refused %s: %s", who, describe_request(request), exc.message)
-            self._queue(c, exc.response())
-            return
-        if request.cmd == "status":
+        if got.request.cmd == "status":
             # Reads immutable snapshots and counters only: answered at once.
-            audit.debug("%s: %s", who, describe_request(request))
-            self._queue(c, self._commands.run(request))
+            audit.debug("%s: %s", got.who, describe_request(got.request))
+            self._queue(c, self._commands.run(got.request))
             return
         c.pending = True
         c.deadline = self._clock() + self.config.command_timeout
-        self._jobs.put(_Job(c, request, role))
+        self._jobs.put(_Job(c, got.request, got.role))
 
-    def _queue(self, c: _Client, response: Mapping[str, Any]) -> None:
+    def _queue(self, c: Client, response: Mapping[str, Any]) -> None:
         c.outbuf += encode_response(response)
         c.deadline = self._clock() + self.config.client_timeout
         self._flush(c)
 
-    def _flush(self, c: _Client) -> None:
+    def _flush(self, c: Client) -> None:
         if not c.outbuf or c.closed:
             return
         try:
@@ -569,7 +433,7 @@ class ControlServer:
             return
         del c.outbuf[:sent]
 
-    def _update(self, c: _Client) -> None:
+    def _update(self, c: Client) -> None:
         """Watch for what the client's state needs: writing its answer, or a new line."""
         selector = self._selector
         if c.closed or selector is None:
@@ -589,7 +453,7 @@ class ControlServer:
             selector.modify(c.sock, events, c)
         c.events = events
 
-    def _close(self, c: _Client) -> None:
+    def _close(self, c: Client) -> None:
         if c.closed:
             return
         c.closed = True
@@ -604,22 +468,7 @@ class ControlServer:
 
     def _expire(self, now: float) -> None:
         for c in [c for c in self._clients if c.deadline <= now]:
-            if c.pending:
-                message = (
-                    f"timeout: the command did not finish within {self.config.command_timeout:g}s "
-                    "(it may still complete)"
-                )
-            elif c.outbuf:
-                message = ""  # it does not read its answers: nothing more to say
-            elif not c.trusted:
-                message = (
-                    "timeout: no request with a valid token within "
-                    f"{min(self.config.client_timeout, self.config.tcp_auth_timeout):g}s"
-                )
-            else:
-                message = (
-                    f"timeout: no complete request line within {self.config.client_timeout:g}s"
-                )
+            message = expiry(c, self.config)
             logger.debug("control: %s: dropped (%s)", c.peer, message or "not reading")
             if message:
                 self._reject(c.sock, "timeout", message)
@@ -664,7 +513,7 @@ class ControlServer:
                 return
             response = self._commands.run(job.request)
             c = job.client
-            who = c.peer if c.kind == "unix" else f"{c.peer[:-1]}, {job.role})"
+            who = c.who(job.role)
             what = describe_request(job.request)
             outcome = "ok" if response.get("ok") else f"failed: {response.get('error')}"
             if COMMANDS[job.request.cmd].role == "operator":
@@ -673,6 +522,3 @@ class ControlServer:
                 audit.debug("%s: %s: %s", who, what, outcome)
             self._done.append((c, response))
             self._wake()
-
-
-# --------------------------------------------------------------------------- the process's

@@ -41,7 +41,8 @@ or an error.
 
 from __future__ import annotations
 
-from ._failover import failover, plan_failover
+from ._failover import failover
+from ._failover_plan import plan_failover
 from ._history import Candidate, Choice, choose_candidate
 from ._steps import ER_TOPOLOGY, Plan, Step, StepKind, TopologyError
 from ._switchover import plan_switchover, switchover

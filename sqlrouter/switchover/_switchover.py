@@ -55,24 +55,6 @@ __all__ = [
 logger = logging.getLogger("sqlrouter.switchover")
 
 
-# --------------------------------------------------------------------------- values
-
-
-# --------------------------------------------------------------------------- GTIDs
-
-
-# --------------------------------------------------------------------------- failover choice
-
-
-# --------------------------------------------------------------------------- servers
-
-
-# --------------------------------------------------------------------------- running steps
-
-
-# --------------------------------------------------------------------------- switchover
-
-
 @dataclass(frozen=True, slots=True)
 class _SwitchoverPlan:
     plan: Plan
@@ -598,6 +580,3 @@ def _disconnect_clients(server: _Server, service: Service, replication: Credenti
             raise
         killed += 1
     return f"{killed} application session(s) on {server.ds.name} disconnected"
-
-
-# --------------------------------------------------------------------------- failover
