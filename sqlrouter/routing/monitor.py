@@ -36,7 +36,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import pymysql
@@ -46,7 +46,7 @@ from ..errors import AUTH_ERRNOS
 from ..topology import Credentials, DataSource, Service
 from . import _ticks
 from ._probe import Clock, Connect, Prober, describe_error
-from .health import Snapshot, unknown
+from .health import Health, Snapshot, unknown
 from .lag import Observation, compute_health
 from .router import Mastership, explain_master, resolve_master
 from .shared import POLLS_PER_INTERVAL, Share
@@ -363,25 +363,13 @@ class Monitor:
         if got is None:
             return False
         taken_at, health = got
-        service = self._service
-        with self._lock:
-            previous = self._snapshot
-            if taken_at <= previous.taken_at:
-                # Older than what this process routes on (its own last round, before it
-                # followed; a late write of a replaced publisher): not installed.
-                return False
-            promoted = self._promoted
-            snap = Snapshot(
-                service=service,
-                health=health,
-                offline=self._offline,
-                promoted=promoted,
-                taken_at=taken_at,
-                generation=previous.generation + 1,
-            )
-            self._snapshot = snap
-            self.rounds += 1
-            self._round_done.notify_all()
+        service, promoted = self._service, self._promoted
+        # Not installed if older than what this process routes on (its own last round,
+        # before it followed; a late write of a replaced publisher).
+        installed = self._install(service, health, promoted, taken_at)
+        if installed is None:
+            return False
+        previous, snap = installed
         self._warn_split_brain(snap, resolve_master(service.datasources, health, promoted=promoted))
         self._notify(previous, snap)
         return True
@@ -527,19 +515,10 @@ class Monitor:
             promoted=promoted,
             monitor_interval=service.monitor_interval,
         )
-        with self._lock:
-            previous = self._snapshot
-            snap = Snapshot(
-                service=service,
-                health=health,
-                offline=self._offline,
-                promoted=promoted,
-                taken_at=self._clock(),
-                generation=previous.generation + 1,
-            )
-            self._snapshot = snap
-            self.rounds += 1
-            self._round_done.notify_all()
+        installed = self._install(service, health, promoted, None)
+        if installed is None:  # never: a round of this process's is the newest
+            return self._snapshot
+        previous, snap = installed
         share = self.share
         if share is not None and (self._fixed_credentials or self._logged_in):
             # Only rounds whose probes logged in: a mistyped password of this process's
@@ -553,6 +532,35 @@ class Monitor:
         self._warn_split_brain(snap, mastership)
         self._notify(previous, snap)
         return snap
+
+    def _install(
+        self,
+        service: Service,
+        health: Mapping[str, Health],
+        promoted: str | None,
+        taken_at: float | None,
+    ) -> tuple[Snapshot, Snapshot] | None:
+        """Make a round's observations the current snapshot: (previous, new).
+        ``taken_at``: when another process's round was taken (``None``: a round of this
+        one, now); such a round no newer than the current snapshot is not installed."""
+        with self._lock:
+            previous = self._snapshot
+            if taken_at is None:
+                taken_at = self._clock()
+            elif taken_at <= previous.taken_at:
+                return None
+            snap = Snapshot(
+                service=service,
+                health=health,
+                offline=self._offline,
+                promoted=promoted,
+                taken_at=taken_at,
+                generation=previous.generation + 1,
+            )
+            self._snapshot = snap
+            self.rounds += 1
+            self._round_done.notify_all()
+        return previous, snap
 
     def _warn_split_brain(self, snap: Snapshot, m: Mastership) -> None:
         """Say (once per change) where writes go while a server that is not the master
