@@ -41,10 +41,13 @@ import pymysql
 
 from .. import _forksafe, events
 from ..switchover import Step, TopologyError, failover
-from ..topology import Credentials, Service
+from ..topology import Credentials, DataSource, Service
 from ._observe import (
     Address,
+    OnConnect,
     ServerView,
+    connect,
+    end_older_sessions,
     fence,
     observe,
     registry_address,
@@ -55,9 +58,15 @@ from ._observe import (
 from .decision import AgentView, Decision, Detection, ReplicaView, Round, decide
 from .store import Store, StoreError
 
-__all__ = ["Runner"]
+__all__ = ["NotLeading", "Runner"]
 
 logger = logging.getLogger("sqlrouter.autofailover")
+
+
+class NotLeading(Exception):
+    """A leader's connection was refused: the store says it no longer leads (or cannot
+    say so, before the failover's point of no return)."""
+
 
 #: Seconds :meth:`Runner.stop` waits for the round in progress to end.
 DEFAULT_STOP_TIMEOUT: Final = 10.0
@@ -117,6 +126,9 @@ class Runner:
         self._store_error: str | None = None
         self._rounds = 0
         self._published: AgentView | None = None
+        #: The servers on which the leader ended older leaders' sessions, in which term.
+        self._swept_term: int | None = None
+        self._swept: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -292,7 +304,7 @@ class Runner:
         if settled and decision.verdict == "failover":
             self._failing_over.set()
             try:
-                self._failover(term, decision)
+                self._failover(term, decision, views)
             finally:
                 self._failing_over.clear()
         return decision
@@ -374,9 +386,17 @@ class Runner:
         if current is None or not current.reachable or current.read_only:
             return
         ds = self.service.datasource(view.name)
+        step = f"fence {ds.name}"
         try:
-            done = fence(ds, self._creds, self.service.probe_timeout, self._address)
-        except (pymysql.err.MySQLError, OSError) as exc:  # tried again next round
+            self._take_over(term, views, step)
+            done = fence(
+                ds,
+                self._creds,
+                self.service.probe_timeout,
+                self._address,
+                self._leader_session(term, step),
+            )
+        except (pymysql.err.MySQLError, OSError, NotLeading) as exc:  # tried again next round
             logger.warning("service %r: could not fence %s: %s", self.service.name, ds.name, exc)
             return
         logger.warning(
@@ -451,6 +471,12 @@ class Runner:
             why = f"steps {', '.join(beyond)} ran" if beyond else "its record is malformed"
             return self._block_interrupted(term, record, f"{why}: finish it or undo it by hand")
         restored, problems = [], []
+        if any(n.startswith("freeze ") for n in names):
+            try:
+                self._take_over(term, views, "restore what was frozen")
+            except NotLeading as exc:
+                logger.warning("service %r: %s", self.service.name, exc)
+                return False
         for name in names:
             if not name.startswith("freeze "):
                 continue
@@ -466,8 +492,12 @@ class Runner:
                         self._creds,
                         self.service.probe_timeout,
                         self._address,
+                        self._leader_session(term, f"restore {replica}"),
                     )
                 )
+            except NotLeading as exc:
+                logger.warning("service %r: %s", self.service.name, exc)
+                return False
             except (pymysql.err.MySQLError, OSError) as exc:
                 problems.append(f"{replica}: START SLAVE IO_THREAD failed: {exc}")
         started = [
@@ -504,6 +534,81 @@ class Runner:
             logger.error("service %r: automation blocked: %s", self.service.name, reason)
         return False
 
+    # ------------------------------------------------------------------ the leaders' fence
+
+    def _take_over(self, term: int, views: Mapping[str, ServerView] | None, step: str) -> None:
+        """Before the first action of ``term``: older leaders' sessions ended everywhere.
+
+        On every server of the service this round saw reachable (all of them when
+        ``views`` is ``None``) and not yet swept in this term, connect, check the
+        leadership, and end every other session of the failover's account
+        (:func:`._observe.end_older_sessions`).  A server that cannot be reached is swept
+        by the first connection this leader opens to it (:meth:`_leader_session`, and the
+        failover's own connections).  Raises :class:`NotLeading` when the store says no.
+        """
+        for ds in self.service.datasources:
+            with self._lock:
+                if self._swept_term == term and ds.name in self._swept:
+                    continue
+            view = views.get(ds.name) if views is not None else None
+            if views is not None and (view is None or not view.reachable):
+                continue
+            try:
+                conn = connect(
+                    ds,
+                    self._creds,
+                    self.service.probe_timeout,
+                    self._address,
+                    self._leader_session(term, step),
+                )
+            except (pymysql.err.MySQLError, OSError) as exc:
+                logger.info(
+                    "service %r: %s: older sessions not ended yet (%s): on its first use",
+                    self.service.name,
+                    ds.name,
+                    exc,
+                )
+                continue
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _leader_session(self, term: int, step: str) -> OnConnect:
+        """What a leader's own connection runs before anything else: the guard (the
+        leadership asked again, now that the connection exists), then the sweep."""
+
+        def on_connect(ds: DataSource, conn: pymysql.connections.Connection[Any]) -> None:
+            stop = self._may_run(term, step)
+            if stop is not None:
+                raise NotLeading(f"{step}: not run: {stop}")
+            self._end_older_sessions(term, ds, conn)
+
+        return on_connect
+
+    def _end_older_sessions(
+        self, term: int, ds: DataSource, conn: pymysql.connections.Connection[Any]
+    ) -> None:
+        """Once per term and server, on this leader's first connection to it."""
+        with self._lock:
+            if self._swept_term != term:
+                self._swept_term, self._swept = term, set()
+            if ds.name in self._swept:
+                return
+        ended = end_older_sessions(conn, self._creds.user)
+        with self._lock:
+            if self._swept_term == term:
+                self._swept.add(ds.name)
+        log = logger.warning if ended else logger.info
+        log(
+            "service %r: leader %s (term %d): %d older session(s) of %s ended on %s%s",
+            self.service.name,
+            self.agent,
+            term,
+            len(ended),
+            self._creds.user,
+            ds.name,
+            f" (KILL CONNECTION {', '.join(map(str, ended))})" if ended else "",
+        )
+
     def _may_run(self, term: int, step: str) -> str | None:
         """The failover's guard: ``None`` to run ``step``, else why not.
 
@@ -539,9 +644,16 @@ class Runner:
                 )
             return None if leads else f"{self.agent} no longer leads (term {term})"
 
-    def _failover(self, term: int, decision: Decision) -> None:
+    def _failover(
+        self, term: int, decision: Decision, views: Mapping[str, ServerView] | None = None
+    ) -> None:
         service = self.service
         started = self._clock()
+        try:
+            self._take_over(term, views, f"failover of {decision.master}")
+        except NotLeading as exc:
+            logger.warning("service %r: no failover: %s", service.name, exc)
+            return
         record: dict[str, Any] = {
             "term": term,
             "leader": self.agent,
@@ -573,7 +685,13 @@ class Runner:
         new: str | None = None
         error: TopologyError | None = None
         try:
-            failover(service, timeout=self._failover_timeout, report=report, guard=guard)
+            failover(
+                service,
+                timeout=self._failover_timeout,
+                report=report,
+                guard=guard,
+                on_connect=lambda ds, conn: self._end_older_sessions(term, ds, conn),
+            )
         except TopologyError as exc:
             error = exc
         views = observe(service, self._creds, service.probe_timeout, self._address)

@@ -18,6 +18,7 @@ from ..topology import Credentials, DataSource, Service
 from ._history import _history, _tail
 
 __all__ = [
+    "Connected",
     "_Node",
     "_Server",
     "_Servers",
@@ -35,6 +36,12 @@ _SYSTEM_USERS: Final = frozenset({"system user", "event_scheduler", "unauthentic
 _SYSTEM_COMMANDS: Final = frozenset(
     {"Binlog Dump", "Binlog Dump GTID", "Daemon", "Slave_IO", "Slave_SQL", "Slave_worker"}
 )
+
+
+#: Called with each administrative connection an operation opens, before its first
+#: statement; raising refuses the connection (it is closed).  An automatic failover checks
+#: its leadership there, and ends older leaders' sessions (docs/autofailover.md).
+Connected = Callable[[DataSource, "pymysql.connections.Connection[Any]"], None]
 
 
 def _describe(exc: BaseException) -> str:
@@ -176,13 +183,32 @@ class _Node:
 class _Server:
     """The administrative connection to one datasource."""
 
-    def __init__(self, ds: DataSource, credentials: Credentials, io_timeout: float) -> None:
+    def __init__(
+        self,
+        ds: DataSource,
+        credentials: Credentials,
+        io_timeout: float,
+        on_connect: Connected | None = None,
+    ) -> None:
         self.ds = ds
         self._credentials = credentials
         self.io_timeout = io_timeout
+        self._on_connect = on_connect
         self._conn: pymysql.connections.Connection[Any] | None = None
 
     def _open(self, read_timeout: float) -> pymysql.connections.Connection[Any]:
+        """A new connection; ``on_connect`` is asked before it runs anything."""
+        conn = self._connect(read_timeout)
+        if self._on_connect is not None:
+            try:
+                self._on_connect(self.ds, conn)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise
+        return conn
+
+    def _connect(self, read_timeout: float) -> pymysql.connections.Connection[Any]:
         return pymysql.connect(
             host=self.ds.host,
             port=self.ds.port,
@@ -319,11 +345,19 @@ class _Server:
 class _Servers:
     """One :class:`_Server` per datasource, closed at the end of the operation."""
 
-    def __init__(self, service: Service, credentials: Credentials, timeout: float) -> None:
+    def __init__(
+        self,
+        service: Service,
+        credentials: Credentials,
+        timeout: float,
+        on_connect: Connected | None = None,
+    ) -> None:
         self.service = service
         io = min(timeout, max(_MIN_IO_TIMEOUT, 2 * service.probe_timeout))
         self.io_timeout = io
-        self._servers = {ds.name: _Server(ds, credentials, io) for ds in service.datasources}
+        self._servers = {
+            ds.name: _Server(ds, credentials, io, on_connect) for ds in service.datasources
+        }
 
     def __getitem__(self, name: str) -> _Server:
         return self._servers[name]

@@ -7,6 +7,7 @@ writable, which server was fenced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,11 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 
 from sqlrouter.autofailover import Decision, Detection, Runner, Store, StoreError, read_status
+from sqlrouter.autofailover.runner import NotLeading
 from sqlrouter.registry.file import load_registry_file
 from sqlrouter.sandbox import EtcdCluster, Sandbox
+from sqlrouter.switchover._servers import _Servers
 from sqlrouter.switchover._steps import _Run
 from sqlrouter.topology import DataSource, Service
 from tests.fixtures.helpers import wait_until
@@ -374,3 +378,78 @@ def test_a_leader_that_lost_its_lease_while_paused_runs_no_step(
         runner.store._lease = None
         runner.stop()
         other.close()
+
+
+def test_a_paused_old_leaders_statement_dies_with_its_session_when_a_new_leader_acts(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """a0 leads, froze db3, passed its guard for "freeze db2" and opened its session to
+    db2; then it is paused past its lease and a1 leads.  Before a1 restores what was
+    frozen, it ends the older sessions of the failover's account on every server: when
+    a0 resumes, its statement fails on a dead connection (db2 keeps receiving), and a
+    reconnection of a0 is refused by its guard (this fails without the leaders' fence)."""
+    sb = fresh_cluster
+    svc = service_of(sb, etcd_cluster, tmp_path)
+    creds = svc.admin_credentials
+    assert creds is not None
+    old = Runner(svc, agent="a0")
+    new = Runner(svc, agent="a1")
+    db2 = svc.datasource("db2")
+    try:
+        old.run_round()
+        term = old.status()["term"]
+        assert term is not None
+        sb.query("db3", "STOP SLAVE IO_THREAD")
+        frozen = {**record("check master db1", "freeze db3"), "term": term, "leader": "a0"}
+        assert old.store.put_as_leader(term, {"failover": frozen})
+        assert old._may_run(term, "freeze db2") is None  # the guard said yes ...
+        held = pymysql.connect(
+            host=db2.host, port=db2.port, user=creds.user, password=creds.password
+        )  # ... and the step's session to db2 is open: then a0 is paused
+        old.store._etcd.call("revoke", lambda c: old.store._lease.revoke())  # type: ignore[union-attr]
+        new.run_round()
+        assert new.status()["term"] is not None and new.status()["term"] > term
+        st = read_status(etcd_cluster.endpoints, SERVICE)
+        assert st["failover"] is None and "restored: db3" in st["outcome"]["detail"]
+        # a0 resumes: its session is gone
+        with pytest.raises(pymysql.err.MySQLError), held.cursor() as cur:
+            cur.execute("STOP SLAVE IO_THREAD")
+        with contextlib.suppress(Exception):
+            held.close()
+        with pytest.raises(NotLeading, match="a0 no longer leads"):  # and cannot reconnect
+            old._take_over(term, None, "freeze db2")
+        for name in ("db2", "db3"):
+            wait_until(lambda n=name: io_running(sb, n), 30, f"{name}'s IO thread")  # type: ignore[misc]
+    finally:
+        old.store._lease = None
+        old.stop()
+        new.stop()
+
+
+def test_a_connection_opened_after_the_guard_answered_is_asked_again(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """The guard said yes to "freeze db2", then the leader lost its lease before the
+    step's connection was opened (a pause, a reconnection): the connection, once open,
+    is refused before it runs anything, so it cannot have escaped the next leader's
+    end of the older sessions."""
+    sb = fresh_cluster
+    svc = service_of(sb, etcd_cluster, tmp_path)
+    creds = svc.admin_credentials
+    assert creds is not None
+    answers: list[str | None] = [None]  # yes once, then the lease is gone
+
+    def guard(step: str) -> str | None:
+        return answers.pop(0) if answers else f"a0 no longer leads ({step})"
+
+    run = _Run(svc, "failover", None, [], guard)
+    with _Servers(svc, creds, 10, lambda ds, conn: run.connected(ds)) as servers:
+
+        def freeze() -> str:
+            servers["db2"].run("STOP SLAVE IO_THREAD")
+            return "db2 frozen"
+
+        ran = run.step("freeze db2", "db2", freeze, fatal=False)
+    assert not ran
+    assert "not connected to db2: a0 no longer leads (freeze db2)" in run.steps[0].detail
+    assert io_running(sb, "db2")
