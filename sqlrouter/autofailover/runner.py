@@ -55,7 +55,16 @@ from ._observe import (
     restart_io_thread,
     source_of,
 )
-from .decision import AgentView, Decision, Detection, ReplicaView, Round, decide
+from .decision import (
+    AgentView,
+    Decision,
+    Detection,
+    History,
+    ReplicaView,
+    Round,
+    backoff,
+    decide,
+)
 from .store import Store, StoreError
 
 __all__ = ["NotLeading", "Runner"]
@@ -129,6 +138,8 @@ class Runner:
         #: The servers on which the leader ended older leaders' sessions, in which term.
         self._swept_term: int | None = None
         self._swept: set[str] = set()
+        #: The store's ``retry`` record as the last round read it (the backoff).
+        self._retry: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -190,6 +201,7 @@ class Runner:
                 "term": self._term,
                 "rounds": self._rounds,
                 "decision": self._decision.as_dict() if self._decision else None,
+                "retry": self._retry,
                 "store_error": self._store_error,
             }
 
@@ -240,6 +252,7 @@ class Runner:
                 )
             self._store_error = None
             self._rounds += 1
+            self._retry = snap.get("retry")
         timeout = self.service.probe_timeout
         views = observe(self.service, self._creds, timeout, self._address)
         master = resolve_master(self.service, views)
@@ -266,6 +279,7 @@ class Runner:
         if term is None:
             return None
         self._fence_old_master(term, views, master, snap)
+        history = store.history(snap)
         if master is None or mv is None:
             decision = Decision(
                 "disagreement",
@@ -293,7 +307,7 @@ class Runner:
             decision = decide(
                 self._detection,
                 rnd,
-                store.history(snap),
+                history,
                 rounds=self.service.autofailover.rounds,
                 period=self.service.autofailover.period,
                 stale_after=self.stale_after,
@@ -304,7 +318,7 @@ class Runner:
         if settled and decision.verdict == "failover":
             self._failing_over.set()
             try:
-                self._failover(term, decision, views)
+                self._failover(term, decision, views, history)
             finally:
                 self._failing_over.clear()
         return decision
@@ -645,7 +659,11 @@ class Runner:
             return None if leads else f"{self.agent} no longer leads (term {term})"
 
     def _failover(
-        self, term: int, decision: Decision, views: Mapping[str, ServerView] | None = None
+        self,
+        term: int,
+        decision: Decision,
+        views: Mapping[str, ServerView] | None = None,
+        history: History | None = None,
     ) -> None:
         service = self.service
         started = self._clock()
@@ -713,11 +731,24 @@ class Runner:
             "steps": steps,
         }
         puts: dict[str, Mapping[str, Any]] = {"outcome": outcome}
+        deletes = ["failover"]
         if new is not None:
             puts["history"] = {"at": now, "term": term, "acknowledged": False}
+            deletes.append("retry")
         elif error is not None and error.refused and not _transient(error):
             puts["blocked"] = {"reason": error.reason, "at": now, "term": term}
-        if not self.store.put_as_leader(term, puts, deletes=["failover"]):
+        else:  # tried again when still dead, after a backoff that grows with each failure
+            failures = (history.failures if history is not None else 0) + 1
+            wait = backoff(failures)
+            puts["retry"] = {
+                "failures": failures,
+                "at": now,
+                "next_at": now + wait,
+                "backoff": wait,
+                "term": term,
+                "detail": outcome["detail"],
+            }
+        if not self.store.put_as_leader(term, puts, deletes=deletes):
             logger.error(
                 "service %r: outcome not published: %s no longer leads", service.name, self.agent
             )

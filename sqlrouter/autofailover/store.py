@@ -18,6 +18,8 @@ key               value (JSON)                                            lease
 ``history``       last automatic failover (time, term), acknowledged       none
 ``blocked``       why automation is blocked until acknowledged             none
 ``fenced``        the old master made read-only, when, by whom             none
+``retry``         failed automatic failovers in a row, the last's time,     none
+                  when the next may run (the backoff)
 ================  ======================================================  ===========
 
 An agent's keys vanish with its lease (``lease_ttl`` seconds after its last refresh):
@@ -383,6 +385,8 @@ class Store:
             ops.append({"request_put": {"key": _b64(self._key("history")), "value": _b64(value)}})
         if found["blocked"]:
             ops.append({"request_delete_range": {"key": _b64(self._key("blocked"))}})
+        # An operator who looked may want the next attempt now: the backoff starts over.
+        ops.append({"request_delete_range": {"key": _b64(self._key("retry"))}})
         txn = {"compare": compare, "success": ops, "failure": []}
         answer = self._etcd.call("acknowledge", lambda c: c.transaction(txn))
         if not answer.get("succeeded"):
@@ -400,8 +404,9 @@ class Store:
         reason = None if blocked is None else blocked.get("reason")
         if blocked is not None and not isinstance(reason, str):
             reason = f"the store's block record is malformed: {json.dumps(blocked)[:200]}"
+        failures, failed_at = _retry(snapshot.get("retry"))
         if hist is None:
-            return History(blocked=reason)
+            return History(blocked=reason, failures=failures, last_failure_at=failed_at)
         at, acknowledged = hist.get("at"), hist.get("acknowledged")
         if (
             isinstance(at, bool)
@@ -410,7 +415,13 @@ class Store:
         ):  # never read as "no failover" or "acknowledged": automation waits for an operator
             malformed = f"the store's history record is malformed: {json.dumps(hist)[:200]}"
             return History(blocked=reason or malformed)
-        return History(last_failover_at=float(at), acknowledged=acknowledged, blocked=reason)
+        return History(
+            last_failover_at=float(at),
+            acknowledged=acknowledged,
+            blocked=reason,
+            failures=failures,
+            last_failure_at=failed_at,
+        )
 
     def close(self) -> None:
         """Revoke the lease (this agent's keys go at once) and close the connections."""
@@ -434,7 +445,20 @@ def _reason(exc: BaseException) -> str:
 
 
 #: Records that hold automation back or tell what happened: kept even when malformed.
-_GUARDED: Final = ("history", "blocked", "failover", "outcome", "decision", "fenced")
+_GUARDED: Final = ("history", "blocked", "failover", "outcome", "decision", "fenced", "retry")
+
+
+def _retry(record: Mapping[str, Any] | None) -> tuple[int, float | None]:
+    """``(failures, last failure's time)`` of the ``retry`` record; ``(0, None)`` when
+    there is none or it is malformed (a backoff only delays: none is no less safe)."""
+    if record is None:
+        return 0, None
+    failures, at = record.get("failures"), record.get("at")
+    if isinstance(failures, bool) or not isinstance(failures, int) or failures <= 0:
+        return 0, None
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return 0, None
+    return failures, float(at)
 
 
 def _text(raw: bytes | str) -> str:
@@ -476,7 +500,15 @@ def read_status(endpoints: Sequence[str], service: str, timeout: float = 2.0) ->
             ],
             **{
                 name: store.get(name)
-                for name in ("decision", "failover", "outcome", "history", "blocked", "fenced")
+                for name in (
+                    "decision",
+                    "failover",
+                    "outcome",
+                    "history",
+                    "blocked",
+                    "fenced",
+                    "retry",
+                )
             },
         }
     finally:

@@ -19,8 +19,17 @@ from typing import Any
 import pymysql
 import pytest
 
-from sqlrouter.autofailover import Decision, Detection, Runner, Store, StoreError, read_status
+from sqlrouter.autofailover import (
+    Decision,
+    Detection,
+    Runner,
+    Store,
+    StoreError,
+    acknowledge,
+    read_status,
+)
 from sqlrouter.autofailover.runner import NotLeading
+from sqlrouter.cli.autofailover import format_autofailover
 from sqlrouter.registry.file import load_registry_file
 from sqlrouter.sandbox import EtcdCluster, Sandbox
 from sqlrouter.switchover._servers import _Servers
@@ -453,3 +462,38 @@ def test_a_connection_opened_after_the_guard_answered_is_asked_again(
     assert not ran
     assert "not connected to db2: a0 no longer leads (freeze db2)" in run.steps[0].detail
     assert io_running(sb, "db2")
+
+
+def test_failed_failovers_back_off_and_the_status_says_when_the_next_may_run(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """Two failovers that fail without blocking (db1 is found alive and writable): the
+    store counts them and says when the next may run (10s, then 20s later); the status
+    shows it; a success or an acknowledgement starts the count over."""
+    svc = service_of(fresh_cluster, etcd_cluster, tmp_path)
+    runner = Runner(svc, agent="a0", failover_timeout=10)
+    decision = Decision("failover", "db1", "db1 is dead", (), Detection("db1", 3))
+    try:
+        runner.run_round()
+        term = runner.status()["term"]
+        assert term is not None
+        runner._failover(term, decision, None, runner.store.history())
+        first = read_status(etcd_cluster.endpoints, SERVICE)["retry"]
+        assert (first["failures"], first["backoff"]) == (1, 10)
+        runner._failover(term, decision, None, runner.store.history())
+        st = read_status(etcd_cluster.endpoints, SERVICE)
+        retry = st["retry"]
+        assert (retry["failures"], retry["backoff"]) == (2, 20)
+        assert retry["next_at"] == pytest.approx(retry["at"] + 20)
+        assert "db1 is writable: the service has a master" in retry["detail"]
+        assert runner.store.history().failures == 2
+        text = format_autofailover(st, 3600, retry["at"])
+        assert "retrying: 2 automatic failover(s) failed in a row, the last " in text
+        assert "(backoff 20.0s)" in text
+        runner.run_round()
+        assert runner.status()["retry"]["failures"] == 2
+        acknowledge(etcd_cluster.endpoints, SERVICE, "ops")
+        assert read_status(etcd_cluster.endpoints, SERVICE)["retry"] is None
+        assert runner.store.history().failures == 0
+    finally:
+        runner.stop()

@@ -7,6 +7,7 @@ in tests/integration/test_autofailover.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from sqlrouter.autofailover import (
     decide,
 )
 from sqlrouter.autofailover._observe import ServerView, resolve_master
+from sqlrouter.autofailover.decision import backoff
 from sqlrouter.registry import RegistryError, load_registry_file
 from sqlrouter.routing.router import resolve_master as router_master
 from sqlrouter.topology import AutofailoverSettings, DataSource, Service
@@ -172,6 +174,29 @@ def test_a_refused_candidate_blocks_until_acknowledged() -> None:
     )
 
 
+def test_the_backoff_schedule_doubles_up_to_its_cap() -> None:
+    assert [backoff(n) for n in range(8)] == [0, 10, 20, 40, 80, 160, 300, 300]
+    assert [backoff(n, base=1, cap=5) for n in range(1, 6)] == [1, 2, 4, 5, 5]
+    assert backoff(10_000) == 300  # no overflow however many failures
+
+
+def test_a_failed_failover_is_tried_again_only_after_its_backoff() -> None:
+    """Two failures in a row, the last 15s ago: the next attempt waits 20s in all."""
+    failed = History(failures=2, last_failure_at=NOW - 15)
+    d = decided(dead_round(), failed)
+    assert d.verdict == "backoff"
+    assert d.reason == (
+        "db1 is dead, but 2 automatic failover(s) failed in a row, the last 15s ago: "
+        "next attempt in 5s (backoff 20s, at most 300s)"
+    )
+    assert decided(dead_round(now=NOW + 5), failed).verdict == "failover"
+    assert decided(dead_round(), History(failures=1, last_failure_at=NOW - 10)).verdict == (
+        "failover"
+    )
+    # a block or an unacknowledged failover still says so first
+    assert decided(dead_round(), replace(failed, blocked="diverged")).verdict == "blocked"
+
+
 def test_the_decision_carries_its_evidence() -> None:
     d = decided(dead_round(), NO_HISTORY, failed=2)
     assert d.as_dict() == {
@@ -221,6 +246,8 @@ histories = st.builds(
     last_failover_at=st.none() | st.floats(NOW - 2 * PERIOD, NOW),
     acknowledged=st.booleans(),
     blocked=st.none() | st.just("diverged"),
+    failures=st.integers(0, 8),
+    last_failure_at=st.none() | st.floats(NOW - 400, NOW),
 )
 
 
@@ -254,6 +281,9 @@ def test_failover_only_when_every_condition_holds(seq: list[Round], history: His
         assert history.blocked is None
         last = history.last_failover_at
         assert last is None or history.acknowledged or NOW - last >= PERIOD
+        # not within the backoff of the failed attempts
+        failed_at = history.last_failure_at
+        assert failed_at is None or NOW - failed_at >= backoff(history.failures)
 
 
 @given(rounds_, histories, st.integers(0, 10))
