@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -497,3 +498,47 @@ def test_failed_failovers_back_off_and_the_status_says_when_the_next_may_run(
         assert runner.store.history().failures == 0
     finally:
         runner.stop()
+
+
+def test_the_lease_is_refreshed_while_a_round_waits_on_the_store(etcd_cluster: EtcdCluster) -> None:
+    """A round's request holds the store's request lock (a slow snapshot, a transaction
+    waiting out its timeout): the keepalive does not wait for it, it has its own clients
+    (this test would hang until the lock is released, and fail, if it shared them)."""
+    store = Store(etcd_cluster.endpoints, service=SERVICE, agent="a0", lease_ttl=30)
+    refreshed = threading.Event()
+    failed: list[StoreError] = []
+
+    def keepalive() -> None:
+        try:
+            store.keepalive()
+            refreshed.set()
+        except StoreError as exc:
+            failed.append(exc)
+
+    try:
+        store.register()
+        with store._etcd._lock:  # a round's request in progress, as long as it likes
+            keeper = threading.Thread(target=keepalive)
+            keeper.start()
+            answered = refreshed.wait(20)  # not a speed bound: it never ends if it waits
+        keeper.join(30)
+        assert answered and not failed, failed
+    finally:
+        store.close()
+
+
+def test_the_lease_is_refreshed_through_another_member_when_its_own_is_gone(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    """The member that granted the lease dies: the refresh goes to another (the lease
+    object's own client was the only one tried before)."""
+    store = Store(etcd_cluster.endpoints, service=SERVICE, agent="a0", lease_ttl=30)
+    try:
+        store.register()
+        lease = store.lease_id
+        etcd_cluster.kill_member(0)
+        store.keepalive()
+        assert store.lease_id == lease  # refreshed, not registered anew
+        assert store.campaign() is not None
+    finally:
+        store.close()
