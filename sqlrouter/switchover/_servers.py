@@ -44,6 +44,10 @@ _SYSTEM_COMMANDS: Final = frozenset(
 Connected = Callable[[DataSource, "pymysql.connections.Connection[Any]"], None]
 
 
+#: A session the server ended: gone away, lost, killed, disconnected for inactivity.
+_SESSION_ENDED: Final = frozenset({2006, 2013, 1927, 4031})
+
+
 def _describe(exc: BaseException) -> str:
     args: tuple[object, ...] = exc.args
     if len(args) >= 2 and isinstance(args[0], int):
@@ -229,7 +233,24 @@ class _Server:
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     def rows(self, sql: str, args: Sequence[object] | None = None) -> list[dict[str, Any]]:
-        """Run a short statement (bounded by the I/O timeout) and return its rows."""
+        """Run a short statement (bounded by the I/O timeout) and return its rows.
+
+        With an ``on_connect`` hook (an automatic failover), a kept connection the server
+        ended (``KILL CONNECTION`` by a leader's sweep: docs/autofailover.md) is opened
+        again, which asks the hook (the guard) again, and the statement is sent once more:
+        it did not run (the session was idle) or was cut off, and every statement of the
+        failover may run twice.  A leader that lost its lease is refused there.
+        """
+        reused = self._conn is not None
+        try:
+            return self._rows(sql, args)
+        except pymysql.err.OperationalError as exc:
+            code = exc.args[0] if exc.args else None
+            if not reused or self._on_connect is None or code not in _SESSION_ENDED:
+                raise
+        return self._rows(sql, args)
+
+    def _rows(self, sql: str, args: Sequence[object] | None) -> list[dict[str, Any]]:
         try:
             if self._conn is None:
                 self._conn = self._open(self.io_timeout)

@@ -542,3 +542,46 @@ def test_the_lease_is_refreshed_through_another_member_when_its_own_is_gone(
         assert store.campaign() is not None
     finally:
         store.close()
+
+
+def sweep_then_step(sb: Sandbox, svc: Service, leads: bool) -> tuple[list[str], _Run]:
+    """Open the failover's session to db2, end it as a sweep would, then run a step on it;
+    the guard says yes to the first two questions (the connection, the step), then yes
+    again only if ``leads``."""
+    creds = svc.admin_credentials
+    assert creds is not None
+    asked: list[str] = []
+
+    def guard(step: str) -> str | None:
+        asked.append(step)
+        return None if leads or len(asked) <= 2 else "a0 no longer leads"
+
+    run = _Run(svc, "failover", None, [], guard)
+    with _Servers(svc, creds, 10, lambda ds, conn: run.connected(ds)) as servers:
+        session = servers["db2"].value("SELECT CONNECTION_ID()")
+        sb.query("db2", f"KILL CONNECTION {int(session)}")
+        run.step(
+            "freeze db2",
+            "db2",
+            lambda: f"{session} -> {servers['db2'].value('SELECT CONNECTION_ID()')}",
+            fatal=False,
+        )
+    return asked, run
+
+
+def test_a_leaders_session_ended_by_a_sweep_is_opened_again_through_the_guard(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """An older leader's delayed sweep ends the current leader's session to db2: its next
+    statement reconnects, the guard says yes, and the statement runs.  For a leader that
+    lost its lease, the guard says no on reconnecting: the statement does not run."""
+    svc = service_of(fresh_cluster, etcd_cluster, tmp_path)
+    asked, run = sweep_then_step(fresh_cluster, svc, leads=True)
+    assert asked == ["connect db2", "freeze db2", "freeze db2"]
+    assert run.steps[0].ok, run.steps
+    before, after = run.steps[0].detail.split(" -> ")
+    assert before != after
+    asked, run = sweep_then_step(fresh_cluster, svc, leads=False)
+    assert asked == ["connect db2", "freeze db2", "freeze db2"]
+    assert not run.steps[0].ok
+    assert "not connected to db2: a0 no longer leads" in run.steps[0].detail
