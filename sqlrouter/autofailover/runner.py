@@ -15,13 +15,22 @@ A :class:`Runner` owns two threads.  Every ``interval`` seconds one of them runs
    live agents and the replicas' IO threads into a :class:`.decision.Round`, applies
    :func:`.decision.decide`, publishes the decision with its evidence, and when the
    verdict is ``failover`` runs the existing failover (:func:`sqlrouter.switchover.failover`)
-   with a guard that checks the leadership (lease and term) in etcd before every step,
-   then publishes the outcome (new master, old master, term) and the history.
+   with a guard that checks the leadership (lease and term) in etcd before every step
+   and on every connection it opens, then publishes the outcome (new master, old
+   master, term) and the history; a failover that failed without blocking is tried
+   again after a backoff (:func:`.decision.backoff`, the ``retry`` record).
+
+Before its first action in a term (a failover, restoring what an interrupted failover
+froze, fencing an old master) the leader ends the older leaders' sessions on the
+servers (:meth:`Runner._take_over`): ``KILL CONNECTION`` of every other session of the
+failover's account, so that a statement an older, paused leader was about to send runs
+on a dead connection (docs/autofailover.md, "Fencing the leaders").
 
 The other thread refreshes the agent's lease every ``lease_ttl / 3`` seconds (registering
-again if it had expired), so that a failover longer than the lease does not lose the
-leadership half way.  A round that cannot reach etcd does nothing (no leader can act
-without the store); ``status()`` says so.  :meth:`Runner.stop` ends the threads, revokes
+again if it had expired), on etcd clients of its own (a slow round does not delay it),
+so that a failover longer than the lease does not lose the leadership half way.  A round
+that cannot reach etcd does nothing (no leader can act without the store); ``status()``
+says so.  :meth:`Runner.stop` ends the threads, revokes
 the lease and joins, within a timeout.  The runner never runs in an application's
 process: ``sqlrouter agent`` starts one per opted-in service
 (:func:`sqlrouter.autofailover.start_runners`).
