@@ -25,6 +25,7 @@ from sqlrouter.autofailover import (
 )
 from sqlrouter.autofailover._observe import ServerView, resolve_master
 from sqlrouter.autofailover.decision import backoff
+from sqlrouter.cli.admin import describe_autofailover
 from sqlrouter.registry import RegistryError, load_registry_file
 from sqlrouter.routing.router import resolve_master as router_master
 from sqlrouter.topology import AutofailoverSettings, DataSource, Service
@@ -419,3 +420,17 @@ def test_a_dead_master_is_the_one_the_replicas_chains_end_at() -> None:
     # a replica of a server that is not of the service: no master
     split = {**views, "db3": replica("db3", 3, ("10.0.0.9", 3306), 9)}
     assert resolve_master(SVC, split) is None
+
+
+def test_an_agents_status_line_says_when_the_next_attempt_may_run() -> None:
+    part = {
+        "agent": "a0",
+        "leader": True,
+        "term": 9,
+        "decision": {"verdict": "backoff", "master": "db1", "reason": "db1 is dead, but ..."},
+        "retry": {"failures": 2, "at": 1_796_000_000.0, "next_at": 1_796_000_020.0},
+    }
+    assert describe_autofailover(part) == (
+        "automatic failover: agent a0, leader (term 9), backoff (db1): db1 is dead, but ...; "
+        "2 failed failover(s) in a row, next attempt not before 2026-11-30 00:53:40 UTC"
+    )
