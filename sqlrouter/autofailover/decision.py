@@ -43,6 +43,7 @@ __all__ = [
     "Verdict",
     "backoff",
     "decide",
+    "failures_in_a_row",
 ]
 
 Verdict = Literal["healthy", "suspect", "disagreement", "blocked", "backoff", "failover"]
@@ -51,6 +52,17 @@ Verdict = Literal["healthy", "suspect", "disagreement", "blocked", "backoff", "f
 BACKOFF_BASE: Final = 10.0
 #: The longest wait between two attempts.
 BACKOFF_CAP: Final = 300.0
+
+
+def failures_in_a_row(
+    previous: int, last_at: float | None, now: float, *, cap: float = BACKOFF_CAP
+) -> int:
+    """The count after one more failed failover at ``now``: ``previous + 1``, or ``1``
+    when the last failure is more than twice the cap ago (the failures are not in a row
+    any more: the master came back, or automation was held back, in between)."""
+    if previous <= 0 or last_at is None or now - last_at > 2 * cap:
+        return 1
+    return previous + 1
 
 
 def backoff(failures: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:

@@ -73,6 +73,7 @@ from .decision import (
     Round,
     backoff,
     decide,
+    failures_in_a_row,
 )
 from .store import Store, StoreError
 
@@ -747,7 +748,8 @@ class Runner:
         elif error is not None and error.refused and not _transient(error):
             puts["blocked"] = {"reason": error.reason, "at": now, "term": term}
         else:  # tried again when still dead, after a backoff that grows with each failure
-            failures = (history.failures if history is not None else 0) + 1
+            last = history or History()
+            failures = failures_in_a_row(last.failures, last.last_failure_at, now)
             wait = backoff(failures)
             puts["retry"] = {
                 "failures": failures,

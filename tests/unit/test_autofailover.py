@@ -24,7 +24,7 @@ from sqlrouter.autofailover import (
     decide,
 )
 from sqlrouter.autofailover._observe import ServerView, resolve_master
-from sqlrouter.autofailover.decision import backoff
+from sqlrouter.autofailover.decision import backoff, failures_in_a_row
 from sqlrouter.cli.admin import describe_autofailover
 from sqlrouter.registry import RegistryError, load_registry_file
 from sqlrouter.routing.router import resolve_master as router_master
@@ -179,6 +179,13 @@ def test_the_backoff_schedule_doubles_up_to_its_cap() -> None:
     assert [backoff(n) for n in range(8)] == [0, 10, 20, 40, 80, 160, 300, 300]
     assert [backoff(n, base=1, cap=5) for n in range(1, 6)] == [1, 2, 4, 5, 5]
     assert backoff(10_000) == 300  # no overflow however many failures
+
+
+def test_failures_are_counted_in_a_row_only() -> None:
+    assert failures_in_a_row(0, None, NOW) == 1
+    assert failures_in_a_row(2, NOW - 300, NOW) == 3
+    assert failures_in_a_row(5, NOW - 600, NOW) == 6
+    assert failures_in_a_row(5, NOW - 601, NOW) == 1  # long ago: not in a row any more
 
 
 def test_a_failed_failover_is_tried_again_only_after_its_backoff() -> None:
