@@ -8,6 +8,10 @@ writable, non-replicating server the replicas' chains end at; a replica's source
 ``Master_Host:Master_Port``, else its ``Master_Server_Id``); when that rule names no
 master, a dead one: the source every reachable replica's chain ends at, when that
 server does not answer and no server is writable.
+
+:func:`end_older_sessions` is the leaders' fence on the servers: a new leader ends every
+other session of the failover's account (``KILL CONNECTION``) before its first action, so
+that a statement an older leader was about to send runs on a dead connection.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Final
 
 import pymysql
 import pymysql.cursors
@@ -26,7 +31,10 @@ from ..topology import Credentials, DataSource, Service
 
 __all__ = [
     "Address",
+    "OnConnect",
     "ServerView",
+    "connect",
+    "end_older_sessions",
     "fence",
     "observe",
     "resolve_master",
@@ -37,6 +45,24 @@ __all__ = [
 #: Where an agent reaches a datasource: ``(host, port)``.  The registry's address,
 #: unless the agent is given another route (a relay in the tests).
 Address = Callable[[DataSource], tuple[str, int]]
+
+
+#: Called with each connection a leader's action opens, before its first statement:
+#: the leadership checked again, older leaders' sessions ended; raising refuses it.
+OnConnect = Callable[[DataSource, "pymysql.connections.Connection[Any]"], None]
+
+#: Sessions of the failover's account that are not a leader's: the replication threads
+#: (a master's ``Binlog Dump`` when replicas connect with the same account) and the
+#: server's own.  Never ended.
+_NOT_SESSIONS: Final = (
+    "Binlog Dump",
+    "Binlog Dump GTID",
+    "Daemon",
+    "Slave_IO",
+    "Slave_SQL",
+    "Slave_worker",
+    "Killed",
+)
 
 
 def registry_address(ds: DataSource) -> tuple[str, int]:
@@ -74,6 +100,24 @@ class ServerView:
 
 
 def _connect(
+    ds: DataSource,
+    creds: Credentials,
+    timeout: float,
+    address: Address,
+    on_connect: OnConnect | None = None,
+) -> pymysql.connections.Connection[pymysql.cursors.DictCursor]:
+    conn = _open(ds, creds, timeout, address)
+    if on_connect is not None:
+        try:
+            on_connect(ds, conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+    return conn
+
+
+def _open(
     ds: DataSource, creds: Credentials, timeout: float, address: Address
 ) -> pymysql.connections.Connection[pymysql.cursors.DictCursor]:
     host, port = address(ds)
@@ -99,7 +143,7 @@ def _describe(exc: BaseException) -> str:
 def probe(ds: DataSource, creds: Credentials, timeout: float, address: Address) -> ServerView:
     """``ds`` as seen now; unreachable (with why) when it does not answer in time."""
     try:
-        conn = _connect(ds, creds, timeout, address)
+        conn = _open(ds, creds, timeout, address)
     except (pymysql.err.MySQLError, OSError) as exc:
         return ServerView(ds.name, False, detail=_describe(exc))
     try:
@@ -162,9 +206,43 @@ def source_of(service: Service, views: Mapping[str, ServerView], name: str) -> s
     return upstream_of(name, service.datasources, health).datasource
 
 
-def fence(ds: DataSource, creds: Credentials, timeout: float, address: Address) -> str:
+def end_older_sessions(conn: pymysql.connections.Connection[Any], user: str) -> list[int]:
+    """End (``KILL CONNECTION``) every session of ``user`` but ``conn``'s own; their ids.
+
+    ``user`` is the failover's account: the sessions of an older leader are among them
+    (and the agents' probes, and anyone else's using that account: it must not be shared
+    for manual work while automation is on).  Replication and server threads are kept.
+    Only ``information_schema.PROCESSLIST`` is read, which every server has (connection
+    attributes would need ``performance_schema``).
+    """
+    ended = []
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s "
+            "AND ID <> CONNECTION_ID() AND COMMAND NOT IN %s",
+            (user, _NOT_SESSIONS),
+        )
+        ids = [int(row["ID"] if isinstance(row, dict) else row[0]) for row in cur.fetchall()]
+        for session in ids:
+            try:
+                cur.execute("KILL CONNECTION %s", (session,))
+            except pymysql.err.OperationalError as exc:
+                if exc.args and exc.args[0] == 1094:  # unknown thread: it ended by itself
+                    continue
+                raise
+            ended.append(session)
+    return ended
+
+
+def fence(
+    ds: DataSource,
+    creds: Credentials,
+    timeout: float,
+    address: Address,
+    on_connect: OnConnect | None = None,
+) -> str:
     """Make ``ds`` read-only (an old master come back); what was done, as a sentence."""
-    conn = _connect(ds, creds, timeout, address)
+    conn = _connect(ds, creds, timeout, address, on_connect)
     try:
         with conn.cursor() as cur:
             cur.execute("SET GLOBAL read_only = 1")
@@ -177,9 +255,15 @@ def fence(ds: DataSource, creds: Credentials, timeout: float, address: Address) 
     return f"{ds.name} is read-only (SET GLOBAL read_only=1); {where}: rebuild it as a replica"
 
 
-def restart_io_thread(ds: DataSource, creds: Credentials, timeout: float, address: Address) -> str:
+def restart_io_thread(
+    ds: DataSource,
+    creds: Credentials,
+    timeout: float,
+    address: Address,
+    on_connect: OnConnect | None = None,
+) -> str:
     """``START SLAVE IO_THREAD`` on ``ds`` (a replica an interrupted failover froze)."""
-    conn = _connect(ds, creds, timeout, address)
+    conn = _connect(ds, creds, timeout, address, on_connect)
     try:
         with conn.cursor() as cur:
             cur.execute("START SLAVE IO_THREAD")
@@ -187,3 +271,14 @@ def restart_io_thread(ds: DataSource, creds: Credentials, timeout: float, addres
         with contextlib.suppress(Exception):
             conn.close()
     return f"{ds.name} receiving again (START SLAVE IO_THREAD)"
+
+
+def connect(
+    ds: DataSource,
+    creds: Credentials,
+    timeout: float,
+    address: Address,
+    on_connect: OnConnect | None = None,
+) -> pymysql.connections.Connection[pymysql.cursors.DictCursor]:
+    """A connection to ``ds`` on which ``on_connect`` ran (the caller closes it)."""
+    return _connect(ds, creds, timeout, address, on_connect)

@@ -17,9 +17,12 @@ service's automatic-failover history (:class:`History`).  Dead means *agreed*:
 Then the history may still hold it back (``blocked``): a refused candidate (diverged
 histories, a replica missing acknowledged transactions) blocks automation until an
 operator acknowledges it; so does an automatic failover less than ``period`` seconds
-ago that nobody acknowledged (no flapping).
+ago that nobody acknowledged (no flapping).  And a failover that failed without blocking
+is not tried again at once: after ``n`` failures in a row the next attempt waits
+:func:`backoff` seconds from the last one (``backoff``), doubling up to a cap.
 
-The verdict (``healthy``, ``suspect``, ``disagreement``, ``blocked``, ``failover``) comes
+The verdict (``healthy``, ``suspect``, ``disagreement``, ``blocked``, ``backoff``,
+``failover``) comes
 with its reason and its evidence, one line per observation, as the leader logs them and
 ``sqlrouter admin autofailover status`` shows them.  No I/O and no clock here: the
 caller passes ``now``.
@@ -28,7 +31,7 @@ caller passes ``now``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 __all__ = [
     "AgentView",
@@ -38,10 +41,37 @@ __all__ = [
     "ReplicaView",
     "Round",
     "Verdict",
+    "backoff",
     "decide",
+    "failures_in_a_row",
 ]
 
-Verdict = Literal["healthy", "suspect", "disagreement", "blocked", "failover"]
+Verdict = Literal["healthy", "suspect", "disagreement", "blocked", "backoff", "failover"]
+
+#: Seconds before the attempt that follows a first failed automatic failover.
+BACKOFF_BASE: Final = 10.0
+#: The longest wait between two attempts.
+BACKOFF_CAP: Final = 300.0
+
+
+def failures_in_a_row(
+    previous: int, last_at: float | None, now: float, *, cap: float = BACKOFF_CAP
+) -> int:
+    """The count after one more failed failover at ``now``: ``previous + 1``, or ``1``
+    when the last failure is more than twice the cap ago (the failures are not in a row
+    any more: the master came back, or automation was held back, in between)."""
+    if previous <= 0 or last_at is None or now - last_at > 2 * cap:
+        return 1
+    return previous + 1
+
+
+def backoff(failures: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Seconds between the last of ``failures`` failed failovers in a row and the next
+    attempt: ``base``, doubled with each further failure, at most ``cap`` (none before
+    a first failure).  The schedule with the defaults: 10, 20, 40, 80, 160, 300, 300 ..."""
+    if failures <= 0:
+        return 0.0
+    return float(min(cap, base * 2 ** min(failures - 1, 62)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +124,9 @@ class History:
     acknowledged: bool = True
     #: Why automation is blocked until acknowledged (a refused candidate), or ``None``.
     blocked: str | None = None
+    #: Automatic failovers that failed in a row (without blocking), the last one's time.
+    failures: int = 0
+    last_failure_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +168,8 @@ def decide(
     period: float,
     stale_after: float,
     min_agents: int,
+    backoff_base: float = BACKOFF_BASE,
+    backoff_cap: float = BACKOFF_CAP,
 ) -> Decision:
     """The verdict of round ``rnd`` (see the module's docstring for the rule)."""
     master = rnd.master
@@ -205,6 +240,15 @@ def decide(
             "blocked",
             f"{master} is dead, but an automatic failover ran {rnd.now - last:.0f}s ago "
             f"(at most one per {period:g}s until an operator acknowledges it)",
+        )
+    failed_at = history.last_failure_at
+    wait = backoff(history.failures, base=backoff_base, cap=backoff_cap)
+    if failed_at is not None and rnd.now - failed_at < wait:
+        return verdict(
+            "backoff",
+            f"{master} is dead, but {history.failures} automatic failover(s) failed in a row, "
+            f"the last {rnd.now - failed_at:.0f}s ago: next attempt in "
+            f"{wait - (rnd.now - failed_at):.0f}s (backoff {wait:g}s, at most {backoff_cap:g}s)",
         )
     return verdict(
         "failover",

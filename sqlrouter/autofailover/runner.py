@@ -15,13 +15,22 @@ A :class:`Runner` owns two threads.  Every ``interval`` seconds one of them runs
    live agents and the replicas' IO threads into a :class:`.decision.Round`, applies
    :func:`.decision.decide`, publishes the decision with its evidence, and when the
    verdict is ``failover`` runs the existing failover (:func:`sqlrouter.switchover.failover`)
-   with a guard that checks the leadership (lease and term) in etcd before every step,
-   then publishes the outcome (new master, old master, term) and the history.
+   with a guard that checks the leadership (lease and term) in etcd before every step
+   and on every connection it opens, then publishes the outcome (new master, old
+   master, term) and the history; a failover that failed without blocking is tried
+   again after a backoff (:func:`.decision.backoff`, the ``retry`` record).
+
+Before its first action in a term (a failover, restoring what an interrupted failover
+froze, fencing an old master) the leader ends the older leaders' sessions on the
+servers (:meth:`Runner._take_over`): ``KILL CONNECTION`` of every other session of the
+failover's account, so that a statement an older, paused leader was about to send runs
+on a dead connection (docs/autofailover.md, "Fencing the leaders").
 
 The other thread refreshes the agent's lease every ``lease_ttl / 3`` seconds (registering
-again if it had expired), so that a failover longer than the lease does not lose the
-leadership half way.  A round that cannot reach etcd does nothing (no leader can act
-without the store); ``status()`` says so.  :meth:`Runner.stop` ends the threads, revokes
+again if it had expired), on etcd clients of its own (a slow round does not delay it),
+so that a failover longer than the lease does not lose the leadership half way.  A round
+that cannot reach etcd does nothing (no leader can act without the store); ``status()``
+says so.  :meth:`Runner.stop` ends the threads, revokes
 the lease and joins, within a timeout.  The runner never runs in an application's
 process: ``sqlrouter agent`` starts one per opted-in service
 (:func:`sqlrouter.autofailover.start_runners`).
@@ -41,10 +50,13 @@ import pymysql
 
 from .. import _forksafe, events
 from ..switchover import Step, TopologyError, failover
-from ..topology import Credentials, Service
+from ..topology import Credentials, DataSource, Service
 from ._observe import (
     Address,
+    OnConnect,
     ServerView,
+    connect,
+    end_older_sessions,
     fence,
     observe,
     registry_address,
@@ -52,12 +64,28 @@ from ._observe import (
     restart_io_thread,
     source_of,
 )
-from .decision import AgentView, Decision, Detection, ReplicaView, Round, decide
+from .decision import (
+    AgentView,
+    Decision,
+    Detection,
+    History,
+    ReplicaView,
+    Round,
+    backoff,
+    decide,
+    failures_in_a_row,
+)
 from .store import Store, StoreError
 
-__all__ = ["Runner"]
+__all__ = ["NotLeading", "Runner"]
 
 logger = logging.getLogger("sqlrouter.autofailover")
+
+
+class NotLeading(Exception):
+    """A leader's connection was refused: the store says it no longer leads (or cannot
+    say so, before the failover's point of no return)."""
+
 
 #: Seconds :meth:`Runner.stop` waits for the round in progress to end.
 DEFAULT_STOP_TIMEOUT: Final = 10.0
@@ -117,6 +145,11 @@ class Runner:
         self._store_error: str | None = None
         self._rounds = 0
         self._published: AgentView | None = None
+        #: The servers on which the leader ended older leaders' sessions, in which term.
+        self._swept_term: int | None = None
+        self._swept: set[str] = set()
+        #: The store's ``retry`` record as the last round read it (the backoff).
+        self._retry: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,6 +211,7 @@ class Runner:
                 "term": self._term,
                 "rounds": self._rounds,
                 "decision": self._decision.as_dict() if self._decision else None,
+                "retry": self._retry,
                 "store_error": self._store_error,
             }
 
@@ -228,6 +262,7 @@ class Runner:
                 )
             self._store_error = None
             self._rounds += 1
+            self._retry = snap.get("retry")
         timeout = self.service.probe_timeout
         views = observe(self.service, self._creds, timeout, self._address)
         master = resolve_master(self.service, views)
@@ -254,6 +289,7 @@ class Runner:
         if term is None:
             return None
         self._fence_old_master(term, views, master, snap)
+        history = store.history(snap)
         if master is None or mv is None:
             decision = Decision(
                 "disagreement",
@@ -281,7 +317,7 @@ class Runner:
             decision = decide(
                 self._detection,
                 rnd,
-                store.history(snap),
+                history,
                 rounds=self.service.autofailover.rounds,
                 period=self.service.autofailover.period,
                 stale_after=self.stale_after,
@@ -292,7 +328,7 @@ class Runner:
         if settled and decision.verdict == "failover":
             self._failing_over.set()
             try:
-                self._failover(term, decision)
+                self._failover(term, decision, views, history)
             finally:
                 self._failing_over.clear()
         return decision
@@ -374,9 +410,17 @@ class Runner:
         if current is None or not current.reachable or current.read_only:
             return
         ds = self.service.datasource(view.name)
+        step = f"fence {ds.name}"
         try:
-            done = fence(ds, self._creds, self.service.probe_timeout, self._address)
-        except (pymysql.err.MySQLError, OSError) as exc:  # tried again next round
+            self._take_over(term, views, step)
+            done = fence(
+                ds,
+                self._creds,
+                self.service.probe_timeout,
+                self._address,
+                self._leader_session(term, step),
+            )
+        except (pymysql.err.MySQLError, OSError, NotLeading) as exc:  # tried again next round
             logger.warning("service %r: could not fence %s: %s", self.service.name, ds.name, exc)
             return
         logger.warning(
@@ -451,6 +495,12 @@ class Runner:
             why = f"steps {', '.join(beyond)} ran" if beyond else "its record is malformed"
             return self._block_interrupted(term, record, f"{why}: finish it or undo it by hand")
         restored, problems = [], []
+        if any(n.startswith("freeze ") for n in names):
+            try:
+                self._take_over(term, views, "restore what was frozen")
+            except NotLeading as exc:
+                logger.warning("service %r: %s", self.service.name, exc)
+                return False
         for name in names:
             if not name.startswith("freeze "):
                 continue
@@ -466,8 +516,12 @@ class Runner:
                         self._creds,
                         self.service.probe_timeout,
                         self._address,
+                        self._leader_session(term, f"restore {replica}"),
                     )
                 )
+            except NotLeading as exc:
+                logger.warning("service %r: %s", self.service.name, exc)
+                return False
             except (pymysql.err.MySQLError, OSError) as exc:
                 problems.append(f"{replica}: START SLAVE IO_THREAD failed: {exc}")
         started = [
@@ -504,6 +558,81 @@ class Runner:
             logger.error("service %r: automation blocked: %s", self.service.name, reason)
         return False
 
+    # ------------------------------------------------------------------ the leaders' fence
+
+    def _take_over(self, term: int, views: Mapping[str, ServerView] | None, step: str) -> None:
+        """Before the first action of ``term``: older leaders' sessions ended everywhere.
+
+        On every server of the service this round saw reachable (all of them when
+        ``views`` is ``None``) and not yet swept in this term, connect, check the
+        leadership, and end every other session of the failover's account
+        (:func:`._observe.end_older_sessions`).  A server that cannot be reached is swept
+        by the first connection this leader opens to it (:meth:`_leader_session`, and the
+        failover's own connections).  Raises :class:`NotLeading` when the store says no.
+        """
+        for ds in self.service.datasources:
+            with self._lock:
+                if self._swept_term == term and ds.name in self._swept:
+                    continue
+            view = views.get(ds.name) if views is not None else None
+            if views is not None and (view is None or not view.reachable):
+                continue
+            try:
+                conn = connect(
+                    ds,
+                    self._creds,
+                    self.service.probe_timeout,
+                    self._address,
+                    self._leader_session(term, step),
+                )
+            except (pymysql.err.MySQLError, OSError) as exc:
+                logger.info(
+                    "service %r: %s: older sessions not ended yet (%s): on its first use",
+                    self.service.name,
+                    ds.name,
+                    exc,
+                )
+                continue
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _leader_session(self, term: int, step: str) -> OnConnect:
+        """What a leader's own connection runs before anything else: the guard (the
+        leadership asked again, now that the connection exists), then the sweep."""
+
+        def on_connect(ds: DataSource, conn: pymysql.connections.Connection[Any]) -> None:
+            stop = self._may_run(term, step)
+            if stop is not None:
+                raise NotLeading(f"{step}: not run: {stop}")
+            self._end_older_sessions(term, ds, conn)
+
+        return on_connect
+
+    def _end_older_sessions(
+        self, term: int, ds: DataSource, conn: pymysql.connections.Connection[Any]
+    ) -> None:
+        """Once per term and server, on this leader's first connection to it."""
+        with self._lock:
+            if self._swept_term != term:
+                self._swept_term, self._swept = term, set()
+            if ds.name in self._swept:
+                return
+        ended = end_older_sessions(conn, self._creds.user)
+        with self._lock:
+            if self._swept_term == term:
+                self._swept.add(ds.name)
+        log = logger.warning if ended else logger.info
+        log(
+            "service %r: leader %s (term %d): %d older session(s) of %s ended on %s%s",
+            self.service.name,
+            self.agent,
+            term,
+            len(ended),
+            self._creds.user,
+            ds.name,
+            f" (KILL CONNECTION {', '.join(map(str, ended))})" if ended else "",
+        )
+
     def _may_run(self, term: int, step: str) -> str | None:
         """The failover's guard: ``None`` to run ``step``, else why not.
 
@@ -539,9 +668,20 @@ class Runner:
                 )
             return None if leads else f"{self.agent} no longer leads (term {term})"
 
-    def _failover(self, term: int, decision: Decision) -> None:
+    def _failover(
+        self,
+        term: int,
+        decision: Decision,
+        views: Mapping[str, ServerView] | None = None,
+        history: History | None = None,
+    ) -> None:
         service = self.service
         started = self._clock()
+        try:
+            self._take_over(term, views, f"failover of {decision.master}")
+        except NotLeading as exc:
+            logger.warning("service %r: no failover: %s", service.name, exc)
+            return
         record: dict[str, Any] = {
             "term": term,
             "leader": self.agent,
@@ -573,7 +713,13 @@ class Runner:
         new: str | None = None
         error: TopologyError | None = None
         try:
-            failover(service, timeout=self._failover_timeout, report=report, guard=guard)
+            failover(
+                service,
+                timeout=self._failover_timeout,
+                report=report,
+                guard=guard,
+                on_connect=lambda ds, conn: self._end_older_sessions(term, ds, conn),
+            )
         except TopologyError as exc:
             error = exc
         views = observe(service, self._creds, service.probe_timeout, self._address)
@@ -595,11 +741,25 @@ class Runner:
             "steps": steps,
         }
         puts: dict[str, Mapping[str, Any]] = {"outcome": outcome}
+        deletes = ["failover"]
         if new is not None:
             puts["history"] = {"at": now, "term": term, "acknowledged": False}
+            deletes.append("retry")
         elif error is not None and error.refused and not _transient(error):
             puts["blocked"] = {"reason": error.reason, "at": now, "term": term}
-        if not self.store.put_as_leader(term, puts, deletes=["failover"]):
+        else:  # tried again when still dead, after a backoff that grows with each failure
+            last = history or History()
+            failures = failures_in_a_row(last.failures, last.last_failure_at, now)
+            wait = backoff(failures)
+            puts["retry"] = {
+                "failures": failures,
+                "at": now,
+                "next_at": now + wait,
+                "backoff": wait,
+                "term": term,
+                "detail": outcome["detail"],
+            }
+        if not self.store.put_as_leader(term, puts, deletes=deletes):
             logger.error(
                 "service %r: outcome not published: %s no longer leads", service.name, self.agent
             )

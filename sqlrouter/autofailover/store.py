@@ -18,6 +18,8 @@ key               value (JSON)                                            lease
 ``history``       last automatic failover (time, term), acknowledged       none
 ``blocked``       why automation is blocked until acknowledged             none
 ``fenced``        the old master made read-only, when, by whom             none
+``retry``         failed automatic failovers in a row, the last's time,     none
+                  when the next may run (the backoff)
 ================  ======================================================  ===========
 
 An agent's keys vanish with its lease (``lease_ttl`` seconds after its last refresh):
@@ -91,8 +93,8 @@ class _Endpoints:
         self.endpoints = tuple(endpoints)
         self._clients = [_client(e, timeout) for e in self.endpoints]
         self._current = 0
-        #: One request at a time: a requests session is not thread-safe, and the
-        #: runner's keepalive thread shares the store with its rounds.
+        #: One request at a time: a requests session is not thread-safe.  The lease's
+        #: keepalive has its own :class:`_Endpoints`, so it never waits for a round.
         self._lock = _forksafe.lock()
 
     def call(self, what: str, op: Callable[[etcd3gw.Etcd3Client], _T]) -> _T:
@@ -135,6 +137,8 @@ class Store:
         self.agent = agent or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.lease_ttl = lease_ttl
         self._etcd = _Endpoints(endpoints, timeout)
+        #: The lease's refresh has its own clients and lock (:meth:`keepalive`).
+        self._keeper = _Endpoints(endpoints, timeout)
         self._clock = clock
         self._lease: etcd3gw.lease.Lease | None = None
         self._lease_lock = _forksafe.lock()
@@ -203,9 +207,13 @@ class Store:
         with self._lease_lock:
             self._register()
 
-    def _register(self) -> None:
-        """Register under a new lease; refused while another lease holds this agent id."""
-        lease = self._etcd.call("lease grant", lambda c: c.lease(self.lease_ttl))
+    def _register(self, etcd: _Endpoints | None = None) -> None:
+        """Register under a new lease; refused while another lease holds this agent id.
+
+        ``etcd``: the clients to use (default: the rounds'; the keepalive's own when it
+        registers again)."""
+        etcd = etcd or self._etcd
+        lease = etcd.call("lease grant", lambda c: c.lease(self.lease_ttl))
         info = {"agent": self.agent, "host": socket.gethostname(), "pid": os.getpid()}
         value = json.dumps({**info, "since": self._clock()})
         key = _b64(self._key(f"agents/{self.agent}"))
@@ -213,18 +221,18 @@ class Store:
         held = [  # free, or held by the lease this agent had (registering again)
             {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
         ]
-        answer = self._etcd.call(
+        answer = etcd.call(
             "register", lambda c: c.transaction({"compare": held, "success": mine, "failure": []})
         )
         if not answer.get("succeeded") and self._lease is not None:
             ours = [{"key": key, "result": "EQUAL", "target": "LEASE", "lease": self._lease.id}]
-            answer = self._etcd.call(
+            answer = etcd.call(
                 "register",
                 lambda c: c.transaction({"compare": ours, "success": mine, "failure": []}),
             )
         if not answer.get("succeeded"):
             with contextlib.suppress(StoreError):
-                self._etcd.call("lease revoke", lambda c: lease.revoke())
+                etcd.call("lease revoke", lambda c: etcd3gw.lease.Lease(lease.id, c).revoke())
             raise StoreError(
                 f"agent id {self.agent!r} is registered by another live agent (another lease): "
                 "give each agent a unique id"
@@ -241,20 +249,29 @@ class Store:
         return None if lease is None else int(lease.id)
 
     def keepalive(self) -> None:
-        """Refresh the lease; register anew when it had expired (the keys went with it)."""
+        """Refresh the lease; register anew when it had expired (the keys went with it).
+
+        On the lease's own clients and lock (``_keeper``): a slow request of a round
+        (a snapshot, a transaction waiting for a timeout) does not delay the refresh, and
+        the refresh is sent to whichever endpoint answers, not only to the one that
+        granted the lease.
+        """
         with self._lease_lock:
             lease = self._lease
             if lease is None:
-                self._register()
+                self._register(self._keeper)
                 return
-            ttl = self._etcd.call("lease keepalive", lambda c: lease.refresh())
+            lease_id = lease.id
+            ttl = self._keeper.call(
+                "lease keepalive", lambda c: etcd3gw.lease.Lease(lease_id, c).refresh()
+            )
             if ttl <= 0:
                 logger.warning(
                     "service %r: agent %s: its etcd lease had expired; registering again",
                     self.service,
                     self.agent,
                 )
-                self._register()
+                self._register(self._keeper)
 
     def publish_view(self, view: AgentView) -> None:
         self.put(
@@ -383,6 +400,8 @@ class Store:
             ops.append({"request_put": {"key": _b64(self._key("history")), "value": _b64(value)}})
         if found["blocked"]:
             ops.append({"request_delete_range": {"key": _b64(self._key("blocked"))}})
+        # An operator who looked may want the next attempt now: the backoff starts over.
+        ops.append({"request_delete_range": {"key": _b64(self._key("retry"))}})
         txn = {"compare": compare, "success": ops, "failure": []}
         answer = self._etcd.call("acknowledge", lambda c: c.transaction(txn))
         if not answer.get("succeeded"):
@@ -400,8 +419,9 @@ class Store:
         reason = None if blocked is None else blocked.get("reason")
         if blocked is not None and not isinstance(reason, str):
             reason = f"the store's block record is malformed: {json.dumps(blocked)[:200]}"
+        failures, failed_at = _retry(snapshot.get("retry"))
         if hist is None:
-            return History(blocked=reason)
+            return History(blocked=reason, failures=failures, last_failure_at=failed_at)
         at, acknowledged = hist.get("at"), hist.get("acknowledged")
         if (
             isinstance(at, bool)
@@ -410,17 +430,25 @@ class Store:
         ):  # never read as "no failover" or "acknowledged": automation waits for an operator
             malformed = f"the store's history record is malformed: {json.dumps(hist)[:200]}"
             return History(blocked=reason or malformed)
-        return History(last_failover_at=float(at), acknowledged=acknowledged, blocked=reason)
+        return History(
+            last_failover_at=float(at),
+            acknowledged=acknowledged,
+            blocked=reason,
+            failures=failures,
+            last_failure_at=failed_at,
+        )
 
     def close(self) -> None:
         """Revoke the lease (this agent's keys go at once) and close the connections."""
         lease, self._lease = self._lease, None
         if lease is not None:
+            lease_id = lease.id
             try:
-                self._etcd.call("lease revoke", lambda c: lease.revoke())
+                self._etcd.call("lease revoke", lambda c: etcd3gw.lease.Lease(lease_id, c).revoke())
             except StoreError as exc:
                 logger.info("service %r: lease not revoked (%s)", self.service, exc)
         self._etcd.close()
+        self._keeper.close()
 
 
 def _reason(exc: BaseException) -> str:
@@ -434,7 +462,20 @@ def _reason(exc: BaseException) -> str:
 
 
 #: Records that hold automation back or tell what happened: kept even when malformed.
-_GUARDED: Final = ("history", "blocked", "failover", "outcome", "decision", "fenced")
+_GUARDED: Final = ("history", "blocked", "failover", "outcome", "decision", "fenced", "retry")
+
+
+def _retry(record: Mapping[str, Any] | None) -> tuple[int, float | None]:
+    """``(failures, last failure's time)`` of the ``retry`` record; ``(0, None)`` when
+    there is none or it is malformed (a backoff only delays: none is no less safe)."""
+    if record is None:
+        return 0, None
+    failures, at = record.get("failures"), record.get("at")
+    if isinstance(failures, bool) or not isinstance(failures, int) or failures <= 0:
+        return 0, None
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return 0, None
+    return failures, float(at)
 
 
 def _text(raw: bytes | str) -> str:
@@ -476,7 +517,15 @@ def read_status(endpoints: Sequence[str], service: str, timeout: float = 2.0) ->
             ],
             **{
                 name: store.get(name)
-                for name in ("decision", "failover", "outcome", "history", "blocked", "fenced")
+                for name in (
+                    "decision",
+                    "failover",
+                    "outcome",
+                    "history",
+                    "blocked",
+                    "fenced",
+                    "retry",
+                )
             },
         }
     finally:

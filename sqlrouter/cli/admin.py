@@ -15,6 +15,7 @@ in the ``sqlrouter admin`` process with the registry's admin credentials
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -90,6 +91,13 @@ def describe_autofailover(part: Mapping[str, Any]) -> str:
         else "no decision here (the leader's: sqlrouter admin autofailover status)"
     )
     line = f"automatic failover: agent {part.get('agent')}, {role}, {said}"
+    retry = part.get("retry")
+    if isinstance(retry, Mapping) and isinstance(retry.get("next_at"), int | float):
+        when = datetime.datetime.fromtimestamp(retry["next_at"], datetime.UTC)
+        line += (
+            f"; {retry.get('failures')} failed failover(s) in a row, next attempt not "
+            f"before {when:%Y-%m-%d %H:%M:%S} UTC"
+        )
     if part.get("store_error"):
         line += f"; store: {part['store_error']}"
     return line

@@ -78,6 +78,13 @@ def format_autofailover(status: Mapping[str, Any], period: float, now: float) ->
             f"  fenced: {fenced.get('datasource')} by {fenced.get('by')}, "
             f"{_when(fenced.get('at'), now)}: {fenced.get('detail')}"
         )
+    retry = status.get("retry")
+    if retry:
+        lines.append(
+            f"  retrying: {retry.get('failures')} automatic failover(s) failed in a row, the "
+            f"last {_when(retry.get('at'), now)}; next attempt not before "
+            f"{_when(retry.get('next_at'), now).split(' (')[0]} (backoff {retry.get('backoff')}s)"
+        )
     history = status.get("history")
     blocked = status.get("blocked")
     if blocked:

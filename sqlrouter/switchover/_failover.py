@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
+
+import pymysql
 
 from ..gtid import format_gtid_list, parse_gtid_list
-from ..topology import Credentials, Service
+from ..topology import Credentials, DataSource, Service
 from ._failover_plan import (
     _can_apply,
     _FailoverPlan,
@@ -22,6 +24,7 @@ from ._failover_plan import (
 )
 from ._history import _missing
 from ._servers import (
+    Connected,
     _Failure,
     _Node,
     _repointing,
@@ -61,6 +64,7 @@ def failover(
     timeout: float = 30.0,
     report: Callable[[Step], None] | None = None,
     guard: Callable[[str], str | None] | None = None,
+    on_connect: Connected | None = None,
 ) -> list[Step]:
     """Promote the most advanced replica of ``service``, whose master is dead.
 
@@ -71,15 +75,25 @@ def failover(
     each step's name before it runs (rollback steps included) and returns ``None`` to go
     on or why not: the step then fails, before the point of no return the failover rolls
     back, as far as the guard lets it (an automatic failover's leader checks its lease
-    there: one that lost it undoes nothing, the next leader restores).  Returns the steps; raises
+    there: one that lost it undoes nothing, the next leader restores); it is asked again after
+    every new connection, before that connection's first statement.  ``on_connect``, when
+    given, is then called with each new connection (the automatic failover ends older
+    leaders' sessions there).  Returns the steps; raises
     :class:`TopologyError` saying which step failed and the state the cluster is left in.
     """
     _check_timeout(timeout)
     creds = _admin(service, "failover")
     run = _Run(service, "failover", report, _secrets(service, None), guard)
     started = time.monotonic()
+
+    def connected(ds: DataSource, conn: pymysql.connections.Connection[Any]) -> None:
+        run.connected(ds)
+        if on_connect is not None:
+            on_connect(ds, conn)
+
+    hook = connected if guard is not None or on_connect is not None else None
     with _observed(service, "failover", "", dry_run):
-        with _Servers(service, creds, timeout) as servers:
+        with _Servers(service, creds, timeout, hook) as servers:
             _note_inspection(run, service, servers)
             fp = _plan_failover(service, servers, creds, force, timeout, note=run.note)
             run.add(Step("plan", True, fp.plan.summary(), time.monotonic() - started))

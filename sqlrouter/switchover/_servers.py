@@ -18,6 +18,7 @@ from ..topology import Credentials, DataSource, Service
 from ._history import _history, _tail
 
 __all__ = [
+    "Connected",
     "_Node",
     "_Server",
     "_Servers",
@@ -35,6 +36,16 @@ _SYSTEM_USERS: Final = frozenset({"system user", "event_scheduler", "unauthentic
 _SYSTEM_COMMANDS: Final = frozenset(
     {"Binlog Dump", "Binlog Dump GTID", "Daemon", "Slave_IO", "Slave_SQL", "Slave_worker"}
 )
+
+
+#: Called with each administrative connection an operation opens, before its first
+#: statement; raising refuses the connection (it is closed).  An automatic failover checks
+#: its leadership there, and ends older leaders' sessions (docs/autofailover.md).
+Connected = Callable[[DataSource, "pymysql.connections.Connection[Any]"], None]
+
+
+#: A session the server ended: gone away, lost, killed, disconnected for inactivity.
+_SESSION_ENDED: Final = frozenset({2006, 2013, 1927, 4031})
 
 
 def _describe(exc: BaseException) -> str:
@@ -176,13 +187,32 @@ class _Node:
 class _Server:
     """The administrative connection to one datasource."""
 
-    def __init__(self, ds: DataSource, credentials: Credentials, io_timeout: float) -> None:
+    def __init__(
+        self,
+        ds: DataSource,
+        credentials: Credentials,
+        io_timeout: float,
+        on_connect: Connected | None = None,
+    ) -> None:
         self.ds = ds
         self._credentials = credentials
         self.io_timeout = io_timeout
+        self._on_connect = on_connect
         self._conn: pymysql.connections.Connection[Any] | None = None
 
     def _open(self, read_timeout: float) -> pymysql.connections.Connection[Any]:
+        """A new connection; ``on_connect`` is asked before it runs anything."""
+        conn = self._connect(read_timeout)
+        if self._on_connect is not None:
+            try:
+                self._on_connect(self.ds, conn)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise
+        return conn
+
+    def _connect(self, read_timeout: float) -> pymysql.connections.Connection[Any]:
         return pymysql.connect(
             host=self.ds.host,
             port=self.ds.port,
@@ -203,7 +233,24 @@ class _Server:
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     def rows(self, sql: str, args: Sequence[object] | None = None) -> list[dict[str, Any]]:
-        """Run a short statement (bounded by the I/O timeout) and return its rows."""
+        """Run a short statement (bounded by the I/O timeout) and return its rows.
+
+        With an ``on_connect`` hook (an automatic failover), a kept connection the server
+        ended (``KILL CONNECTION`` by a leader's sweep: docs/autofailover.md) is opened
+        again, which asks the hook (the guard) again, and the statement is sent once more:
+        it did not run (the session was idle) or was cut off, and every statement of the
+        failover may run twice.  A leader that lost its lease is refused there.
+        """
+        reused = self._conn is not None
+        try:
+            return self._rows(sql, args)
+        except pymysql.err.OperationalError as exc:
+            code = exc.args[0] if exc.args else None
+            if not reused or self._on_connect is None or code not in _SESSION_ENDED:
+                raise
+        return self._rows(sql, args)
+
+    def _rows(self, sql: str, args: Sequence[object] | None) -> list[dict[str, Any]]:
         try:
             if self._conn is None:
                 self._conn = self._open(self.io_timeout)
@@ -319,11 +366,19 @@ class _Server:
 class _Servers:
     """One :class:`_Server` per datasource, closed at the end of the operation."""
 
-    def __init__(self, service: Service, credentials: Credentials, timeout: float) -> None:
+    def __init__(
+        self,
+        service: Service,
+        credentials: Credentials,
+        timeout: float,
+        on_connect: Connected | None = None,
+    ) -> None:
         self.service = service
         io = min(timeout, max(_MIN_IO_TIMEOUT, 2 * service.probe_timeout))
         self.io_timeout = io
-        self._servers = {ds.name: _Server(ds, credentials, io) for ds in service.datasources}
+        self._servers = {
+            ds.name: _Server(ds, credentials, io, on_connect) for ds in service.datasources
+        }
 
     def __getitem__(self, name: str) -> _Server:
         return self._servers[name]

@@ -15,7 +15,7 @@ import pymysql
 
 from .. import telemetry
 from ..errors import OperationalError
-from ..topology import Credentials, Service
+from ..topology import Credentials, DataSource, Service
 from ._servers import _describe, _Failure, _Node, _Servers
 
 __all__ = [
@@ -168,8 +168,11 @@ class _Run:
         self._report = report
         self._secrets = [s for s in secrets if s]
         #: Asked before every step, a rollback's too: ``None`` to go on, else why not
-        #: (an automatic failover's leader that lost its lease undoes nothing either).
+        #: (an automatic failover's leader that lost its lease undoes nothing either);
+        #: and after every new connection, before its first statement (:meth:`connected`).
         self._guard = guard
+        #: The step running now (``""`` between steps: an inspection, the plan).
+        self.current = ""
 
     def scrub(self, text: str) -> str:
         """``text`` without any password (a server may echo a statement in an error)."""
@@ -215,7 +218,27 @@ class _Run:
             stop = self._guard(name)
             if stop is not None:
                 raise _Failure(f"not run: {stop}")
-        return action()
+        self.current = name
+        try:
+            return action()
+        finally:
+            self.current = ""
+
+    def connected(self, ds: DataSource) -> None:
+        """A new connection to ``ds``: the guard is asked again before it runs anything.
+
+        A step's guard is asked before its first statement, but a connection opened after
+        that answer (a reconnection, a wait's own connection) could outlive the answer:
+        asked again once the connection is open, a leader that lost its lease in between
+        runs nothing on it, and every connection it opened earlier existed when the next
+        leader ended the older leaders' sessions (docs/autofailover.md, "Fencing the
+        leaders").  The name given is the step's, or ``connect NAME`` between steps.
+        """
+        if self._guard is None:
+            return
+        stop = self._guard(self.current or f"connect {ds.name}")
+        if stop is not None:
+            raise _Failure(f"not connected to {ds.name}: {stop}")
 
     def error(self, verb: str, step: str, server: str, reason: str, state: str) -> TopologyError:
         message = self.scrub(

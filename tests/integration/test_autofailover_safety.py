@@ -7,19 +7,33 @@ writable, which server was fenced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 
-from sqlrouter.autofailover import Decision, Detection, Runner, Store, StoreError, read_status
+from sqlrouter.autofailover import (
+    Decision,
+    Detection,
+    Runner,
+    Store,
+    StoreError,
+    acknowledge,
+    read_status,
+)
+from sqlrouter.autofailover.runner import NotLeading
+from sqlrouter.cli.autofailover import format_autofailover
 from sqlrouter.registry.file import load_registry_file
 from sqlrouter.sandbox import EtcdCluster, Sandbox
+from sqlrouter.switchover._servers import _Servers
 from sqlrouter.switchover._steps import _Run
 from sqlrouter.topology import DataSource, Service
 from tests.fixtures.helpers import wait_until
@@ -374,3 +388,200 @@ def test_a_leader_that_lost_its_lease_while_paused_runs_no_step(
         runner.store._lease = None
         runner.stop()
         other.close()
+
+
+def test_a_paused_old_leaders_statement_dies_with_its_session_when_a_new_leader_acts(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """a0 leads, froze db3, passed its guard for "freeze db2" and opened its session to
+    db2; then it is paused past its lease and a1 leads.  Before a1 restores what was
+    frozen, it ends the older sessions of the failover's account on every server: when
+    a0 resumes, its statement fails on a dead connection (db2 keeps receiving), and a
+    reconnection of a0 is refused by its guard (this fails without the leaders' fence)."""
+    sb = fresh_cluster
+    svc = service_of(sb, etcd_cluster, tmp_path)
+    creds = svc.admin_credentials
+    assert creds is not None
+    old = Runner(svc, agent="a0")
+    new = Runner(svc, agent="a1")
+    db2 = svc.datasource("db2")
+    try:
+        old.run_round()
+        term = old.status()["term"]
+        assert term is not None
+        sb.query("db3", "STOP SLAVE IO_THREAD")
+        frozen = {**record("check master db1", "freeze db3"), "term": term, "leader": "a0"}
+        assert old.store.put_as_leader(term, {"failover": frozen})
+        assert old._may_run(term, "freeze db2") is None  # the guard said yes ...
+        held = pymysql.connect(
+            host=db2.host, port=db2.port, user=creds.user, password=creds.password
+        )  # ... and the step's session to db2 is open: then a0 is paused
+        old.store._etcd.call("revoke", lambda c: old.store._lease.revoke())  # type: ignore[union-attr]
+        new.run_round()
+        assert new.status()["term"] is not None and new.status()["term"] > term
+        st = read_status(etcd_cluster.endpoints, SERVICE)
+        assert st["failover"] is None and "restored: db3" in st["outcome"]["detail"]
+        # a0 resumes: its session is gone
+        with pytest.raises(pymysql.err.MySQLError), held.cursor() as cur:
+            cur.execute("STOP SLAVE IO_THREAD")
+        with contextlib.suppress(Exception):
+            held.close()
+        with pytest.raises(NotLeading, match="a0 no longer leads"):  # and cannot reconnect
+            old._take_over(term, None, "freeze db2")
+        for name in ("db2", "db3"):
+            wait_until(lambda n=name: io_running(sb, n), 30, f"{name}'s IO thread")  # type: ignore[misc]
+    finally:
+        old.store._lease = None
+        old.stop()
+        new.stop()
+
+
+def test_a_connection_opened_after_the_guard_answered_is_asked_again(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """The guard said yes to "freeze db2", then the leader lost its lease before the
+    step's connection was opened (a pause, a reconnection): the connection, once open,
+    is refused before it runs anything, so it cannot have escaped the next leader's
+    end of the older sessions."""
+    sb = fresh_cluster
+    svc = service_of(sb, etcd_cluster, tmp_path)
+    creds = svc.admin_credentials
+    assert creds is not None
+    answers: list[str | None] = [None]  # yes once, then the lease is gone
+
+    def guard(step: str) -> str | None:
+        return answers.pop(0) if answers else f"a0 no longer leads ({step})"
+
+    run = _Run(svc, "failover", None, [], guard)
+    with _Servers(svc, creds, 10, lambda ds, conn: run.connected(ds)) as servers:
+
+        def freeze() -> str:
+            servers["db2"].run("STOP SLAVE IO_THREAD")
+            return "db2 frozen"
+
+        ran = run.step("freeze db2", "db2", freeze, fatal=False)
+    assert not ran
+    assert "not connected to db2: a0 no longer leads (freeze db2)" in run.steps[0].detail
+    assert io_running(sb, "db2")
+
+
+def test_failed_failovers_back_off_and_the_status_says_when_the_next_may_run(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """Two failovers that fail without blocking (db1 is found alive and writable): the
+    store counts them and says when the next may run (10s, then 20s later); the status
+    shows it; a success or an acknowledgement starts the count over."""
+    svc = service_of(fresh_cluster, etcd_cluster, tmp_path)
+    runner = Runner(svc, agent="a0", failover_timeout=10)
+    decision = Decision("failover", "db1", "db1 is dead", (), Detection("db1", 3))
+    try:
+        runner.run_round()
+        term = runner.status()["term"]
+        assert term is not None
+        runner._failover(term, decision, None, runner.store.history())
+        first = read_status(etcd_cluster.endpoints, SERVICE)["retry"]
+        assert (first["failures"], first["backoff"]) == (1, 10)
+        runner._failover(term, decision, None, runner.store.history())
+        st = read_status(etcd_cluster.endpoints, SERVICE)
+        retry = st["retry"]
+        assert (retry["failures"], retry["backoff"]) == (2, 20)
+        assert retry["next_at"] == pytest.approx(retry["at"] + 20)
+        assert "db1 is writable: the service has a master" in retry["detail"]
+        assert runner.store.history().failures == 2
+        text = format_autofailover(st, 3600, retry["at"])
+        assert "retrying: 2 automatic failover(s) failed in a row, the last " in text
+        assert "(backoff 20.0s)" in text
+        runner.run_round()
+        assert runner.status()["retry"]["failures"] == 2
+        acknowledge(etcd_cluster.endpoints, SERVICE, "ops")
+        assert read_status(etcd_cluster.endpoints, SERVICE)["retry"] is None
+        assert runner.store.history().failures == 0
+    finally:
+        runner.stop()
+
+
+def test_the_lease_is_refreshed_while_a_round_waits_on_the_store(etcd_cluster: EtcdCluster) -> None:
+    """A round's request holds the store's request lock (a slow snapshot, a transaction
+    waiting out its timeout): the keepalive does not wait for it, it has its own clients
+    (this test would hang until the lock is released, and fail, if it shared them)."""
+    store = Store(etcd_cluster.endpoints, service=SERVICE, agent="a0", lease_ttl=30)
+    refreshed = threading.Event()
+    failed: list[StoreError] = []
+
+    def keepalive() -> None:
+        try:
+            store.keepalive()
+            refreshed.set()
+        except StoreError as exc:
+            failed.append(exc)
+
+    try:
+        store.register()
+        with store._etcd._lock:  # a round's request in progress, as long as it likes
+            keeper = threading.Thread(target=keepalive)
+            keeper.start()
+            answered = refreshed.wait(20)  # not a speed bound: it never ends if it waits
+        keeper.join(30)
+        assert answered and not failed, failed
+    finally:
+        store.close()
+
+
+def test_the_lease_is_refreshed_through_another_member_when_its_own_is_gone(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    """The member that granted the lease dies: the refresh goes to another (the lease
+    object's own client was the only one tried before)."""
+    store = Store(etcd_cluster.endpoints, service=SERVICE, agent="a0", lease_ttl=30)
+    try:
+        store.register()
+        lease = store.lease_id
+        etcd_cluster.kill_member(0)
+        store.keepalive()
+        assert store.lease_id == lease  # refreshed, not registered anew
+        assert store.campaign() is not None
+    finally:
+        store.close()
+
+
+def sweep_then_step(sb: Sandbox, svc: Service, leads: bool) -> tuple[list[str], _Run]:
+    """Open the failover's session to db2, end it as a sweep would, then run a step on it;
+    the guard says yes to the first two questions (the connection, the step), then yes
+    again only if ``leads``."""
+    creds = svc.admin_credentials
+    assert creds is not None
+    asked: list[str] = []
+
+    def guard(step: str) -> str | None:
+        asked.append(step)
+        return None if leads or len(asked) <= 2 else "a0 no longer leads"
+
+    run = _Run(svc, "failover", None, [], guard)
+    with _Servers(svc, creds, 10, lambda ds, conn: run.connected(ds)) as servers:
+        session = servers["db2"].value("SELECT CONNECTION_ID()")
+        sb.query("db2", f"KILL CONNECTION {int(session)}")
+        run.step(
+            "freeze db2",
+            "db2",
+            lambda: f"{session} -> {servers['db2'].value('SELECT CONNECTION_ID()')}",
+            fatal=False,
+        )
+    return asked, run
+
+
+def test_a_leaders_session_ended_by_a_sweep_is_opened_again_through_the_guard(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """An older leader's delayed sweep ends the current leader's session to db2: its next
+    statement reconnects, the guard says yes, and the statement runs.  For a leader that
+    lost its lease, the guard says no on reconnecting: the statement does not run."""
+    svc = service_of(fresh_cluster, etcd_cluster, tmp_path)
+    asked, run = sweep_then_step(fresh_cluster, svc, leads=True)
+    assert asked == ["connect db2", "freeze db2", "freeze db2"]
+    assert run.steps[0].ok, run.steps
+    before, after = run.steps[0].detail.split(" -> ")
+    assert before != after
+    asked, run = sweep_then_step(fresh_cluster, svc, leads=False)
+    assert asked == ["connect db2", "freeze db2", "freeze db2"]
+    assert not run.steps[0].ok
+    assert "not connected to db2: a0 no longer leads" in run.steps[0].detail

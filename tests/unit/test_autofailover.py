@@ -7,6 +7,7 @@ in tests/integration/test_autofailover.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from sqlrouter.autofailover import (
     decide,
 )
 from sqlrouter.autofailover._observe import ServerView, resolve_master
+from sqlrouter.autofailover.decision import backoff, failures_in_a_row
+from sqlrouter.cli.admin import describe_autofailover
 from sqlrouter.registry import RegistryError, load_registry_file
 from sqlrouter.routing.router import resolve_master as router_master
 from sqlrouter.topology import AutofailoverSettings, DataSource, Service
@@ -172,6 +175,36 @@ def test_a_refused_candidate_blocks_until_acknowledged() -> None:
     )
 
 
+def test_the_backoff_schedule_doubles_up_to_its_cap() -> None:
+    assert [backoff(n) for n in range(8)] == [0, 10, 20, 40, 80, 160, 300, 300]
+    assert [backoff(n, base=1, cap=5) for n in range(1, 6)] == [1, 2, 4, 5, 5]
+    assert backoff(10_000) == 300  # no overflow however many failures
+
+
+def test_failures_are_counted_in_a_row_only() -> None:
+    assert failures_in_a_row(0, None, NOW) == 1
+    assert failures_in_a_row(2, NOW - 300, NOW) == 3
+    assert failures_in_a_row(5, NOW - 600, NOW) == 6
+    assert failures_in_a_row(5, NOW - 601, NOW) == 1  # long ago: not in a row any more
+
+
+def test_a_failed_failover_is_tried_again_only_after_its_backoff() -> None:
+    """Two failures in a row, the last 15s ago: the next attempt waits 20s in all."""
+    failed = History(failures=2, last_failure_at=NOW - 15)
+    d = decided(dead_round(), failed)
+    assert d.verdict == "backoff"
+    assert d.reason == (
+        "db1 is dead, but 2 automatic failover(s) failed in a row, the last 15s ago: "
+        "next attempt in 5s (backoff 20s, at most 300s)"
+    )
+    assert decided(dead_round(now=NOW + 5), failed).verdict == "failover"
+    assert decided(dead_round(), History(failures=1, last_failure_at=NOW - 10)).verdict == (
+        "failover"
+    )
+    # a block or an unacknowledged failover still says so first
+    assert decided(dead_round(), replace(failed, blocked="diverged")).verdict == "blocked"
+
+
 def test_the_decision_carries_its_evidence() -> None:
     d = decided(dead_round(), NO_HISTORY, failed=2)
     assert d.as_dict() == {
@@ -221,6 +254,8 @@ histories = st.builds(
     last_failover_at=st.none() | st.floats(NOW - 2 * PERIOD, NOW),
     acknowledged=st.booleans(),
     blocked=st.none() | st.just("diverged"),
+    failures=st.integers(0, 8),
+    last_failure_at=st.none() | st.floats(NOW - 400, NOW),
 )
 
 
@@ -254,6 +289,9 @@ def test_failover_only_when_every_condition_holds(seq: list[Round], history: His
         assert history.blocked is None
         last = history.last_failover_at
         assert last is None or history.acknowledged or NOW - last >= PERIOD
+        # not within the backoff of the failed attempts
+        failed_at = history.last_failure_at
+        assert failed_at is None or NOW - failed_at >= backoff(history.failures)
 
 
 @given(rounds_, histories, st.integers(0, 10))
@@ -389,3 +427,17 @@ def test_a_dead_master_is_the_one_the_replicas_chains_end_at() -> None:
     # a replica of a server that is not of the service: no master
     split = {**views, "db3": replica("db3", 3, ("10.0.0.9", 3306), 9)}
     assert resolve_master(SVC, split) is None
+
+
+def test_an_agents_status_line_says_when_the_next_attempt_may_run() -> None:
+    part = {
+        "agent": "a0",
+        "leader": True,
+        "term": 9,
+        "decision": {"verdict": "backoff", "master": "db1", "reason": "db1 is dead, but ..."},
+        "retry": {"failures": 2, "at": 1_796_000_000.0, "next_at": 1_796_000_020.0},
+    }
+    assert describe_autofailover(part) == (
+        "automatic failover: agent a0, leader (term 9), backoff (db1): db1 is dead, but ...; "
+        "2 failed failover(s) in a row, next attempt not before 2026-11-30 00:53:40 UTC"
+    )
