@@ -345,13 +345,17 @@ class Monitor:
             # Rounds start on the wall clock's ticks, in every process and host alike
             # (see sqlrouter.routing._ticks); a follower looks just after each tick.
             interval, now = self._service.monitor_interval, self._wall()
-            if following:
+            share = self.share
+            if not following:
+                self._kick.wait(_ticks.until_tick(interval, now))
+            elif share is not None and share.wakes:
+                # The publisher's write wakes this follower; the regular looks notice a
+                # publisher that died.
+                share.wait(_ticks.until_look(interval, now, POLLS_PER_INTERVAL, early=False))
+            else:
                 # This tick's round is in: no early looks until the next tick.
                 early = now // interval != installed_at // interval
-                wait = _ticks.until_look(interval, now, POLLS_PER_INTERVAL, early=early)
-            else:
-                wait = _ticks.until_tick(interval, now)
-            self._kick.wait(wait)
+                self._kick.wait(_ticks.until_look(interval, now, POLLS_PER_INTERVAL, early=early))
             self._kick.clear()
 
     def _follow(self, share: Share) -> bool:

@@ -41,11 +41,14 @@ The lease
     publisher that is not one; nothing takes over from a live agent.
 
 Reading stays off the statement path
-    A follower's monitor thread looks at the file's ``stat()`` just after each tick of
-    the wall clock, when the publisher's round lands, then every tenth of an interval
-    (:mod:`sqlrouter.routing._ticks`), and reads it when it changed; the snapshot it
-    installs is the process's, like a round of its own: connections read it from
-    memory.  The freshness bound applies unchanged (the snapshot keeps the publisher's
+    A follower's monitor thread waits on the file's wake-up counter (``KEY.wake``, a
+    futex in a shared page: :mod:`sqlrouter.routing._wake`), which the publisher's every
+    write bumps, and looks at the file's ``stat()`` every tenth of an interval besides
+    (a publisher that died wakes nobody); where futexes are not available it looks just
+    after each tick of the wall clock, when the publisher's round lands, then every
+    tenth of an interval (:mod:`sqlrouter.routing._ticks`).  It reads the file when it
+    changed; the snapshot it installs is the process's, like a round of its own:
+    connections read it from memory.  The freshness bound applies unchanged (the snapshot keeps the publisher's
     ``taken_at``): a follower never routes on a round older than ``Snapshot.max_age``,
     whoever made it.
 
@@ -79,6 +82,7 @@ from typing import Any, Final
 from .. import _forksafe, _pid
 from ..gtid import CausalToken
 from ..topology import Service
+from ._wake import Wake, open_wake
 from .health import Health
 
 __all__ = [
@@ -366,6 +370,11 @@ class Share:
         self._write_failed = False
         #: The publisher (pid, start time) last found running, and when.
         self._checked: tuple[tuple[int, int], float] | None = None
+        #: The file's wake-up counter (:mod:`._wake`; opened at first use), and its value
+        #: when the file was last looked at.
+        self._wake: Wake | None = None
+        self._wake_opened = False
+        self._seen = 0
         self.changes = 0
 
     def __repr__(self) -> str:
@@ -415,9 +424,14 @@ class Share:
                 self.resign(now)
             self._key, self.role, self._signature, self._read = key, "follower", None, None
             self._taken = None
+            self._wake, self._wake_opened = None, False
         self._service = service
         if self.role == "publisher":
             return True
+        wake = self._waker()
+        if wake is not None:
+            # Read before the file: a round written from now on wakes :meth:`wait`.
+            self._seen = wake.value()
         problem = self._refresh(service, now)
         read = self._read
         if problem is None and read is not None and self._alive(read, service, now):
@@ -430,6 +444,17 @@ class Share:
             self.role = "alone"  # leaves the file to a process that can publish
             return True
         return self._elect(service, now)
+
+    @property
+    def wakes(self) -> bool:
+        """Whether a publisher's writes wake :meth:`wait` (else: poll)."""
+        return self._waker() is not None
+
+    def wait(self, timeout: float) -> bool:
+        """Wait (a follower) until the publisher writes the file again, at most
+        ``timeout`` seconds: whether it did (always False where writes do not wake)."""
+        wake = self._waker()
+        return wake is not None and wake.wait(self._seen, timeout)
 
     def take(self) -> tuple[float, Mapping[str, Health]] | None:
         """The round read from the file, if it is one not handed over yet."""
@@ -775,7 +800,18 @@ class Share:
                 self._service_name(),
                 self.path,
             )
+        wake = self._waker()
+        if wake is not None:
+            wake.wake()
         return True
+
+    def _waker(self) -> Wake | None:
+        """The wake-up counter of this file, opened once per file (``None``: none)."""
+        if not self._wake_opened and self._key:
+            self._wake_opened = True
+            with contextlib.suppress(ShareError), self._dir() as d:
+                self._wake = open_wake(d, f"{self._key}.wake")
+        return self._wake
 
     def _remove_orphans(self) -> None:
         """Remove this file's temporary copies left by writers killed before their

@@ -571,3 +571,45 @@ def test_a_follower_reads_proc_once_per_regular_look_and_still_sees_a_death(
     # The next regular look reads it: gone, taken over.
     assert b.lead(SERVICE, NOW + 0.01 + step) is True
     assert b.role == "publisher"
+
+
+def test_a_publishers_write_wakes_its_followers(directory: Path) -> None:
+    """A follower waiting for the next round is woken by the publisher's write (in
+    another process), not by a timeout; with nothing written it waits it out."""
+    a, b = Share(directory), Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    assert b.lead(SERVICE, NOW + 0.01) is False
+    assert b.wakes
+    assert b.wait(0.05) is False  # nothing written meanwhile
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the publisher writes once told to, then waits
+        os.close(go_write)
+        os.read(go_read, 1)
+        a.publish(NOW + 0.5, health(NOW + 0.5), NOW + 0.5)
+        os.read(go_read, 1)
+        os._exit(0)
+    os.close(go_read)
+    try:
+        os.write(go_write, b"x")
+        assert b.wait(60.0) is True
+        assert b.lead(SERVICE, NOW + 0.6) is False
+        assert b.take() == (NOW + 0.5, health(NOW + 0.5))
+    finally:
+        os.close(go_write)
+        os.waitpid(pid, 0)
+
+
+def test_a_wake_file_that_is_not_this_users_regular_file_means_polling(
+    directory: Path,
+) -> None:
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    wake = directory / f"{a.path.stem}.wake"
+    wake.unlink(missing_ok=True)
+    wake.symlink_to("/dev/zero")
+    b = Share(directory)
+    assert b.lead(SERVICE, NOW + 0.01) is False
+    assert not b.wakes
+    assert b.wait(0.01) is False
