@@ -48,9 +48,9 @@ Reading stays off the statement path
     after each tick of the wall clock, when the publisher's round lands, then every
     tenth of an interval (:mod:`sqlrouter.routing._ticks`).  It reads the file when it
     changed; the snapshot it installs is the process's, like a round of its own:
-    connections read it from memory.  The freshness bound applies unchanged (the snapshot keeps the publisher's
-    ``taken_at``): a follower never routes on a round older than ``Snapshot.max_age``,
-    whoever made it.
+    connections read it from memory.  The freshness bound applies unchanged (the
+    snapshot keeps the publisher's ``taken_at``): a follower never routes on a round
+    older than ``Snapshot.max_age``, whoever made it.
 
 (Over 600 lines: the file's format, its checks and the election are one protocol, best
 read together.)
