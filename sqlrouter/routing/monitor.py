@@ -49,7 +49,7 @@ from ._probe import Clock, Connect, Prober, describe_error
 from .health import Health, Snapshot, unknown
 from .lag import Observation, compute_health
 from .router import Mastership, explain_master, resolve_master
-from .shared import POLLS_PER_INTERVAL, Share
+from .shared import POLLS_PER_INTERVAL, POLLS_WHEN_WOKEN, Share
 
 __all__ = ["HEARTBEAT_TAKEOVER_INTERVALS", "Monitor"]
 
@@ -350,8 +350,10 @@ class Monitor:
                 self._kick.wait(_ticks.until_tick(interval, now))
             elif share is not None and share.wakes:
                 # The publisher's write wakes this follower; the regular looks notice a
-                # publisher that died.
-                share.wait(_ticks.until_look(interval, now, POLLS_PER_INTERVAL, early=False))
+                # publisher that died, the end of its lease one that stalled.
+                wait = _ticks.until_look(interval, now, POLLS_WHEN_WOKEN, early=False)
+                left = share.lease_left(self._clock())
+                share.wait(wait if left is None else min(wait, left + 0.001))
             else:
                 # This tick's round is in: no early looks until the next tick.
                 early = now // interval != installed_at // interval

@@ -88,6 +88,7 @@ from .health import Health
 __all__ = [
     "LEASE_INTERVALS",
     "POLLS_PER_INTERVAL",
+    "POLLS_WHEN_WOKEN",
     "Published",
     "Share",
     "ShareError",
@@ -104,6 +105,10 @@ logger = logging.getLogger("sqlrouter.monitor")
 LEASE_INTERVALS: Final = 1.8
 #: A follower looks at the file this many times per monitor interval.
 POLLS_PER_INTERVAL: Final = 10
+#: ... and this many where the publisher's writes wake it (the looks only notice a
+#: publisher that died; one that stalls is noticed when its lease ends: see
+#: :meth:`Share.lease_left`).
+POLLS_WHEN_WOKEN: Final = 2
 #: The largest file read (a service of a few hundred datasources fits).
 MAX_FILE_BYTES: Final = 1 << 20
 #: The longest wait for the file's lock at a time.  A follower that cannot have it
@@ -449,6 +454,14 @@ class Share:
     def wakes(self) -> bool:
         """Whether a publisher's writes wake :meth:`wait` (else: poll)."""
         return self._waker() is not None
+
+    def lease_left(self, now: float) -> float | None:
+        """Seconds until the lease of the publisher last read ends (a follower takes over
+        then if it was not renewed); ``None``: no publisher named."""
+        read, service = self._read, self._service
+        if read is None or not read.pid or service is None:
+            return None
+        return max(0.0, LEASE_INTERVALS * service.monitor_interval - (now - read.lease_at))
 
     def wait(self, timeout: float) -> bool:
         """Wait (a follower) until the publisher writes the file again, at most

@@ -613,3 +613,17 @@ def test_a_wake_file_that_is_not_this_users_regular_file_means_polling(
     assert b.lead(SERVICE, NOW + 0.01) is False
     assert not b.wakes
     assert b.wait(0.01) is False
+
+
+def test_a_follower_knows_when_its_publishers_lease_ends(directory: Path) -> None:
+    a, b = Share(directory), Share(directory)
+    assert b.lease_left(NOW) is None  # nothing read yet
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    b.lead(SERVICE, NOW + 0.1)
+    lease = LEASE_INTERVALS * SERVICE.monitor_interval
+    assert b.lease_left(NOW + 0.1) == pytest.approx(lease - 0.1)
+    assert b.lease_left(NOW + lease + 5) == 0.0
+    a.resign(NOW + 0.2)
+    b.lead(SERVICE, NOW + 0.3)  # takes over: the file names it
+    assert b.role == "publisher"
