@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlrouter.sandbox import Sandbox
-from sqlrouter.switchover import Step, switchover
+from sqlrouter.switchover import Step, TopologyError, switchover
 
 from ._common import bench_sandbox, machine_info, markdown_table, replace_section, write_json
 
@@ -246,6 +246,20 @@ def _at_phase(interval: float, fraction: float) -> None:
     time.sleep((fraction * interval - time.time() % interval) % interval)
 
 
+def _switch_back(sb: Sandbox) -> None:
+    """Make db1 the master again, not timed; right after a switchover its replication
+    may still show a lag for an instant (the switchover refuses then): try again."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            switchover(sb.service(), "db1")
+            return
+        except TopologyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _note_steps(into: dict[str, float], step: Step) -> None:
     """A switchover's report: when each of its steps ended."""
     into[step.name] = time.monotonic()
@@ -305,7 +319,7 @@ def measure_reactions(sb: Sandbox, n: int, code: Path | None, repeat: int) -> di
                     "phase": round(done_wall % interval, 4),
                 }
             )
-            switchover(sb.service(), "db1")
+            _switch_back(sb)
             _wait_all(fleet, time.monotonic() - 5, lambda c: c[1] == "db1")
             time.sleep(1.0)
         out["loadavg"] = os.getloadavg()[0]
