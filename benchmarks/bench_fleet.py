@@ -253,11 +253,12 @@ def _switch_back(sb: Sandbox) -> None:
     while True:
         try:
             switchover(sb.service(), "db1")
-            return
         except TopologyError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+        else:
+            return
 
 
 def _note_steps(into: dict[str, float], step: Step) -> None:
