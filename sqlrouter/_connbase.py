@@ -7,6 +7,11 @@ connection (:class:`~sqlrouter.routing.service.Invalidatable`), the bookkeeping 
 closed, lost or inherited connection, and the errors that say so.  The protocol's class
 says only whether its socket is open (:attr:`RoutedConnection._is_open`) and how to
 abandon a parent's socket after ``fork()``.
+
+The statement path's decisions are here too, each returning what to do, so that a
+driver only carries it out (a blocking call, an await): what a failed statement raises
+or whether it runs elsewhere (:meth:`~RoutedConnection._failed_statement`,
+:meth:`~RoutedConnection._failed_read`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import telemetry
 from ._attempts import (
@@ -34,10 +39,13 @@ from ._connrules import (
     closed_error,
     invalidated_error,
     lost_error,
+    lost_under,
+    may_read_elsewhere,
     recheck,
     session_setup,
     transaction_start,
 )
+from ._statements import may_resend
 from .errors import (
     ConnectionInvalidated,
     Error,
@@ -65,6 +73,8 @@ logger = logging.getLogger("sqlrouter.connection")
 
 #: How an inherited connection's reason starts (see RoutedConnection.inherited).
 INHERITED: Final = "opened by process"
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 class RoutedConnection:
@@ -424,6 +434,54 @@ class RoutedConnection:
         self._handle.closed(self)
         self._state.closed_why = (f"lost during {what}: {exc.args[-1]}", time.time())
         return lost_error(self._url, self.datasource, exc, status, what)
+
+    # -- the statement path's decisions (the driver carries them out) ----------------
+
+    def _failed_statement(
+        self, exc: InterfaceError | OperationalError, status: int, what: str
+    ) -> Error | None:
+        """A statement (``what``, as the errors name it; ``status``: the server status
+        before it) failed with ``exc``: the error to raise in its place, its cause set as
+        ``raise ... from`` sets it (``None``: raise ``exc`` itself).
+
+        A closed connection's error says which connection, since when and why
+        (:meth:`_closed_error`); a connection lost under a statement that may have had an
+        effect says what may have happened (:meth:`_lost`: never re-sent).
+        """
+        if isinstance(exc, InterfaceError):
+            return None if self._is_open else _instead(self._closed_error(), None)
+        if lost_under(exc.args[0], status, what):
+            return _instead(self._lost(exc, status, what), exc)
+        return None
+
+    def _failed_read(
+        self, exc: InterfaceError | OperationalError, status: int, sql: str | bytes
+    ) -> Error | frozenset[str] | None:
+        """A relaxed connection's statement ``sql`` failed with ``exc`` (``status``: the
+        server status before it): the error to raise in its place (as
+        :meth:`_failed_statement`; ``None``: ``exc`` itself), or the datasources to avoid
+        when it runs once more elsewhere (the service table already forgot the
+        connection: the caller closes it, routes again and re-sends ``sql``).
+
+        A statement in autocommit that failed because its server went away returned
+        nothing yet: it runs once more elsewhere if running it twice cannot have an
+        effect (:mod:`sqlrouter._statements`), else its outcome is unknown.
+        """
+        if isinstance(exc, InterfaceError):
+            return None if self._is_open else _instead(self._closed_error(), None)
+        if not may_read_elsewhere(exc.args[0], status):
+            return None
+        if not may_resend(sql):
+            return _instead(self._lost(exc, status, "a statement that may lock or write"), exc)
+        return self._leaving(exc)
+
+
+def _instead(error: _E, cause: BaseException | None) -> _E:
+    """``error``, to be raised in an ``except`` block in place of the exception caught
+    with ``raise error from error.__cause__``: ``cause`` (``None``: as ``from None``)."""
+    error.__cause__ = cause
+    error.__suppress_context__ = True
+    return error
 
 
 @functools.lru_cache(maxsize=128)

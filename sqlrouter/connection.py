@@ -38,11 +38,10 @@ from ._attempts import (
 )
 from ._connbase import RoutedConnection, credentials_of, parse_cached
 from ._connrules import (
+    COMMIT,
     ENABLE_GTID_TRACKING,
-    LOST,
     Move,
     gtid_wait,
-    may_read_elsewhere,
     open_session,
 )
 from ._connstate import ConnState
@@ -55,11 +54,11 @@ from ._pymysql import (
     pymysql_query,
 )
 from ._runtime import handle_for
-from ._statements import may_resend
 from .consistency import Session
 from .errors import (
     Error,
     InterfaceError,
+    OperationalError,
     ProgrammingError,
 )
 from .gtid import CausalToken
@@ -289,33 +288,26 @@ class Connection(RoutedConnection, GtidCapture):
         status = self.server_status
         try:
             return pymysql_query(self, sql, unbuffered)
-        except pymysql.err.InterfaceError:
-            if self._sock is not None:
+        except (InterfaceError, OperationalError) as exc:
+            # The server went away under a statement that may run once more elsewhere, or
+            # the error to raise (RoutedConnection._failed_read).
+            failed = self._failed_read(exc, status, sql)
+            if isinstance(failed, frozenset):
+                return self._read_elsewhere(sql, unbuffered, failed, exc)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except pymysql.err.OperationalError as exc:
-            # A statement in autocommit that failed because its server went away returned
-            # nothing yet: run it once more elsewhere if running it twice cannot have an
-            # effect (sqlrouter._statements); else say its outcome is unknown.
-            if not may_read_elsewhere(exc.args[0], status):
-                raise
-            if not may_resend(sql):
-                raise self._lost(exc, status, "a statement that may lock or write") from exc
-            return self._read_elsewhere(sql, unbuffered, exc)
+            raise failed from failed.__cause__
 
     def _write(self, sql: str | bytes, unbuffered: bool) -> int:
         """A RW_STRICT connection's statement: never re-sent; its GTID learnt."""
         status = self.server_status
         try:
             rows = pymysql_query(self, sql, unbuffered)
-        except pymysql.err.InterfaceError:
-            if self._sock is not None:
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_statement(exc, status, "a statement")
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except pymysql.err.OperationalError as exc:
-            if exc.args[0] in LOST:
-                raise self._lost(exc, status, "a statement") from exc
-            raise
+            raise failed from failed.__cause__
         if self._state.session is not None and statement_done(
             self._state, self._result, self.server_status
         ):
@@ -338,14 +330,11 @@ class Connection(RoutedConnection, GtidCapture):
         status = self.server_status
         try:
             ok = self._commit_ok()
-        except pymysql.err.InterfaceError:
-            if self._sock is not None:
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_statement(exc, status, COMMIT)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except pymysql.err.OperationalError as exc:
-            if exc.args[0] in LOST and status & _IN_TRANS:
-                raise self._lost(exc, status, "COMMIT") from exc
-            raise
+            raise failed from failed.__cause__
         if commit_done(self._state, ok.server_status, ok.message):
             self._select_last_gtid()
 
@@ -430,9 +419,10 @@ class Connection(RoutedConnection, GtidCapture):
         raise self._invalidated(reason)
 
     def _read_elsewhere(
-        self, sql: str | bytes, unbuffered: bool, exc: pymysql.err.OperationalError
+        self, sql: str | bytes, unbuffered: bool, exclude: frozenset[str], exc: Error
     ) -> int:
-        exclude = self._leaving(exc)
+        """Run ``sql`` once more, on a server other than those of ``exclude`` (it failed
+        with ``exc`` on the first)."""
         self._force_close()
         try:
             self._route(exclude=exclude)

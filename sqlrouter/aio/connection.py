@@ -35,10 +35,9 @@ from typing import Any
 from .. import _runtime
 from .._connbase import credentials_of, parse_cached
 from .._connrules import (
+    COMMIT,
     IN_TRANS,
-    LOST,
     Move,
-    may_read_elsewhere,
 )
 from .._gtidcapture import (
     commit_done,
@@ -46,7 +45,6 @@ from .._gtidcapture import (
     statement_done,
     unbuffered_done,
 )
-from .._statements import may_resend
 from ..consistency import Session
 from ..errors import (
     Error,
@@ -121,30 +119,24 @@ class Connection(RoutingConnection):
         status = self.server_status
         try:
             return await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
-        except InterfaceError:
-            if self._writer is not None:
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_read(exc, status, sql)
+            if isinstance(failed, frozenset):
+                return await self._read_elsewhere(sql, unbuffered, failed, exc)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except OperationalError as exc:
-            if not may_read_elsewhere(exc.args[0], status):
-                raise
-            if not may_resend(sql):
-                raise self._lost(exc, status, "a statement that may lock or write") from exc
-            return await self._read_elsewhere(sql, unbuffered, exc)
+            raise failed from failed.__cause__
 
     async def _write(self, sql: str | bytes, unbuffered: bool) -> int:
         """A RW_STRICT connection's statement: never re-sent; its GTID learnt."""
         status = self.server_status
         try:
             rows = await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
-        except InterfaceError:
-            if self._writer is not None:
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_statement(exc, status, _STATEMENT)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except OperationalError as exc:
-            if exc.args[0] in LOST:
-                raise self._lost(exc, status, "a statement") from exc
-            raise
+            raise failed from failed.__cause__
         if self._state.session is not None and statement_done(
             self._state, self._result, self.server_status
         ):
@@ -208,15 +200,12 @@ class Connection(RoutingConnection):
             await self._raise_or_move()
         status = self.server_status
         try:
-            ok = await self._guarded(self._commit_ok(), "COMMIT")
-        except InterfaceError:
-            if self._writer is not None:
+            ok = await self._guarded(self._commit_ok(), COMMIT)
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_statement(exc, status, COMMIT)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except OperationalError as exc:
-            if exc.args[0] in LOST and status & IN_TRANS:
-                raise self._lost(exc, status, "COMMIT") from exc
-            raise
+            raise failed from failed.__cause__
         if commit_done(state, ok.server_status, ok.message):
             await self._select_last_gtid()
 
@@ -316,9 +305,8 @@ class Connection(RoutingConnection):
         raise self._invalidated(invalid.reason)
 
     async def _read_elsewhere(
-        self, sql: str | bytes, unbuffered: bool, exc: OperationalError
+        self, sql: str | bytes, unbuffered: bool, exclude: frozenset[str], exc: Error
     ) -> int:
-        exclude = self._leaving(exc)
         self._close_transport()
         try:
             await self._route(exclude=exclude)
