@@ -9,8 +9,10 @@ says only whether its socket is open (:attr:`RoutedConnection._is_open`) and how
 abandon a parent's socket after ``fork()``.
 
 The statement path's decisions are here too, each returning what to do, so that a
-driver only carries it out (a blocking call, an await): what a failed statement raises
-or whether it runs elsewhere (:meth:`~RoutedConnection._failed_statement`,
+driver only carries it out (a blocking call, an await): what a transaction start does
+for the session (:meth:`~RoutedConnection._transaction_step`), what an invalidation does
+(:meth:`~RoutedConnection._invalidation_step`), what a failed statement raises or whether
+it runs elsewhere (:meth:`~RoutedConnection._failed_statement`,
 :meth:`~RoutedConnection._failed_read`).
 """
 
@@ -33,6 +35,7 @@ from ._attempts import (
     stale_since,
 )
 from ._connrules import (
+    IN_TRANS,
     Move,
     Setup,
     Wait,
@@ -340,12 +343,14 @@ class RoutedConnection:
             state.checked(setup.version)
         return caught_up
 
-    def _transaction_step(
-        self, session: Session, snapshot: Snapshot, ds: DataSource
-    ) -> Wait | Move | None:
-        """What a relaxed connection does for ``session`` at a transaction start
-        (:func:`sqlrouter._connrules.transaction_start`); a :class:`Wait`'s outcome
-        goes to :meth:`_waited`."""
+    def _transaction_step(self, session: Session) -> Wait | Move | None:
+        """What a relaxed connection does for ``session`` at a transaction start, on the
+        monitor's last snapshot (:func:`sqlrouter._connrules.transaction_start`): nothing,
+        a wait here (its outcome goes to :meth:`_waited`), or a move (:meth:`_moving`)."""
+        ds = self.datasource
+        if ds is None:
+            raise InterfaceError(0, "connection is not open")
+        snapshot = self._handle.monitor.snapshot
         state = self._state
         policy = policy_for(self._url, state, snapshot, frozenset())
         step = transaction_start(state, session, snapshot, ds, policy)
@@ -359,14 +364,15 @@ class RoutedConnection:
                 self._wait_started = time.monotonic()
         return step
 
-    def _waited(self, step: Wait, caught_up: bool) -> bool:
-        """The ``MASTER_GTID_WAIT`` of ``step`` returned ``caught_up`` (False: move,
-        to a server that needs no wait)."""
+    def _waited(self, step: Wait, caught_up: bool) -> Move | None:
+        """The ``MASTER_GTID_WAIT`` of ``step`` returned ``caught_up``: nothing left to
+        do, or (it did not catch up in time) a move to a server that needs no wait."""
         if telemetry.observers:
             self._checked("waited" if caught_up else "moved", self._wait_started, step.token)
         if caught_up:
             self._state.checked(step.version)
-        return caught_up
+            return None
+        return Move(step.why, allow_wait=False)
 
     def _registered(self, routed_on: Snapshot) -> None:
         """The connection is ready: the service table knows it from now on (and one
@@ -436,6 +442,32 @@ class RoutedConnection:
         return lost_error(self._url, self.datasource, exc, status, what)
 
     # -- the statement path's decisions (the driver carries them out) ----------------
+
+    def _invalidation_step(self, status: int) -> Move | ConnectionInvalidated | None:
+        """Act on the connection's invalidation (``status``: the server status now).
+
+        A relaxed connection between transactions moves to another server (it holds
+        nothing): :class:`Move`.  Any other is closed: the error to raise (the service
+        table already forgot the connection; the caller closes its socket, then raises).
+        ``None``: nothing to do (no invalidation, or one that waits for the transaction
+        boundary meets an open transaction).
+        """
+        state = self._state
+        in_transaction = bool(status & IN_TRANS)
+        invalid = state.take_invalidation(in_transaction=in_transaction)
+        if invalid is None:
+            return None
+        if state.moves_instead(in_transaction=in_transaction):
+            return Move(invalid.reason)
+        return self._invalidated(invalid.reason)
+
+    def _moving(self, why: str) -> None:
+        """The connection moves for ``why``: the service table forgets it (the caller
+        closes it and routes again)."""
+        logger.debug(
+            "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
+        )
+        self._handle.closed(self)
 
     def _failed_statement(
         self, exc: InterfaceError | OperationalError, status: int, what: str

@@ -174,9 +174,11 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """Close the connection and route it again."""
+    """Close the connection and route it again (``allow_wait=False``: to a server that
+    needs no wait for the session's token, one just did not catch up in time)."""
 
     why: str
+    allow_wait: bool = True
 
 
 def transaction_start(

@@ -41,6 +41,7 @@ from ._connrules import (
     COMMIT,
     ENABLE_GTID_TRACKING,
     Move,
+    Wait,
     gtid_wait,
     open_session,
 )
@@ -216,37 +217,26 @@ class Connection(RoutedConnection, GtidCapture):
 
     def _at_transaction_start(self, session: Session) -> None:
         """Keep the session's guarantee on a relaxed connection, at a transaction start
-        (:func:`sqlrouter._connrules.transaction_start`: nothing, a wait, or a move).
+        (:meth:`_transaction_step`: nothing, a wait, or a move; a wait that does not
+        catch up in time moves to a server that needs none).
 
         Whether the server still qualifies at all (lag, threads, role) is checked after
         each monitor round, outside the statement path (:meth:`check_route`).
         """
-        ds = self.datasource
-        if ds is None:
-            raise InterfaceError(0, "connection is not open")
-        snapshot = self._handle.monitor.snapshot
-        step = self._transaction_step(session, snapshot, ds)
-        if step is None:
-            return
-        if isinstance(step, Move):
-            self._move(step.why)
-        elif not self._waited(step, self._gtid_wait(step.token)):
-            # It did not catch up in time: the next server is one that needs no wait.
-            self._move(step.why, allow_wait=False)
+        step = self._transaction_step(session)
+        if isinstance(step, Wait):
+            step = self._waited(step, self._gtid_wait(step.token))
+        if step is not None:
+            self._move(step)
 
-    def _move(
-        self, why: str, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
-    ) -> None:
+    def _move(self, step: Move) -> None:
         """Close the connection and route it again (see :meth:`_route` for the rest)."""
-        logger.debug(
-            "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
-        )
-        self._handle.closed(self)
+        self._moving(step.why)
         # Rows a server-side cursor left unread are read first, as PyMySQL does before
         # its next command (it warns): a move never leaves them to the new socket.
         finish_pending(self, warn=True)
         self._force_close()
-        self._route(exclude=exclude, allow_wait=allow_wait)
+        self._route(allow_wait=step.allow_wait)
 
     # PyMySQL calls query() for every statement a cursor executes: keep this cheap.
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
@@ -402,21 +392,16 @@ class Connection(RoutedConnection, GtidCapture):
     # -- invalidation and faults ---------------------------------------------------
 
     def _raise_or_move(self) -> None:
-        """Act on the connection's invalidation: a relaxed connection between
-        transactions moves to another server (it holds nothing); any other raises
-        :class:`ConnectionInvalidated`.  Nothing while an invalidation that waits for the
-        transaction boundary meets an open transaction."""
-        state = self._state
-        in_transaction = bool(self.server_status & _IN_TRANS)
-        invalid = state.take_invalidation(in_transaction=in_transaction)
-        if invalid is None:
-            return
-        reason = invalid.reason
-        if state.moves_instead(in_transaction=in_transaction):
-            self._move(reason)
-            return
-        self._force_close()
-        raise self._invalidated(reason)
+        """Act on the connection's invalidation (:meth:`_invalidation_step`): a relaxed
+        connection between transactions moves to another server (it holds nothing); any
+        other is closed and raises :class:`ConnectionInvalidated`.  Nothing while an
+        invalidation that waits for the transaction boundary meets an open transaction."""
+        step = self._invalidation_step(self.server_status)
+        if isinstance(step, Move):
+            self._move(step)
+        elif step is not None:
+            self._force_close()
+            raise step
 
     def _read_elsewhere(
         self, sql: str | bytes, unbuffered: bool, exclude: frozenset[str], exc: Error

@@ -38,6 +38,7 @@ from .._connrules import (
     COMMIT,
     IN_TRANS,
     Move,
+    Wait,
 )
 from .._gtidcapture import (
     commit_done,
@@ -171,18 +172,12 @@ class Connection(RoutingConnection):
             await self._at_transaction_start(session)
 
     async def _at_transaction_start(self, session: Session) -> None:
-        """See :func:`sqlrouter._connrules.transaction_start`."""
-        ds = self.datasource
-        if ds is None:
-            raise InterfaceError(0, "connection is not open")
-        snapshot = self._handle.monitor.snapshot
-        step = self._transaction_step(session, snapshot, ds)
-        if step is None:
-            return
-        if isinstance(step, Move):
-            await self._move(step.why)
-        elif not self._waited(step, await self._gtid_wait(step.token)):
-            await self._move(step.why, allow_wait=False)
+        """See :meth:`sqlrouter.Connection._at_transaction_start`."""
+        step = self._transaction_step(session)
+        if isinstance(step, Wait):
+            step = self._waited(step, await self._gtid_wait(step.token))
+        if step is not None:
+            await self._move(step)
 
     async def begin(self) -> None:
         if self._state.invalid is not None:
@@ -292,17 +287,14 @@ class Connection(RoutingConnection):
     # -- invalidation and faults ---------------------------------------------------
 
     async def _raise_or_move(self) -> None:
-        state = self._state
-        in_transaction = bool(self.server_status & IN_TRANS)
-        invalid = state.take_invalidation(in_transaction=in_transaction)
-        if invalid is None:
-            return
-        if state.moves_instead(in_transaction=in_transaction):
-            await self._move(invalid.reason)
-            return
-        if self._inherited_from is None:
-            self._close_transport()
-        raise self._invalidated(invalid.reason)
+        """See :meth:`sqlrouter.Connection._raise_or_move`."""
+        step = self._invalidation_step(self.server_status)
+        if isinstance(step, Move):
+            await self._move(step)
+        elif step is not None:
+            if self._inherited_from is None:
+                self._close_transport()
+            raise step
 
     async def _read_elsewhere(
         self, sql: str | bytes, unbuffered: bool, exclude: frozenset[str], exc: Error
@@ -314,18 +306,13 @@ class Connection(RoutingConnection):
             raise again from exc
         return await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
 
-    async def _move(
-        self, why: str, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
-    ) -> None:
-        logger.debug(
-            "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
-        )
-        self._handle.closed(self)
+    async def _move(self, step: Move) -> None:
+        self._moving(step.why)
         result = self._result
         if result is not None and result.unbuffered_active:
             await self._guarded(result._finish_unbuffered_query(), "the rest of a result")
         self._close_transport()
-        await self._route(exclude=exclude, allow_wait=allow_wait)
+        await self._route(allow_wait=step.allow_wait)
 
     async def __aenter__(self) -> Connection:
         return self

@@ -1,19 +1,22 @@
 """The statement path's decisions both drivers carry out (sqlrouter._connbase), without a
-server: what a failed statement raises or whether it runs elsewhere."""
+server: what a failed statement raises or whether it runs elsewhere, what an
+invalidation does, what a wait that timed out does."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sqlrouter._connbase import RoutedConnection
-from sqlrouter._connrules import AUTOCOMMIT, COMMIT, IN_TRANS, lost_under
+from sqlrouter._connrules import AUTOCOMMIT, COMMIT, IN_TRANS, Move, Wait, lost_under
 from sqlrouter._connstate import ConnState
 from sqlrouter.consistency import Session
 from sqlrouter.errors import (
+    ConnectionInvalidated,
     InterfaceError,
     OperationalError,
     OutcomeUnknown,
 )
+from sqlrouter.gtid import CausalToken
 from sqlrouter.topology import DataSource
 from sqlrouter.url import parse_url
 
@@ -89,3 +92,27 @@ def test_a_failed_read_runs_elsewhere_or_raises() -> None:
     again.open = False
     closed = again._failed_read(InterfaceError(0, ""), AUTOCOMMIT, "SELECT 1")
     assert isinstance(closed, InterfaceError) and closed.__suppress_context__
+
+
+def test_an_invalidation_moves_a_relaxed_connection_between_transactions() -> None:
+    reader = _Conn(RO_URL)
+    assert reader._invalidation_step(AUTOCOMMIT) is None  # nothing to act on
+    reader.invalidate("db2 went down")
+    assert reader._invalidation_step(AUTOCOMMIT) == Move("db2 went down")
+    assert reader._state.invalid is None and reader.forgotten == []  # the move forgets it
+    reader.invalidate("db2 was taken offline", at_transaction_boundary=True)
+    assert reader._invalidation_step(IN_TRANS) is None  # the transaction ends first
+    reader.invalidate("db2 went down")
+    failed = reader._invalidation_step(IN_TRANS)  # inside a transaction: it fails
+    assert isinstance(failed, ConnectionInvalidated) and "db2 went down" in str(failed)
+    writer = _Conn(RW_URL)
+    writer.invalidate("db1 is no longer the master")
+    assert isinstance(writer._invalidation_step(AUTOCOMMIT), ConnectionInvalidated)
+    assert writer.forgotten == [writer] and writer._state.closed_why is not None
+
+
+def test_a_wait_that_timed_out_moves_where_no_wait_is_needed() -> None:
+    conn = _Conn(RO_URL)
+    step = Wait(CausalToken.parse("0-1-5"), version=3, why="db2 has not applied 0-1-5")
+    assert conn._waited(step, True) is None and conn._state.checked_version == 3
+    assert conn._waited(step, False) == Move("db2 has not applied 0-1-5", allow_wait=False)
