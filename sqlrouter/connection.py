@@ -331,19 +331,16 @@ class Connection(RoutedConnection, GtidCapture):
     def ping(self, reconnect: bool | None = False) -> None:
         """PyMySQL's ping; an invalidated connection raises ConnectionInvalidated
         (``reconnect=True`` routes again instead)."""
-        state = self._state
-        if state.invalid is not None:
-            if reconnect:
-                state.invalid = None
-                self._force_close()
-            else:
-                self._raise_or_move()
         if reconnect:
+            if self._state.drop_invalidation():
+                self._force_close()
             super().ping(True)  # PyMySQL warns that reconnecting this way is deprecated
-        elif self._sock is None:
+            return
+        if self._state.invalid is not None:
+            self._raise_or_move()
+        if self._sock is None:
             raise self._closed_error()
-        else:
-            super().ping(False)
+        super().ping(False)
 
     # PyMySQL's other commands, with the closed connection's error saying which and why.
 

@@ -224,13 +224,11 @@ class Connection(RoutingConnection):
     async def ping(self, reconnect: bool = False) -> None:
         """Ping the server; an invalidated connection raises ConnectionInvalidated.
         ``reconnect=True`` routes again (a closed or invalidated connection)."""
-        state = self._state
-        if state.invalid is not None:
-            if reconnect:
-                state.invalid = None
+        if reconnect:
+            if self._state.drop_invalidation():
                 self._close_transport()
-            else:
-                await self._raise_or_move()
+        elif self._state.invalid is not None:
+            await self._raise_or_move()
         if self._writer is None:
             if not reconnect:
                 raise self._closed_error()
