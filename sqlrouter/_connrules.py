@@ -10,6 +10,8 @@ the connection does it.
   (nothing, ``last_gtid`` tracking on the master, or a wait for the token on a replica);
 - :func:`transaction_start`: a relaxed connection whose session's token moved, before
   the statement that starts a transaction: nothing, a wait here, or a move;
+- :func:`may_read_elsewhere`, :func:`lost_under`: what a statement's failure means (run
+  it once more elsewhere, or say what may have happened);
 - :func:`lost_error`, :func:`closed_error`, :func:`invalidated_error`: the errors, worded
   once.
 """
@@ -45,6 +47,7 @@ from .url import Consistency, ServiceURL
 
 __all__ = [
     "AUTOCOMMIT",
+    "COMMIT",
     "ENABLE_GTID_TRACKING",
     "IN_TRANS",
     "LOST",
@@ -55,6 +58,7 @@ __all__ = [
     "gtid_wait",
     "invalidated_error",
     "lost_error",
+    "lost_under",
     "may_read_elsewhere",
     "open_session",
     "recheck",
@@ -66,6 +70,8 @@ IN_TRANS: Final = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 AUTOCOMMIT: Final = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 #: The errors of a connection that died under a statement (PyMySQL's, aiomysql's).
 LOST: Final = frozenset({2006, 2013, 2055})
+#: What the errors call a COMMIT (see :func:`lost_under`, :func:`lost_error`).
+COMMIT: Final = "COMMIT"
 
 #: Asks the master to report ``last_gtid`` in OK packets (when its global
 #: ``session_track_system_variables`` lacks it).
@@ -168,9 +174,11 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """Close the connection and route it again."""
+    """Close the connection and route it again (``allow_wait=False``: to a server that
+    needs no wait for the session's token, one just did not catch up in time)."""
 
     why: str
+    allow_wait: bool = True
 
 
 def transaction_start(
@@ -227,6 +235,14 @@ def may_read_elsewhere(errno: int, status: int) -> bool:
     return errno in LOST and not status & IN_TRANS and bool(status & AUTOCOMMIT)
 
 
+def lost_under(errno: int, status: int, what: str) -> bool:
+    """A statement (``what``, as the errors name it; ``status``: the server status before
+    it) failed with ``errno``: was the connection lost while it may have had an effect
+    (then :func:`lost_error` says what may have happened; it is never re-sent)?  A COMMIT
+    outside a transaction had nothing to commit: its error is left as it is."""
+    return errno in LOST and (what != COMMIT or bool(status & IN_TRANS))
+
+
 def lost_error(
     url: ServiceURL, datasource: DataSource | None, exc: OperationalError, status: int, what: str
 ) -> Error:
@@ -235,7 +251,7 @@ def lost_error(
     sqlrouter never re-sends such a statement: it says what may have happened.
     """
     where = f"service {url.service!r}: connection to {datasource} lost"
-    if what == "COMMIT":
+    if what == COMMIT:
         return OutcomeUnknown(
             exc.args[0],
             f"{where} during COMMIT: the transaction's outcome is unknown (it may or "

@@ -38,11 +38,11 @@ from ._attempts import (
 )
 from ._connbase import RoutedConnection, credentials_of, parse_cached
 from ._connrules import (
+    COMMIT,
     ENABLE_GTID_TRACKING,
-    LOST,
     Move,
+    Wait,
     gtid_wait,
-    may_read_elsewhere,
     open_session,
 )
 from ._connstate import ConnState
@@ -55,11 +55,11 @@ from ._pymysql import (
     pymysql_query,
 )
 from ._runtime import handle_for
-from ._statements import may_resend
 from .consistency import Session
 from .errors import (
     Error,
     InterfaceError,
+    OperationalError,
     ProgrammingError,
 )
 from .gtid import CausalToken
@@ -217,37 +217,26 @@ class Connection(RoutedConnection, GtidCapture):
 
     def _at_transaction_start(self, session: Session) -> None:
         """Keep the session's guarantee on a relaxed connection, at a transaction start
-        (:func:`sqlrouter._connrules.transaction_start`: nothing, a wait, or a move).
+        (:meth:`_transaction_step`: nothing, a wait, or a move; a wait that does not
+        catch up in time moves to a server that needs none).
 
         Whether the server still qualifies at all (lag, threads, role) is checked after
         each monitor round, outside the statement path (:meth:`check_route`).
         """
-        ds = self.datasource
-        if ds is None:
-            raise InterfaceError(0, "connection is not open")
-        snapshot = self._handle.monitor.snapshot
-        step = self._transaction_step(session, snapshot, ds)
-        if step is None:
-            return
-        if isinstance(step, Move):
-            self._move(step.why)
-        elif not self._waited(step, self._gtid_wait(step.token)):
-            # It did not catch up in time: the next server is one that needs no wait.
-            self._move(step.why, allow_wait=False)
+        step = self._transaction_step(session)
+        if isinstance(step, Wait):
+            step = self._waited(step, self._gtid_wait(step.token))
+        if step is not None:
+            self._move(step)
 
-    def _move(
-        self, why: str, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
-    ) -> None:
+    def _move(self, step: Move) -> None:
         """Close the connection and route it again (see :meth:`_route` for the rest)."""
-        logger.debug(
-            "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
-        )
-        self._handle.closed(self)
+        self._moving(step.why)
         # Rows a server-side cursor left unread are read first, as PyMySQL does before
         # its next command (it warns): a move never leaves them to the new socket.
         finish_pending(self, warn=True)
         self._force_close()
-        self._route(exclude=exclude, allow_wait=allow_wait)
+        self._route(allow_wait=step.allow_wait)
 
     # PyMySQL calls query() for every statement a cursor executes: keep this cheap.
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
@@ -289,33 +278,26 @@ class Connection(RoutedConnection, GtidCapture):
         status = self.server_status
         try:
             return pymysql_query(self, sql, unbuffered)
-        except pymysql.err.InterfaceError:
-            if self._sock is not None:
+        except (InterfaceError, OperationalError) as exc:
+            # The server went away under a statement that may run once more elsewhere, or
+            # the error to raise (RoutedConnection._failed_read).
+            failed = self._failed_read(exc, status, sql)
+            if isinstance(failed, frozenset):
+                return self._read_elsewhere(sql, unbuffered, failed, exc)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except pymysql.err.OperationalError as exc:
-            # A statement in autocommit that failed because its server went away returned
-            # nothing yet: run it once more elsewhere if running it twice cannot have an
-            # effect (sqlrouter._statements); else say its outcome is unknown.
-            if not may_read_elsewhere(exc.args[0], status):
-                raise
-            if not may_resend(sql):
-                raise self._lost(exc, status, "a statement that may lock or write") from exc
-            return self._read_elsewhere(sql, unbuffered, exc)
+            raise failed from failed.__cause__
 
     def _write(self, sql: str | bytes, unbuffered: bool) -> int:
         """A RW_STRICT connection's statement: never re-sent; its GTID learnt."""
         status = self.server_status
         try:
             rows = pymysql_query(self, sql, unbuffered)
-        except pymysql.err.InterfaceError:
-            if self._sock is not None:
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_statement(exc, status, "a statement")
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except pymysql.err.OperationalError as exc:
-            if exc.args[0] in LOST:
-                raise self._lost(exc, status, "a statement") from exc
-            raise
+            raise failed from failed.__cause__
         if self._state.session is not None and statement_done(
             self._state, self._result, self.server_status
         ):
@@ -338,33 +320,27 @@ class Connection(RoutedConnection, GtidCapture):
         status = self.server_status
         try:
             ok = self._commit_ok()
-        except pymysql.err.InterfaceError:
-            if self._sock is not None:
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_statement(exc, status, COMMIT)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except pymysql.err.OperationalError as exc:
-            if exc.args[0] in LOST and status & _IN_TRANS:
-                raise self._lost(exc, status, "COMMIT") from exc
-            raise
+            raise failed from failed.__cause__
         if commit_done(self._state, ok.server_status, ok.message):
             self._select_last_gtid()
 
     def ping(self, reconnect: bool | None = False) -> None:
         """PyMySQL's ping; an invalidated connection raises ConnectionInvalidated
         (``reconnect=True`` routes again instead)."""
-        state = self._state
-        if state.invalid is not None:
-            if reconnect:
-                state.invalid = None
-                self._force_close()
-            else:
-                self._raise_or_move()
         if reconnect:
+            if self._state.drop_invalidation():
+                self._force_close()
             super().ping(True)  # PyMySQL warns that reconnecting this way is deprecated
-        elif self._sock is None:
+            return
+        if self._state.invalid is not None:
+            self._raise_or_move()
+        if self._sock is None:
             raise self._closed_error()
-        else:
-            super().ping(False)
+        super().ping(False)
 
     # PyMySQL's other commands, with the closed connection's error saying which and why.
 
@@ -413,26 +389,22 @@ class Connection(RoutedConnection, GtidCapture):
     # -- invalidation and faults ---------------------------------------------------
 
     def _raise_or_move(self) -> None:
-        """Act on the connection's invalidation: a relaxed connection between
-        transactions moves to another server (it holds nothing); any other raises
-        :class:`ConnectionInvalidated`.  Nothing while an invalidation that waits for the
-        transaction boundary meets an open transaction."""
-        state = self._state
-        in_transaction = bool(self.server_status & _IN_TRANS)
-        invalid = state.take_invalidation(in_transaction=in_transaction)
-        if invalid is None:
-            return
-        reason = invalid.reason
-        if state.moves_instead(in_transaction=in_transaction):
-            self._move(reason)
-            return
-        self._force_close()
-        raise self._invalidated(reason)
+        """Act on the connection's invalidation (:meth:`_invalidation_step`): a relaxed
+        connection between transactions moves to another server (it holds nothing); any
+        other is closed and raises :class:`ConnectionInvalidated`.  Nothing while an
+        invalidation that waits for the transaction boundary meets an open transaction."""
+        step = self._invalidation_step(self.server_status)
+        if isinstance(step, Move):
+            self._move(step)
+        elif step is not None:
+            self._force_close()
+            raise step
 
     def _read_elsewhere(
-        self, sql: str | bytes, unbuffered: bool, exc: pymysql.err.OperationalError
+        self, sql: str | bytes, unbuffered: bool, exclude: frozenset[str], exc: Error
     ) -> int:
-        exclude = self._leaving(exc)
+        """Run ``sql`` once more, on a server other than those of ``exclude`` (it failed
+        with ``exc`` on the first)."""
         self._force_close()
         try:
             self._route(exclude=exclude)
