@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import pymysql
 import pymysql.connections
@@ -29,10 +31,12 @@ import pymysql.cursors
 import tenacity
 from pymysql.constants import SERVER_STATUS
 
+from . import _runtime, telemetry
 from ._attempts import (
     Attempt,
     TryAgain,
     not_caught_up,
+    plain_policy,
     policy_for,
     retry_arguments,
 )
@@ -41,9 +45,10 @@ from ._connrules import (
     ENABLE_GTID_TRACKING,
     LOST,
     Move,
+    complete_args,
     gtid_wait,
     may_read_elsewhere,
-    open_session,
+    new_session,
 )
 from ._connstate import ConnState
 from ._gtidcapture import GtidCapture, commit_done, statement_done
@@ -54,27 +59,100 @@ from ._pymysql import (
     finish_pending,
     pymysql_query,
 )
-from ._runtime import handle_for
+from ._runtime import REGISTRY_ENV_VAR, handle_for, registry_inputs
 from ._statements import may_resend
 from .consistency import Session
 from .errors import (
     Error,
     InterfaceError,
     ProgrammingError,
+    RoutingError,
 )
 from .gtid import CausalToken
 from .qos import QoS
 from .routing.health import Snapshot
-from .routing.router import Decision, Policy
-from .routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
-from .topology import DataSource
+from .routing.router import Decision, Policy, Route, route
+from .routing.service import FIRST_ROUND_TIMEOUT, REFRESH_EVERY, ServiceHandle
+from .topology import Credentials, DataSource
 from .url import ServiceURL
 
-__all__ = ["Connection", "connect"]
+__all__ = ["MAX_PLANS", "ConnectPlan", "Connection", "connect"]
 
 logger = logging.getLogger("sqlrouter.connection")
 
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
+
+
+@dataclass(slots=True, eq=False)
+class ConnectPlan:
+    """What every ``connect()`` of one parsed URL to one watched service does alike, made
+    once: PyMySQL's keywords (checked and completed: the TLS choice, session tracking),
+    the credentials, and the route of a first attempt without a session token on the
+    last snapshot it was decided on (routes are pure: a new snapshot decides anew).
+
+    Nothing in it belongs to a process: a forked child uses its parent's plans with its
+    own handle (the same object, restarted there: see ``_runtime``) and its own
+    snapshots.
+    """
+
+    url: ServiceURL
+    handle: ServiceHandle
+    credentials: Credentials
+    #: PyMySQL's ``Connection.__init__`` keywords.
+    args: dict[str, Any]
+    #: TLS PREFERRED with the context built once per process (see Connection).
+    preferred_tls: bool
+    relaxed: bool
+    #: The least time an attempt to connect may take: ``min(1, connect_timeout)``.
+    grace: float
+    #: :func:`sqlrouter._runtime.registry_inputs` and ``table_version`` when the handle
+    #: was found: the plan is made again when they change.
+    inputs: tuple[str | None, str] | None = None
+    table_version: int = -1
+    #: The route of :func:`sqlrouter._attempts.plain_policy` on a snapshot.
+    kept: tuple[Snapshot, Route] | None = None
+
+    @classmethod
+    def make(
+        cls,
+        url: ServiceURL,
+        handle: ServiceHandle,
+        credentials: Credentials | None = None,
+        *,
+        inputs: tuple[str | None, str] | None = None,
+        table_version: int = -1,
+    ) -> ConnectPlan:
+        args: dict[str, Any] = dict(url.connect_args)
+        complete_args(url, args)
+        # TLS: PyMySQL's default is PREFERRED, with a new SSL context built at every
+        # connection (it loads the system's CA bundle: tens of milliseconds).  sqlrouter
+        # keeps PREFERRED and builds that same context once per process.
+        preferred_tls = SSL_ENABLED and not any(k == "ssl" or k.startswith("ssl_") for k in args)
+        if preferred_tls:
+            args["ssl_disabled"] = True
+        given = {
+            "user": url.user,
+            "password": url.password or "",
+            "database": url.database,
+            "connect_timeout": url.connect_timeout,
+            "read_timeout": url.read_timeout,
+            "write_timeout": url.write_timeout,
+            "defer_connect": True,
+        }
+        for name in args:
+            if name in given:  # as a call with both would say
+                raise TypeError(f"got multiple values for keyword argument {name!r}")
+        return cls(
+            url=url,
+            handle=handle,
+            credentials=credentials or credentials_of(url.user or "", url.password or ""),
+            args={**given, **args},
+            preferred_tls=preferred_tls,
+            relaxed=url.qos is QoS.RO_RELAXED,
+            grace=min(1.0, url.connect_timeout),
+            inputs=inputs,
+            table_version=table_version,
+        )
 
 
 class Connection(RoutedConnection, GtidCapture):
@@ -89,27 +167,19 @@ class Connection(RoutedConnection, GtidCapture):
     datasource: DataSource | None
     decision: Decision | None
 
-    def __init__(self, url: ServiceURL, handle: ServiceHandle) -> None:
+    #: What this connection's connects do alike (see ConnectPlan).
+    _plan: ConnectPlan | None = None
+
+    def __init__(
+        self, url: ServiceURL, handle: ServiceHandle, plan: ConnectPlan | None = None
+    ) -> None:
         self._routed(url, handle)
-        args: dict[str, Any] = dict(url.connect_args)
-        session = open_session(url, args)
-        # TLS: PyMySQL's default is PREFERRED, with a new SSL context built at every
-        # connection (it loads the system's CA bundle: tens of milliseconds).  sqlrouter
-        # keeps PREFERRED and builds that same context once per process.
-        preferred_tls = SSL_ENABLED and not any(k == "ssl" or k.startswith("ssl_") for k in args)
-        if preferred_tls:
-            args["ssl_disabled"] = True
+        if plan is None:
+            plan = ConnectPlan.make(url, handle)
+        self._plan = plan
+        session = new_session(url)
         try:
-            super().__init__(
-                user=url.user,
-                password=url.password or "",
-                database=url.database,
-                connect_timeout=url.connect_timeout,
-                read_timeout=url.read_timeout,
-                write_timeout=url.write_timeout,
-                defer_connect=True,
-                **args,
-            )
+            super().__init__(**plan.args)
         except (OSError, ValueError) as exc:  # a TLS file that cannot be read...
             hint = " (check the files the ssl options name)" if isinstance(exc, OSError) else ""
             raise ProgrammingError(
@@ -117,8 +187,8 @@ class Connection(RoutedConnection, GtidCapture):
             ) from exc
         # Session consistency (see sqlrouter.session) and invalidation: what sqlrouter
         # knows of this connection beyond PyMySQL's state.
-        self._state = ConnState(relaxed=url.qos is QoS.RO_RELAXED, session=session)
-        if preferred_tls:
+        self._state = ConnState(relaxed=plan.relaxed, session=session)
+        if plan.preferred_tls:
             self._prefer_tls()
         self.connect()
 
@@ -152,13 +222,20 @@ class Connection(RoutedConnection, GtidCapture):
         replica to catch up with the session's token (one just did not).  Attempts go
         on as :func:`sqlrouter._attempts.retry_arguments` says.
         """
-        attempt = Attempt.start(self._url, exclude=exclude, allow_wait=allow_wait)
-        try:
-            self._connect_once(attempt)  # the common case: no policy to build
-        except TryAgain:
-            pass
+        plan = self._plan
+        if plan is not None and allow_wait and not exclude:
+            first = self._connect_planned(plan)
+            if first is None:
+                return
+            attempt = first
         else:
-            return
+            attempt = Attempt.start(self._url, exclude=exclude, allow_wait=allow_wait)
+            try:
+                self._connect_once(attempt)  # the common case: no retry policy to build
+            except TryAgain:
+                pass
+            else:
+                return
         policy = tenacity.Retrying(
             **retry_arguments(self._url, attempt, len(self._handle.service.datasources))
         )
@@ -184,6 +261,83 @@ class Connection(RoutedConnection, GtidCapture):
         if self._connected(ds) and not self._after_connect(snapshot):
             raise not_caught_up(url, ds, attempt)
         self._registered(snapshot)
+
+    def _connect_planned(self, plan: ConnectPlan) -> Attempt | None:
+        """The first attempt of a connect, the short way while nothing is unusual (a
+        fresh snapshot, no session token, no telemetry observer): ``plan``'s route on
+        the current snapshot at the next turn.  Returns ``None`` once connected, else
+        the attempt to go on with (this one failed in a way another may fix)."""
+        handle = self._handle
+        started = time.monotonic()
+        snapshot = handle.fresh_snapshot(plan.credentials)
+        ds = None if snapshot is None else self._planned(plan, snapshot)
+        if snapshot is None or ds is None:
+            attempt = Attempt.start(self._url, exclude=frozenset(), allow_wait=True)
+            try:
+                self._connect_once(attempt)
+            except TryAgain:
+                return attempt
+            return None
+        self.host, self.port = ds.host, ds.port
+        try:
+            self._connect_bounded(
+                max(started + self._url.connect_timeout - time.monotonic(), plan.grace)
+            )
+        except pymysql.err.OperationalError as exc:
+            attempt = self._attempt_since(started)
+            self._failed(ds, exc, attempt)  # raises when no other attempt may succeed
+            return attempt
+        if self._connected(ds) and not self._after_connect(snapshot):
+            attempt = self._attempt_since(started)
+            not_caught_up(self._url, ds, attempt)
+            return attempt
+        self._registered(snapshot)
+        return None
+
+    def _attempt_since(self, started: float) -> Attempt:
+        """The state of a connect begun at ``started`` whose first attempt was planned."""
+        timeout = self._url.connect_timeout
+        return Attempt(
+            deadline=started + timeout,
+            grace=min(1.0, timeout),
+            exclude=frozenset(),
+            allow_wait=True,
+            started=started,
+        )
+
+    def _planned(self, plan: ConnectPlan, snapshot: Snapshot) -> DataSource | None:
+        """Where the first attempt connects by ``plan``'s route on ``snapshot`` (decided
+        once per snapshot); ``None``: decide the full way (:meth:`_decide`)."""
+        if telemetry.observers:
+            return None
+        session = self._state.session
+        if session is not None:
+            # Read before the token, as _decide does.
+            self._decided_version = session.version
+            if session.token:
+                return None
+        kept = plan.kept
+        if kept is None or kept[0] is not snapshot:
+            handle = self._handle
+            if handle.logins_refused(snapshot) is not None:
+                return None
+            try:
+                kept = (snapshot, route(snapshot, plain_policy(self._url, snapshot)))
+            except RoutingError:
+                return None  # _decide raises it, with what it tried
+            plan.kept = kept
+        # The snapshot is fresh (handle.fresh_snapshot): choose() would not refuse it.
+        decision = kept[1].pick(self._handle.next_turn())
+        ds = decision.datasource
+        logger.debug(
+            "service %r qos=%s: connecting to %s: %s",
+            self._url.service,
+            self._url.qos.value,
+            ds,
+            decision.reason,
+        )
+        self.decision = decision
+        return ds
 
     # -- session consistency -------------------------------------------------------
 
@@ -463,7 +617,51 @@ def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> Connection
     :class:`sqlrouter.NoReplicaAvailable`, whose message lists every candidate and why
     it was rejected.
     """
+    key: tuple[object, ...] | None = None
+    plan: ConnectPlan | None = None
+    if url is None or type(url) is str:
+        key = (url, *kwargs.items())
+        try:
+            plan = _plans.get(key)
+        except TypeError:  # an unhashable keyword value (an ssl dict, say)
+            key = None
+    if (
+        plan is None
+        or plan.table_version != _runtime.table_version
+        or (
+            plan.inputs is not None
+            and plan.inputs != (os.environ.get(REGISTRY_ENV_VAR), os.getcwd())
+        )
+    ):
+        plan = _plan(url, kwargs, key)
+    else:
+        handle = plan.handle
+        # As handle_for: the registry's changes are looked at most twice a second.
+        now = time.monotonic()
+        if now >= handle.refresh_after:
+            handle.refresh_after = now + REFRESH_EVERY
+            handle.refresh()
+    return Connection(plan.url, plan.handle, plan)
+
+
+#: The connect plans of the URLs (and keywords) ``connect()`` was called with.
+_plans: dict[tuple[object, ...], ConnectPlan] = {}
+#: The most plans kept (past it, they are all forgotten and made again on use).
+MAX_PLANS: Final = 128
+
+
+def _plan(
+    url: str | ServiceURL | None, kwargs: dict[str, Any], key: tuple[object, ...] | None
+) -> ConnectPlan:
+    """The plan of ``connect(url, **kwargs)``, made (and kept under ``key``)."""
     parsed = parse_cached(url, kwargs)
+    inputs = registry_inputs(parsed.registry)
+    version = _runtime.table_version
     creds = credentials_of(parsed.user or "", parsed.password or "")
     handle = handle_for(parsed.registry, parsed.service, creds)
-    return Connection(parsed, handle)
+    plan = ConnectPlan.make(parsed, handle, creds, inputs=inputs, table_version=version)
+    if key is not None:
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        _plans[key] = plan
+    return plan

@@ -28,7 +28,7 @@ from .monitor import Monitor
 from .router import Decision, Policy, Route, choose, logins_refused
 from .shared import Share
 
-__all__ = ["FIRST_ROUND_TIMEOUT", "Invalidatable", "ServiceHandle"]
+__all__ = ["FIRST_ROUND_TIMEOUT", "REFRESH_EVERY", "Invalidatable", "ServiceHandle"]
 
 logger = logging.getLogger("sqlrouter.services")
 
@@ -67,6 +67,11 @@ _CAUSES: Final[dict[str, telemetry.InvalidationCause]] = {
 #: How long the first connect to a service waits for the monitor's first round.
 FIRST_ROUND_TIMEOUT: Final = 5.0
 
+#: The monitor follows the registry every round; connects look at it at most this often
+#: (seconds: see :attr:`ServiceHandle.refresh_after`), so that a process that connects a
+#: lot does not stat the file for each one.
+REFRESH_EVERY: Final = 0.5
+
 
 class ServiceHandle:
     """A service as this process watches it: its registry, its monitor, its counters."""
@@ -90,6 +95,11 @@ class ServiceHandle:
             share=share,
         )
         self._turn = itertools.count()
+        #: The turn of the next connect (spreads connects over the replicas: see
+        #: router.choose).
+        self.next_turn = self._turn.__next__
+        #: ``time.monotonic()`` from which a connect calls :meth:`refresh` again.
+        self.refresh_after = 0.0
         # The routes decided on one snapshot, by policy (see router.choose): a connect
         # on the same snapshot with the same policy only picks its turn.
         self._routes: tuple[Snapshot | None, dict[Policy, Route]] = (None, {})
