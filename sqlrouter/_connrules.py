@@ -38,7 +38,7 @@ from .errors import (
 )
 from .gtid import CausalToken
 from .qos import QoS
-from .routing.health import Snapshot
+from .routing.health import Health, Snapshot
 from .routing.router import Decision, Policy, observed_master, reroute, wait_here
 from .topology import DataSource
 from .url import Consistency, ServiceURL
@@ -60,6 +60,7 @@ __all__ = [
     "new_session",
     "open_session",
     "recheck",
+    "replica_opened",
     "session_setup",
     "transaction_start",
 ]
@@ -158,11 +159,17 @@ def session_setup(state: ConnState, snapshot: Snapshot, decision: Decision, vers
         return Setup(track_gtid=not health.tracks_last_gtid and not state.relaxed)
     if decision.needs_wait is not None:
         return Setup(wait_for=decision.needs_wait, version=version)
-    # Monotonic reads: later reads of the session require what this one may see.
+    replica_opened(state, session, snapshot, health)
+    return _NOTHING
+
+
+def replica_opened(state: ConnState, session: Session, snapshot: Snapshot, health: Health) -> None:
+    """What :func:`session_setup` does on a replica that needs no wait for the session's
+    token (``health``: the replica's in ``snapshot``): monotonic reads, later reads of
+    the session require what this one may see."""
     session.advance(health.position)
     state.merged_generation = snapshot.generation
-    state.checked(session.version)
-    return _NOTHING
+    state.checked_version = session.version
 
 
 def gtid_wait(token: CausalToken, wait: float, connect_timeout: float | None) -> tuple[str, float]:

@@ -49,6 +49,7 @@ from ._connrules import (
     gtid_wait,
     may_read_elsewhere,
     new_session,
+    replica_opened,
 )
 from ._connstate import ConnState
 from ._gtidcapture import GtidCapture, commit_done, statement_done
@@ -287,10 +288,22 @@ class Connection(RoutedConnection, GtidCapture):
             attempt = self._attempt_since(started)
             self._failed(ds, exc, attempt)  # raises when no other attempt may succeed
             return attempt
-        if self._connected(ds) and not self._after_connect(snapshot):
-            attempt = self._attempt_since(started)
-            not_caught_up(self._url, ds, attempt)
-            return attempt
+        decision = self.decision
+        if self._connected(ds):
+            session = self._state.session
+            if (
+                session is None
+                or decision is None
+                or decision.on_master
+                or decision.needs_wait is not None
+                or telemetry.observers
+            ):
+                if not self._after_connect(snapshot):
+                    attempt = self._attempt_since(started)
+                    not_caught_up(self._url, ds, attempt)
+                    return attempt
+            else:  # what _after_connect does on a replica that needs no wait
+                replica_opened(self._state, session, snapshot, snapshot.health_of(ds.name))
         self._registered(snapshot)
         return None
 
@@ -329,13 +342,14 @@ class Connection(RoutedConnection, GtidCapture):
         # The snapshot is fresh (handle.fresh_snapshot): choose() would not refuse it.
         decision = kept[1].pick(self._handle.next_turn())
         ds = decision.datasource
-        logger.debug(
-            "service %r qos=%s: connecting to %s: %s",
-            self._url.service,
-            self._url.qos.value,
-            ds,
-            decision.reason,
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # what _decide logs
+            logger.debug(
+                "service %r qos=%s: connecting to %s: %s",
+                self._url.service,
+                self._url.qos.value,
+                ds,
+                decision.reason,
+            )
         self.decision = decision
         return ds
 
@@ -598,7 +612,8 @@ class Connection(RoutedConnection, GtidCapture):
         """PyMySQL's connect, bounded by ``timeout``; its set-up statements pass through."""
         # PyMySQL's connect keeps the last result: a streamed one would be drained from
         # the new socket.
-        drop_result(self, "the connection was closed under it and opened again elsewhere")
+        if self._result is not None:
+            drop_result(self, "the connection was closed under it and opened again elsewhere")
         self._state.connecting = True
         try:
             self._connect_within(timeout)
