@@ -360,8 +360,9 @@ class RoutedConnection:
         handle = self._handle
         handle.opened(self)
         ds = self.datasource
-        if ds is not None:
-            stale = stale_since(self._url, routed_on, handle.monitor.snapshot, ds)
+        latest = handle.monitor.snapshot
+        if ds is not None and latest is not routed_on:
+            stale = stale_since(self._url, routed_on, latest, ds)
             if stale is not None:
                 self.invalidate(stale)
 

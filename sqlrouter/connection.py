@@ -62,20 +62,20 @@ from ._pymysql import (
 )
 from ._runtime import REGISTRY_ENV_VAR, handle_for, registry_inputs
 from ._statements import may_resend
-from .consistency import Session
+from .consistency import Session, current_session
 from .errors import (
     Error,
     InterfaceError,
     ProgrammingError,
     RoutingError,
 )
-from .gtid import CausalToken
+from .gtid import EMPTY, CausalToken
 from .qos import QoS
 from .routing.health import Snapshot
 from .routing.router import Decision, Policy, Route, route
 from .routing.service import FIRST_ROUND_TIMEOUT, REFRESH_EVERY, ServiceHandle
 from .topology import Credentials, DataSource
-from .url import ServiceURL
+from .url import Consistency, ServiceURL
 
 __all__ = ["MAX_PLANS", "ConnectPlan", "Connection", "connect"]
 
@@ -104,6 +104,9 @@ class ConnectPlan:
     #: TLS PREFERRED with the context built once per process (see Connection).
     preferred_tls: bool
     relaxed: bool
+    #: ``consistency=session`` without a ``causal_token``: a connection's session is the
+    #: current one (``with sqlrouter.session()``) or its own, new and empty.
+    own_or_current_session: bool
     #: The least time an attempt to connect may take: ``min(1, connect_timeout)``.
     grace: float
     #: :func:`sqlrouter._runtime.registry_inputs` and ``table_version`` when the handle
@@ -150,6 +153,7 @@ class ConnectPlan:
             args={**given, **args},
             preferred_tls=preferred_tls,
             relaxed=url.qos is QoS.RO_RELAXED,
+            own_or_current_session=url.consistency is Consistency.SESSION and not url.causal_token,
             grace=min(1.0, url.connect_timeout),
             inputs=inputs,
             table_version=table_version,
@@ -178,7 +182,11 @@ class Connection(RoutedConnection, GtidCapture):
         if plan is None:
             plan = ConnectPlan.make(url, handle)
         self._plan = plan
-        session = new_session(url)
+        session: Session | None
+        if plan.own_or_current_session:  # new_session(url), shortened
+            session = current_session() or Session()
+        else:
+            session = new_session(url)
         try:
             super().__init__(**plan.args)
         except (OSError, ValueError) as exc:  # a TLS file that cannot be read...
@@ -266,19 +274,43 @@ class Connection(RoutedConnection, GtidCapture):
     def _connect_planned(self, plan: ConnectPlan) -> Attempt | None:
         """The first attempt of a connect, the short way while nothing is unusual (a
         fresh snapshot, no session token, no telemetry observer): ``plan``'s route on
-        the current snapshot at the next turn.  Returns ``None`` once connected, else
-        the attempt to go on with (this one failed in a way another may fix)."""
+        the current snapshot at the next turn, then :meth:`_connect_once`'s steps.
+        Returns ``None`` once connected, else the attempt to go on with (this one failed
+        in a way another may fix)."""
         handle = self._handle
         started = time.monotonic()
         snapshot = handle.fresh_snapshot(plan.credentials)
-        ds = None if snapshot is None else self._planned(plan, snapshot)
-        if snapshot is None or ds is None:
+        decision = None
+        if snapshot is not None and not telemetry.observers:
+            session = self._state.session
+            token = EMPTY
+            if session is not None:
+                self._decided_version = session.version  # before the token, as _decide
+                token = session.token
+            if token is EMPTY or not token:
+                kept = plan.kept
+                if kept is None or kept[0] is not snapshot:
+                    kept = self._replan(plan, snapshot)
+                if kept is not None:
+                    # The snapshot is fresh: choose() would not refuse it.
+                    decision = kept[1].pick(handle.next_turn())
+        if snapshot is None or decision is None:
             attempt = Attempt.start(self._url, exclude=frozenset(), allow_wait=True)
             try:
                 self._connect_once(attempt)
             except TryAgain:
                 return attempt
             return None
+        ds = decision.datasource
+        if logger.isEnabledFor(logging.DEBUG):  # what _decide logs
+            logger.debug(
+                "service %r qos=%s: connecting to %s: %s",
+                self._url.service,
+                self._url.qos.value,
+                ds,
+                decision.reason,
+            )
+        self.decision = decision
         self.host, self.port = ds.host, ds.port
         try:
             self._connect_bounded(
@@ -288,12 +320,10 @@ class Connection(RoutedConnection, GtidCapture):
             attempt = self._attempt_since(started)
             self._failed(ds, exc, attempt)  # raises when no other attempt may succeed
             return attempt
-        decision = self.decision
         if self._connected(ds):
             session = self._state.session
             if (
                 session is None
-                or decision is None
                 or decision.on_master
                 or decision.needs_wait is not None
                 or telemetry.observers
@@ -307,6 +337,18 @@ class Connection(RoutedConnection, GtidCapture):
         self._registered(snapshot)
         return None
 
+    def _replan(self, plan: ConnectPlan, snapshot: Snapshot) -> tuple[Snapshot, Route] | None:
+        """``plan``'s route on a new snapshot (decided once per snapshot); ``None``:
+        decide the full way (:meth:`_decide`: it raises the error, with what it tried)."""
+        if self._handle.logins_refused(snapshot) is not None:
+            return None
+        try:
+            kept = (snapshot, route(snapshot, plain_policy(self._url, snapshot)))
+        except RoutingError:
+            return None
+        plan.kept = kept
+        return kept
+
     def _attempt_since(self, started: float) -> Attempt:
         """The state of a connect begun at ``started`` whose first attempt was planned."""
         timeout = self._url.connect_timeout
@@ -317,41 +359,6 @@ class Connection(RoutedConnection, GtidCapture):
             allow_wait=True,
             started=started,
         )
-
-    def _planned(self, plan: ConnectPlan, snapshot: Snapshot) -> DataSource | None:
-        """Where the first attempt connects by ``plan``'s route on ``snapshot`` (decided
-        once per snapshot); ``None``: decide the full way (:meth:`_decide`)."""
-        if telemetry.observers:
-            return None
-        session = self._state.session
-        if session is not None:
-            # Read before the token, as _decide does.
-            self._decided_version = session.version
-            if session.token:
-                return None
-        kept = plan.kept
-        if kept is None or kept[0] is not snapshot:
-            handle = self._handle
-            if handle.logins_refused(snapshot) is not None:
-                return None
-            try:
-                kept = (snapshot, route(snapshot, plain_policy(self._url, snapshot)))
-            except RoutingError:
-                return None  # _decide raises it, with what it tried
-            plan.kept = kept
-        # The snapshot is fresh (handle.fresh_snapshot): choose() would not refuse it.
-        decision = kept[1].pick(self._handle.next_turn())
-        ds = decision.datasource
-        if logger.isEnabledFor(logging.DEBUG):  # what _decide logs
-            logger.debug(
-                "service %r qos=%s: connecting to %s: %s",
-                self._url.service,
-                self._url.qos.value,
-                ds,
-                decision.reason,
-            )
-        self.decision = decision
-        return ds
 
     # -- session consistency -------------------------------------------------------
 

@@ -140,13 +140,14 @@ class ServiceHandle:
             if len(connections) >= self._sweep_at:
                 for key, ref in list(connections.items()):
                     if ref() is None:
-                        del connections[key]
+                        connections.pop(key, None)
                 self._sweep_at = max(_SWEEP_FIRST, 2 * len(connections))
 
     def closed(self, conn: Invalidatable) -> None:
         # An entry under this id is this connection's, or one dead (whose id was reused).
-        with self._lock:
-            self._connections.pop(id(conn), None)
+        # No lock: one dict operation, and a sweep (under the lock, in opened) only ever
+        # drops dead entries, which no opened() can replace meanwhile.
+        self._connections.pop(id(conn), None)
 
     def _live(self) -> list[Invalidatable]:
         """The open connections (the caller holds the lock)."""
