@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pymysql
@@ -99,8 +99,8 @@ class ConnectPlan:
     url: ServiceURL
     handle: ServiceHandle
     credentials: Credentials
-    #: PyMySQL's ``Connection.__init__`` keywords.
-    args: dict[str, Any]
+    #: PyMySQL's ``Connection.__init__`` keywords (the password among them: not shown).
+    args: dict[str, Any] = field(repr=False)
     #: TLS PREFERRED with the context built once per process (see Connection).
     preferred_tls: bool
     relaxed: bool
