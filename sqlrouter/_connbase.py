@@ -86,24 +86,20 @@ class RoutedConnection:
     _url: ServiceURL
     _handle: ServiceHandle
     _state: ConnState
-    _inherited_from: int | None
-    datasource: DataSource | None
-    decision: Decision | None
+    # The defaults of a new connection are class attributes (a connect sets fewer).
+    _inherited_from: int | None = None
+    datasource: DataSource | None = None
+    decision: Decision | None = None
     #: Telemetry only (set while :data:`sqlrouter.telemetry.observers` is not empty):
     #: what the current connect attempt routed on, and when a ``MASTER_GTID_WAIT`` began.
-    _observed: tuple[Snapshot, Policy | None, float] | None
-    _wait_started: float
+    _observed: tuple[Snapshot, Policy | None, float] | None = None
+    _wait_started: float = 0.0
     #: The session's version read before the last routing decision (see _decide).
     _decided_version: int = 0
 
     def _routed(self, url: ServiceURL, handle: ServiceHandle) -> None:
         self._url = url
         self._handle = handle
-        self._inherited_from = None
-        self.datasource = None
-        self.decision = None
-        self._observed = None
-        self._wait_started = 0.0
 
     @property
     def _is_open(self) -> bool:
@@ -380,8 +376,9 @@ class RoutedConnection:
         handle = self._handle
         handle.opened(self)
         ds = self.datasource
-        if ds is not None:
-            stale = stale_since(self._url, routed_on, handle.monitor.snapshot, ds)
+        latest = handle.monitor.snapshot
+        if ds is not None and latest is not routed_on:
+            stale = stale_since(self._url, routed_on, latest, ds)
             if stale is not None:
                 self.invalidate(stale)
 

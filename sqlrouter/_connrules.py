@@ -40,7 +40,7 @@ from .errors import (
 )
 from .gtid import CausalToken
 from .qos import QoS
-from .routing.health import Snapshot
+from .routing.health import Health, Snapshot
 from .routing.router import Decision, Policy, observed_master, reroute, wait_here
 from .topology import DataSource
 from .url import Consistency, ServiceURL
@@ -55,13 +55,16 @@ __all__ = [
     "Setup",
     "Wait",
     "closed_error",
+    "complete_args",
     "gtid_wait",
     "invalidated_error",
     "lost_error",
     "lost_under",
     "may_read_elsewhere",
+    "new_session",
     "open_session",
     "recheck",
+    "replica_opened",
     "session_setup",
     "transaction_start",
 ]
@@ -83,22 +86,36 @@ ENABLE_GTID_TRACKING: Final = (
 
 def open_session(url: ServiceURL, args: dict[str, Any]) -> Session | None:
     """The session a new connection of ``url`` shares (``None``: ``consistency=none``);
-    ``args``, its driver's connect options, are checked and completed: a writer asks
-    for session-state tracking (the GTID in OK packets)."""
+    ``args``, its driver's connect options, are checked and completed
+    (:func:`complete_args`)."""
+    complete_args(url, args)
+    return new_session(url)
+
+
+def complete_args(url: ServiceURL, args: dict[str, Any]) -> None:
+    """Check and complete ``args``, the driver's connect options of a connection of
+    ``url``: a writer that tracks its session asks for session-state tracking (the GTID
+    in OK packets).  The same for every connection of ``url`` (a connect plan does it
+    once)."""
     charset = args.get("charset")
     if charset and charset_by_name(charset) is None:
         raise ProgrammingError(
             f"service {url.service!r}: unknown charset {charset!r} (try utf8mb4)"
         )
+    if url.consistency is Consistency.SESSION and url.qos is QoS.RW_STRICT:
+        # Only writers need the GTID in OK packets; readers leave the server the work
+        # of tracking.
+        args["client_flag"] = args.get("client_flag", 0) | CLIENT_SESSION_TRACK
+
+
+def new_session(url: ServiceURL) -> Session | None:
+    """The session a new connection of ``url`` shares: the current one (``with
+    sqlrouter.session()``) or its own; ``None`` with ``consistency=none``."""
     if url.consistency is not Consistency.SESSION:
         return None
     session = current_session() or Session()
     if url.causal_token:
         session.advance(CausalToken.parse(url.causal_token))
-    if url.qos is QoS.RW_STRICT:
-        # Only writers need the GTID in OK packets; readers leave the server the work
-        # of tracking.
-        args["client_flag"] = args.get("client_flag", 0) | CLIENT_SESSION_TRACK
     return session
 
 
@@ -148,11 +165,17 @@ def session_setup(state: ConnState, snapshot: Snapshot, decision: Decision, vers
         return Setup(track_gtid=not health.tracks_last_gtid and not state.relaxed)
     if decision.needs_wait is not None:
         return Setup(wait_for=decision.needs_wait, version=version)
-    # Monotonic reads: later reads of the session require what this one may see.
+    replica_opened(state, session, snapshot, health)
+    return _NOTHING
+
+
+def replica_opened(state: ConnState, session: Session, snapshot: Snapshot, health: Health) -> None:
+    """What :func:`session_setup` does on a replica that needs no wait for the session's
+    token (``health``: the replica's in ``snapshot``): monotonic reads, later reads of
+    the session require what this one may see."""
     session.advance(health.position)
     state.merged_generation = snapshot.generation
-    state.checked(session.version)
-    return _NOTHING
+    state.checked_version = session.version
 
 
 def gtid_wait(token: CausalToken, wait: float, connect_timeout: float | None) -> tuple[str, float]:
