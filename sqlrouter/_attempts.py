@@ -43,6 +43,7 @@ __all__ = [
     "connect_failed",
     "decide",
     "not_caught_up",
+    "plain_policy",
     "policy_for",
     "refused_everywhere",
     "retry_arguments",
@@ -114,6 +115,16 @@ def policy_for(
         token=session.token if session is not None else EMPTY,
         allow_wait=allow_wait,
         exclude=exclude,
+    )
+
+
+def plain_policy(url: ServiceURL, snapshot: Snapshot) -> Policy:
+    """What the first attempt of a connection of ``url`` asks of the router when its
+    session has no token (:func:`policy_for` with nothing excluded and waits allowed)."""
+    return Policy(
+        qos=url.qos,
+        max_lag=url.max_lag if url.max_lag is not None else snapshot.service.max_lag,
+        fallback=url.fallback,
     )
 
 

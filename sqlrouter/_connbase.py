@@ -7,6 +7,13 @@ connection (:class:`~sqlrouter.routing.service.Invalidatable`), the bookkeeping 
 closed, lost or inherited connection, and the errors that say so.  The protocol's class
 says only whether its socket is open (:attr:`RoutedConnection._is_open`) and how to
 abandon a parent's socket after ``fork()``.
+
+The statement path's decisions are here too, each returning what to do, so that a
+driver only carries it out (a blocking call, an await): what a transaction start does
+for the session (:meth:`~RoutedConnection._transaction_step`), what an invalidation does
+(:meth:`~RoutedConnection._invalidation_step`), what a failed statement raises or whether
+it runs elsewhere (:meth:`~RoutedConnection._failed_statement`,
+:meth:`~RoutedConnection._failed_read`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import telemetry
 from ._attempts import (
@@ -28,16 +35,20 @@ from ._attempts import (
     stale_since,
 )
 from ._connrules import (
+    IN_TRANS,
     Move,
     Setup,
     Wait,
     closed_error,
     invalidated_error,
     lost_error,
+    lost_under,
+    may_read_elsewhere,
     recheck,
     session_setup,
     transaction_start,
 )
+from ._statements import may_resend
 from .errors import (
     ConnectionInvalidated,
     Error,
@@ -66,6 +77,8 @@ logger = logging.getLogger("sqlrouter.connection")
 #: How an inherited connection's reason starts (see RoutedConnection.inherited).
 INHERITED: Final = "opened by process"
 
+_E = TypeVar("_E", bound=BaseException)
+
 
 class RoutedConnection:
     """The part of a sqlrouter connection that does not talk to a server."""
@@ -73,24 +86,20 @@ class RoutedConnection:
     _url: ServiceURL
     _handle: ServiceHandle
     _state: ConnState
-    _inherited_from: int | None
-    datasource: DataSource | None
-    decision: Decision | None
+    # The defaults of a new connection are class attributes (a connect sets fewer).
+    _inherited_from: int | None = None
+    datasource: DataSource | None = None
+    decision: Decision | None = None
     #: Telemetry only (set while :data:`sqlrouter.telemetry.observers` is not empty):
     #: what the current connect attempt routed on, and when a ``MASTER_GTID_WAIT`` began.
-    _observed: tuple[Snapshot, Policy | None, float] | None
-    _wait_started: float
+    _observed: tuple[Snapshot, Policy | None, float] | None = None
+    _wait_started: float = 0.0
     #: The session's version read before the last routing decision (see _decide).
     _decided_version: int = 0
 
     def _routed(self, url: ServiceURL, handle: ServiceHandle) -> None:
         self._url = url
         self._handle = handle
-        self._inherited_from = None
-        self.datasource = None
-        self.decision = None
-        self._observed = None
-        self._wait_started = 0.0
 
     @property
     def _is_open(self) -> bool:
@@ -330,12 +339,14 @@ class RoutedConnection:
             state.checked(setup.version)
         return caught_up
 
-    def _transaction_step(
-        self, session: Session, snapshot: Snapshot, ds: DataSource
-    ) -> Wait | Move | None:
-        """What a relaxed connection does for ``session`` at a transaction start
-        (:func:`sqlrouter._connrules.transaction_start`); a :class:`Wait`'s outcome
-        goes to :meth:`_waited`."""
+    def _transaction_step(self, session: Session) -> Wait | Move | None:
+        """What a relaxed connection does for ``session`` at a transaction start, on the
+        monitor's last snapshot (:func:`sqlrouter._connrules.transaction_start`): nothing,
+        a wait here (its outcome goes to :meth:`_waited`), or a move (:meth:`_moving`)."""
+        ds = self.datasource
+        if ds is None:
+            raise InterfaceError(0, "connection is not open")
+        snapshot = self._handle.monitor.snapshot
         state = self._state
         policy = policy_for(self._url, state, snapshot, frozenset())
         step = transaction_start(state, session, snapshot, ds, policy)
@@ -349,14 +360,15 @@ class RoutedConnection:
                 self._wait_started = time.monotonic()
         return step
 
-    def _waited(self, step: Wait, caught_up: bool) -> bool:
-        """The ``MASTER_GTID_WAIT`` of ``step`` returned ``caught_up`` (False: move,
-        to a server that needs no wait)."""
+    def _waited(self, step: Wait, caught_up: bool) -> Move | None:
+        """The ``MASTER_GTID_WAIT`` of ``step`` returned ``caught_up``: nothing left to
+        do, or (it did not catch up in time) a move to a server that needs no wait."""
         if telemetry.observers:
             self._checked("waited" if caught_up else "moved", self._wait_started, step.token)
         if caught_up:
             self._state.checked(step.version)
-        return caught_up
+            return None
+        return Move(step.why, allow_wait=False)
 
     def _registered(self, routed_on: Snapshot) -> None:
         """The connection is ready: the service table knows it from now on (and one
@@ -364,8 +376,9 @@ class RoutedConnection:
         handle = self._handle
         handle.opened(self)
         ds = self.datasource
-        if ds is not None:
-            stale = stale_since(self._url, routed_on, handle.monitor.snapshot, ds)
+        latest = handle.monitor.snapshot
+        if ds is not None and latest is not routed_on:
+            stale = stale_since(self._url, routed_on, latest, ds)
             if stale is not None:
                 self.invalidate(stale)
 
@@ -424,6 +437,80 @@ class RoutedConnection:
         self._handle.closed(self)
         self._state.closed_why = (f"lost during {what}: {exc.args[-1]}", time.time())
         return lost_error(self._url, self.datasource, exc, status, what)
+
+    # -- the statement path's decisions (the driver carries them out) ----------------
+
+    def _invalidation_step(self, status: int) -> Move | ConnectionInvalidated | None:
+        """Act on the connection's invalidation (``status``: the server status now).
+
+        A relaxed connection between transactions moves to another server (it holds
+        nothing): :class:`Move`.  Any other is closed: the error to raise (the service
+        table already forgot the connection; the caller closes its socket, then raises).
+        ``None``: nothing to do (no invalidation, or one that waits for the transaction
+        boundary meets an open transaction).
+        """
+        state = self._state
+        in_transaction = bool(status & IN_TRANS)
+        invalid = state.take_invalidation(in_transaction=in_transaction)
+        if invalid is None:
+            return None
+        if state.moves_instead(in_transaction=in_transaction):
+            return Move(invalid.reason)
+        return self._invalidated(invalid.reason)
+
+    def _moving(self, why: str) -> None:
+        """The connection moves for ``why``: the service table forgets it (the caller
+        closes it and routes again)."""
+        logger.debug(
+            "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
+        )
+        self._handle.closed(self)
+
+    def _failed_statement(
+        self, exc: InterfaceError | OperationalError, status: int, what: str
+    ) -> Error | None:
+        """A statement (``what``, as the errors name it; ``status``: the server status
+        before it) failed with ``exc``: the error to raise in its place, its cause set as
+        ``raise ... from`` sets it (``None``: raise ``exc`` itself).
+
+        A closed connection's error says which connection, since when and why
+        (:meth:`_closed_error`); a connection lost under a statement that may have had an
+        effect says what may have happened (:meth:`_lost`: never re-sent).
+        """
+        if isinstance(exc, InterfaceError):
+            return None if self._is_open else _instead(self._closed_error(), None)
+        if lost_under(exc.args[0], status, what):
+            return _instead(self._lost(exc, status, what), exc)
+        return None
+
+    def _failed_read(
+        self, exc: InterfaceError | OperationalError, status: int, sql: str | bytes
+    ) -> Error | frozenset[str] | None:
+        """A relaxed connection's statement ``sql`` failed with ``exc`` (``status``: the
+        server status before it): the error to raise in its place (as
+        :meth:`_failed_statement`; ``None``: ``exc`` itself), or the datasources to avoid
+        when it runs once more elsewhere (the service table already forgot the
+        connection: the caller closes it, routes again and re-sends ``sql``).
+
+        A statement in autocommit that failed because its server went away returned
+        nothing yet: it runs once more elsewhere if running it twice cannot have an
+        effect (:mod:`sqlrouter._statements`), else its outcome is unknown.
+        """
+        if isinstance(exc, InterfaceError):
+            return None if self._is_open else _instead(self._closed_error(), None)
+        if not may_read_elsewhere(exc.args[0], status):
+            return None
+        if not may_resend(sql):
+            return _instead(self._lost(exc, status, "a statement that may lock or write"), exc)
+        return self._leaving(exc)
+
+
+def _instead(error: _E, cause: BaseException | None) -> _E:
+    """``error``, to be raised in an ``except`` block in place of the exception caught
+    with ``raise error from error.__cause__``: ``cause`` (``None``: as ``from None``)."""
+    error.__cause__ = cause
+    error.__suppress_context__ = True
+    return error
 
 
 @functools.lru_cache(maxsize=128)

@@ -10,6 +10,8 @@ the connection does it.
   (nothing, ``last_gtid`` tracking on the master, or a wait for the token on a replica);
 - :func:`transaction_start`: a relaxed connection whose session's token moved, before
   the statement that starts a transaction: nothing, a wait here, or a move;
+- :func:`may_read_elsewhere`, :func:`lost_under`: what a statement's failure means (run
+  it once more elsewhere, or say what may have happened);
 - :func:`lost_error`, :func:`closed_error`, :func:`invalidated_error`: the errors, worded
   once.
 """
@@ -38,13 +40,14 @@ from .errors import (
 )
 from .gtid import CausalToken
 from .qos import QoS
-from .routing.health import Snapshot
+from .routing.health import Health, Snapshot
 from .routing.router import Decision, Policy, observed_master, reroute, wait_here
 from .topology import DataSource
 from .url import Consistency, ServiceURL
 
 __all__ = [
     "AUTOCOMMIT",
+    "COMMIT",
     "ENABLE_GTID_TRACKING",
     "IN_TRANS",
     "LOST",
@@ -52,12 +55,16 @@ __all__ = [
     "Setup",
     "Wait",
     "closed_error",
+    "complete_args",
     "gtid_wait",
     "invalidated_error",
     "lost_error",
+    "lost_under",
     "may_read_elsewhere",
+    "new_session",
     "open_session",
     "recheck",
+    "replica_opened",
     "session_setup",
     "transaction_start",
 ]
@@ -66,6 +73,8 @@ IN_TRANS: Final = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 AUTOCOMMIT: Final = SERVER_STATUS.SERVER_STATUS_AUTOCOMMIT
 #: The errors of a connection that died under a statement (PyMySQL's, aiomysql's).
 LOST: Final = frozenset({2006, 2013, 2055})
+#: What the errors call a COMMIT (see :func:`lost_under`, :func:`lost_error`).
+COMMIT: Final = "COMMIT"
 
 #: Asks the master to report ``last_gtid`` in OK packets (when its global
 #: ``session_track_system_variables`` lacks it).
@@ -77,22 +86,36 @@ ENABLE_GTID_TRACKING: Final = (
 
 def open_session(url: ServiceURL, args: dict[str, Any]) -> Session | None:
     """The session a new connection of ``url`` shares (``None``: ``consistency=none``);
-    ``args``, its driver's connect options, are checked and completed: a writer asks
-    for session-state tracking (the GTID in OK packets)."""
+    ``args``, its driver's connect options, are checked and completed
+    (:func:`complete_args`)."""
+    complete_args(url, args)
+    return new_session(url)
+
+
+def complete_args(url: ServiceURL, args: dict[str, Any]) -> None:
+    """Check and complete ``args``, the driver's connect options of a connection of
+    ``url``: a writer that tracks its session asks for session-state tracking (the GTID
+    in OK packets).  The same for every connection of ``url`` (a connect plan does it
+    once)."""
     charset = args.get("charset")
     if charset and charset_by_name(charset) is None:
         raise ProgrammingError(
             f"service {url.service!r}: unknown charset {charset!r} (try utf8mb4)"
         )
+    if url.consistency is Consistency.SESSION and url.qos is QoS.RW_STRICT:
+        # Only writers need the GTID in OK packets; readers leave the server the work
+        # of tracking.
+        args["client_flag"] = args.get("client_flag", 0) | CLIENT_SESSION_TRACK
+
+
+def new_session(url: ServiceURL) -> Session | None:
+    """The session a new connection of ``url`` shares: the current one (``with
+    sqlrouter.session()``) or its own; ``None`` with ``consistency=none``."""
     if url.consistency is not Consistency.SESSION:
         return None
     session = current_session() or Session()
     if url.causal_token:
         session.advance(CausalToken.parse(url.causal_token))
-    if url.qos is QoS.RW_STRICT:
-        # Only writers need the GTID in OK packets; readers leave the server the work
-        # of tracking.
-        args["client_flag"] = args.get("client_flag", 0) | CLIENT_SESSION_TRACK
     return session
 
 
@@ -142,11 +165,17 @@ def session_setup(state: ConnState, snapshot: Snapshot, decision: Decision, vers
         return Setup(track_gtid=not health.tracks_last_gtid and not state.relaxed)
     if decision.needs_wait is not None:
         return Setup(wait_for=decision.needs_wait, version=version)
-    # Monotonic reads: later reads of the session require what this one may see.
+    replica_opened(state, session, snapshot, health)
+    return _NOTHING
+
+
+def replica_opened(state: ConnState, session: Session, snapshot: Snapshot, health: Health) -> None:
+    """What :func:`session_setup` does on a replica that needs no wait for the session's
+    token (``health``: the replica's in ``snapshot``): monotonic reads, later reads of
+    the session require what this one may see."""
     session.advance(health.position)
     state.merged_generation = snapshot.generation
-    state.checked(session.version)
-    return _NOTHING
+    state.checked_version = session.version
 
 
 def gtid_wait(token: CausalToken, wait: float, connect_timeout: float | None) -> tuple[str, float]:
@@ -168,9 +197,11 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    """Close the connection and route it again."""
+    """Close the connection and route it again (``allow_wait=False``: to a server that
+    needs no wait for the session's token, one just did not catch up in time)."""
 
     why: str
+    allow_wait: bool = True
 
 
 def transaction_start(
@@ -227,6 +258,14 @@ def may_read_elsewhere(errno: int, status: int) -> bool:
     return errno in LOST and not status & IN_TRANS and bool(status & AUTOCOMMIT)
 
 
+def lost_under(errno: int, status: int, what: str) -> bool:
+    """A statement (``what``, as the errors name it; ``status``: the server status before
+    it) failed with ``errno``: was the connection lost while it may have had an effect
+    (then :func:`lost_error` says what may have happened; it is never re-sent)?  A COMMIT
+    outside a transaction had nothing to commit: its error is left as it is."""
+    return errno in LOST and (what != COMMIT or bool(status & IN_TRANS))
+
+
 def lost_error(
     url: ServiceURL, datasource: DataSource | None, exc: OperationalError, status: int, what: str
 ) -> Error:
@@ -235,7 +274,7 @@ def lost_error(
     sqlrouter never re-sends such a statement: it says what may have happened.
     """
     where = f"service {url.service!r}: connection to {datasource} lost"
-    if what == "COMMIT":
+    if what == COMMIT:
         return OutcomeUnknown(
             exc.args[0],
             f"{where} during COMMIT: the transaction's outcome is unknown (it may or "

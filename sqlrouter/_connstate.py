@@ -118,6 +118,15 @@ class ConnState:
         self.invalid = None
         return invalid
 
+    def drop_invalidation(self) -> bool:
+        """``ping(reconnect=True)``: reconnecting routes again, so an invalidation is
+        dropped; True when there was one (the caller closes the socket before it
+        reconnects)."""
+        if self.invalid is None:
+            return False
+        self.invalid = None
+        return True
+
     def moves_instead(self, *, in_transaction: bool) -> bool:
         """Does an invalidated connection move to another server rather than fail?
 

@@ -25,7 +25,7 @@ from typing import Final
 from . import _forksafe, control
 from .registry.base import Registry
 from .registry.find import close_dns_registries, find_registry
-from .routing.service import ServiceHandle
+from .routing.service import REFRESH_EVERY, ServiceHandle
 from .routing.shared import Share
 from .topology import Credentials
 
@@ -34,6 +34,7 @@ __all__ = [
     "SHARE_ENV_VAR",
     "handle_for",
     "handles",
+    "registry_inputs",
     "release",
     "share_dir",
     "shutdown",
@@ -51,7 +52,10 @@ _handles: dict[tuple[int, str], ServiceHandle] = {}
 _found: collections.OrderedDict[tuple[object, ...], Registry] = collections.OrderedDict()
 #: The most registry specs remembered in ``_found``.
 MAX_FOUND: Final = 256
-_next_refresh: dict[tuple[int, str], float] = {}
+#: Increases each time a handle leaves ``_handles`` (:func:`release`, :func:`shutdown`):
+#: what a connect kept of a handle found before (``sqlrouter.connection``'s connect
+#: plans) is found again.
+table_version = 0
 
 #: ``off`` (each process watches for itself) or the directory of the shared snapshots.
 SHARE_ENV_VAR: Final = "SQLROUTER_SHARE"
@@ -98,10 +102,23 @@ def _where(registry_spec: str | None, find: Callable[[str | None], Registry]) ->
     relative = registry_spec is None or not os.path.isabs(registry_spec)
     return (
         registry_spec,
-        os.environ.get("SQLROUTER_REGISTRY"),
+        os.environ.get(REGISTRY_ENV_VAR),
         os.getcwd() if relative else "",
         find,
     )
+
+
+#: The environment variable that names the registry when a URL does not.
+REGISTRY_ENV_VAR: Final = "SQLROUTER_REGISTRY"
+
+
+def registry_inputs(registry_spec: str | None) -> tuple[str | None, str] | None:
+    """What, besides ``registry_spec``, decides which registry :func:`handle_for` finds
+    for it: ``($SQLROUTER_REGISTRY, the current directory)`` when the spec is not given
+    or is relative; ``None`` when it is an absolute path (nothing else matters)."""
+    if registry_spec is not None and os.path.isabs(registry_spec):
+        return None
+    return os.environ.get(REGISTRY_ENV_VAR), os.getcwd()
 
 
 def handle_for(
@@ -134,8 +151,8 @@ def handle_for(
         # The monitor follows the registry every round; a connect looks at most twice
         # a second, so that a process that connects a lot does not stat for each one.
         now = time.monotonic()
-        if now >= _next_refresh.get(key, 0.0):
-            _next_refresh[key] = now + 0.5
+        if now >= handle.refresh_after:
+            handle.refresh_after = now + REFRESH_EVERY
             handle.refresh()
         return handle
     service = registry.lookup(service_name)
@@ -169,11 +186,12 @@ def _start_control(handle: ServiceHandle, *, always: bool = False) -> None:
 def release(handle: ServiceHandle) -> None:
     """Stop watching ``handle``'s service in this process (``sqlrouter agent``, when a
     service leaves its registry): its monitor stops and the table forgets it."""
+    global table_version  # noqa: PLW0603 (an int replaced whole: readers take no lock)
     with _lock:
         for key, known in list(_handles.items()):
             if known is handle:
                 del _handles[key]
-                _next_refresh.pop(key, None)
+        table_version += 1
     handle.close()
 
 
@@ -200,12 +218,13 @@ def watched(registry_spec: str | None, service_name: str) -> ServiceHandle | Non
 
 def shutdown() -> None:
     """Stop every monitor and DNS registry thread, and forget them (bounded time)."""
+    global table_version  # noqa: PLW0603 (an int replaced whole: readers take no lock)
     control.stop()
     with _lock:
         items = list(_handles.values())
         _handles.clear()
         _found.clear()
-        _next_refresh.clear()
+        table_version += 1
     for handle in items:
         handle.close()
     close_dns_registries()

@@ -11,9 +11,8 @@ again, so a reconnected RW_STRICT connection follows the master.
 Around it: :mod:`sqlrouter._connstate` (what the connection knows: its session's token,
 invalidation), :mod:`sqlrouter._gtidcapture` (each write's GTID into the session),
 :mod:`sqlrouter._attempts` (one connect's attempts and errors) and
-:mod:`sqlrouter._pymysql` (every PyMySQL internal used).  This module is kept whole
-(over 600 lines): the connect path, the statement path and invalidation act on one
-connection's state, and read best side by side.
+:mod:`sqlrouter._pymysql` (every PyMySQL internal used), :mod:`sqlrouter._plan` (what
+every ``connect()`` of one URL does alike, made once).
 """
 
 from __future__ import annotations
@@ -29,48 +28,49 @@ import pymysql.cursors
 import tenacity
 from pymysql.constants import SERVER_STATUS
 
+from . import telemetry
 from ._attempts import (
     Attempt,
     TryAgain,
     not_caught_up,
-    policy_for,
+    plain_policy,
     retry_arguments,
 )
-from ._connbase import RoutedConnection, credentials_of, parse_cached
+from ._connbase import RoutedConnection, credentials_of
 from ._connrules import (
+    COMMIT,
     ENABLE_GTID_TRACKING,
-    LOST,
     Move,
+    Wait,
     gtid_wait,
-    may_read_elsewhere,
-    open_session,
+    new_session,
+    replica_opened,
 )
 from ._connstate import ConnState
 from ._gtidcapture import GtidCapture, commit_done, statement_done
+from ._plan import MAX_PLANS, ConnectPlan, plan_for
 from ._pymysql import (
-    SSL_ENABLED,
     abandon_after_fork,
     drop_result,
     finish_pending,
     pymysql_query,
 )
-from ._runtime import handle_for
-from ._statements import may_resend
-from .consistency import Session
+from .consistency import Session, current_session
 from .errors import (
     Error,
     InterfaceError,
+    OperationalError,
     ProgrammingError,
+    RoutingError,
 )
-from .gtid import CausalToken
-from .qos import QoS
+from .gtid import EMPTY, CausalToken
 from .routing.health import Snapshot
-from .routing.router import Decision, Policy
+from .routing.router import Decision, Route, route
 from .routing.service import FIRST_ROUND_TIMEOUT, ServiceHandle
 from .topology import DataSource
 from .url import ServiceURL
 
-__all__ = ["Connection", "connect"]
+__all__ = ["MAX_PLANS", "ConnectPlan", "Connection", "connect"]  # the plan's names: re-exported
 
 logger = logging.getLogger("sqlrouter.connection")
 
@@ -89,27 +89,23 @@ class Connection(RoutedConnection, GtidCapture):
     datasource: DataSource | None
     decision: Decision | None
 
-    def __init__(self, url: ServiceURL, handle: ServiceHandle) -> None:
+    #: What this connection's connects do alike (see ConnectPlan).
+    _plan: ConnectPlan | None = None
+
+    def __init__(
+        self, url: ServiceURL, handle: ServiceHandle, plan: ConnectPlan | None = None
+    ) -> None:
         self._routed(url, handle)
-        args: dict[str, Any] = dict(url.connect_args)
-        session = open_session(url, args)
-        # TLS: PyMySQL's default is PREFERRED, with a new SSL context built at every
-        # connection (it loads the system's CA bundle: tens of milliseconds).  sqlrouter
-        # keeps PREFERRED and builds that same context once per process.
-        preferred_tls = SSL_ENABLED and not any(k == "ssl" or k.startswith("ssl_") for k in args)
-        if preferred_tls:
-            args["ssl_disabled"] = True
+        if plan is None:
+            plan = ConnectPlan.make(url, handle)
+        self._plan = plan
+        session: Session | None
+        if plan.own_or_current_session:  # new_session(url), shortened
+            session = current_session() or Session()
+        else:
+            session = new_session(url)
         try:
-            super().__init__(
-                user=url.user,
-                password=url.password or "",
-                database=url.database,
-                connect_timeout=url.connect_timeout,
-                read_timeout=url.read_timeout,
-                write_timeout=url.write_timeout,
-                defer_connect=True,
-                **args,
-            )
+            super().__init__(**plan.args)
         except (OSError, ValueError) as exc:  # a TLS file that cannot be read...
             hint = " (check the files the ssl options name)" if isinstance(exc, OSError) else ""
             raise ProgrammingError(
@@ -117,8 +113,8 @@ class Connection(RoutedConnection, GtidCapture):
             ) from exc
         # Session consistency (see sqlrouter.session) and invalidation: what sqlrouter
         # knows of this connection beyond PyMySQL's state.
-        self._state = ConnState(relaxed=url.qos is QoS.RO_RELAXED, session=session)
-        if preferred_tls:
+        self._state = ConnState(relaxed=plan.relaxed, session=session)
+        if plan.preferred_tls:
             self._prefer_tls()
         self.connect()
 
@@ -130,11 +126,6 @@ class Connection(RoutedConnection, GtidCapture):
 
     def _abandon(self, why: str) -> None:
         abandon_after_fork(self, why)
-
-    def _policy(
-        self, snapshot: Snapshot, exclude: frozenset[str], *, allow_wait: bool = True
-    ) -> Policy:
-        return policy_for(self._url, self._state, snapshot, exclude, allow_wait=allow_wait)
 
     def connect(self, sock: Any = None) -> None:
         """Route, then open the connection on the chosen datasource (PyMySQL's
@@ -152,13 +143,20 @@ class Connection(RoutedConnection, GtidCapture):
         replica to catch up with the session's token (one just did not).  Attempts go
         on as :func:`sqlrouter._attempts.retry_arguments` says.
         """
-        attempt = Attempt.start(self._url, exclude=exclude, allow_wait=allow_wait)
-        try:
-            self._connect_once(attempt)  # the common case: no policy to build
-        except TryAgain:
-            pass
+        plan = self._plan
+        if plan is not None and allow_wait and not exclude:
+            first = self._connect_planned(plan)
+            if first is None:
+                return
+            attempt = first
         else:
-            return
+            attempt = Attempt.start(self._url, exclude=exclude, allow_wait=allow_wait)
+            try:
+                self._connect_once(attempt)  # the common case: no retry policy to build
+            except TryAgain:
+                pass
+            else:
+                return
         policy = tenacity.Retrying(
             **retry_arguments(self._url, attempt, len(self._handle.service.datasources))
         )
@@ -184,6 +182,95 @@ class Connection(RoutedConnection, GtidCapture):
         if self._connected(ds) and not self._after_connect(snapshot):
             raise not_caught_up(url, ds, attempt)
         self._registered(snapshot)
+
+    def _connect_planned(self, plan: ConnectPlan) -> Attempt | None:
+        """The first attempt of a connect, the short way while nothing is unusual (a
+        fresh snapshot, no session token, no telemetry observer): ``plan``'s route on
+        the current snapshot at the next turn, then :meth:`_connect_once`'s steps.
+        Returns ``None`` once connected, else the attempt to go on with (this one failed
+        in a way another may fix)."""
+        handle = self._handle
+        started = time.monotonic()
+        snapshot = handle.fresh_snapshot(plan.credentials)
+        decision = None
+        if snapshot is not None and not telemetry.observers:
+            session = self._state.session
+            token = EMPTY
+            if session is not None:
+                self._decided_version = session.version  # before the token, as _decide
+                token = session.token
+            if token is EMPTY or not token:
+                kept = plan.kept
+                if kept is None or kept[0] is not snapshot:
+                    kept = self._replan(plan, snapshot)
+                if kept is not None:
+                    # The snapshot is fresh: choose() would not refuse it.
+                    decision = kept[1].pick(handle.next_turn())
+        if snapshot is None or decision is None:
+            attempt = Attempt.start(self._url, exclude=frozenset(), allow_wait=True)
+            try:
+                self._connect_once(attempt)
+            except TryAgain:
+                return attempt
+            return None
+        ds = decision.datasource
+        if logger.isEnabledFor(logging.DEBUG):  # what _decide logs
+            logger.debug(
+                "service %r qos=%s: connecting to %s: %s",
+                self._url.service,
+                self._url.qos.value,
+                ds,
+                decision.reason,
+            )
+        self.decision = decision
+        self.host, self.port = ds.host, ds.port
+        try:
+            self._connect_bounded(
+                max(started + self._url.connect_timeout - time.monotonic(), plan.grace)
+            )
+        except pymysql.err.OperationalError as exc:
+            attempt = self._attempt_since(started)
+            self._failed(ds, exc, attempt)  # raises when no other attempt may succeed
+            return attempt
+        if self._connected(ds):
+            session = self._state.session
+            if (
+                session is None
+                or decision.on_master
+                or decision.needs_wait is not None
+                or telemetry.observers
+            ):
+                if not self._after_connect(snapshot):
+                    attempt = self._attempt_since(started)
+                    not_caught_up(self._url, ds, attempt)
+                    return attempt
+            else:  # what _after_connect does on a replica that needs no wait
+                replica_opened(self._state, session, snapshot, snapshot.health_of(ds.name))
+        self._registered(snapshot)
+        return None
+
+    def _replan(self, plan: ConnectPlan, snapshot: Snapshot) -> tuple[Snapshot, Route] | None:
+        """``plan``'s route on a new snapshot (decided once per snapshot); ``None``:
+        decide the full way (:meth:`_decide`: it raises the error, with what it tried)."""
+        if self._handle.logins_refused(snapshot) is not None:
+            return None
+        try:
+            kept = (snapshot, route(snapshot, plain_policy(self._url, snapshot)))
+        except RoutingError:
+            return None
+        plan.kept = kept
+        return kept
+
+    def _attempt_since(self, started: float) -> Attempt:
+        """The state of a connect begun at ``started`` whose first attempt was planned."""
+        timeout = self._url.connect_timeout
+        return Attempt(
+            deadline=started + timeout,
+            grace=min(1.0, timeout),
+            exclude=frozenset(),
+            allow_wait=True,
+            started=started,
+        )
 
     # -- session consistency -------------------------------------------------------
 
@@ -217,37 +304,26 @@ class Connection(RoutedConnection, GtidCapture):
 
     def _at_transaction_start(self, session: Session) -> None:
         """Keep the session's guarantee on a relaxed connection, at a transaction start
-        (:func:`sqlrouter._connrules.transaction_start`: nothing, a wait, or a move).
+        (:meth:`_transaction_step`: nothing, a wait, or a move; a wait that does not
+        catch up in time moves to a server that needs none).
 
         Whether the server still qualifies at all (lag, threads, role) is checked after
         each monitor round, outside the statement path (:meth:`check_route`).
         """
-        ds = self.datasource
-        if ds is None:
-            raise InterfaceError(0, "connection is not open")
-        snapshot = self._handle.monitor.snapshot
-        step = self._transaction_step(session, snapshot, ds)
-        if step is None:
-            return
-        if isinstance(step, Move):
-            self._move(step.why)
-        elif not self._waited(step, self._gtid_wait(step.token)):
-            # It did not catch up in time: the next server is one that needs no wait.
-            self._move(step.why, allow_wait=False)
+        step = self._transaction_step(session)
+        if isinstance(step, Wait):
+            step = self._waited(step, self._gtid_wait(step.token))
+        if step is not None:
+            self._move(step)
 
-    def _move(
-        self, why: str, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
-    ) -> None:
+    def _move(self, step: Move) -> None:
         """Close the connection and route it again (see :meth:`_route` for the rest)."""
-        logger.debug(
-            "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
-        )
-        self._handle.closed(self)
+        self._moving(step.why)
         # Rows a server-side cursor left unread are read first, as PyMySQL does before
         # its next command (it warns): a move never leaves them to the new socket.
         finish_pending(self, warn=True)
         self._force_close()
-        self._route(exclude=exclude, allow_wait=allow_wait)
+        self._route(allow_wait=step.allow_wait)
 
     # PyMySQL calls query() for every statement a cursor executes: keep this cheap.
     def query(self, sql: str | bytes, unbuffered: bool = False) -> int:
@@ -289,33 +365,26 @@ class Connection(RoutedConnection, GtidCapture):
         status = self.server_status
         try:
             return pymysql_query(self, sql, unbuffered)
-        except pymysql.err.InterfaceError:
-            if self._sock is not None:
+        except (InterfaceError, OperationalError) as exc:
+            # The server went away under a statement that may run once more elsewhere, or
+            # the error to raise (RoutedConnection._failed_read).
+            failed = self._failed_read(exc, status, sql)
+            if isinstance(failed, frozenset):
+                return self._read_elsewhere(sql, unbuffered, failed, exc)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except pymysql.err.OperationalError as exc:
-            # A statement in autocommit that failed because its server went away returned
-            # nothing yet: run it once more elsewhere if running it twice cannot have an
-            # effect (sqlrouter._statements); else say its outcome is unknown.
-            if not may_read_elsewhere(exc.args[0], status):
-                raise
-            if not may_resend(sql):
-                raise self._lost(exc, status, "a statement that may lock or write") from exc
-            return self._read_elsewhere(sql, unbuffered, exc)
+            raise failed from failed.__cause__
 
     def _write(self, sql: str | bytes, unbuffered: bool) -> int:
         """A RW_STRICT connection's statement: never re-sent; its GTID learnt."""
         status = self.server_status
         try:
             rows = pymysql_query(self, sql, unbuffered)
-        except pymysql.err.InterfaceError:
-            if self._sock is not None:
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_statement(exc, status, "a statement")
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except pymysql.err.OperationalError as exc:
-            if exc.args[0] in LOST:
-                raise self._lost(exc, status, "a statement") from exc
-            raise
+            raise failed from failed.__cause__
         if self._state.session is not None and statement_done(
             self._state, self._result, self.server_status
         ):
@@ -338,33 +407,27 @@ class Connection(RoutedConnection, GtidCapture):
         status = self.server_status
         try:
             ok = self._commit_ok()
-        except pymysql.err.InterfaceError:
-            if self._sock is not None:
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_statement(exc, status, COMMIT)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except pymysql.err.OperationalError as exc:
-            if exc.args[0] in LOST and status & _IN_TRANS:
-                raise self._lost(exc, status, "COMMIT") from exc
-            raise
+            raise failed from failed.__cause__
         if commit_done(self._state, ok.server_status, ok.message):
             self._select_last_gtid()
 
     def ping(self, reconnect: bool | None = False) -> None:
         """PyMySQL's ping; an invalidated connection raises ConnectionInvalidated
         (``reconnect=True`` routes again instead)."""
-        state = self._state
-        if state.invalid is not None:
-            if reconnect:
-                state.invalid = None
-                self._force_close()
-            else:
-                self._raise_or_move()
         if reconnect:
+            if self._state.drop_invalidation():
+                self._force_close()
             super().ping(True)  # PyMySQL warns that reconnecting this way is deprecated
-        elif self._sock is None:
+            return
+        if self._state.invalid is not None:
+            self._raise_or_move()
+        if self._sock is None:
             raise self._closed_error()
-        else:
-            super().ping(False)
+        super().ping(False)
 
     # PyMySQL's other commands, with the closed connection's error saying which and why.
 
@@ -413,26 +476,22 @@ class Connection(RoutedConnection, GtidCapture):
     # -- invalidation and faults ---------------------------------------------------
 
     def _raise_or_move(self) -> None:
-        """Act on the connection's invalidation: a relaxed connection between
-        transactions moves to another server (it holds nothing); any other raises
-        :class:`ConnectionInvalidated`.  Nothing while an invalidation that waits for the
-        transaction boundary meets an open transaction."""
-        state = self._state
-        in_transaction = bool(self.server_status & _IN_TRANS)
-        invalid = state.take_invalidation(in_transaction=in_transaction)
-        if invalid is None:
-            return
-        reason = invalid.reason
-        if state.moves_instead(in_transaction=in_transaction):
-            self._move(reason)
-            return
-        self._force_close()
-        raise self._invalidated(reason)
+        """Act on the connection's invalidation (:meth:`_invalidation_step`): a relaxed
+        connection between transactions moves to another server (it holds nothing); any
+        other is closed and raises :class:`ConnectionInvalidated`.  Nothing while an
+        invalidation that waits for the transaction boundary meets an open transaction."""
+        step = self._invalidation_step(self.server_status)
+        if isinstance(step, Move):
+            self._move(step)
+        elif step is not None:
+            self._force_close()
+            raise step
 
     def _read_elsewhere(
-        self, sql: str | bytes, unbuffered: bool, exc: pymysql.err.OperationalError
+        self, sql: str | bytes, unbuffered: bool, exclude: frozenset[str], exc: Error
     ) -> int:
-        exclude = self._leaving(exc)
+        """Run ``sql`` once more, on a server other than those of ``exclude`` (it failed
+        with ``exc`` on the first)."""
         self._force_close()
         try:
             self._route(exclude=exclude)
@@ -444,7 +503,8 @@ class Connection(RoutedConnection, GtidCapture):
         """PyMySQL's connect, bounded by ``timeout``; its set-up statements pass through."""
         # PyMySQL's connect keeps the last result: a streamed one would be drained from
         # the new socket.
-        drop_result(self, "the connection was closed under it and opened again elsewhere")
+        if self._result is not None:
+            drop_result(self, "the connection was closed under it and opened again elsewhere")
         self._state.connecting = True
         try:
             self._connect_within(timeout)
@@ -463,7 +523,5 @@ def connect(url: str | ServiceURL | None = None, /, **kwargs: Any) -> Connection
     :class:`sqlrouter.NoReplicaAvailable`, whose message lists every candidate and why
     it was rejected.
     """
-    parsed = parse_cached(url, kwargs)
-    creds = credentials_of(parsed.user or "", parsed.password or "")
-    handle = handle_for(parsed.registry, parsed.service, creds)
-    return Connection(parsed, handle)
+    plan = plan_for(url, kwargs)
+    return Connection(plan.url, plan.handle, plan)

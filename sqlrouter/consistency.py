@@ -19,9 +19,14 @@ import contextvars
 from collections.abc import Iterator
 
 from . import _forksafe
-from .gtid import CausalToken
+from .gtid import EMPTY, CausalToken
 
 __all__ = ["Session", "current_session", "session"]
+
+#: Serializes the changes of every session's token.  One lock for all, held for a merge
+#: (microseconds): a lock per session would be made at every ``connect()`` outside a
+#: ``with sqlrouter.session()`` block, where each connection has a session of its own.
+_merging = _forksafe.lock()
 
 
 class Session:
@@ -32,28 +37,38 @@ class Session:
     """
 
     __module__ = "sqlrouter"
-    __slots__ = ("__weakref__", "_lock", "token", "version")
+    __slots__ = ("__weakref__", "token", "version")
 
     def __init__(self, token: CausalToken | str | None = None) -> None:
-        if isinstance(token, str) or token is None:
+        if token is None:
+            token = EMPTY
+        elif isinstance(token, str):
             token = CausalToken.parse(token)
         self.token: CausalToken = token
         self.version = 0
-        self._lock = _forksafe.lock()
 
     def __repr__(self) -> str:
         return f"<sqlrouter.Session token={str(self.token)!r} version={self.version}>"
 
     def advance(self, token: CausalToken) -> bool:
         """Merge ``token`` in; returns True when the session's token grew."""
-        if self.token.covers(token):
-            return False
-        with self._lock:
-            # An empty token (a new session) merged with ``token`` is ``token`` itself.
-            merged = self.token.merge(token) if self.token else token
-            if merged == self.token:
+        current = self.token
+        if current is EMPTY:  # a new session's (each connection has one by default)
+            if not token:
                 return False
-            self.token = merged
+        elif current.covers(token):
+            return False
+        with _merging:
+            current = self.token
+            if current is EMPTY:
+                # A new session's token merged with ``token`` is ``token`` itself (which
+                # is not empty: the empty token covers nothing else, and a token only grows).
+                self.token = token
+            else:
+                merged = current.merge(token) if current else token
+                if merged == current:
+                    return False
+                self.token = merged
             self.version += 1
         return True
 
@@ -71,7 +86,7 @@ class Session:
         entry = self.token.domains.get(domain)
         if entry is not None and (entry[1], entry[0]) >= (seq, server_id):
             return
-        with self._lock:
+        with _merging:
             by_domain = dict(self.token.domains)
             entry = by_domain.get(domain)
             if entry is not None and (entry[1], entry[0]) >= (seq, server_id):

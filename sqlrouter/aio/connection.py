@@ -35,10 +35,10 @@ from typing import Any
 from .. import _runtime
 from .._connbase import credentials_of, parse_cached
 from .._connrules import (
+    COMMIT,
     IN_TRANS,
-    LOST,
     Move,
-    may_read_elsewhere,
+    Wait,
 )
 from .._gtidcapture import (
     commit_done,
@@ -46,7 +46,6 @@ from .._gtidcapture import (
     statement_done,
     unbuffered_done,
 )
-from .._statements import may_resend
 from ..consistency import Session
 from ..errors import (
     Error,
@@ -121,30 +120,24 @@ class Connection(RoutingConnection):
         status = self.server_status
         try:
             return await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
-        except InterfaceError:
-            if self._writer is not None:
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_read(exc, status, sql)
+            if isinstance(failed, frozenset):
+                return await self._read_elsewhere(sql, unbuffered, failed, exc)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except OperationalError as exc:
-            if not may_read_elsewhere(exc.args[0], status):
-                raise
-            if not may_resend(sql):
-                raise self._lost(exc, status, "a statement that may lock or write") from exc
-            return await self._read_elsewhere(sql, unbuffered, exc)
+            raise failed from failed.__cause__
 
     async def _write(self, sql: str | bytes, unbuffered: bool) -> int:
         """A RW_STRICT connection's statement: never re-sent; its GTID learnt."""
         status = self.server_status
         try:
             rows = await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
-        except InterfaceError:
-            if self._writer is not None:
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_statement(exc, status, _STATEMENT)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except OperationalError as exc:
-            if exc.args[0] in LOST:
-                raise self._lost(exc, status, "a statement") from exc
-            raise
+            raise failed from failed.__cause__
         if self._state.session is not None and statement_done(
             self._state, self._result, self.server_status
         ):
@@ -179,18 +172,12 @@ class Connection(RoutingConnection):
             await self._at_transaction_start(session)
 
     async def _at_transaction_start(self, session: Session) -> None:
-        """See :func:`sqlrouter._connrules.transaction_start`."""
-        ds = self.datasource
-        if ds is None:
-            raise InterfaceError(0, "connection is not open")
-        snapshot = self._handle.monitor.snapshot
-        step = self._transaction_step(session, snapshot, ds)
-        if step is None:
-            return
-        if isinstance(step, Move):
-            await self._move(step.why)
-        elif not self._waited(step, await self._gtid_wait(step.token)):
-            await self._move(step.why, allow_wait=False)
+        """See :meth:`sqlrouter.Connection._at_transaction_start`."""
+        step = self._transaction_step(session)
+        if isinstance(step, Wait):
+            step = self._waited(step, await self._gtid_wait(step.token))
+        if step is not None:
+            await self._move(step)
 
     async def begin(self) -> None:
         if self._state.invalid is not None:
@@ -208,15 +195,12 @@ class Connection(RoutingConnection):
             await self._raise_or_move()
         status = self.server_status
         try:
-            ok = await self._guarded(self._commit_ok(), "COMMIT")
-        except InterfaceError:
-            if self._writer is not None:
+            ok = await self._guarded(self._commit_ok(), COMMIT)
+        except (InterfaceError, OperationalError) as exc:
+            failed = self._failed_statement(exc, status, COMMIT)
+            if failed is None:
                 raise
-            raise self._closed_error() from None
-        except OperationalError as exc:
-            if exc.args[0] in LOST and status & IN_TRANS:
-                raise self._lost(exc, status, "COMMIT") from exc
-            raise
+            raise failed from failed.__cause__
         if commit_done(state, ok.server_status, ok.message):
             await self._select_last_gtid()
 
@@ -240,13 +224,11 @@ class Connection(RoutingConnection):
     async def ping(self, reconnect: bool = False) -> None:
         """Ping the server; an invalidated connection raises ConnectionInvalidated.
         ``reconnect=True`` routes again (a closed or invalidated connection)."""
-        state = self._state
-        if state.invalid is not None:
-            if reconnect:
-                state.invalid = None
+        if reconnect:
+            if self._state.drop_invalidation():
                 self._close_transport()
-            else:
-                await self._raise_or_move()
+        elif self._state.invalid is not None:
+            await self._raise_or_move()
         if self._writer is None:
             if not reconnect:
                 raise self._closed_error()
@@ -303,22 +285,18 @@ class Connection(RoutingConnection):
     # -- invalidation and faults ---------------------------------------------------
 
     async def _raise_or_move(self) -> None:
-        state = self._state
-        in_transaction = bool(self.server_status & IN_TRANS)
-        invalid = state.take_invalidation(in_transaction=in_transaction)
-        if invalid is None:
-            return
-        if state.moves_instead(in_transaction=in_transaction):
-            await self._move(invalid.reason)
-            return
-        if self._inherited_from is None:
-            self._close_transport()
-        raise self._invalidated(invalid.reason)
+        """See :meth:`sqlrouter.Connection._raise_or_move`."""
+        step = self._invalidation_step(self.server_status)
+        if isinstance(step, Move):
+            await self._move(step)
+        elif step is not None:
+            if self._inherited_from is None:
+                self._close_transport()
+            raise step
 
     async def _read_elsewhere(
-        self, sql: str | bytes, unbuffered: bool, exc: OperationalError
+        self, sql: str | bytes, unbuffered: bool, exclude: frozenset[str], exc: Error
     ) -> int:
-        exclude = self._leaving(exc)
         self._close_transport()
         try:
             await self._route(exclude=exclude)
@@ -326,18 +304,13 @@ class Connection(RoutingConnection):
             raise again from exc
         return await self._guarded(aiomysql_query(self, sql, unbuffered), _STATEMENT)
 
-    async def _move(
-        self, why: str, *, exclude: frozenset[str] = frozenset(), allow_wait: bool = True
-    ) -> None:
-        logger.debug(
-            "service %r: moving the connection from %s: %s", self._url.service, self.datasource, why
-        )
-        self._handle.closed(self)
+    async def _move(self, step: Move) -> None:
+        self._moving(step.why)
         result = self._result
         if result is not None and result.unbuffered_active:
             await self._guarded(result._finish_unbuffered_query(), "the rest of a result")
         self._close_transport()
-        await self._route(exclude=exclude, allow_wait=allow_wait)
+        await self._route(allow_wait=step.allow_wait)
 
     async def __aenter__(self) -> Connection:
         return self

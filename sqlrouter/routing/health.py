@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
@@ -96,20 +96,20 @@ class Snapshot:
     #: Increases by one with each published snapshot.
     generation: int = 0
 
+    #: Seconds after :attr:`taken_at` from which routing no longer trusts this
+    #: snapshot: ``3 * monitor_interval + probe_timeout`` (2.5 s by default).
+    max_age: float = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if not isinstance(self.health, MappingProxyType):
             object.__setattr__(self, "health", MappingProxyType(dict(self.health)))
+        service = self.service
+        max_age = STALE_AFTER_INTERVALS * service.monitor_interval + service.probe_timeout
+        object.__setattr__(self, "max_age", max_age)
 
     @property
     def datasources(self) -> tuple[DataSource, ...]:
         return self.service.datasources
-
-    @property
-    def max_age(self) -> float:
-        """Seconds after :attr:`taken_at` from which routing no longer trusts this
-        snapshot: ``3 * monitor_interval + probe_timeout`` (2.5 s by default)."""
-        service = self.service
-        return STALE_AFTER_INTERVALS * service.monitor_interval + service.probe_timeout
 
     def age(self, now: float) -> float:
         """Seconds since the round that produced this snapshot (``now``: monotonic)."""

@@ -221,23 +221,28 @@ class Route:
     #: The decision of each slot ``0..total-1``, when there are at most
     #: :data:`_SLOT_TABLE` slots (each connect then indexes it).
     by_slot: tuple[Decision, ...] = field(init=False, repr=False, compare=False)
+    #: The decisions of consecutive turns, over one period: ``pick(turn)`` is
+    #: ``cycle[turn % len(cycle)]`` (empty when ``by_slot`` is).
+    cycle: tuple[Decision, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         slots: tuple[Decision, ...] = ()
-        if 0 < self.total <= _SLOT_TABLE and len(self.decisions) > 1:
+        cycle: tuple[Decision, ...] = ()
+        if len(self.decisions) == 1 or self.total == 0:
+            cycle = self.decisions
+        elif self.total <= _SLOT_TABLE:
             slots = tuple(d for d in self.decisions for _ in range(max(0, d.datasource.weight)))
+            cycle = tuple(slots[turn * self.stride % self.total] for turn in range(self.total))
         object.__setattr__(self, "by_slot", slots)
+        object.__setattr__(self, "cycle", cycle)
 
     def pick(self, turn: int) -> Decision:
         """The decision for a connect's ``turn``."""
+        cycle = self.cycle
+        if cycle:
+            return cycle[turn % len(cycle)]
         decisions = self.decisions
-        if len(decisions) == 1:
-            return decisions[0]
-        if self.total == 0:
-            return decisions[turn % len(decisions)]
         slot = turn * self.stride % self.total
-        if self.by_slot:
-            return self.by_slot[slot]
         for decision in decisions:
             weight = decision.datasource.weight
             if weight > 0:

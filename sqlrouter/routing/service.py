@@ -28,7 +28,7 @@ from .monitor import Monitor
 from .router import Decision, Policy, Route, choose, logins_refused
 from .shared import Share
 
-__all__ = ["FIRST_ROUND_TIMEOUT", "Invalidatable", "ServiceHandle"]
+__all__ = ["FIRST_ROUND_TIMEOUT", "REFRESH_EVERY", "Invalidatable", "ServiceHandle"]
 
 logger = logging.getLogger("sqlrouter.services")
 
@@ -64,8 +64,16 @@ _CAUSES: Final[dict[str, telemetry.InvalidationCause]] = {
     "datasource_offline": "datasource_offline",
 }
 
+#: The size of a handle's table of connections at which dead references are first swept.
+_SWEEP_FIRST: Final = 64
+
 #: How long the first connect to a service waits for the monitor's first round.
 FIRST_ROUND_TIMEOUT: Final = 5.0
+
+#: The monitor follows the registry every round; connects look at it at most this often
+#: (seconds: see :attr:`ServiceHandle.refresh_after`), so that a process that connects a
+#: lot does not stat the file for each one.
+REFRESH_EVERY: Final = 0.5
 
 
 class ServiceHandle:
@@ -90,6 +98,11 @@ class ServiceHandle:
             share=share,
         )
         self._turn = itertools.count()
+        #: The turn of the next connect (spreads connects over the replicas: see
+        #: router.choose).
+        self.next_turn = self._turn.__next__
+        #: ``time.monotonic()`` from which a connect calls :meth:`refresh` again.
+        self.refresh_after = 0.0
         # The routes decided on one snapshot, by policy (see router.choose): a connect
         # on the same snapshot with the same policy only picks its turn.
         self._routes: tuple[Snapshot | None, dict[Policy, Route]] = (None, {})
@@ -105,9 +118,12 @@ class ServiceHandle:
         self._settings_version = 0
         #: The service last given to the monitor (which applies it at its next round).
         self.wanted: Service = service
-        # The open connections of this process to this service (weakly held: a
-        # connection dropped without close() simply disappears).
-        self._connections: weakref.WeakSet[Invalidatable] = weakref.WeakSet()
+        # The open connections of this process to this service, weakly held by id (a
+        # plain dict: a WeakSet costs a connect and a close several Python calls).  A
+        # connection dropped without close() leaves a dead reference, swept when the
+        # table has grown to ``_sweep_at``.
+        self._connections: dict[int, weakref.ref[Invalidatable]] = {}
+        self._sweep_at = _SWEEP_FIRST
         #: This is a forked child's copy, not used there yet (see after_fork).
         self._forked = False
         #: Called when a forked child first uses this service (its monitor restarts
@@ -119,16 +135,28 @@ class ServiceHandle:
     def opened(self, conn: Invalidatable) -> None:
         """Register an open connection (called by the connection after it connects)."""
         with self._lock:
-            self._connections.add(conn)
+            connections = self._connections
+            connections[id(conn)] = weakref.ref(conn)
+            if len(connections) >= self._sweep_at:
+                for key, ref in list(connections.items()):
+                    if ref() is None:
+                        connections.pop(key, None)
+                self._sweep_at = max(_SWEEP_FIRST, 2 * len(connections))
 
     def closed(self, conn: Invalidatable) -> None:
-        with self._lock:
-            self._connections.discard(conn)
+        # An entry under this id is this connection's, or one dead (whose id was reused).
+        # No lock: one dict operation, and a sweep (under the lock, in opened) only ever
+        # drops dead entries, which no opened() can replace meanwhile.
+        self._connections.pop(id(conn), None)
+
+    def _live(self) -> list[Invalidatable]:
+        """The open connections (the caller holds the lock)."""
+        return [conn for ref in list(self._connections.values()) if (conn := ref()) is not None]
 
     def open_connections(self) -> dict[str, int]:
         """How many open connections this process has per datasource."""
         with self._lock:
-            conns = list(self._connections)
+            conns = self._live()
         counts: dict[str, int] = {}
         for conn in conns:
             name = conn.datasource_name
@@ -146,7 +174,7 @@ class ServiceHandle:
         """
         found = diff(previous, current)
         with self._lock:
-            conns = list(self._connections)
+            conns = self._live()
         for conn in conns:
             conn.check_route(current)
         if not found:
@@ -229,8 +257,12 @@ class ServiceHandle:
     def fresh_snapshot(self, credentials: Credentials | None = None) -> Snapshot | None:
         """The snapshot :meth:`snapshot` would return at once, without waiting; ``None``
         when it would wait for a round (asyncio code waits for it in a thread)."""
-        snap, after = self._fresh(credentials)
-        return snap if after is None else None
+        # _fresh, inlined: every connect asks.
+        monitor = self.monitor
+        snap = monitor.snapshot
+        if credentials is not None and monitor.offer_credentials(credentials) is not None:
+            return None
+        return snap if time.monotonic() - snap.taken_at <= snap.max_age else None
 
     def _fresh(self, credentials: Credentials | None) -> tuple[Snapshot, int | None]:
         """The current snapshot, and the generation after which a round must be waited
@@ -251,9 +283,10 @@ class ServiceHandle:
         next use (see ``Connection.inherited``)."""
         self.monitor.after_fork()
         self._forked = True
-        for conn in list(self._connections):
+        for conn in self._live():
             conn.inherited(os.getppid())
-        self._connections = weakref.WeakSet()
+        self._connections = {}
+        self._sweep_at = _SWEEP_FIRST
 
     def current_service(self) -> Service | None:
         """The service as the registry defines it now; ``None`` if it no longer does.

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -82,6 +83,45 @@ def test_registry_from_environment(cluster: Sandbox, monkeypatch: pytest.MonkeyP
     st = cluster.state
     with sqlrouter.connect(f"sqlrouter://app:{st.app.password}@sandbox/appdb") as conn:
         assert server_id(conn) == 1
+
+
+def test_a_changed_registry_environment_is_honoured_at_the_next_connect(
+    cluster: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """connect() keeps what it found for a URL (a connect plan): a URL that names no
+    registry still follows $SQLROUTER_REGISTRY, and the directory, at each connect."""
+    url = f"sqlrouter://app:{cluster.state.app.password}@sandbox/appdb?qos=RO_RELAXED"
+    monkeypatch.setenv("SQLROUTER_REGISTRY", str(cluster.registry_path))
+    with sqlrouter.connect(url, autocommit=True) as conn:
+        assert node_of(cluster, conn) in {"db2", "db3"}
+    missing = tmp_path / "elsewhere.toml"
+    monkeypatch.setenv("SQLROUTER_REGISTRY", str(missing))
+    with pytest.raises(sqlrouter.ProgrammingError) as info:
+        sqlrouter.connect(url, autocommit=True)
+    assert str(missing) in str(info.value)
+    # A relative registry= is found from the current directory.
+    monkeypatch.delenv("SQLROUTER_REGISTRY")
+    relative = url + "&registry=sqlrouter.toml"
+    monkeypatch.chdir(cluster.registry_path.parent)
+    with sqlrouter.connect(relative, autocommit=True) as conn:
+        assert node_of(cluster, conn) in {"db2", "db3"}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(sqlrouter.ProgrammingError) as info:
+        sqlrouter.connect(relative, autocommit=True)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_connect_after_shutdown_watches_the_service_again(cluster: Sandbox) -> None:
+    """After shutdown() a connect with a URL used before watches its service anew (it
+    does not reuse the handle shutdown() stopped)."""
+    url = cluster.url("RO_RELAXED")
+    with sqlrouter.connect(url) as conn:
+        before = conn._handle
+    sqlrouter.shutdown()
+    with sqlrouter.connect(url) as conn:
+        assert conn._handle is not before
+        assert conn._handle in handles()
+        assert conn._handle.monitor.running
 
 
 def test_unknown_service_and_missing_registry(cluster: Sandbox, tmp_path: object) -> None:

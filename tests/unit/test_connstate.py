@@ -100,3 +100,10 @@ def test_invalidation_is_one_attribute_for_other_threads() -> None:
     # The monitor's thread sets it whole; the statement path reads one attribute.
     assert isinstance(state.invalid, Invalidation)
     assert not state.invalid.at_transaction_boundary
+
+
+def test_a_reconnect_drops_an_invalidation() -> None:
+    state = relaxed()
+    assert not state.drop_invalidation()
+    state.invalidate("db2 went down", at_transaction_boundary=True)
+    assert state.drop_invalidation() and state.invalid is None
