@@ -34,6 +34,12 @@ says so.  :meth:`Runner.stop` ends the threads, revokes
 the lease and joins, within a timeout.  The runner never runs in an application's
 process: ``sqlrouter agent`` starts one per opted-in service
 (:func:`sqlrouter.autofailover.start_runners`).
+
+Kept whole (about 800 lines): every action of a leader under one term (its record, the
+fence of older leaders, settling an interrupted failover, fencing an old master, the
+failover) asks the same lease and term before each step, and what may run when is best
+read in one place.  The decision is pure and apart (:mod:`.decision`), as are the
+probes (:mod:`._observe`) and the store (:mod:`.store`).
 """
 
 from __future__ import annotations

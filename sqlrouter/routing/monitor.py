@@ -27,6 +27,10 @@ thread runs.  How the round's observations become each replica's lag is pure, in
 
 A probe that does not answer within ``probe_timeout`` marks its datasource unreachable
 for that round; it never delays the probes of the other datasources.
+
+(Just over 600 lines: the rounds, a follower's turn and the heartbeat writer share one
+thread and its state.  The pure parts are apart: :mod:`.lag`, :mod:`.router`,
+:mod:`._ticks`; the probe's I/O is :mod:`._probe`.)
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sqlrouter.gtid import CausalToken
-from sqlrouter.routing import shared
+from sqlrouter.routing import _shareformat
 from sqlrouter.routing.health import Health
 from sqlrouter.routing.lag import Observation
 from sqlrouter.routing.monitor import Monitor
@@ -380,7 +380,7 @@ def test_two_versions_of_the_format_do_not_take_over_from_each_other(
     old = Share(directory)
     assert old.lead(SERVICE, NOW) is True
     assert old.publish(NOW, health(), NOW)
-    monkeypatch.setattr(shared, "_FORMAT", shared._FORMAT + 1)
+    monkeypatch.setattr(_shareformat, "_FORMAT", _shareformat._FORMAT + 1)
     new = Share(directory)
     assert new.lead(SERVICE, NOW + 0.01) is True
     assert new.path != old.path
