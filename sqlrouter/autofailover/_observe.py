@@ -234,6 +234,27 @@ def end_older_sessions(conn: pymysql.connections.Connection[Any], user: str) -> 
     return ended
 
 
+def _run(
+    ds: DataSource,
+    creds: Credentials,
+    timeout: float,
+    address: Address,
+    on_connect: OnConnect | None,
+    *statements: str,
+) -> Any:
+    """Run ``statements`` on a connection of their own to ``ds``: the last one's first
+    row (``None``: none)."""
+    conn = _connect(ds, creds, timeout, address, on_connect)
+    try:
+        with conn.cursor() as cur:
+            for sql in statements:
+                cur.execute(sql)
+            return cur.fetchone()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
 def fence(
     ds: DataSource,
     creds: Credentials,
@@ -242,15 +263,9 @@ def fence(
     on_connect: OnConnect | None = None,
 ) -> str:
     """Make ``ds`` read-only (an old master come back); what was done, as a sentence."""
-    conn = _connect(ds, creds, timeout, address, on_connect)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET GLOBAL read_only = 1")
-            cur.execute("SHOW SLAVE STATUS")
-            slave = cur.fetchone()
-    finally:
-        with contextlib.suppress(Exception):
-            conn.close()
+    slave = _run(
+        ds, creds, timeout, address, on_connect, "SET GLOBAL read_only = 1", "SHOW SLAVE STATUS"
+    )
     where = "its replication is left stopped" if not slave else "its replication is left as it is"
     return f"{ds.name} is read-only (SET GLOBAL read_only=1); {where}: rebuild it as a replica"
 
@@ -263,13 +278,7 @@ def restart_io_thread(
     on_connect: OnConnect | None = None,
 ) -> str:
     """``START SLAVE IO_THREAD`` on ``ds`` (a replica an interrupted failover froze)."""
-    conn = _connect(ds, creds, timeout, address, on_connect)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("START SLAVE IO_THREAD")
-    finally:
-        with contextlib.suppress(Exception):
-            conn.close()
+    _run(ds, creds, timeout, address, on_connect, "START SLAVE IO_THREAD")
     return f"{ds.name} receiving again (START SLAVE IO_THREAD)"
 
 
