@@ -243,7 +243,9 @@ def decide(
         )
     failed_at = history.last_failure_at
     wait = backoff(history.failures, base=backoff_base, cap=backoff_cap)
-    if failed_at is not None and rnd.now - failed_at < wait:
+    # A failure recorded "in the future" (another agent's clock ahead of this one's) does
+    # not hold automation back for the clocks' difference: a backoff only delays.
+    if failed_at is not None and 0 <= rnd.now - failed_at < wait:
         return verdict(
             "backoff",
             f"{master} is dead, but {history.failures} automatic failover(s) failed in a row, "

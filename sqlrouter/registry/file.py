@@ -180,6 +180,18 @@ def _parse_service(name: str, table: object, path: Path, secrets: list[_Secret])
     replication = _parse_credentials(where, "replication", svc.get("replication"), folder, secrets)
     datasources = _parse_datasources(where, svc.get("datasources"))
     autofailover = _parse_autofailover(where, svc.get("autofailover", {}))
+    if autofailover.enabled and admin is not None:
+        # A new leader ends every other session of the admin account on every server
+        # (docs/autofailover.md, "Fencing the leaders"): the probes' or replication's.
+        for what, other in (("monitor", monitor), ("replication", replication)):
+            if other is not None and other.user == admin.user:
+                raise where.error(
+                    "admin",
+                    f"user {admin.user!r} is also the {what} account: with autofailover "
+                    "enabled, a new leader ends every session of the admin account on "
+                    f"every server (the {what} sessions too); give the automation an "
+                    "account of its own",
+                )
     return Service(
         name=name,
         datasources=datasources,

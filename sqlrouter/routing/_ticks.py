@@ -54,12 +54,16 @@ def looks(interval: float, polls: int, *, early: bool = True) -> tuple[float, ..
     return tuple(sorted(first | regular))
 
 
-def until_look(interval: float, now: float, polls: int, *, early: bool = True) -> float:
+def until_look(
+    interval: float, now: float, polls: int, *, early: bool = True, early_next: bool = True
+) -> float:
     """Seconds from ``now`` to a follower's next look at the shared file (positive, at
-    most an interval plus the first early look).  ``early=False``: this tick's round is
-    in already, skip this interval's early looks (the next tick's are kept)."""
+    most an interval plus the first look).  ``early=False``: this tick's round is in
+    already, skip this interval's early looks; ``early_next=False``: the next tick's
+    too (a follower that the publisher's writes wake needs none)."""
     phase = now % interval
     for offset in looks(interval, polls, early=early):
         if offset > phase + _EPSILON:
             return offset - phase
-    return interval - phase + looks(interval, polls)[0]
+    following = looks(interval, polls, early=early_next)
+    return interval - phase + (following[0] if following else 0.0)

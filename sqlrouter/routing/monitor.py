@@ -237,6 +237,8 @@ class Monitor:
         """Stop the thread and close the monitoring connections; never hangs."""
         self._stop.set()
         self._kick.set()
+        if self.share is not None:
+            self.share.interrupt()  # a follower's thread waits on the wake-up counter
         with self._lock:
             thread, self._thread = self._thread, None
             self._round_done.notify_all()
@@ -355,7 +357,9 @@ class Monitor:
             elif share is not None and share.wakes:
                 # The publisher's write wakes this follower; the regular looks notice a
                 # publisher that died, the end of its lease one that stalled.
-                wait = _ticks.until_look(interval, now, POLLS_WHEN_WOKEN, early=False)
+                wait = _ticks.until_look(
+                    interval, now, POLLS_WHEN_WOKEN, early=False, early_next=False
+                )
                 left = share.lease_left(self._clock())
                 share.wait(wait if left is None else min(wait, left + 0.001))
             else:

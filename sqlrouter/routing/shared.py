@@ -43,8 +43,9 @@ The lease
 Reading stays off the statement path
     A follower's monitor thread waits on the file's wake-up counter (``KEY.wake``, a
     futex in a shared page: :mod:`sqlrouter.routing._wake`), which the publisher's every
-    write bumps, and looks at the file's ``stat()`` every tenth of an interval besides
-    (a publisher that died wakes nobody); where futexes are not available it looks just
+    write bumps, and looks at the file's ``stat()`` at half past each tick besides (a
+    publisher that died wakes nobody) and when its publisher's lease ends (one that
+    stalled); where futexes are not available, or fail, it looks just
     after each tick of the wall clock, when the publisher's round lands, then every
     tenth of an interval (:mod:`sqlrouter.routing._ticks`).  It reads the file when it
     changed; the snapshot it installs is the process's, like a round of its own:
@@ -228,7 +229,15 @@ class Share:
     @property
     def wakes(self) -> bool:
         """Whether a publisher's writes wake :meth:`wait` (else: poll)."""
-        return self._waker() is not None
+        wake = self._waker()
+        return wake is not None and not wake.broken
+
+    def interrupt(self) -> None:
+        """End this process's :meth:`wait` now (it stops): the host's other followers
+        wake too, look at the file once and wait again."""
+        wake = self._wake
+        if wake is not None:
+            wake.interrupt()
 
     def lease_left(self, now: float) -> float | None:
         """Seconds until the lease of the publisher last read ends (a follower takes over

@@ -184,6 +184,18 @@ class _Node:
         return text
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a socket's timeout."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class _Server:
     """The administrative connection to one datasource."""
 
@@ -247,6 +259,10 @@ class _Server:
         except pymysql.err.OperationalError as exc:
             code = exc.args[0] if exc.args else None
             if not reused or self._on_connect is None or code not in _SESSION_ENDED:
+                raise
+            if _timed_out(exc):
+                # The statement may still run on the server (2013 "timed out" is
+                # PyMySQL's read timeout, not a session the server ended): not again.
                 raise
         return self._rows(sql, args)
 

@@ -513,3 +513,23 @@ def test_failover_refuses_diverged_replicas_unless_forced(fresh_cluster: Sandbox
     assert sb.query("db3", f"SELECT id FROM {TABLE}") == [(1,)]
     slave = next(s for s in sb.status() if s.name == "db2")
     assert (slave.io_running, slave.sql_running) == ("No", "No")
+
+
+def test_a_statement_that_timed_out_is_not_sent_again(cluster: Sandbox) -> None:
+    """An automatic failover's kept session that the server ended is opened again and
+    the statement sent once more; one that timed out on the client is not (it may
+    still run on the server)."""
+    from sqlrouter.switchover._servers import _Server
+
+    creds = cluster.service().admin_credentials
+    assert creds is not None
+    connected: list[str] = []
+    db1 = next(ds for ds in cluster.service().datasources if ds.name == "db1")
+    server = _Server(db1, creds, 1.0, lambda ds, conn: connected.append(ds.name))
+    try:
+        assert server.value("SELECT 1") == 1
+        with pytest.raises(Exception, match="timed out"):
+            server.value("SELECT SLEEP(3)")
+        assert connected == ["db1"]
+    finally:
+        server.close()

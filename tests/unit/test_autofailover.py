@@ -203,6 +203,10 @@ def test_a_failed_failover_is_tried_again_only_after_its_backoff() -> None:
     )
     # a block or an unacknowledged failover still says so first
     assert decided(dead_round(), replace(failed, blocked="diverged")).verdict == "blocked"
+    # a failure recorded an hour "from now" (the recording agent's clock is ahead): the
+    # clocks' difference holds nothing back
+    ahead = History(failures=2, last_failure_at=NOW + 3600)
+    assert decided(dead_round(), ahead).verdict == "failover"
 
 
 def test_the_decision_carries_its_evidence() -> None:
@@ -291,7 +295,8 @@ def test_failover_only_when_every_condition_holds(seq: list[Round], history: His
         assert last is None or history.acknowledged or NOW - last >= PERIOD
         # not within the backoff of the failed attempts
         failed_at = history.last_failure_at
-        assert failed_at is None or NOW - failed_at >= backoff(history.failures)
+        # (a failure recorded after NOW, by a clock ahead of this one, holds nothing)
+        assert failed_at is None or not 0 <= NOW - failed_at < backoff(history.failures)
 
 
 @given(rounds_, histories, st.integers(0, 10))
@@ -441,3 +446,21 @@ def test_an_agents_status_line_says_when_the_next_attempt_may_run() -> None:
         "automatic failover: agent a0, leader (term 9), backoff (db1): db1 is dead, but ...; "
         "2 failed failover(s) in a row, next attempt not before 2026-11-30 00:53:40 UTC"
     )
+
+
+@pytest.mark.parametrize("other", ["monitor", "replication"])
+def test_the_automations_admin_account_is_its_own(tmp_path: Path, other: str) -> None:
+    """A new leader ends every other session of the admin account: with the monitor's
+    or replication's account as admin, it would end the fleet's probes or the
+    replicas' links.  Refused, saying why; the same account without automation is
+    accepted."""
+    accounts = (
+        f"[services.shop.admin]\nuser = 'ops'\npassword = 'adm-secret-1'\n"
+        f"[services.shop.{other}]\nuser = 'ops'\npassword = 'oth-secret-2'\n"
+    )
+    enabled = "[services.shop.autofailover]\nenabled = true\netcd = ['127.0.0.1:2379']\n"
+    with pytest.raises(RegistryError) as info:
+        load(tmp_path, accounts + enabled)
+    assert f"user 'ops' is also the {other} account" in str(info.value)
+    assert "secret" not in str(info.value)
+    assert load(tmp_path, accounts) == AutofailoverSettings()

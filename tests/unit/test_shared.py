@@ -627,3 +627,83 @@ def test_a_follower_knows_when_its_publishers_lease_ends(directory: Path) -> Non
     a.resign(NOW + 0.2)
     b.lead(SERVICE, NOW + 0.3)  # takes over: the file names it
     assert b.role == "publisher"
+
+
+def test_a_truncated_wake_up_file_means_polling_not_a_crash(directory: Path) -> None:
+    """Another process empties the wake-up file (``: > KEY.wake``) under followers that
+    have it mapped: the futex fails, the follower polls; nothing touches the mapping
+    from Python, so no SIGBUS ends the process."""
+    a, b = Share(directory), Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    assert b.lead(SERVICE, NOW + 0.01) is False
+    assert b.wakes
+    os.truncate(directory / f"{a.path.stem}.wake", 0)
+    b.wait(0.2)  # an emptied counter reads as a change: a look, harmless
+    assert not b.wakes  # polls from now on
+    assert a.publish(NOW + 0.5, health(NOW + 0.5), NOW + 0.5)  # the publisher survives too
+    assert b.lead(SERVICE, NOW + 0.6) is False
+    assert b.take() == (NOW + 0.5, health(NOW + 0.5))
+
+
+def test_stopping_a_following_monitor_ends_its_wait(directory: Path) -> None:
+    """A follower's monitor thread sleeps on the wake-up counter, up to half an hour
+    here: stop() wakes it, and the thread is gone when stop() returns."""
+    hourly = dataclasses.replace(
+        SERVICE, monitor_interval=3600.0, monitor_credentials=Credentials("m", "pw")
+    )
+    go_read, go_write = os.pipe()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - a publisher that stays until told to go
+        os.close(go_write)
+        os.close(ready_read)
+        publisher = Share(directory)
+        publisher.lead(hourly, time.monotonic(), account="m")
+        publisher.publish(time.monotonic(), health(), time.monotonic())
+        os.write(ready_write, b"x")
+        os.read(go_read, 1)
+        os._exit(0)
+    os.close(go_read)
+    os.close(ready_write)
+    try:
+        assert os.read(ready_read, 1) == b"x"
+        share = Share(directory)
+        assert share.lead(hourly, time.monotonic(), account="m") is False
+        monitor = Monitor(hourly, share=share)
+        monitor.start()
+        monitor.wait_for_round(after=0, timeout=10)  # the publisher's round, installed
+        thread = monitor._thread
+        assert thread is not None and share.role == "follower" and share.wakes
+        monitor.stop()
+        assert not thread.is_alive()
+    finally:
+        os.close(go_write)
+        os.close(ready_read)
+        os.waitpid(pid, 0)
+
+
+def test_a_futex_that_fails_turns_the_wake_ups_off(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A futex call that fails in an unexpected way (a seccomp filter, a 32-bit process
+    on a 64-bit kernel, an emulator: ENOSYS) would make every wait return at once and
+    the follower spin: the wake-ups are turned off, and the follower polls."""
+    import ctypes
+    import errno
+
+    from sqlrouter.routing import _wake
+
+    a, b = Share(directory), Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    assert b.lead(SERVICE, NOW + 0.01) is False
+    assert b.wakes
+
+    def enosys(*args: object) -> int:
+        ctypes.set_errno(errno.ENOSYS)
+        return -1
+
+    monkeypatch.setattr(_wake, "_FUTEX", (enosys, 202))
+    assert b.wait(0.05) is False
+    assert not b.wakes
