@@ -359,27 +359,30 @@ class Share:
             os.close(fd)
 
     def _refresh(self, service: Service, now: float) -> str | None:
-        """Read the file again if it changed (one ``stat()`` otherwise)."""
+        """Read the file again if it changed (one ``stat()`` otherwise; the directory
+        opened and checked once for both)."""
         try:
             with self._dir() as d:
-                st = os.stat(self.path.name, dir_fd=d, follow_symlinks=False)
-        except FileNotFoundError:
-            self._signature, self._read = None, None
-            return None
-        except ShareError as exc:
+                try:
+                    st = os.stat(self.path.name, dir_fd=d, follow_symlinks=False)
+                except FileNotFoundError:
+                    self._signature, self._read = None, None
+                    return None
+                signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+                if signature == self._signature and self._read is not None:
+                    return None
+                try:
+                    read = self._load_checked(now, d)
+                except ShareError as exc:
+                    self._read = None
+                    self._signature = signature
+                    return self._unusable(str(exc))
+        except ShareError as exc:  # the directory
             self._signature, self._read = None, None
             return self._unusable(str(exc))
         except OSError as exc:
             return self._unusable(f"cannot stat it: {exc.strerror}")
-        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if signature == self._signature and self._read is not None:
-            return None
-        try:
-            self._read = self._load_checked(now)
-        except ShareError as exc:
-            self._read = None
-            self._signature = signature
-            return self._unusable(str(exc))
+        self._read = read
         self._signature = signature
         self._warned = None
         return None
@@ -396,17 +399,18 @@ class Share:
             )
         return why
 
-    def _load_checked(self, now: float) -> Published | None:
-        """The file's content, checked; ``None`` if there is none.  :class:`ShareError`."""
+    def _load_checked(self, now: float, directory: int | None = None) -> Published | None:
+        """The file's content, checked; ``None`` if there is none.  :class:`ShareError`.
+        ``directory``: the directory, opened and checked by the caller."""
         if self._service is None:
             raise ShareError("no service yet")
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            with self._dir() as d:
-                fd = os.open(
-                    self.path.name,
-                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                    dir_fd=d,
-                )
+            if directory is not None:
+                fd = os.open(self.path.name, flags, dir_fd=directory)
+            else:
+                with self._dir() as d:
+                    fd = os.open(self.path.name, flags, dir_fd=d)
         except FileNotFoundError:
             return None
         except OSError as exc:
