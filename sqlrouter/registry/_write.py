@@ -15,7 +15,7 @@ from ..topology import (
     Credentials,
     Service,
 )
-from .file import _parse_document
+from ._parse import _parse_document
 
 __all__ = [
     "render_registry",

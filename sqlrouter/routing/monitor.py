@@ -361,7 +361,8 @@ class Monitor:
                     interval, now, POLLS_WHEN_WOKEN, early=False, early_next=False
                 )
                 left = share.lease_left(self._clock())
-                share.wait(wait if left is None else min(wait, left + 0.001))
+                if not self._stop.is_set():  # stop() moves the counter after setting it
+                    share.wait(wait if left is None else min(wait, left + 0.001))
             else:
                 # This tick's round is in: no early looks until the next tick.
                 early = now // interval != installed_at // interval

@@ -233,11 +233,12 @@ class Share:
         return wake is not None and not wake.broken
 
     def interrupt(self) -> None:
-        """End this process's :meth:`wait` now (it stops): the host's other followers
-        wake too, look at the file once and wait again."""
+        """End this process's :meth:`wait` now (it stops), or make the next one return at
+        once: the counter moves (a wait about to start sees it), and the host's other
+        followers wake too, look at the file once and wait again."""
         wake = self._wake
         if wake is not None:
-            wake.interrupt()
+            wake.wake()
 
     def lease_left(self, now: float) -> float | None:
         """Seconds until the lease of the publisher last read ends (a follower takes over
