@@ -16,6 +16,7 @@ close what belongs to the parent, start watching anew on first use.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import socket
 import threading
@@ -40,7 +41,13 @@ def lock() -> threading.Lock:
 #: threads (one was reading when the process forked), which does not exist in the child,
 #: and an asyncio transport would unregister its socket from the parent's event loop
 #: (an epoll set the child shares); closing or finalizing them would hang or harm.
+#: A TLS connection's objects too: freeing an OpenSSL object (``SSL_free``,
+#: ``SSL_CTX_free``) takes OpenSSL's global ex_data lock, which a parent's thread may
+#: have held at the fork (seen: a child spinning for ever in ``SSL_CTX_free`` under its
+#: after-fork handler).  The list itself is given a reference that is never released,
+#: so that not even the interpreter's shutdown frees what it holds.
 _ABANDONED: list[tuple[object, ...]] = []
+ctypes.pythonapi.Py_IncRef(ctypes.py_object(_ABANDONED))
 
 
 def abandon(sock: socket.socket | None, *keep: object) -> None:

@@ -181,7 +181,7 @@ def abandon_after_fork(conn: Any, why: str) -> None:
         result.connection = _Gone(  # type: ignore[assignment]  # reads raise
             why
         )
-    abandon(sock, rfile, result)
+    abandon(sock, rfile, result, conn)  # conn: its TLS context (see _forksafe._ABANDONED)
 
 
 def finish_pending(conn: Any, *, warn: bool) -> None:

@@ -290,7 +290,8 @@ class AiomysqlConnection(_Base):  # type: ignore[misc]  # aiomysql is untyped
         self._drop_stream(why)
         self._close_reason = why
         transport = writer.transport if writer is not None else None
-        abandon(raw_socket(transport), transport, writer, reader, result)
+        # self: its TLS context too (see sqlrouter._forksafe._ABANDONED)
+        abandon(raw_socket(transport), transport, writer, reader, result, self)
 
     @property
     def thread_id_or_none(self) -> int | None:

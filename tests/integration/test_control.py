@@ -33,6 +33,7 @@ from sqlrouter import control
 from sqlrouter.control import request
 from sqlrouter.registry import write_registry_file
 from sqlrouter.sandbox import Sandbox
+from tests.fixtures.helpers import reap
 
 pytestmark = pytest.mark.sandbox
 
@@ -299,7 +300,7 @@ def test_a_forked_child_gets_a_socket_of_its_own(cluster: Sandbox, env_control: 
             os.write(w, report.encode())
             os._exit(0)
     os.close(w)
-    assert _wait_child(pid, 30) == 0
+    assert reap(pid, give_up=30) == 0
     with os.fdopen(r, "rb") as pipe:
         result = json.loads(pipe.read())
     assert result == {
@@ -818,20 +819,6 @@ def test_idle_tcp_clients_never_lock_out_the_unix_socket(
 # --------------------------------------------------------------------------- who may
 
 
-def _wait_child(pid: int, timeout: float) -> int:
-    """Reap a forked child (killed if it takes longer than ``timeout``); its status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail(f"forked child {pid} hung")
-        time.sleep(0.05)
-
-
 def _as_nobody(path: Path) -> str:
     """Connect to ``path`` as uid nobody (a forked child) and send status: what happened."""
     r, w = os.pipe()
@@ -861,7 +848,7 @@ def _as_nobody(path: Path) -> str:
             os.write(w, result)
             os._exit(0)
     os.close(w)
-    _wait_child(pid, 20)
+    reap(pid, give_up=20)
     with os.fdopen(r, "rb") as pipe:
         return pipe.read().decode()
 

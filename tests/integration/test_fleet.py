@@ -30,7 +30,7 @@ from sqlrouter.control import request
 from sqlrouter.registry import write_registry_file
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
-from tests.fixtures.helpers import wait_until
+from tests.fixtures.helpers import reap, wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -385,8 +385,7 @@ def test_children_forked_after_connect_follow_and_probe_nothing(
                 _report_in_child(tmp_path / f"child-{i}.json", rw, ro)
             started.append(pid)
         for pid in started:
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
+            assert reap(pid) == 0
         pids += started
     reports = [json.loads((tmp_path / f"child-{i}.json").read_text()) for i in range(50)]
     # Every child wrote to the master, and followed: its parent, or, where the parent

@@ -28,7 +28,7 @@ from sqlrouter._runtime import handles
 from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
-from tests.fixtures.helpers import server_id, wait_until
+from tests.fixtures.helpers import reap, server_id, wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -364,15 +364,7 @@ def _fork_and_wait(timeout: float) -> int | None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         os._exit(7)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    return None
+    return reap(pid, give_up=timeout, fail=False)
 
 
 def test_fork_while_threads_read_from_connections(cluster: Sandbox) -> None:
