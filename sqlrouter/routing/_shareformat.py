@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from ..gtid import CausalToken
 from ..topology import Service
@@ -84,7 +84,6 @@ class Published:
     started: int = 0
 
 
-_HEALTH_FIELDS: Final = {f.name: f for f in dataclasses.fields(Health)}
 _TYPES: Final[dict[str, tuple[type, ...]]] = {
     "name": (str,),
     "reachable": (bool,),
@@ -108,13 +107,23 @@ _TYPES: Final[dict[str, tuple[type, ...]]] = {
 }
 
 
+#: The fields of a health record in :class:`Health`'s order (:func:`encode` writes them
+#: so), the exact JSON types each accepts, and where the ones converted after are.
+_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Health))
+_KEYS: Final = frozenset(_FIELDS)
+_EXACT: Final = tuple(frozenset(_TYPES[name]) for name in _FIELDS)
+_OBSERVED_AT: Final = _FIELDS.index("observed_at")
+_LAG: Final = _FIELDS.index("lag")
+_POSITION: Final = _FIELDS.index("position")
+
+
 def encode(published: Published, key: str) -> bytes:
     health = None
     if published.health is not None:
         health = [
             {
                 name: (str(getattr(h, name)) if name == "position" else getattr(h, name))
-                for name in _HEALTH_FIELDS
+                for name in _FIELDS
             }
             for h in published.health.values()
         ]
@@ -227,21 +236,22 @@ def _position(text: str) -> CausalToken:
 
 
 def _health(item: object, now: float) -> Health:
-    if not isinstance(item, dict) or set(item) != set(_TYPES):
+    # Every follower checks every record of every round (all of them at once when a
+    # publisher writes): the checks run in C (map), the slow loop only names the error.
+    if type(item) is not dict or item.keys() != _KEYS:
         raise ShareError("a datasource's health has missing or unknown fields")
-    values: dict[str, Any] = {}
-    for name, types in _TYPES.items():
-        value = item[name]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise ShareError(f"health field {name} is {type(value).__name__}")
-        values[name] = value
-    if not values["observed_at"] <= now + 1.0:
+    values = list(item.values()) if tuple(item) == _FIELDS else [item[k] for k in _FIELDS]
+    if not all(map(frozenset.__contains__, _EXACT, map(type, values))):
+        for name, value, allowed in zip(_FIELDS, values, _EXACT, strict=True):
+            if type(value) not in allowed:  # JSON's own types: bool is not an int here
+                raise ShareError(f"health field {name} is {type(value).__name__}")
+    if not values[_OBSERVED_AT] <= now + 1.0:
         raise ShareError("an observation is in the future")
     try:
-        values["position"] = _position(values["position"])
+        values[_POSITION] = _position(values[_POSITION])
     except ValueError as exc:
         raise ShareError(f"position: {exc}") from None
-    for name in ("observed_at", "lag"):
-        if values[name] is not None:
-            values[name] = float(values[name])
-    return Health(**values)
+    values[_OBSERVED_AT] = float(values[_OBSERVED_AT])
+    if values[_LAG] is not None:
+        values[_LAG] = float(values[_LAG])
+    return Health(*values)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["EARLY_LOOKS", "until_heartbeat", "until_look", "until_tick"]
+__all__ = ["EARLY_LOOKS", "reads_registry", "until_heartbeat", "until_look", "until_tick"]
 
 #: When a follower looks at the shared file after a tick (seconds): a round on loopback
 #: or a LAN takes a few milliseconds; a slower one is caught by the regular looks.
@@ -67,3 +67,12 @@ def until_look(
             return offset - phase
     following = looks(interval, polls, early=early_next)
     return interval - phase + (following[0] if following else 0.0)
+
+
+def reads_registry(since: float, interval: float, *, woken: bool) -> bool:
+    """Whether a monitor's turn reads the registry again, ``since`` seconds after it
+    last did: about once per interval (at most every half interval), but not in a turn
+    that a publisher's write woke (every follower of the host wakes then, and the round
+    they all read waits for their CPU), unless two intervals went by without a regular
+    look."""
+    return since >= 2 * interval or (since >= interval / 2 and not woken)

@@ -99,6 +99,9 @@ class Snapshot:
     #: Seconds after :attr:`taken_at` from which routing no longer trusts this
     #: snapshot: ``3 * monitor_interval + probe_timeout`` (2.5 s by default).
     max_age: float = field(init=False, repr=False, compare=False)
+    #: Who the master is in this snapshot, once :func:`~.router.mastership` has worked
+    #: it out (the snapshot is immutable: the answer stays; ``None``: not yet).
+    mastership_memo: object = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.health, MappingProxyType):

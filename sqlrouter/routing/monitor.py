@@ -52,7 +52,7 @@ from . import _ticks
 from ._probe import Clock, Connect, Prober, describe_error
 from .health import Health, Snapshot, unknown
 from .lag import Observation, compute_health
-from .router import Mastership, explain_master, resolve_master
+from .router import Mastership, explain_master, mastership
 from .shared import POLLS_PER_INTERVAL, POLLS_WHEN_WOKEN, Share
 
 __all__ = ["HEARTBEAT_TAKEOVER_INTERVALS", "Monitor"]
@@ -327,12 +327,15 @@ class Monitor:
         followed = -math.inf
         #: When a follower last installed a publisher's round (wall clock).
         installed_at = -math.inf
+        woken = False
         while not self._stop.is_set():
             started = self._clock()
-            if started - followed >= self._service.monitor_interval / 2:
-                # Once per interval, also while following (a follower polls ten times).
+            if _ticks.reads_registry(
+                started - followed, self._service.monitor_interval, woken=woken
+            ):
                 followed = started
                 self._follow_registry()
+            woken = False
             service = self._service
             following = False
             try:
@@ -362,7 +365,7 @@ class Monitor:
                 )
                 left = share.lease_left(self._clock())
                 if not self._stop.is_set():  # stop() moves the counter after setting it
-                    share.wait(wait if left is None else min(wait, left + 0.001))
+                    woken = share.wait(wait if left is None else min(wait, left + 0.001))
             else:
                 # This tick's round is in: no early looks until the next tick.
                 early = now // interval != installed_at // interval
@@ -385,7 +388,7 @@ class Monitor:
         if installed is None:
             return False
         previous, snap = installed
-        self._warn_split_brain(snap, resolve_master(service.datasources, health, promoted=promoted))
+        self._warn_split_brain(snap, mastership(snap))
         self._notify(previous, snap)
         return True
 
@@ -542,9 +545,9 @@ class Monitor:
         elif share is not None:
             # Nor does it keep the file (and its followers) without rounds.
             share.step_down(self._clock(), "its probes have not logged in")
-        mastership = resolve_master(service.datasources, health, promoted=promoted)
-        self._maybe_write_heartbeat(service, mastership)
-        self._warn_split_brain(snap, mastership)
+        m = mastership(snap)
+        self._maybe_write_heartbeat(service, m)
+        self._warn_split_brain(snap, m)
         self._notify(previous, snap)
         return snap
 

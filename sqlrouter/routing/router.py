@@ -111,6 +111,7 @@ __all__ = [
     "explain_master",
     "health_check",
     "logins_refused",
+    "mastership",
     "missing",
     "observed_master",
     "reroute",
@@ -412,13 +413,13 @@ def _source(name: str, upstream: Mapping[str, Source]) -> Source:
 
 def observed_master(snapshot: Snapshot) -> DataSource | None:
     """The server that writes go to, ignoring admin state; ``None`` if there is none."""
-    return _mastership(snapshot).master
+    return mastership(snapshot).master
 
 
 def explain_master(snapshot: Snapshot) -> str:
     """Who the master is and why, or why there is none, and why each other writable
     server is not, in one line (admin state ignored): for logs and status reports."""
-    m = _mastership(snapshot)
+    m = mastership(snapshot)
     if m.master is not None:
         head = _master_reason(snapshot, m, m.master)
     else:
@@ -427,8 +428,15 @@ def explain_master(snapshot: Snapshot) -> str:
     return f"{head}: {details}" if details else head
 
 
-def _mastership(snapshot: Snapshot) -> Mastership:
-    return resolve_master(snapshot.service.datasources, snapshot.health, promoted=snapshot.promoted)
+def mastership(snapshot: Snapshot) -> Mastership:
+    """:func:`resolve_master` of ``snapshot``, worked out once per snapshot (the
+    monitor's listeners, the events' diff and every connect on it ask)."""
+    m = snapshot.mastership_memo
+    if isinstance(m, Mastership):
+        return m
+    m = resolve_master(snapshot.service.datasources, snapshot.health, promoted=snapshot.promoted)
+    object.__setattr__(snapshot, "mastership_memo", m)  # a cache of a pure function
+    return m
 
 
 def explain(snapshot: Snapshot, policy: Policy) -> list[tuple[str, str]]:
@@ -436,7 +444,7 @@ def explain(snapshot: Snapshot, policy: Policy) -> list[tuple[str, str]]:
 
     For ``sqlrouter route`` tables.  The verdicts are the texts the refusal messages use.
     """
-    m = _mastership(snapshot)
+    m = mastership(snapshot)
     master = m.master
     if policy.qos is QoS.RW_STRICT:
         return [(ds.name, _rw_verdict(ds, snapshot, policy, m)) for ds in snapshot.datasources]
@@ -468,7 +476,7 @@ def explain(snapshot: Snapshot, policy: Policy) -> list[tuple[str, str]]:
 
 
 def _choose_master(snapshot: Snapshot, policy: Policy) -> Decision:
-    m = _mastership(snapshot)
+    m = mastership(snapshot)
     master = m.master
     if master is None or master.name in snapshot.offline or master.name in policy.exclude:
         raise NoMasterAvailable(
@@ -698,7 +706,7 @@ def _route_replica(snapshot: Snapshot, policy: Policy) -> Route:
         if behind
         else f"no replica within max_lag {_secs(max_lag)}"
     )
-    m = _mastership(snapshot)
+    m = mastership(snapshot)
     master = m.master
     if (
         policy.fallback is Fallback.MASTER
@@ -809,7 +817,7 @@ def reroute(snapshot: Snapshot, name: str, policy: Policy, *, fallback: bool) ->
         why = _reject(name, h, offline, exclude, max_lag)
         if why is None:
             return None
-        m = _mastership(snapshot)
+        m = mastership(snapshot)
         ds = next((d for d in snapshot.service.datasources if d.name == name), None)
         if ds is None:
             return f"{name} left the service's definition"
@@ -818,7 +826,7 @@ def reroute(snapshot: Snapshot, name: str, policy: Policy, *, fallback: bool) ->
         return f"{name} no longer serves reads: " + _describe(
             why, ds, h, policy, snapshot=snapshot, m=m
         )
-    master = _mastership(snapshot).master
+    master = mastership(snapshot).master
     if master is None or master.name != name:
         now = f"{master.name} is" if master is not None else "no server is"
         return f"{name} is no longer the master ({now})"
@@ -855,7 +863,7 @@ def health_check(
         age = snapshot.age(now)
         shown = "of unknown age" if math.isinf(age) else f"{age:.1f}s old"
         return f"the monitor's last observation is {shown} (trusted for {_secs(snapshot.max_age)})"
-    m = _mastership(snapshot)
+    m = mastership(snapshot)
     if role is Role.MASTER:
         if m.master is not None and m.master.name == name and name not in snapshot.offline:
             return None

@@ -166,7 +166,12 @@ class Share:
 
     @property
     def path(self) -> Path:
-        return self.directory / f"{self._key}.json"
+        return self.directory / self._file
+
+    @property
+    def _file(self) -> str:
+        """The file's name in :attr:`directory` (a follower's every look opens it)."""
+        return f"{self._key}.json"
 
     def describe(self, now: float) -> dict[str, Any]:
         """Who publishes, for ``status``."""
@@ -365,7 +370,7 @@ class Share:
         try:
             with self._dir() as d:
                 try:
-                    st = os.stat(self.path.name, dir_fd=d, follow_symlinks=False)
+                    st = os.stat(self._file, dir_fd=d, follow_symlinks=False)
                 except FileNotFoundError:
                     self._signature, self._read = None, None
                     return None
@@ -408,10 +413,10 @@ class Share:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             if directory is not None:
-                fd = os.open(self.path.name, flags, dir_fd=directory)
+                fd = os.open(self._file, flags, dir_fd=directory)
             else:
                 with self._dir() as d:
-                    fd = os.open(self.path.name, flags, dir_fd=d)
+                    fd = os.open(self._file, flags, dir_fd=d)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -579,7 +584,7 @@ class Share:
                             view = view[os.write(fd, view) :]
                     finally:
                         os.close(fd)
-                    os.replace(tmp, self.path.name, src_dir_fd=d, dst_dir_fd=d)
+                    os.replace(tmp, self._file, src_dir_fd=d, dst_dir_fd=d)
                 except OSError:
                     with contextlib.suppress(OSError):
                         os.unlink(tmp, dir_fd=d)

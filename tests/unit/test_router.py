@@ -34,6 +34,7 @@ from sqlrouter.routing.router import (
     Route,
     choose,
     explain,
+    mastership,
     missing,
     observed_master,
     reroute,
@@ -1539,3 +1540,16 @@ def test_property_a_routes_slot_table_picks_as_its_weights(weights: list[int], t
     untabulated = Route(kept.decisions, kept.total, kept.stride)
     object.__setattr__(untabulated, "by_slot", ())  # the loop over the weights
     assert kept.pick(turn) == untabulated.pick(turn)
+
+
+@given(snapshots() | topologies())
+def test_a_snapshots_master_is_worked_out_once_and_is_the_rules(snap: Snapshot) -> None:
+    """The monitor, the events' diff and every connect on a snapshot ask who its master
+    is: the answer is computed once per snapshot, and is the rule's answer."""
+    first = mastership(snap)
+    assert mastership(snap) is first
+    assert first == resolve_master(snap.service.datasources, snap.health, promoted=snap.promoted)
+    other = replace(snap, promoted="db9")  # a new snapshot: its own answer
+    assert mastership(other) == resolve_master(
+        snap.service.datasources, snap.health, promoted="db9"
+    )

@@ -102,6 +102,10 @@ def test_the_key_names_what_observations_depend_on_and_no_secret() -> None:
         (lambda d: d["health"][0].update(lag="0.1"), "lag"),
         (lambda d: d["health"][0].update(position="garbage"), "position"),
         (lambda d: d["health"][0].update(extra=1), "unknown fields"),
+        (lambda d: d["health"][0].update(server_id=True), "server_id is bool"),
+        (lambda d: d["health"][0].update(observed_at=False), "observed_at is bool"),
+        (lambda d: d["health"][1].update(lag_source=None), "lag_source is NoneType"),
+        (lambda d: d["health"][1].pop("error"), "missing or unknown fields"),
         (lambda d: d.update(taken_at=None), "without its observations"),
     ],
 )
@@ -110,6 +114,12 @@ def test_a_wrong_file_is_refused_saying_why(change: object, why: str) -> None:
     change(doc)  # type: ignore[operator]
     with pytest.raises(ShareError, match=why):
         decode(json.dumps(doc).encode(), KEY, SERVICE, NOW)
+
+
+def test_a_record_whose_fields_come_in_another_order_is_read_alike() -> None:
+    doc = json.loads(encode(Published(1, "x", False, NOW, NOW, health()), KEY))
+    doc["health"] = [dict(reversed(list(item.items()))) for item in doc["health"]]
+    assert decode(json.dumps(doc).encode(), KEY, SERVICE, NOW).health == health()
 
 
 def _huge_lag(doc: dict[str, Any]) -> None:
@@ -660,7 +670,8 @@ def test_stopping_a_following_monitor_ends_its_wait(directory: Path) -> None:
         os.close(ready_read)
         publisher = Share(directory)
         publisher.lead(hourly, time.monotonic(), account="m")
-        publisher.publish(time.monotonic(), health(), time.monotonic())
+        now = time.monotonic()  # health() is at 999.9: after a boot less than 1000 s ago,
+        publisher.publish(now, health(now - 0.1), now)  # "in the future"
         os.write(ready_write, b"x")
         os.read(go_read, 1)
         os._exit(0)

@@ -7,7 +7,14 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sqlrouter.routing._ticks import EARLY_LOOKS, looks, until_heartbeat, until_look, until_tick
+from sqlrouter.routing._ticks import (
+    EARLY_LOOKS,
+    looks,
+    reads_registry,
+    until_heartbeat,
+    until_look,
+    until_tick,
+)
 
 intervals = st.floats(min_value=0.01, max_value=3600.0)
 times = st.floats(min_value=0.0, max_value=4e9)
@@ -95,3 +102,22 @@ def test_skipping_early_looks_never_waits_past_the_next_tick_s_first(
     wait = until_look(interval, now, n, early=False)
     assert 0 < wait <= interval + looks(interval, n)[0] + 1e-6 * max(1.0, now)
     assert wait >= until_look(interval, now, n) - 1e-9
+
+
+def test_a_follower_woken_by_a_write_leaves_the_registry_to_its_regular_look() -> None:
+    """All of a host's followers wake at a publisher's write: none of them reads the
+    registry then (the round waits for their CPU), but at its next regular look."""
+    assert reads_registry(0.3, 0.5, woken=False)
+    assert not reads_registry(0.3, 0.5, woken=True)
+    assert not reads_registry(0.2, 0.5, woken=False)  # at most every half interval
+    assert reads_registry(1.0, 0.5, woken=True)  # never more than two intervals without
+
+
+@given(st.floats(0.0, 100.0), st.floats(0.01, 10.0), st.booleans())
+def test_the_registry_is_read_at_least_every_two_intervals(
+    since: float, interval: float, woken: bool
+) -> None:
+    if since >= 2 * interval:
+        assert reads_registry(since, interval, woken=woken)
+    if since < interval / 2:
+        assert not reads_registry(since, interval, woken=woken)
