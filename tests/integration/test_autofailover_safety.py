@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -465,13 +466,23 @@ def test_a_connection_opened_after_the_guard_answered_is_asked_again(
     assert io_running(sb, "db2")
 
 
+@pytest.mark.parametrize(
+    ("settings", "waits"),
+    [("", (10, 20)), ("backoff_base = 3\nbackoff_cap = 5\n", (3, 5))],
+    ids=["defaults", "backoff_base-3-cap-5"],
+)
 def test_failed_failovers_back_off_and_the_status_says_when_the_next_may_run(
-    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+    fresh_cluster: Sandbox,
+    etcd_cluster: EtcdCluster,
+    tmp_path: Path,
+    settings: str,
+    waits: tuple[float, float],
 ) -> None:
     """Two failovers that fail without blocking (db1 is found alive and writable): the
-    store counts them and says when the next may run (10s, then 20s later); the status
-    shows it; a success or an acknowledgement starts the count over."""
-    svc = service_of(fresh_cluster, etcd_cluster, tmp_path)
+    store counts them and says when the next may run (by default 10s, then 20s later;
+    the service's backoff_base and backoff_cap when it sets them); the status shows it;
+    a success or an acknowledgement starts the count over."""
+    svc = service_of(fresh_cluster, etcd_cluster, tmp_path, settings)
     runner = Runner(svc, agent="a0", failover_timeout=10)
     decision = Decision("failover", "db1", "db1 is dead", (), Detection("db1", 3))
     try:
@@ -480,22 +491,61 @@ def test_failed_failovers_back_off_and_the_status_says_when_the_next_may_run(
         assert term is not None
         runner._failover(term, decision, None, runner.store.history())
         first = read_status(etcd_cluster.endpoints, SERVICE)["retry"]
-        assert (first["failures"], first["backoff"]) == (1, 10)
+        assert (first["failures"], first["backoff"]) == (1, waits[0])
         runner._failover(term, decision, None, runner.store.history())
         st = read_status(etcd_cluster.endpoints, SERVICE)
         retry = st["retry"]
-        assert (retry["failures"], retry["backoff"]) == (2, 20)
-        assert retry["next_at"] == pytest.approx(retry["at"] + 20)
+        assert (retry["failures"], retry["backoff"]) == (2, waits[1])
+        assert retry["next_at"] == pytest.approx(retry["at"] + waits[1])
         assert "db1 is writable: the service has a master" in retry["detail"]
         assert runner.store.history().failures == 2
         text = format_autofailover(st, 3600, retry["at"])
         assert "retrying: 2 automatic failover(s) failed in a row, the last " in text
-        assert "(backoff 20.0s)" in text
+        assert f"(backoff {float(waits[1])}s)" in text
         runner.run_round()
         assert runner.status()["retry"]["failures"] == 2
         acknowledge(etcd_cluster.endpoints, SERVICE, "ops")
         assert read_status(etcd_cluster.endpoints, SERVICE)["retry"] is None
         assert runner.store.history().failures == 0
+    finally:
+        runner.stop()
+
+
+def test_a_dead_master_waits_out_the_services_backoff(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """backoff_base 30, backoff_cap 50: two failovers failed (db1 was alive), then db1
+    dies.  The leader's decision is "backoff", for the service's 50s (30 doubled, capped),
+    not the defaults' 20s; the runner's clock is held still, so the wait never ends and
+    no attempt runs."""
+    sb = fresh_cluster
+    extra = "min_agents = 1\nbackoff_base = 30\nbackoff_cap = 50\n"
+    svc = service_of(sb, etcd_cluster, tmp_path, extra)
+    now = time.time()
+    runner = Runner(svc, agent="a0", failover_timeout=10, clock=lambda: now)
+    failing = Decision("failover", "db1", "db1 is dead", (), Detection("db1", 3))
+    decisions: list[Decision] = []
+    try:
+        runner.run_round()
+        term = runner.status()["term"]
+        assert term is not None
+        for _ in range(2):
+            runner._failover(term, failing, None, runner.store.history())
+        sb.fault("db1", "kill")
+
+        def backing_off() -> bool:
+            runner.store.keepalive()  # no lease thread here: rounds are driven by the test
+            decision = runner.run_round()
+            decisions.extend([decision] if decision is not None else [])
+            return decision is not None and decision.verdict == "backoff"
+
+        wait_until(backing_off, 60, "the leader's backoff decision")
+        assert decisions[-1].reason == (
+            "db1 is dead, but 2 automatic failover(s) failed in a row, the last 0s ago: "
+            "next attempt in 50s (backoff 50s, at most 50s)"
+        )
+        assert [d.verdict for d in decisions if d.verdict == "failover"] == []
+        assert read_only(sb, "db2") == 1 and read_only(sb, "db3") == 1
     finally:
         runner.stop()
 
