@@ -201,6 +201,23 @@ def test_a_killed_master_is_failed_over_once_by_the_leader_and_fenced_when_back(
     print(f"master death to first acknowledged write on {new}: {to_first_write:.2f}s")
 
 
+def test_etcd_losing_the_member_the_agents_use_while_they_run_still_fails_over(
+    agents: Agents,
+) -> None:
+    """The agents run, each asking etcd's first member (their rounds, their leases'
+    refreshes); it dies.  They go on through the other two, a quorum: a master killed
+    afterwards is failed over, once, and the status still answers."""
+    sb = agents.sb
+    agents.start_three()
+    agents.etcd.kill_member(0)
+    sb.fault("db1", "kill")
+    outcome = agents.wait_outcome()
+    assert outcome["old_master"] == "db1"
+    assert writable_nodes(sb) == [outcome["new_master"]]
+    assert len(agents.status()["agents"]) == 3  # no agent lost its registration
+    assert failovers_started(agents.logs()) == 1, agents.logs()[-3000:]
+
+
 def test_a_master_frozen_for_less_than_the_detection_time_is_not_failed_over(
     agents: Agents,
 ) -> None:
