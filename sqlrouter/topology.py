@@ -22,6 +22,7 @@ AUTOFAILOVER_ROUNDS_RANGE: Final = (1, 100)  # detection rounds
 AUTOFAILOVER_PERIOD_RANGE: Final = (0.0, 31_536_000.0)  # seconds: up to a year
 AUTOFAILOVER_LEASE_RANGE: Final = (2, 3600)  # whole seconds: etcd leases are in seconds
 AUTOFAILOVER_AGENTS_RANGE: Final = (1, 99)
+AUTOFAILOVER_BACKOFF_RANGE: Final = (0.1, 86_400.0)  # seconds: up to a day
 
 
 def range_text(bounds: tuple[float, float]) -> str:
@@ -101,6 +102,11 @@ class AutofailoverSettings:
     #: The number of agents deployed: a master is dead only for a strict majority of
     #: this many (or of the live agents, when more are alive), never of the live ones alone.
     min_agents: int = 3
+    #: Seconds between a first failed automatic failover (one that did not block) and the
+    #: next attempt; doubled after each further failure in a row, up to ``backoff_cap``.
+    backoff_base: float = 10.0
+    #: The longest wait between two attempts (``backoff_base <= backoff_cap``).
+    backoff_cap: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

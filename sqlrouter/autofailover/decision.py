@@ -31,7 +31,7 @@ caller passes ``now``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 __all__ = [
     "AgentView",
@@ -48,15 +48,8 @@ __all__ = [
 
 Verdict = Literal["healthy", "suspect", "disagreement", "blocked", "backoff", "failover"]
 
-#: Seconds before the attempt that follows a first failed automatic failover.
-BACKOFF_BASE: Final = 10.0
-#: The longest wait between two attempts.
-BACKOFF_CAP: Final = 300.0
 
-
-def failures_in_a_row(
-    previous: int, last_at: float | None, now: float, *, cap: float = BACKOFF_CAP
-) -> int:
+def failures_in_a_row(previous: int, last_at: float | None, now: float, *, cap: float) -> int:
     """The count after one more failed failover at ``now``: ``previous + 1``, or ``1``
     when the last failure is more than twice the cap ago (the failures are not in a row
     any more: the master came back, or automation was held back, in between)."""
@@ -65,10 +58,11 @@ def failures_in_a_row(
     return previous + 1
 
 
-def backoff(failures: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+def backoff(failures: int, *, base: float, cap: float) -> float:
     """Seconds between the last of ``failures`` failed failovers in a row and the next
     attempt: ``base``, doubled with each further failure, at most ``cap`` (none before
-    a first failure).  The schedule with the defaults: 10, 20, 40, 80, 160, 300, 300 ..."""
+    a first failure).  ``base`` and ``cap`` are the service's ``backoff_base`` and
+    ``backoff_cap``; the schedule with their defaults: 10, 20, 40, 80, 160, 300, 300 ..."""
     if failures <= 0:
         return 0.0
     return float(min(cap, base * 2 ** min(failures - 1, 62)))
@@ -168,8 +162,8 @@ def decide(
     period: float,
     stale_after: float,
     min_agents: int,
-    backoff_base: float = BACKOFF_BASE,
-    backoff_cap: float = BACKOFF_CAP,
+    backoff_base: float,
+    backoff_cap: float,
 ) -> Decision:
     """The verdict of round ``rnd`` (see the module's docstring for the rule)."""
     master = rnd.master

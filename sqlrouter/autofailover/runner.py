@@ -328,6 +328,8 @@ class Runner:
                 period=self.service.autofailover.period,
                 stale_after=self.stale_after,
                 min_agents=self.service.autofailover.min_agents,
+                backoff_base=self.service.autofailover.backoff_base,
+                backoff_cap=self.service.autofailover.backoff_cap,
             )
         self._record(term, decision, now)
         settled = self._settle_interrupted(term, views, master, snap.get("failover"))
@@ -755,8 +757,11 @@ class Runner:
             puts["blocked"] = {"reason": error.reason, "at": now, "term": term}
         else:  # tried again when still dead, after a backoff that grows with each failure
             last = history or History()
-            failures = failures_in_a_row(last.failures, last.last_failure_at, now)
-            wait = backoff(failures)
+            settings = service.autofailover
+            failures = failures_in_a_row(
+                last.failures, last.last_failure_at, now, cap=settings.backoff_cap
+            )
+            wait = backoff(failures, base=settings.backoff_base, cap=settings.backoff_cap)
             puts["retry"] = {
                 "failures": failures,
                 "at": now,

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from ..topology import (
     AUTOFAILOVER_AGENTS_RANGE,
+    AUTOFAILOVER_BACKOFF_RANGE,
     AUTOFAILOVER_LEASE_RANGE,
     AUTOFAILOVER_PERIOD_RANGE,
     AUTOFAILOVER_ROUNDS_RANGE,
@@ -57,6 +58,8 @@ _AUTOFAILOVER_KEYS: Final = (
     "period",
     "lease_ttl",
     "min_agents",
+    "backoff_base",
+    "backoff_cap",
 )
 #: An etcd endpoint: ``host:port`` (a name or an IPv4 address; IPv6 in brackets).
 _ENDPOINT_RE: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252}):(\d{1,5})")
@@ -201,6 +204,25 @@ def _parse_autofailover(where: _Where, value: object) -> AutofailoverSettings:
     min_agents = where.integer(
         "autofailover.min_agents", table.get("min_agents", defaults.min_agents), low, high
     )
+    backoff_base = where.seconds(
+        "autofailover.backoff_base",
+        table.get("backoff_base", defaults.backoff_base),
+        AUTOFAILOVER_BACKOFF_RANGE,
+    )
+    backoff_cap = where.seconds(
+        "autofailover.backoff_cap",
+        table.get("backoff_cap", defaults.backoff_cap),
+        AUTOFAILOVER_BACKOFF_RANGE,
+    )
+    if backoff_base > backoff_cap:
+        default = {
+            k: "" if k in table else " (the default)" for k in ("backoff_base", "backoff_cap")
+        }
+        raise where.error(
+            "autofailover.backoff_base",
+            f"expected a number of seconds at most backoff_cap = {backoff_cap:g}"
+            f"{default['backoff_cap']}, got {backoff_base:g}{default['backoff_base']}",
+        )
     return AutofailoverSettings(
         enabled=enabled,
         etcd=tuple(raw),
@@ -209,6 +231,8 @@ def _parse_autofailover(where: _Where, value: object) -> AutofailoverSettings:
         period=period,
         lease_ttl=lease_ttl,
         min_agents=min_agents,
+        backoff_base=backoff_base,
+        backoff_cap=backoff_cap,
     )
 
 

@@ -122,7 +122,9 @@ def _run_failover(
 
     def check_dead() -> str:
         # The plan found it dead a moment ago: one more look, just before acting.
-        state, how = _liveness(fp.old, creds, servers.io_timeout, attempts=1)
+        state, how = _liveness(
+            fp.old, creds, servers.io_timeout, attempts=1, on_connect=servers.on_connect
+        )
         if state == "alive":
             raise _Failure(f"{old} answers again ({how}): use switchover")
         if state != "dead" and not force:

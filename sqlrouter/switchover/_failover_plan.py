@@ -27,7 +27,10 @@ from ._history import (
     choose_candidate,
 )
 from ._servers import (
+    Connected,
+    _accepted,
     _describe,
+    _Failure,
     _master_of,
     _Node,
     _positions,
@@ -69,13 +72,20 @@ class _FailoverPlan:
 
 
 def _liveness(
-    ds: DataSource, credentials: Credentials, io_timeout: float, attempts: int = _DEAD_ATTEMPTS
+    ds: DataSource,
+    credentials: Credentials,
+    io_timeout: float,
+    attempts: int = _DEAD_ATTEMPTS,
+    on_connect: Connected | None = None,
 ) -> tuple[str, str]:
     """``("dead" | "unresponsive" | "alive", detail)`` for the master ``ds``.
 
     Dead means no TCP connection at all (refused, unreachable, timed out) on every one
     of a few attempts; a server that accepts TCP connections but does not answer is
-    ``unresponsive`` (frozen or overloaded): it may come back, writable.
+    ``unresponsive`` (frozen or overloaded): it may come back, writable.  A connection
+    that opens is given to ``on_connect`` (the operation's, as every other connection of
+    it: an automatic failover's guard) before its one statement; what that raises is
+    raised, the connection closed.
     """
     seen: list[str] = []
     for attempt in range(attempts):
@@ -104,6 +114,7 @@ def _liveness(
             return "unresponsive", (
                 f"it accepts TCP connections but does not answer ({_describe(exc)})"
             )
+        _accepted(ds, conn, on_connect)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT @@read_only")
@@ -235,7 +246,14 @@ def _plan_failover(
             f"checking that the master {old.name} is dead: {_DEAD_ATTEMPTS} TCP connection "
             f"attempts {_RETRY_PAUSE:g}s apart, each within {servers.io_timeout:g}s",
         )
-    state, how = ("dead", "checked") if frozen else _liveness(old, creds, servers.io_timeout)
+    try:
+        state, how = (
+            ("dead", "checked")
+            if frozen
+            else _liveness(old, creds, servers.io_timeout, on_connect=servers.on_connect)
+        )
+    except (_Failure, pymysql.err.MySQLError, OSError) as exc:
+        raise refuse(old.name, f"the master {old.name} was not checked: {_describe(exc)}") from None
     if state == "alive":
         raise refuse(old.name, f"the master {old.name} is alive: {how}; use switchover")
     risks: list[str] = []

@@ -44,6 +44,23 @@ _SYSTEM_COMMANDS: Final = frozenset(
 Connected = Callable[[DataSource, "pymysql.connections.Connection[Any]"], None]
 
 
+def _accepted(
+    ds: DataSource,
+    conn: pymysql.connections.Connection[Any],
+    on_connect: Connected | None,
+) -> pymysql.connections.Connection[Any]:
+    """``conn`` to ``ds``, once ``on_connect`` (when given) accepted it; closed, and what
+    ``on_connect`` raised raised, when it did not."""
+    if on_connect is not None:
+        try:
+            on_connect(ds, conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+    return conn
+
+
 #: A session the server ended: gone away, lost, killed, disconnected for inactivity.
 _SESSION_ENDED: Final = frozenset({2006, 2013, 1927, 4031})
 
@@ -214,15 +231,7 @@ class _Server:
 
     def _open(self, read_timeout: float) -> pymysql.connections.Connection[Any]:
         """A new connection; ``on_connect`` is asked before it runs anything."""
-        conn = self._connect(read_timeout)
-        if self._on_connect is not None:
-            try:
-                self._on_connect(self.ds, conn)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    conn.close()
-                raise
-        return conn
+        return _accepted(self.ds, self._connect(read_timeout), self._on_connect)
 
     def _connect(self, read_timeout: float) -> pymysql.connections.Connection[Any]:
         return pymysql.connect(
@@ -392,6 +401,9 @@ class _Servers:
         self.service = service
         io = min(timeout, max(_MIN_IO_TIMEOUT, 2 * service.probe_timeout))
         self.io_timeout = io
+        #: Asked on every connection of the operation: the servers' own, and those the
+        #: check of the old master opens (``_liveness``).
+        self.on_connect = on_connect
         self._servers = {
             ds.name: _Server(ds, credentials, io, on_connect) for ds in service.datasources
         }

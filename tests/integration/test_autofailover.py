@@ -156,7 +156,9 @@ def test_a_killed_master_is_failed_over_once_by_the_leader_and_fenced_when_back(
     agents: Agents,
 ) -> None:
     sb = agents.sb
-    agents.etcd.kill_member(2)  # etcd losing one member of three still works
+    # etcd losing one member of three still works: the first one, which every client
+    # (the agents', their leases', the status's) asks first and must fall back from
+    agents.etcd.kill_member(0)
     leader = agents.start_three()["leader"]
     create_table(sb)
     writer = Writer(writer_url(sb))
@@ -177,6 +179,7 @@ def test_a_killed_master_is_failed_over_once_by_the_leader_and_fenced_when_back(
         # The old master restarts writable (read_only=0 as in a careless my.cnf).
         on_db1 = writer.acked_by("db1")
         sb.fault("db1", "restart")
+        db1_position = sb.query("db1", "SELECT @@gtid_binlog_pos")[0][0]
         sb.query("db1", "SET GLOBAL read_only = 0")
         wait_until(
             lambda: (agents.status().get("fenced") or {}).get("datasource") == "db1",
@@ -189,11 +192,30 @@ def test_a_killed_master_is_failed_over_once_by_the_leader_and_fenced_when_back(
     finally:
         writer.stop()
     assert writer.acked_by("db1") == on_db1, "the fenced old master got a write"
+    # nor did anything else write there (a heartbeat, a statement of the agents)
+    assert sb.query("db1", "SELECT @@gtid_binlog_pos")[0][0] == db1_position
     check_no_write_lost(sb, writer, new)
     status = agents.status()
     assert status["history"]["term"] == leader["term"] and status["failover"] is None
     assert failovers_started(agents.logs()) == 1, agents.logs()[-3000:]
     print(f"master death to first acknowledged write on {new}: {to_first_write:.2f}s")
+
+
+def test_etcd_losing_the_member_the_agents_use_while_they_run_still_fails_over(
+    agents: Agents,
+) -> None:
+    """The agents run, each asking etcd's first member (their rounds, their leases'
+    refreshes); it dies.  They go on through the other two, a quorum: a master killed
+    afterwards is failed over, once, and the status still answers."""
+    sb = agents.sb
+    agents.start_three()
+    agents.etcd.kill_member(0)
+    sb.fault("db1", "kill")
+    outcome = agents.wait_outcome()
+    assert outcome["old_master"] == "db1"
+    assert writable_nodes(sb) == [outcome["new_master"]]
+    assert len(agents.status()["agents"]) == 3  # no agent lost its registration
+    assert failovers_started(agents.logs()) == 1, agents.logs()[-3000:]
 
 
 def test_a_master_frozen_for_less_than_the_detection_time_is_not_failed_over(

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from sqlrouter.autofailover.runner import NotLeading
 from sqlrouter.cli.autofailover import format_autofailover
 from sqlrouter.registry.file import load_registry_file
 from sqlrouter.sandbox import EtcdCluster, Sandbox
+from sqlrouter.switchover import TopologyError, failover
 from sqlrouter.switchover._servers import _Servers
 from sqlrouter.switchover._steps import _Run
 from sqlrouter.topology import DataSource, Service
@@ -465,13 +467,106 @@ def test_a_connection_opened_after_the_guard_answered_is_asked_again(
     assert io_running(sb, "db2")
 
 
-def test_failed_failovers_back_off_and_the_status_says_when_the_next_may_run(
+def test_a_deposed_leaders_check_of_the_master_is_refused(
     fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
 ) -> None:
+    """a0 leads and runs a failover of db1, which is alive but read-only.  The plan has
+    inspected the servers; as it is about to check that db1 is dead, a0 is paused past
+    its lease and a1 leads.  The check's connection to db1 asks a0's guard (etcd) before
+    its first statement: the failover is refused there, its ``SELECT @@read_only`` never
+    sent (without the guard, the deposed a0 would have asked db1 and found it alive), and
+    nothing is written in the store."""
+    sb = fresh_cluster
+    svc = service_of(sb, etcd_cluster, tmp_path)
+    runner = Runner(svc, agent="a0", failover_timeout=10)
+    other = Store(etcd_cluster.endpoints, service=SERVICE, agent="a1", lease_ttl=30)
+    attempted: list[dict[str, Any]] = []
+    deposed: list[int] = []
+    try:
+        runner.run_round()
+        term = runner.status()["term"]
+        assert term is not None
+        sb.query("db1", "SET GLOBAL read_only = 1")
+        write = runner.store.put_as_leader
+
+        def paused_before_the_check(*args: Any, **kwargs: Any) -> bool:
+            """Each write as the leader is kept; once the plan says it checks db1, a0 is
+            paused past its lease (revoked here, not waited for) and a1 takes over."""
+            attempted.append(args[1])
+            done = write(*args, **kwargs)
+            steps = args[1].get("failover", {}).get("steps", [])
+            checking = "checking that the master db1 is dead"
+            if not deposed and any(st["detail"].startswith(checking) for st in steps):
+                store = runner.store
+                store._etcd.call("revoke", lambda c: store._lease.revoke())  # type: ignore[union-attr]
+                other.register()
+                deposed.append(other.campaign() or 0)
+            return done
+
+        runner.store.put_as_leader = paused_before_the_check  # type: ignore[method-assign]
+        runner._failover(term, Decision("failover", "db1", "db1 is dead", (), Detection("db1", 3)))
+    finally:
+        runner.store._lease = None
+        runner.stop()
+        other.close()
+    assert deposed and deposed[0] > term, "a1 never led: the plan did not reach the check"
+    (outcome,) = [a["outcome"] for a in attempted if "outcome" in a]
+    assert (
+        "refused at step 'plan' on db1: the master db1 was not checked: not connected to db1: "
+        f"a0 no longer leads (term {term})" in outcome["detail"]
+    )
+    st = read_status(etcd_cluster.endpoints, SERVICE)
+    assert st["outcome"] is None and st["blocked"] is None and st["retry"] is None
+    assert read_only(sb, "db1") == 1 and read_only(sb, "db2") == 1
+
+
+def test_a_deposed_leaders_check_master_step_is_refused(fresh_cluster: Sandbox) -> None:
+    """db1 is dead for the plan; the guard says yes to the step "check master db1",
+    then the leader is deposed and db1 comes back before the step's connection.  That
+    connection asks the guard before its first statement: the step fails on the guard,
+    and the deposed leader never reads db1's ``@@read_only`` (without the guard it
+    would have, and found db1 answering again)."""
+    sb = fresh_cluster
+    sb.fault("db1", "kill")
+    asked: list[str] = []
+
+    def guard(step: str) -> str | None:
+        asked.append(step)
+        if step != "check master db1":
+            return None
+        if asked.count(step) == 1:  # yes; then db1 comes back, and the lease is lost
+            sb.fault("db1", "restart")
+            return None
+        return "a0 no longer leads (term 7)"
+
+    with pytest.raises(TopologyError) as info:
+        failover(sb.service(), timeout=10, guard=guard)
+    assert not info.value.refused
+    assert (info.value.step, info.value.server) == ("check master db1", "db1")
+    assert info.value.reason == "not connected to db1: a0 no longer leads (term 7)"
+    assert asked.count("check master db1") == 2
+    assert "nothing was changed" in info.value.state
+    for name in ("db2", "db3"):
+        assert read_only(sb, name) == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "waits"),
+    [("", (10, 20)), ("backoff_base = 3\nbackoff_cap = 5\n", (3, 5))],
+    ids=["defaults", "backoff_base-3-cap-5"],
+)
+def test_failed_failovers_back_off_and_the_status_says_when_the_next_may_run(
+    fresh_cluster: Sandbox,
+    etcd_cluster: EtcdCluster,
+    tmp_path: Path,
+    settings: str,
+    waits: tuple[float, float],
+) -> None:
     """Two failovers that fail without blocking (db1 is found alive and writable): the
-    store counts them and says when the next may run (10s, then 20s later); the status
-    shows it; a success or an acknowledgement starts the count over."""
-    svc = service_of(fresh_cluster, etcd_cluster, tmp_path)
+    store counts them and says when the next may run (by default 10s, then 20s later;
+    the service's backoff_base and backoff_cap when it sets them); the status shows it;
+    a success or an acknowledgement starts the count over."""
+    svc = service_of(fresh_cluster, etcd_cluster, tmp_path, settings)
     runner = Runner(svc, agent="a0", failover_timeout=10)
     decision = Decision("failover", "db1", "db1 is dead", (), Detection("db1", 3))
     try:
@@ -480,22 +575,61 @@ def test_failed_failovers_back_off_and_the_status_says_when_the_next_may_run(
         assert term is not None
         runner._failover(term, decision, None, runner.store.history())
         first = read_status(etcd_cluster.endpoints, SERVICE)["retry"]
-        assert (first["failures"], first["backoff"]) == (1, 10)
+        assert (first["failures"], first["backoff"]) == (1, waits[0])
         runner._failover(term, decision, None, runner.store.history())
         st = read_status(etcd_cluster.endpoints, SERVICE)
         retry = st["retry"]
-        assert (retry["failures"], retry["backoff"]) == (2, 20)
-        assert retry["next_at"] == pytest.approx(retry["at"] + 20)
+        assert (retry["failures"], retry["backoff"]) == (2, waits[1])
+        assert retry["next_at"] == pytest.approx(retry["at"] + waits[1])
         assert "db1 is writable: the service has a master" in retry["detail"]
         assert runner.store.history().failures == 2
         text = format_autofailover(st, 3600, retry["at"])
         assert "retrying: 2 automatic failover(s) failed in a row, the last " in text
-        assert "(backoff 20.0s)" in text
+        assert f"(backoff {float(waits[1])}s)" in text
         runner.run_round()
         assert runner.status()["retry"]["failures"] == 2
         acknowledge(etcd_cluster.endpoints, SERVICE, "ops")
         assert read_status(etcd_cluster.endpoints, SERVICE)["retry"] is None
         assert runner.store.history().failures == 0
+    finally:
+        runner.stop()
+
+
+def test_a_dead_master_waits_out_the_services_backoff(
+    fresh_cluster: Sandbox, etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """backoff_base 30, backoff_cap 50: two failovers failed (db1 was alive), then db1
+    dies.  The leader's decision is "backoff", for the service's 50s (30 doubled, capped),
+    not the defaults' 20s; the runner's clock is held still, so the wait never ends and
+    no attempt runs."""
+    sb = fresh_cluster
+    extra = "min_agents = 1\nbackoff_base = 30\nbackoff_cap = 50\n"
+    svc = service_of(sb, etcd_cluster, tmp_path, extra)
+    now = time.time()
+    runner = Runner(svc, agent="a0", failover_timeout=10, clock=lambda: now)
+    failing = Decision("failover", "db1", "db1 is dead", (), Detection("db1", 3))
+    decisions: list[Decision] = []
+    try:
+        runner.run_round()
+        term = runner.status()["term"]
+        assert term is not None
+        for _ in range(2):
+            runner._failover(term, failing, None, runner.store.history())
+        sb.fault("db1", "kill")
+
+        def backing_off() -> bool:
+            runner.store.keepalive()  # no lease thread here: rounds are driven by the test
+            decision = runner.run_round()
+            decisions.extend([decision] if decision is not None else [])
+            return decision is not None and decision.verdict == "backoff"
+
+        wait_until(backing_off, 60, "the leader's backoff decision")
+        assert decisions[-1].reason == (
+            "db1 is dead, but 2 automatic failover(s) failed in a row, the last 0s ago: "
+            "next attempt in 50s (backoff 50s, at most 50s)"
+        )
+        assert [d.verdict for d in decisions if d.verdict == "failover"] == []
+        assert read_only(sb, "db2") == 1 and read_only(sb, "db3") == 1
     finally:
         runner.stop()
 

@@ -35,6 +35,9 @@ ROUNDS = 3
 PERIOD = 3600.0
 STALE = 5.0
 MIN_AGENTS = 3
+#: The backoff's settings as a registry without them gives them (10 s doubling to 300 s).
+BACKOFF_BASE = AutofailoverSettings().backoff_base
+BACKOFF_CAP = AutofailoverSettings().backoff_cap
 
 
 def agents(*reachable: bool, master: str = "db1", age: float = 0.0) -> tuple[AgentView, ...]:
@@ -71,6 +74,8 @@ def decided(rnd: Round, history: History = NO_HISTORY, failed: int = 5) -> Decis
         period=PERIOD,
         stale_after=STALE,
         min_agents=MIN_AGENTS,
+        backoff_base=BACKOFF_BASE,
+        backoff_cap=BACKOFF_CAP,
     )
 
 
@@ -86,6 +91,8 @@ def run(rounds: list[Round], history: History = NO_HISTORY) -> list[str]:
             period=PERIOD,
             stale_after=STALE,
             min_agents=MIN_AGENTS,
+            backoff_base=BACKOFF_BASE,
+            backoff_cap=BACKOFF_CAP,
         )
         detection = d.detection
         verdicts.append(d.verdict)
@@ -176,16 +183,47 @@ def test_a_refused_candidate_blocks_until_acknowledged() -> None:
 
 
 def test_the_backoff_schedule_doubles_up_to_its_cap() -> None:
-    assert [backoff(n) for n in range(8)] == [0, 10, 20, 40, 80, 160, 300, 300]
+    schedule = [backoff(n, base=BACKOFF_BASE, cap=BACKOFF_CAP) for n in range(8)]
+    assert schedule == [0, 10, 20, 40, 80, 160, 300, 300]
     assert [backoff(n, base=1, cap=5) for n in range(1, 6)] == [1, 2, 4, 5, 5]
-    assert backoff(10_000) == 300  # no overflow however many failures
+    assert [backoff(n, base=2.5, cap=2.5) for n in range(1, 4)] == [2.5, 2.5, 2.5]
+    # no overflow however many failures
+    assert backoff(10_000, base=BACKOFF_BASE, cap=BACKOFF_CAP) == 300
+    assert backoff(10_000, base=0.1, cap=86_400) == 86_400
 
 
 def test_failures_are_counted_in_a_row_only() -> None:
-    assert failures_in_a_row(0, None, NOW) == 1
-    assert failures_in_a_row(2, NOW - 300, NOW) == 3
-    assert failures_in_a_row(5, NOW - 600, NOW) == 6
-    assert failures_in_a_row(5, NOW - 601, NOW) == 1  # long ago: not in a row any more
+    assert failures_in_a_row(0, None, NOW, cap=BACKOFF_CAP) == 1
+    assert failures_in_a_row(2, NOW - 300, NOW, cap=BACKOFF_CAP) == 3
+    assert failures_in_a_row(5, NOW - 600, NOW, cap=BACKOFF_CAP) == 6
+    # long ago (more than twice the cap): not in a row any more
+    assert failures_in_a_row(5, NOW - 601, NOW, cap=BACKOFF_CAP) == 1
+    assert failures_in_a_row(5, NOW - 10, NOW, cap=5) == 6
+    assert failures_in_a_row(5, NOW - 11, NOW, cap=5) == 1
+
+
+def test_the_backoff_of_the_decision_is_the_services() -> None:
+    """backoff_base 3, backoff_cap 5: after two failures the wait is 5s (3 doubled,
+    capped), not the defaults' 20s."""
+    failed = History(failures=2, last_failure_at=NOW - 4)
+
+    def verdict(now: float) -> Decision:
+        return decide(
+            Detection("db1", 5),
+            dead_round(now=now),
+            failed,
+            rounds=ROUNDS,
+            period=PERIOD,
+            stale_after=STALE,
+            min_agents=MIN_AGENTS,
+            backoff_base=3,
+            backoff_cap=5,
+        )
+
+    d = verdict(NOW)
+    assert d.verdict == "backoff"
+    assert d.reason.endswith("the last 4s ago: next attempt in 1s (backoff 5s, at most 5s)")
+    assert verdict(NOW + 1).verdict == "failover"
 
 
 def test_a_failed_failover_is_tried_again_only_after_its_backoff() -> None:
@@ -275,6 +313,8 @@ def test_failover_only_when_every_condition_holds(seq: list[Round], history: His
             period=PERIOD,
             stale_after=STALE,
             min_agents=MIN_AGENTS,
+            backoff_base=BACKOFF_BASE,
+            backoff_cap=BACKOFF_CAP,
         )
         detection = d.detection
         if d.verdict != "failover":
@@ -296,7 +336,8 @@ def test_failover_only_when_every_condition_holds(seq: list[Round], history: His
         # not within the backoff of the failed attempts
         failed_at = history.last_failure_at
         # (a failure recorded after NOW, by a clock ahead of this one, holds nothing)
-        assert failed_at is None or not 0 <= NOW - failed_at < backoff(history.failures)
+        wait = backoff(history.failures, base=BACKOFF_BASE, cap=BACKOFF_CAP)
+        assert failed_at is None or not 0 <= NOW - failed_at < wait
 
 
 @given(rounds_, histories, st.integers(0, 10))
@@ -312,6 +353,8 @@ def test_a_master_that_answers_is_healthy_and_resets_the_count(
         period=PERIOD,
         stale_after=STALE,
         min_agents=MIN_AGENTS,
+        backoff_base=BACKOFF_BASE,
+        backoff_cap=BACKOFF_CAP,
     )
     assert d.verdict == "healthy" and d.detection == Detection("db1", 0)
 
@@ -343,7 +386,8 @@ def test_the_autofailover_table_is_read(tmp_path: Path) -> None:
     settings = load(
         tmp_path,
         "[services.shop.autofailover]\nenabled = true\netcd = ['127.0.0.1:2379', 'etcd2:2379']\n"
-        "rounds = 5\ninterval = 0.25\nperiod = 600\nlease_ttl = 3\nmin_agents = 5\n",
+        "rounds = 5\ninterval = 0.25\nperiod = 600\nlease_ttl = 3\nmin_agents = 5\n"
+        "backoff_base = 2.5\nbackoff_cap = 60\n",
     )
     assert settings == AutofailoverSettings(
         enabled=True,
@@ -353,7 +397,12 @@ def test_the_autofailover_table_is_read(tmp_path: Path) -> None:
         period=600.0,
         lease_ttl=3,
         min_agents=5,
+        backoff_base=2.5,
+        backoff_cap=60.0,
     )
+    assert (AutofailoverSettings().backoff_base, AutofailoverSettings().backoff_cap) == (10, 300)
+    # one of the two given: the other keeps its default
+    assert load(tmp_path, "[services.shop.autofailover]\nbackoff_base = 300\n").backoff_cap == 300
 
 
 @pytest.mark.parametrize(
@@ -372,6 +421,37 @@ def test_the_autofailover_table_is_read(tmp_path: Path) -> None:
         ("period = -1", "autofailover.period: expected a number of seconds 0-31536000, got -1"),
         ("lease_ttl = 1", "autofailover.lease_ttl: expected an integer 2-3600, got 1"),
         ("min_agents = 0", "autofailover.min_agents: expected an integer 1-99, got 0"),
+        (
+            "backoff_base = 0",
+            "autofailover.backoff_base: expected a number of seconds 0.1-86400, got 0",
+        ),
+        (
+            "backoff_cap = -5",
+            "autofailover.backoff_cap: expected a number of seconds 0.1-86400, got -5",
+        ),
+        (
+            "backoff_cap = 'forever'",
+            "autofailover.backoff_cap: expected a number of seconds 0.1-86400, got 'forever'",
+        ),
+        (
+            "backoff_cap = nan",
+            "autofailover.backoff_cap: expected a number of seconds 0.1-86400, got nan",
+        ),
+        (
+            "backoff_base = 60\nbackoff_cap = 30",
+            "autofailover.backoff_base: expected a number of seconds at most backoff_cap = 30, "
+            "got 60",
+        ),
+        (
+            "backoff_cap = 5",
+            "autofailover.backoff_base: expected a number of seconds at most backoff_cap = 5, "
+            "got 10 (the default)",
+        ),
+        (
+            "backoff_base = 500",
+            "autofailover.backoff_base: expected a number of seconds at most backoff_cap = "
+            "300 (the default), got 500",
+        ),
         ("enable = true", "autofailover"),
     ],
 )
