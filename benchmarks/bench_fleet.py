@@ -196,29 +196,22 @@ def measure_load(sb: Sandbox, n: int, code: Path | None, window: float) -> dict[
         fleet.stop()
 
 
-def _last_change(
+def _sightings(
     statuses: list[dict[str, Any]], since: float, match: Callable[[list[Any]], bool]
-) -> float | None:
-    """When the last worker's snapshot first matched after ``since`` (None: one has not)."""
-    times = []
+) -> list[float | None]:
+    """Each worker's first sight of a change, in seconds after ``since`` (None: none)."""
+    times: list[float | None] = []
     for status in statuses:
         seen = [c[0] for c in status.get("changes", []) if c[0] >= since and match(c)]
-        if not seen:
-            return None
-        times.append(min(seen))
-    return float(max(times) - since)
+        times.append(float(min(seen) - since) if seen else None)
+    return times
 
 
 def _spread(
     fleet: Fleet, since: float, match: Callable[[list[Any]], bool]
 ) -> tuple[float, float, float]:
     """The first, median and last worker's first sight of a change (after ``since``)."""
-    times = []
-    for status in fleet.statuses():
-        seen = [c[0] for c in status.get("changes", []) if c[0] >= since and match(c)]
-        if seen:
-            times.append(min(seen) - since)
-    times.sort()
+    times = sorted(t for t in _sightings(fleet.statuses(), since, match) if t is not None)
     return times[0], times[len(times) // 2], times[-1]
 
 
@@ -227,9 +220,9 @@ def _wait_all(fleet: Fleet, since: float, match: Callable[[list[Any]], bool]) ->
     while time.monotonic() < deadline:
         statuses = fleet.statuses()
         if len(statuses) == fleet.n:
-            found = _last_change(statuses, since, match)
-            if found is not None:
-                return found
+            times = _sightings(statuses, since, match)
+            if None not in times:  # the last worker's
+                return max(t for t in times if t is not None)
         time.sleep(0.1)
     raise RuntimeError("not every worker saw the change within 60s")
 

@@ -99,13 +99,14 @@ class ServerView:
         )
 
 
-def _connect(
+def connect(
     ds: DataSource,
     creds: Credentials,
     timeout: float,
     address: Address,
     on_connect: OnConnect | None = None,
 ) -> pymysql.connections.Connection[pymysql.cursors.DictCursor]:
+    """A connection to ``ds`` on which ``on_connect`` ran (the caller closes it)."""
     conn = _open(ds, creds, timeout, address)
     if on_connect is not None:
         try:
@@ -244,7 +245,7 @@ def _run(
 ) -> Any:
     """Run ``statements`` on a connection of their own to ``ds``: the last one's first
     row (``None``: none)."""
-    conn = _connect(ds, creds, timeout, address, on_connect)
+    conn = connect(ds, creds, timeout, address, on_connect)
     try:
         with conn.cursor() as cur:
             for sql in statements:
@@ -280,14 +281,3 @@ def restart_io_thread(
     """``START SLAVE IO_THREAD`` on ``ds`` (a replica an interrupted failover froze)."""
     _run(ds, creds, timeout, address, on_connect, "START SLAVE IO_THREAD")
     return f"{ds.name} receiving again (START SLAVE IO_THREAD)"
-
-
-def connect(
-    ds: DataSource,
-    creds: Credentials,
-    timeout: float,
-    address: Address,
-    on_connect: OnConnect | None = None,
-) -> pymysql.connections.Connection[pymysql.cursors.DictCursor]:
-    """A connection to ``ds`` on which ``on_connect`` ran (the caller closes it)."""
-    return _connect(ds, creds, timeout, address, on_connect)

@@ -96,7 +96,7 @@ class Wake:
 
     def wait(self, seen: int, timeout: float) -> bool:
         """Wait until the counter is no longer ``seen``, or ``timeout`` seconds passed,
-        or :meth:`interrupt`: whether it changed."""
+        or :meth:`wake`: whether it changed."""
         if timeout > 0 and not self.broken:
             whole = int(timeout)
             ts = _Timespec(whole, int((timeout - whole) * 1e9))
@@ -113,11 +113,6 @@ class Wake:
         except OSError as exc:
             self._break(exc.errno or 0)
             return
-        self.interrupt()
-
-    def interrupt(self) -> None:
-        """Wake every process waiting on the counter, without changing it (a process
-        that stops its own wait: the others look at the file once, and wait again)."""
         if not self.broken and self._futex(_FUTEX_WAKE, _INT_MAX, None) < 0:
             self._break(ctypes.get_errno())
 
