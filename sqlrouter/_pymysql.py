@@ -181,7 +181,10 @@ def abandon_after_fork(conn: Any, why: str) -> None:
         result.connection = _Gone(  # type: ignore[assignment]  # reads raise
             why
         )
-    abandon(sock, rfile, result, conn)  # conn: its TLS context (see _forksafe._ABANDONED)
+    # Its TLS context too (see _forksafe._ABANDONED), but not ``conn``: a connection the
+    # child opens again (ping(reconnect=True)) and then drops must still be freed, and
+    # its new socket closed, as any connection of the child's own.
+    abandon(sock, rfile, result, getattr(conn, "ctx", None))
 
 
 def finish_pending(conn: Any, *, warn: bool) -> None:

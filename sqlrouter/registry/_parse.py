@@ -215,13 +215,16 @@ def _parse_autofailover(where: _Where, value: object) -> AutofailoverSettings:
         AUTOFAILOVER_BACKOFF_RANGE,
     )
     if backoff_base > backoff_cap:
-        default = {
-            k: "" if k in table else " (the default)" for k in ("backoff_base", "backoff_cap")
-        }
+
+        def shown(key: str) -> str:  # as written (:g rounds 12345.68 to 12345.7)
+            if key in table:
+                return _show(table[key])
+            return f"{getattr(defaults, key):g} (the default)"
+
         raise where.error(
             "autofailover.backoff_base",
-            f"expected a number of seconds at most backoff_cap = {backoff_cap:g}"
-            f"{default['backoff_cap']}, got {backoff_base:g}{default['backoff_base']}",
+            f"expected a number of seconds at most backoff_cap = {shown('backoff_cap')}, "
+            f"got {shown('backoff_base')}",
         )
     return AutofailoverSettings(
         enabled=enabled,

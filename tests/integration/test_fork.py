@@ -5,6 +5,7 @@ on a snapshot that nobody refreshes.
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ import threading
 import time
 import traceback
 import urllib.request
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -397,6 +399,62 @@ def test_fork_while_threads_read_from_connections(cluster: Sandbox) -> None:
     for conn in conns:  # the parent's connections are as they were
         assert server_id(conn) in {1, 2, 3}
         conn.close()
+
+
+_INHERITED: list[sqlrouter.Connection] = []
+
+
+def _session(conn: sqlrouter.Connection) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        row = cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _sessions(url: str) -> set[int]:
+    conn = sqlrouter.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST")
+            return {int(row[0]) for row in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("qos", ["RW_STRICT", "RO_RELAXED"])
+def test_an_inherited_connection_opened_again_and_dropped_in_the_child_closes(
+    cluster: Sandbox, qos: str
+) -> None:
+    """The child keeps what it must not free of its parent's connections (their TLS
+    objects), not the connection objects: one the child opens again (a relaxed one moves
+    by itself, any other after ping(reconnect=True)) and then drops without close() ends
+    its session, as any dropped connection does."""
+    url = cluster.url(qos, hide_password=False, autocommit="true")
+    _INHERITED.append(sqlrouter.connect(url))
+    server_id(_INHERITED[0])
+
+    def child() -> dict[str, Any]:
+        conn = _INHERITED.pop()
+        try:
+            session = _session(conn)
+        except sqlrouter.ConnectionInvalidated:
+            assert qos == "RW_STRICT"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # PyMySQL's, on reconnect
+                conn.ping(reconnect=True)
+            session = _session(conn)
+        del conn
+        gc.collect()
+        wait_until(lambda: session not in _sessions(url), 30, f"session {session} ended")
+        return {}
+
+    try:
+        in_child(child)
+    finally:
+        for conn in _INHERITED:
+            conn.close()
+        _INHERITED.clear()
 
 
 def test_inherited_stream_says_its_rows_are_the_parents(cluster: Sandbox) -> None:

@@ -452,6 +452,11 @@ def test_the_autofailover_table_is_read(tmp_path: Path) -> None:
             "autofailover.backoff_base: expected a number of seconds at most backoff_cap = "
             "300 (the default), got 500",
         ),
+        (  # shown as written: rounded (:g), both read 12345.7
+            "backoff_base = 12345.68\nbackoff_cap = 12345.67",
+            "autofailover.backoff_base: expected a number of seconds at most backoff_cap = "
+            "12345.67, got 12345.68",
+        ),
         ("enable = true", "autofailover"),
     ],
 )
