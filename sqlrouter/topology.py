@@ -22,7 +22,7 @@ AUTOFAILOVER_ROUNDS_RANGE: Final = (1, 100)  # detection rounds
 AUTOFAILOVER_PERIOD_RANGE: Final = (0.0, 31_536_000.0)  # seconds: up to a year
 AUTOFAILOVER_LEASE_RANGE: Final = (2, 3600)  # whole seconds: etcd leases are in seconds
 AUTOFAILOVER_AGENTS_RANGE: Final = (1, 99)
-AUTOFAILOVER_BACKOFF_RANGE: Final = (0.1, 86_400.0)  # seconds: up to a day
+AUTOFAILOVER_BACKOFF_RANGE: Final = (1.0, 86_400.0)  # seconds: no tighter retry loop than 1 s
 
 
 def range_text(bounds: tuple[float, float]) -> str:

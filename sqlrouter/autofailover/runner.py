@@ -800,8 +800,11 @@ _NOT_RESTORED: Final = ("stop replication ", "semi-sync ")
 
 
 def _transient(error: TopologyError) -> bool:
-    """A refusal that says the master is there after all: not a reason to block."""
-    return " is alive" in error.reason or " is writable" in error.reason
+    """A refusal that says the master is there after all, or that its death could not
+    be checked (the check's connection failed, or the leader's guard said no while
+    etcd did not answer): not a reason to block, tried again after the backoff."""
+    reason = error.reason
+    return " is alive" in reason or " is writable" in reason or " was not checked" in reason
 
 
 def _describe(view: ServerView) -> str:

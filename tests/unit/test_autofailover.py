@@ -25,9 +25,11 @@ from sqlrouter.autofailover import (
 )
 from sqlrouter.autofailover._observe import ServerView, resolve_master
 from sqlrouter.autofailover.decision import backoff, failures_in_a_row
+from sqlrouter.autofailover.runner import _transient
 from sqlrouter.cli.admin import describe_autofailover
 from sqlrouter.registry import RegistryError, load_registry_file
 from sqlrouter.routing.router import resolve_master as router_master
+from sqlrouter.switchover import TopologyError
 from sqlrouter.topology import AutofailoverSettings, DataSource, Service
 
 NOW = 1_000_000.0
@@ -189,7 +191,7 @@ def test_the_backoff_schedule_doubles_up_to_its_cap() -> None:
     assert [backoff(n, base=2.5, cap=2.5) for n in range(1, 4)] == [2.5, 2.5, 2.5]
     # no overflow however many failures
     assert backoff(10_000, base=BACKOFF_BASE, cap=BACKOFF_CAP) == 300
-    assert backoff(10_000, base=0.1, cap=86_400) == 86_400
+    assert backoff(10_000, base=1, cap=86_400) == 86_400
 
 
 def test_failures_are_counted_in_a_row_only() -> None:
@@ -423,19 +425,23 @@ def test_the_autofailover_table_is_read(tmp_path: Path) -> None:
         ("min_agents = 0", "autofailover.min_agents: expected an integer 1-99, got 0"),
         (
             "backoff_base = 0",
-            "autofailover.backoff_base: expected a number of seconds 0.1-86400, got 0",
+            "autofailover.backoff_base: expected a number of seconds 1-86400, got 0",
+        ),
+        (  # a failover that keeps failing is tried again no faster than every second
+            "backoff_base = 0.1\nbackoff_cap = 0.1",
+            "autofailover.backoff_base: expected a number of seconds 1-86400, got 0.1",
         ),
         (
             "backoff_cap = -5",
-            "autofailover.backoff_cap: expected a number of seconds 0.1-86400, got -5",
+            "autofailover.backoff_cap: expected a number of seconds 1-86400, got -5",
         ),
         (
             "backoff_cap = 'forever'",
-            "autofailover.backoff_cap: expected a number of seconds 0.1-86400, got 'forever'",
+            "autofailover.backoff_cap: expected a number of seconds 1-86400, got 'forever'",
         ),
         (
             "backoff_cap = nan",
-            "autofailover.backoff_cap: expected a number of seconds 0.1-86400, got nan",
+            "autofailover.backoff_cap: expected a number of seconds 1-86400, got nan",
         ),
         (
             "backoff_base = 60\nbackoff_cap = 30",
@@ -549,3 +555,21 @@ def test_the_automations_admin_account_is_its_own(tmp_path: Path, other: str) ->
     assert f"user 'ops' is also the {other} account" in str(info.value)
     assert "secret" not in str(info.value)
     assert load(tmp_path, accounts) == AutofailoverSettings()
+
+
+@pytest.mark.parametrize(
+    ("reason", "transient"),
+    [
+        ("the master db1 is alive: it answers (writable); use switchover", True),
+        ("db2 is writable: the service has a master, there is nothing to fail over", True),
+        # The check could not be made (its connection failed, or the leader's guard said
+        # no while etcd did not answer): tried again after the backoff, not blocked.
+        ("the master db1 was not checked: not connected to db1: the store cannot confirm", True),
+        ("db2 has diverged from db1: its GTIDs 0-2-5 are not on db1", False),
+    ],
+)
+def test_a_refusal_blocks_automation_only_when_it_is_about_the_cluster(
+    reason: str, transient: bool
+) -> None:
+    error = TopologyError(1, reason, reason=reason, refused=True)
+    assert _transient(error) is transient
