@@ -368,12 +368,19 @@ def test_switchover_invalidates_writers_and_new_ones_follow(fresh_cluster: Sandb
                 await cur.execute("INSERT INTO appdb.aio_sw VALUES (1)")
             # The switchover leaves the old master's client connections open: sqlrouter
             # must not let this one write there (it is read-only now, and behind).
-            await asyncio.to_thread(switchover, sb.service(), "db2", disconnect_clients=False)
-            for _ in range(400):
-                master = observed_master(handle().monitor.snapshot)
-                if master is not None and master.name == "db2":
-                    break
-                await asyncio.sleep(0.05)
+            # The monitor installs the new snapshot, then invalidates the connections and
+            # publishes the events: wait for the events, not for the snapshot.
+            moved = threading.Event()
+
+            def seen(event: sqlrouter.events.Event) -> None:
+                if event.datasource == "db2":
+                    moved.set()
+
+            with sqlrouter.events.subscribe("master_changed", seen):
+                await asyncio.to_thread(switchover, sb.service(), "db2", disconnect_clients=False)
+                assert await asyncio.to_thread(moved.wait, 20)
+            master = observed_master(handle().monitor.snapshot)
+            assert master is not None and master.name == "db2"
             with pytest.raises(sqlrouter.ConnectionInvalidated) as info:
                 async with rw.cursor() as cur:
                     await cur.execute("INSERT INTO appdb.aio_sw VALUES (2)")
