@@ -20,10 +20,12 @@ import ctypes
 import os
 import socket
 import threading
+import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["abandon", "lock"]
+__all__ = ["FORK_WAIT", "abandon", "lock", "tls_section"]
 
 _locks: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -60,11 +62,72 @@ def abandon(sock: socket.socket | None, *keep: object) -> None:
             os.close(sock.detach())
 
 
+#: The longest a ``fork()`` waits for sqlrouter's threads to leave their TLS sections
+#: (a probe connecting to a frozen server can take its whole ``probe_timeout``).
+FORK_WAIT: float = 2.0
+
+
+class _Sections:
+    """sqlrouter's threads inside :func:`tls_section`, and whether a fork waits."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.active = 0
+        self.forking = False
+
+
+_sections = _Sections()
+
+
+@contextlib.contextmanager
+def tls_section() -> Iterator[None]:
+    """A stretch in which this thread (one of sqlrouter's own: the monitor's probes,
+    the heartbeat) opens or frees connections, so creates or frees OpenSSL objects.
+
+    OpenSSL takes a global lock to create or free them; a ``fork()`` while one of the
+    process's threads holds it leaves it held for ever in the child, whose first TLS
+    connection then hangs.  A fork waits (at most :data:`FORK_WAIT` seconds) until no
+    thread is in such a section, and none enters one until it is done.  The
+    application's own threads are not covered: fork before they connect."""
+    s = _sections
+    with s.cond:
+        while s.forking:
+            s.cond.wait()
+        s.active += 1
+    try:
+        yield
+    finally:
+        with s.cond:
+            s.active -= 1
+            if not s.active:
+                s.cond.notify_all()
+
+
+def _before_fork() -> None:
+    s = _sections
+    s.cond.acquire()  # held through the fork: no thread enters a section meanwhile
+    s.forking = True
+    deadline = time.monotonic() + FORK_WAIT
+    while s.active and (left := deadline - time.monotonic()) > 0:
+        s.cond.wait(left)
+
+
+def _after_fork_in_parent() -> None:
+    s = _sections
+    s.forking = False
+    s.cond.notify_all()
+    s.cond.release()
+
+
 def _reinit_in_child() -> None:
+    global _sections  # noqa: PLW0603 - the parent's, held by the fork, is not this one's
+    _sections = _Sections()
     for held in list(_locks):
         # CPython's own after-fork hook for locks (threading, logging and
         # concurrent.futures use it): the lock is new and unlocked in the child.
         held._at_fork_reinit()
 
 
-os.register_at_fork(after_in_child=_reinit_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_reinit_in_child
+)

@@ -19,6 +19,7 @@ from typing import Any
 import pymysql
 from pymysql.constants import CLIENT
 
+from .._forksafe import tls_section
 from .._pymysql import abandon_after_fork
 from ..errors import PRIVILEGE_ERRNOS
 from ..topology import Credentials, DataSource, Service
@@ -109,9 +110,24 @@ class Prober:
         #: The connection id of the stalled writer last reported.
         self._stalled_holder: object = None
 
+    def _dial(self, **kwargs: Any) -> Any:
+        with tls_section():  # a fork meanwhile waits for it (see sqlrouter._forksafe)
+            return self._connect(**kwargs)
+
+    def _drop(self, attr: str) -> None:
+        """Close the connection held in ``attr`` and let it go, its TLS objects freed
+        in the section (see :meth:`_dial`): no other reference to it is left."""
+        with tls_section():
+            conn = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            del conn
+
     def _open(self) -> Any:
         timeout = self.service.probe_timeout
-        return self._connect(
+        return self._dial(
             host=self.ds.host,
             port=self.ds.port,
             user=self.credentials.user,
@@ -125,19 +141,12 @@ class Prober:
         )
 
     def _close_probe(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._drop("_conn")
 
     def close(self) -> None:
         self.writer = False  # the lock lived on the heartbeat connection
-        for attr in ("_conn", "_hb_conn"):
-            conn = getattr(self, attr)
-            setattr(self, attr, None)
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
+        self._drop("_conn")
+        self._drop("_hb_conn")
 
     def forget(self) -> None:
         """In a forked child: drop the connections without a word to the server (they
@@ -235,7 +244,6 @@ class Prober:
 
     def close_heartbeat(self) -> None:
         """Close the heartbeat connection (and so give up the writer's lock on it)."""
-        conn, self._hb_conn = self._hb_conn, None
         if self.writer:
             logger.info(
                 "service %r: %s: this process no longer writes the heartbeat",
@@ -243,9 +251,7 @@ class Prober:
                 self.ds.name,
             )
         self.writer = False
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._drop("_hb_conn")
 
     def write_heartbeat(self, stale_after: float) -> bool:
         """Write the heartbeat row if this process is the cluster's heartbeat writer.
@@ -264,7 +270,7 @@ class Prober:
         acknowledgement, which must not delay the probes.  True when a row was written.
         """
         if self._hb_conn is None:
-            self._hb_conn = self._connect(
+            self._hb_conn = self._dial(
                 host=self.ds.host,
                 port=self.ds.port,
                 user=self.credentials.user,
