@@ -290,8 +290,10 @@ class AiomysqlConnection(_Base):  # type: ignore[misc]  # aiomysql is untyped
         self._drop_stream(why)
         self._close_reason = why
         transport = writer.transport if writer is not None else None
-        # self: its TLS context too (see sqlrouter._forksafe._ABANDONED)
-        abandon(raw_socket(transport), transport, writer, reader, result, self)
+        # Its TLS context too, never freed in the child (see sqlrouter._forksafe): not
+        # this object, which a reconnect in the child makes a connection of its own.
+        context = getattr(self, "_ssl_context", None)
+        abandon(raw_socket(transport), transport, writer, reader, result, context)
 
     @property
     def thread_id_or_none(self) -> int | None:
