@@ -27,6 +27,7 @@ import pymysql.cursors
 from ..routing.health import Health
 from ..routing.router import resolve_master as resolve_mastership
 from ..routing.router import upstream_of
+from ..switchover import Connected, accepted
 from ..topology import Credentials, DataSource, Service
 
 __all__ = [
@@ -49,7 +50,7 @@ Address = Callable[[DataSource], tuple[str, int]]
 
 #: Called with each connection a leader's action opens, before its first statement:
 #: the leadership checked again, older leaders' sessions ended; raising refuses it.
-OnConnect = Callable[[DataSource, "pymysql.connections.Connection[Any]"], None]
+OnConnect = Connected
 
 #: Sessions of the failover's account that are not a leader's: the replication threads
 #: (a master's ``Binlog Dump`` when replicas connect with the same account) and the
@@ -107,15 +108,7 @@ def connect(
     on_connect: OnConnect | None = None,
 ) -> pymysql.connections.Connection[pymysql.cursors.DictCursor]:
     """A connection to ``ds`` on which ``on_connect`` ran (the caller closes it)."""
-    conn = _open(ds, creds, timeout, address)
-    if on_connect is not None:
-        try:
-            on_connect(ds, conn)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise
-    return conn
+    return accepted(ds, _open(ds, creds, timeout, address), on_connect)
 
 
 def _open(

@@ -44,6 +44,7 @@ from __future__ import annotations
 from ._failover import failover
 from ._failover_plan import plan_failover
 from ._history import Candidate, Choice, choose_candidate
+from ._servers import Connected, accepted
 from ._steps import ER_TOPOLOGY, Plan, Step, StepKind, TopologyError
 from ._switchover import plan_switchover, switchover
 
@@ -51,10 +52,12 @@ __all__ = [
     "ER_TOPOLOGY",
     "Candidate",
     "Choice",
+    "Connected",
     "Plan",
     "Step",
     "StepKind",
     "TopologyError",
+    "accepted",
     "choose_candidate",
     "failover",
     "plan_failover",

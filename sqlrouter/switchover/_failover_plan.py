@@ -28,7 +28,6 @@ from ._history import (
 )
 from ._servers import (
     Connected,
-    _accepted,
     _describe,
     _Failure,
     _master_of,
@@ -36,6 +35,7 @@ from ._servers import (
     _positions,
     _repoint_sql,
     _Servers,
+    accepted,
 )
 from ._steps import (
     Plan,
@@ -114,7 +114,7 @@ def _liveness(
             return "unresponsive", (
                 f"it accepts TCP connections but does not answer ({_describe(exc)})"
             )
-        _accepted(ds, conn, on_connect)
+        accepted(ds, conn, on_connect)
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT @@read_only")

@@ -22,6 +22,7 @@ __all__ = [
     "_Node",
     "_Server",
     "_Servers",
+    "accepted",
 ]
 
 
@@ -44,7 +45,7 @@ _SYSTEM_COMMANDS: Final = frozenset(
 Connected = Callable[[DataSource, "pymysql.connections.Connection[Any]"], None]
 
 
-def _accepted(
+def accepted(
     ds: DataSource,
     conn: pymysql.connections.Connection[Any],
     on_connect: Connected | None,
@@ -231,7 +232,7 @@ class _Server:
 
     def _open(self, read_timeout: float) -> pymysql.connections.Connection[Any]:
         """A new connection; ``on_connect`` is asked before it runs anything."""
-        return _accepted(self.ds, self._connect(read_timeout), self._on_connect)
+        return accepted(self.ds, self._connect(read_timeout), self._on_connect)
 
     def _connect(self, read_timeout: float) -> pymysql.connections.Connection[Any]:
         return pymysql.connect(
