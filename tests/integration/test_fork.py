@@ -30,7 +30,7 @@ from sqlrouter._runtime import handles
 from sqlrouter.routing.service import ServiceHandle
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.switchover import switchover
-from tests.fixtures.helpers import reap, server_id, wait_until
+from tests.fixtures.helpers import reap, scalar, server_id, wait_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -404,14 +404,6 @@ def test_fork_while_threads_read_from_connections(cluster: Sandbox) -> None:
 _INHERITED: list[sqlrouter.Connection] = []
 
 
-def _session(conn: sqlrouter.Connection) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT CONNECTION_ID()")
-        row = cur.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def _sessions(url: str) -> set[int]:
     conn = sqlrouter.connect(url)
     try:
@@ -437,13 +429,13 @@ def test_an_inherited_connection_opened_again_and_dropped_in_the_child_closes(
     def child() -> dict[str, Any]:
         conn = _INHERITED.pop()
         try:
-            session = _session(conn)
+            session = scalar(conn, "SELECT CONNECTION_ID()")
         except sqlrouter.ConnectionInvalidated:
             assert qos == "RW_STRICT"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # PyMySQL's, on reconnect
                 conn.ping(reconnect=True)
-            session = _session(conn)
+            session = scalar(conn, "SELECT CONNECTION_ID()")
         del conn
         gc.collect()
         wait_until(lambda: session not in _sessions(url), 30, f"session {session} ended")
