@@ -21,7 +21,7 @@ from ..qos import QoS
 from ..registry.base import Registry
 from ..routing.explain import explain_handle, snapshot_rows
 from ..routing.health import Health, Snapshot
-from ..routing.router import Policy, explain_master, observed_master, resolve_master
+from ..routing.router import Policy, explain_master, mastership, observed_master
 from ..routing.service import ServiceHandle
 from ..url import parse_url
 from .protocol import ControlError, Request, RequestError, error_response
@@ -80,8 +80,8 @@ def _parts(service: str) -> dict[str, Any]:
 def _service_status(handle: ServiceHandle, now: float) -> dict[str, Any]:
     snap: Snapshot = handle.monitor.snapshot
     service = snap.service
-    mastership = resolve_master(service.datasources, snap.health, promoted=snap.promoted)
-    master_name = mastership.master.name if mastership.master is not None else None
+    m = mastership(snap)
+    master_name = m.master.name if m.master is not None else None
     rows = snapshot_rows(snap, Policy(qos=QoS.RO_RELAXED, max_lag=service.max_lag))
     conns = handle.open_connections()
     datasources = []
@@ -116,7 +116,7 @@ def _service_status(handle: ServiceHandle, now: float) -> dict[str, Any]:
         "master": master_name,
         "promoted": snap.promoted,
         "offline": sorted(snap.offline),
-        "split_brain": [ds.name for ds in mastership.not_master],
+        "split_brain": [ds.name for ds in m.not_master],
         "monitor": {
             "running": handle.monitor.running,
             "rounds": handle.monitor.rounds,
