@@ -162,7 +162,7 @@ class Share:
         return f"<Share {self.role} {self._path_text()}>"
 
     def _path_text(self) -> str:
-        return str(self.directory / f"{self._key}.json") if self._key else str(self.directory)
+        return str(self.path) if self._key else str(self.directory)
 
     @property
     def path(self) -> Path:
