@@ -31,14 +31,24 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     """Process ``pid``'s state letter and start time (clock ticks after boot), from
     ``/proc``; ``None`` if there is no such process (or thread) in this namespace.
     :class:`OSError` when ``/proc`` does not say (not mounted, hidden)."""
+    # os.open and os.read, not open(): a follower reads it at every regular look, and
+    # a text file object costs several times the read itself.
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            text = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    fields = text.rpartition(")")[2].split()
     try:
-        return fields[0], int(fields[19])
+        chunks = []
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    except ProcessLookupError:  # it exited between the open and the read
+        return None
+    finally:
+        os.close(fd)
+    # The command name (in parentheses) may hold anything: the fields follow its last ")".
+    fields = b"".join(chunks).rpartition(b")")[2].split()
+    try:
+        return fields[0].decode("ascii", "replace"), int(fields[19])
     except (IndexError, ValueError):
         raise OSError(f"/proc/{pid}/stat unreadable") from None
 

@@ -330,10 +330,15 @@ class Share:
             # directory): its pid means nothing here; the lease decides alone.
             return True
         # /proc is read at every regular look (a tenth of an interval apart), not at
-        # each of the early looks that follow a tick a few milliseconds apart.
+        # each of the early looks that follow a tick a few milliseconds apart, nor when
+        # the publisher wrote within that step: it was running then, which is what a
+        # look at /proc would say (the look of a follower its write woke: the host's
+        # followers all look at once then, and each one's turn delays the last).
+        step = 0.9 * service.monitor_interval / POLLS_PER_INTERVAL
+        if now - read.lease_at < step:
+            return True
         who = (read.pid, read.started)
         checked = self._checked
-        step = 0.9 * service.monitor_interval / POLLS_PER_INTERVAL
         if checked is not None and checked[0] == who and 0 <= now - checked[1] < step:
             return True
         running = _pid.running(read.pid, read.started)

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sqlrouter import _pid
 from sqlrouter.gtid import CausalToken
 from sqlrouter.routing import _shareformat
 from sqlrouter.routing.health import Health
@@ -44,6 +45,9 @@ SERVICE = Service(
 )
 KEY = service_key(SERVICE)
 NOW = 1000.0
+#: A follower's regular look comes a tenth of an interval after the last; a publisher
+#: that wrote less than that ago was running then, and its pid is not looked up.
+LOOK = SERVICE.monitor_interval / 10
 
 
 def health(at: float = NOW - 0.1) -> dict[str, Health]:
@@ -255,7 +259,8 @@ def test_a_dead_publisher_is_replaced_at_once(directory: Path) -> None:
     doc["pid"] = pid  # a process that no longer exists
     path.write_text(json.dumps(doc))
     b = Share(directory)
-    assert b.lead(SERVICE, NOW + 0.01) is True
+    # At the first look after its last write's step.
+    assert b.lead(SERVICE, NOW + LOOK) is True
 
 
 def test_an_agent_takes_over_and_is_not_replaced(directory: Path) -> None:
@@ -447,14 +452,15 @@ def test_a_zombie_or_a_reused_pid_is_no_publisher(directory: Path) -> None:
         while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
             time.sleep(0.01)
         _rewrite(a.path, pid=pid, started=started)
-        assert Share(directory).lead(SERVICE, NOW + 0.01) is True
+        assert Share(directory).lead(SERVICE, NOW + LOOK) is True
     finally:
         os.close(read)
         os.waitpid(pid, 0)
     # A pid that now names another process (this one; or a thread's id): its start
     # time is not the publisher's.
+    # (The file is now that of the process that took over at NOW + LOOK.)
     _rewrite(a.path, pid=os.getpid(), started=_start_time(os.getpid()) + 1, publisher="old")
-    assert Share(directory).lead(SERVICE, NOW + 0.02) is True
+    assert Share(directory).lead(SERVICE, NOW + 2 * LOOK) is True
 
 
 def test_a_replaced_publisher_says_who_replaced_it(
@@ -571,15 +577,39 @@ def test_a_follower_reads_proc_once_per_regular_look_and_still_sees_a_death(
     os.close(read)
     _rewrite(a.path, pid=pid, started=_start_time(pid), publisher="child")
     b = Share(directory)
-    step = SERVICE.monitor_interval / 10
-    assert b.lead(SERVICE, NOW + 0.01) is False  # alive
+    assert b.lead(SERVICE, NOW + LOOK) is False  # alive
     os.close(write)
     os.waitpid(pid, 0)
     # Dead, but looked at again within the step: not read again.
-    assert b.lead(SERVICE, NOW + 0.01 + step / 2) is False
+    assert b.lead(SERVICE, NOW + LOOK + LOOK / 2) is False
     assert b.role == "follower"
     # The next regular look reads it: gone, taken over.
-    assert b.lead(SERVICE, NOW + 0.01 + step) is True
+    assert b.lead(SERVICE, NOW + 2 * LOOK) is True
+    assert b.role == "publisher"
+
+
+def test_a_follower_woken_by_a_write_does_not_look_the_publisher_up(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All of a host's followers look at once when a publisher's write wakes them: a
+    publisher that wrote within a step of the look was running then, and no follower
+    reads its /proc entry for that look; a later look does, and sees a death."""
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    looked: list[int] = []
+
+    def running(pid: int, started: int) -> bool:
+        looked.append(pid)
+        return False  # what a dead publisher's lookup says
+
+    monkeypatch.setattr(_pid, "running", running)
+    b = Share(directory)
+    assert b.lead(SERVICE, NOW + 0.005) is False  # woken by the write
+    assert b.take() == (NOW, health())
+    assert looked == []
+    assert b.lead(SERVICE, NOW + LOOK) is True  # the next regular look: dead
+    assert looked and set(looked) == {os.getpid()}  # (the election looks again)
     assert b.role == "publisher"
 
 
