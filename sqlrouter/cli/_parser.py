@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="show sqlrouter at work on a local sandbox cluster",
         description=(
             "Start a sandbox cluster (in a temporary directory unless --dir is given) and "
-            "show routing on it; the temporary sandbox is destroyed at the end."
+            "show routing on it; the temporary sandbox is destroyed at the end, and its "
+            "servers die with the demo if it is killed."
         ),
     )
     demo.add_argument(

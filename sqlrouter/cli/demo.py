@@ -167,7 +167,13 @@ def run_demo(
     """
     tmp = None if directory else tempfile.mkdtemp(prefix="sqlrouter-demo-")
     path = Path(directory or tmp or ".")
-    sb = Sandbox(path / "sandbox" if tmp else path, progress=lambda m: out(f"   {m}"))
+    # A sandbox of its own that it destroys at the end dies with it (PR_SET_PDEATHSIG):
+    # a demo killed (SIGKILL, a CI job cancelled) leaves no server running.
+    sb = Sandbox(
+        path / "sandbox" if tmp else path,
+        ephemeral=tmp is not None and not keep,
+        progress=lambda m: out(f"   {m}"),
+    )
     existed = sb.exists
     out("== 1. a local replicated cluster (sqlrouter sandbox up)")
     try:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -75,6 +81,65 @@ def test_demo_shows_routing_and_faults(tmp_path: object) -> None:
     assert "20 connections -> {'db2': 20}" in text  # db3 excluded after stop-io
     assert "[ok] writable db2" in text and "10 RW_STRICT connections -> {'db2': 10}" in text
     assert "cleaning up" in text
+
+
+def _servers_under(directory: Path) -> list[int]:
+    """The pids of the processes whose command line names ``directory``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(directory).encode() in cmdline and b"mariadbd" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_demo_leaves_no_server_running() -> None:
+    """The demo's own sandbox dies with it: a demo killed while it runs (a cancelled CI
+    job, a test run interrupted) leaves no ``mariadbd`` behind."""
+    # A short directory: the servers' socket paths must stay under 108 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="sqd-"))
+    try:
+        _kill_a_demo_in(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill_a_demo_in(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sqlrouter", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        seen = []
+        for line in proc.stdout:  # the servers are up once the demo's second step starts
+            seen.append(line)
+            if line.startswith("== 2.") or time.monotonic() > deadline:
+                break
+        assert any(line.startswith("== 2.") for line in seen), "".join(seen)
+        assert _servers_under(tmp_path), "the demo's servers were not found"
+    finally:
+        proc.kill()
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    deadline = time.monotonic() + 30
+    while (left := _servers_under(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:  # without the fix: do not leave them running either
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert left == [], f"servers left running after the demo was killed: {left}"
 
 
 def _free_base_port(count: int) -> int:
