@@ -753,7 +753,7 @@ class Runner:
         if new is not None:
             puts["history"] = {"at": now, "term": term, "acknowledged": False}
             deletes.append("retry")
-        elif error is not None and error.refused and not _transient(error):
+        elif error is not None and _blocks(error):
             puts["blocked"] = {"reason": error.reason, "at": now, "term": term}
         else:  # tried again when still dead, after a backoff that grows with each failure
             last = history or History()
@@ -799,12 +799,12 @@ _PAST_NO_RETURN: Final = ("repoint ", "leave ", "writable ", "reset ", "verify")
 _NOT_RESTORED: Final = ("stop replication ", "semi-sync ")
 
 
-def _transient(error: TopologyError) -> bool:
-    """A refusal that says the master is there after all, or that its death could not
-    be checked (the check's connection failed, or the leader's guard said no while
-    etcd did not answer): not a reason to block, tried again after the backoff."""
-    reason = error.reason
-    return " is alive" in reason or " is writable" in reason or " was not checked" in reason
+def _blocks(error: TopologyError) -> bool:
+    """A failover's error that blocks automation until an operator acknowledges it: a
+    refusal about the cluster (a diverged candidate, no replica...), not one of the
+    moment (the master answers after all, or its death could not be checked:
+    :attr:`TopologyError.transient`), which is tried again after the backoff."""
+    return error.refused and not error.transient
 
 
 def _describe(view: ServerView) -> str:

@@ -211,8 +211,8 @@ def _plan_failover(
     kind = "failover"
     say = note or (lambda name, detail: None)
 
-    def refuse(server: str, reason: str) -> TopologyError:
-        return _refuse(service, kind, "plan", server, reason)
+    def refuse(server: str, reason: str, *, transient: bool = False) -> TopologyError:
+        return _refuse(service, kind, "plan", server, reason, transient=transient)
 
     nodes = servers.inspect()
     writable = [n for n in nodes.values() if n.reachable and not n.read_only]
@@ -221,6 +221,7 @@ def _plan_failover(
             writable[0].name,
             f"{', '.join(n.name for n in writable)} is writable: the service has a master, "
             "there is nothing to fail over (use switchover to change the master)",
+            transient=True,
         )
     replicas = [n for n in nodes.values() if n.reachable and n.is_replica]
     if not replicas:
@@ -253,9 +254,13 @@ def _plan_failover(
             else _liveness(old, creds, servers.io_timeout, on_connect=servers.on_connect)
         )
     except (_Failure, pymysql.err.MySQLError, OSError) as exc:
-        raise refuse(old.name, f"the master {old.name} was not checked: {_describe(exc)}") from None
+        raise refuse(
+            old.name, f"the master {old.name} was not checked: {_describe(exc)}", transient=True
+        ) from None
     if state == "alive":
-        raise refuse(old.name, f"the master {old.name} is alive: {how}; use switchover")
+        raise refuse(
+            old.name, f"the master {old.name} is alive: {how}; use switchover", transient=True
+        )
     risks: list[str] = []
     warnings: list[str] = []
     if state == "unresponsive":

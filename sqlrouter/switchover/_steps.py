@@ -59,10 +59,16 @@ class TopologyError(OperationalError):
         state: str = "",
         steps: Sequence[Step] = (),
         refused: bool = False,
+        transient: bool = False,
     ) -> None:
         super().__init__(errno, message)
         #: Refused before changing anything (the plan or the choice said no).
         self.refused = refused
+        #: Refused for a reason of the moment, not for the cluster's state: the master
+        #: answers after all (or a server is writable), or its death could not be
+        #: checked.  The same request later may be accepted (automatic failover tries
+        #: again after its backoff instead of waiting for an operator).
+        self.transient = transient
         self.service = service
         self.server = server
         self.step = step
@@ -338,7 +344,9 @@ def _check_timeout(timeout: float) -> None:
     _check_seconds("timeout", timeout)
 
 
-def _refuse(service: Service, kind: str, step: str, server: str, reason: str) -> TopologyError:
+def _refuse(
+    service: Service, kind: str, step: str, server: str, reason: str, *, transient: bool = False
+) -> TopologyError:
     return TopologyError(
         ER_TOPOLOGY,
         f"service {service.name!r}: {kind} refused at step {step!r} on {server}: {reason}; "
@@ -349,6 +357,7 @@ def _refuse(service: Service, kind: str, step: str, server: str, reason: str) ->
         reason=reason,
         state="nothing was changed",
         refused=True,
+        transient=transient,
     )
 
 

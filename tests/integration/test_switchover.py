@@ -284,10 +284,13 @@ def test_switchover_refusals_change_nothing(cluster: Sandbox) -> None:
     assert "service 'sandbox'" in str(err) and err.step == "plan"
     err = refused("db1")
     assert "db1 is already the master" in str(err)
+    assert err.transient is False  # about the request: asking again changes nothing
     with pytest.raises(TopologyError) as info:
         failover(service)
     assert "db1 is writable: the service has a master" in str(info.value)
     assert "use switchover" in str(info.value)
+    # About the moment (a master is there now): automation tries again, not blocks.
+    assert info.value.refused and info.value.transient
     assert topology(cluster) == before
 
 

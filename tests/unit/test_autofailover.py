@@ -25,7 +25,7 @@ from sqlrouter.autofailover import (
 )
 from sqlrouter.autofailover._observe import ServerView, resolve_master
 from sqlrouter.autofailover.decision import backoff, failures_in_a_row
-from sqlrouter.autofailover.runner import _transient
+from sqlrouter.autofailover.runner import _blocks
 from sqlrouter.cli.admin import describe_autofailover
 from sqlrouter.registry import RegistryError, load_registry_file
 from sqlrouter.routing.router import resolve_master as router_master
@@ -558,18 +558,25 @@ def test_the_automations_admin_account_is_its_own(tmp_path: Path, other: str) ->
 
 
 @pytest.mark.parametrize(
-    ("reason", "transient"),
+    ("reason", "transient", "blocks"),
     [
-        ("the master db1 is alive: it answers (writable); use switchover", True),
-        ("db2 is writable: the service has a master, there is nothing to fail over", True),
+        ("the master db1 is alive: it answers (writable); use switchover", True, False),
+        ("db2 is writable: the service has a master, there is nothing to fail over", True, False),
         # The check could not be made (its connection failed, or the leader's guard said
         # no while etcd did not answer): tried again after the backoff, not blocked.
-        ("the master db1 was not checked: not connected to db1: the store cannot confirm", True),
-        ("db2 has diverged from db1: its GTIDs 0-2-5 are not on db1", False),
+        (
+            "the master db1 was not checked: not connected to db1: the store cannot confirm",
+            True,
+            False,
+        ),
+        ("db2 has diverged from db1: its GTIDs 0-2-5 are not on db1", False, True),
+        # What the refusal says does not decide: a reason about the cluster that happens
+        # to read like one of the moment still blocks.
+        ("db3 is writable and is alive: two masters", False, True),
     ],
 )
 def test_a_refusal_blocks_automation_only_when_it_is_about_the_cluster(
-    reason: str, transient: bool
+    reason: str, transient: bool, blocks: bool
 ) -> None:
-    error = TopologyError(1, reason, reason=reason, refused=True)
-    assert _transient(error) is transient
+    error = TopologyError(1, reason, reason=reason, refused=True, transient=transient)
+    assert _blocks(error) is blocks
