@@ -333,9 +333,11 @@ class Share:
         # each of the early looks that follow a tick a few milliseconds apart, nor when
         # the publisher wrote within that step: it was running then, which is what a
         # look at /proc would say (the look of a follower its write woke: the host's
-        # followers all look at once then, and each one's turn delays the last).
+        # followers all look at once then, and each one's turn delays the last).  A
+        # write after ``now`` (a stale ``now``; a ``lease_at`` ahead of it) vouches for
+        # nothing at the look: the pid is looked up.
         step = 0.9 * service.monitor_interval / POLLS_PER_INTERVAL
-        if now - read.lease_at < step:
+        if 0 <= now - read.lease_at < step:
             return True
         who = (read.pid, read.started)
         checked = self._checked

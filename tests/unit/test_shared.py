@@ -588,6 +588,24 @@ def test_a_follower_reads_proc_once_per_regular_look_and_still_sees_a_death(
     assert b.role == "publisher"
 
 
+def test_a_write_after_the_followers_look_began_does_not_vouch_for_a_dead_publisher(
+    directory: Path,
+) -> None:
+    """A file written after the ``now`` its follower looks with (a stale ``now``: the
+    registry read, the lock's wait came first; or a file whose ``lease_at`` is ahead,
+    within what :func:`decode` accepts) says nothing of the publisher at the look: its
+    pid is looked up, and a dead one replaced at once, as before the step's shortcut."""
+    a = Share(directory)
+    a.lead(SERVICE, NOW)
+    a.publish(NOW, health(), NOW)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only exits
+        os._exit(0)
+    os.waitpid(pid, 0)
+    _rewrite(a.path, pid=pid, started=0, publisher="dead", lease_at=NOW + 0.5)
+    assert Share(directory).lead(SERVICE, NOW) is True
+
+
 def test_a_follower_woken_by_a_write_does_not_look_the_publisher_up(
     directory: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
