@@ -195,7 +195,14 @@ def _run_failover(
         raise run.error("failed", failed.name, failed.server, failed.reason, state) from None
     except TopologyError as refused:
         state = undo.rollback("nothing was changed: the replicas are as they were")
-        raise run.error("refused", "choose", refused.server, refused.reason, state) from None
+        raise run.error(
+            "refused",
+            "choose",
+            refused.server,
+            refused.reason,
+            state,
+            transient=refused.transient,  # a server writable again: about the moment
+        ) from None
     except BaseException:
         undo.rollback("rolled back")
         raise

@@ -246,7 +246,16 @@ class _Run:
         if stop is not None:
             raise _Failure(f"not connected to {ds.name}: {stop}")
 
-    def error(self, verb: str, step: str, server: str, reason: str, state: str) -> TopologyError:
+    def error(
+        self,
+        verb: str,
+        step: str,
+        server: str,
+        reason: str,
+        state: str,
+        *,
+        transient: bool = False,
+    ) -> TopologyError:
         message = self.scrub(
             f"service {self.service.name!r}: {self.kind} {verb} at step {step!r} "
             f"on {server}: {reason}; {state}"
@@ -261,6 +270,7 @@ class _Run:
             state=self.scrub(state),
             steps=self.steps,
             refused=verb == "refused",
+            transient=transient,
         )
 
 

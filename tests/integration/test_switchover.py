@@ -481,6 +481,28 @@ def test_failover_applies_relay_logs_before_choosing(fresh_cluster: Sandbox) -> 
         assert len(sb.query(node, f"SELECT id FROM {TABLE}")) == 20
 
 
+def test_a_server_writable_again_before_the_choice_is_a_transient_refusal(
+    fresh_cluster: Sandbox,
+) -> None:
+    """The plan is made again once the replicas are frozen; a server found writable then
+    (the service has a master again) is a refusal of the moment, as in the first plan:
+    automatic failover tries again after its backoff instead of blocking."""
+    sb = fresh_cluster
+    for node in ("db2", "db3"):
+        sb.wait_caught_up(node)
+    sb.fault("db1", "kill")
+
+    def report(step: Step) -> None:
+        if step.name == "check master db1":  # after the first plan, before the second
+            sb.query("db2", "SET GLOBAL read_only = 0")
+
+    with pytest.raises(TopologyError) as info:
+        failover(sb.service(), report=report)
+    err = info.value
+    assert err.step == "choose" and "db2 is writable" in err.reason, str(err)
+    assert err.refused and err.transient
+
+
 def test_failover_refuses_diverged_replicas_unless_forced(fresh_cluster: Sandbox) -> None:
     sb = fresh_cluster
     service = sb.service()
