@@ -215,6 +215,12 @@ def _plan_failover(
         return _refuse(service, kind, "plan", server, reason, transient=transient)
 
     nodes = servers.inspect()
+    # The guard said no to an inspection's connection: what the plan would say of that
+    # server (unreachable) is no fact about the cluster; tried again later.
+    stopped = [n for n in nodes.values() if n.stopped]
+    if stopped:
+        name = stopped[0].name
+        raise refuse(name, f"{name} was not checked: {stopped[0].error}", transient=True)
     writable = [n for n in nodes.values() if n.reachable and not n.read_only]
     if writable:
         raise refuse(

@@ -77,6 +77,11 @@ class _Failure(Exception):
     """A step could not be done; the message says why (no password in it)."""
 
 
+class _Stopped(_Failure):
+    """The guard said no to a new connection: nothing was run on it (an automatic
+    failover's leader that lost, or cannot confirm, its lease)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Node:
     """What one inspection read from one server."""
@@ -101,6 +106,8 @@ class _Node:
     slave: Mapping[str, Any] | None = None
     #: Heartbeat rows: ``{server_id: UNIX timestamp}``.
     heartbeats: Mapping[int, float] = field(default_factory=dict)
+    #: Not inspected: the guard said no (nothing is known of the server).
+    stopped: bool = False
 
     @property
     def name(self) -> str:
@@ -353,6 +360,8 @@ class _Server:
             if exc.args and exc.args[0] == 1193:  # unknown system variable
                 error = f"it answers, but is not a MariaDB server with GTIDs: {error}"
             return _Node(self.ds, reachable=False, error=error)
+        except _Stopped as exc:
+            return _Node(self.ds, reachable=False, error=_describe(exc), stopped=True)
         except (OSError, _Failure) as exc:
             return _Node(self.ds, reachable=False, error=_describe(exc))
         heartbeats: dict[int, float] = {}

@@ -16,7 +16,7 @@ import pymysql
 from .. import telemetry
 from ..errors import OperationalError
 from ..topology import Credentials, DataSource, Service
-from ._servers import _describe, _Failure, _Node, _Servers
+from ._servers import _describe, _Failure, _Node, _Servers, _Stopped
 
 __all__ = [
     "ER_TOPOLOGY",
@@ -66,8 +66,9 @@ class TopologyError(OperationalError):
         self.refused = refused
         #: Refused for a reason of the moment, not for the cluster's state: the master
         #: answers after all (or a server is writable), or its death could not be
-        #: checked.  The same request later may be accepted (automatic failover tries
-        #: again after its backoff instead of waiting for an operator).
+        #: checked (or a server, the guard saying no).  The same request later may be
+        #: accepted (automatic failover tries again after its backoff instead of waiting
+        #: for an operator).
         self.transient = transient
         self.service = service
         self.server = server
@@ -244,7 +245,7 @@ class _Run:
             return
         stop = self._guard(self.current or f"connect {ds.name}")
         if stop is not None:
-            raise _Failure(f"not connected to {ds.name}: {stop}")
+            raise _Stopped(f"not connected to {ds.name}: {stop}")
 
     def error(
         self,

@@ -503,6 +503,30 @@ def test_a_server_writable_again_before_the_choice_is_a_transient_refusal(
     assert err.refused and err.transient
 
 
+def test_a_guard_that_stops_the_inspection_is_a_transient_refusal(
+    fresh_cluster: Sandbox,
+) -> None:
+    """An automatic failover's guard that says no as the servers are inspected (its
+    leader cannot confirm its lease right now) leaves the replicas uninspected: that is
+    no fact about the cluster ("no reachable replica") that would block automation, but
+    a refusal of the moment, tried again after the backoff."""
+    sb = fresh_cluster
+    for node in ("db2", "db3"):
+        sb.wait_caught_up(node)
+    sb.fault("db1", "kill")
+    before = topology(sb)
+
+    def guard(step: str) -> str:
+        return "the store cannot confirm that a1 still leads (term 3): timed out"
+
+    with pytest.raises(TopologyError) as info:
+        failover(sb.service(), guard=guard)
+    err = info.value
+    assert err.step == "plan" and "was not checked" in err.reason, str(err)
+    assert err.refused and err.transient
+    assert topology(sb) == before
+
+
 def test_failover_refuses_diverged_replicas_unless_forced(fresh_cluster: Sandbox) -> None:
     sb = fresh_cluster
     service = sb.service()
