@@ -16,7 +16,8 @@ workers on the sqlrouter of another checkout (``PYTHONPATH=PATH``: the code befo
 fleet changes) for the same counts, interleaved with this checkout's (before, after,
 after, before...), so that machine noise falls on both.
 
-Reaction times, with 1 process and with the largest N (every worker reports, in memory,
+Reaction times, with 1 process and with the largest N, or the counts of
+``--reaction-counts`` (every worker reports, in memory,
 when its snapshot first showed the change; the figure is when the *last* one did):
 
 - stop-io exclusion: ``STOP SLAVE IO_THREAD`` on db3 until every process's snapshot
@@ -391,7 +392,9 @@ def report(results: dict[str, Any]) -> str:
         "`.venv/bin/python -m benchmarks.bench_fleet --update-docs "
         f"--counts {','.join(str(c) for c in results['counts'])}"
         + (
-            f" --reaction-max {results['reactions'][-1]['processes']}"
+            " --reaction-counts "
+            + ",".join(str(r["processes"]) for r in results["reactions"])
+            + f" --reactions {len(results['reactions'][0]['stop_io'])}"
             if results.get("reactions")
             else ""
         )
@@ -426,6 +429,16 @@ def _report_reactions(reactions: list[dict[str, Any]]) -> list[str]:
     stop_io = statistics.median(most["stop_io"]) / statistics.median(base["stop_io"])
     switch = _expected_switchover(most) / _expected_switchover(base)
     target = TARGETS["reaction"]
+    within = [
+        r["processes"]
+        for r in reactions[1:]
+        if _expected_switchover(r) / _expected_switchover(base) <= target
+    ]
+    between = ""
+    if len(reactions) > 2:
+        between = " Switchover within the target with " + (
+            f"{', '.join(map(str, within))} processes." if within else "none of these counts."
+        )
     return [
         "",
         "Reaction times (median over the runs; the last process to see the change). Each "
@@ -452,7 +465,8 @@ def _report_reactions(reactions: list[dict[str, Any]]) -> list[str]:
         "",
         f"Reaction target with {most['processes']} processes (within {target - 1:.0%} of "
         f"one process's): stop-io {stop_io:.2f}x ({'met' if stop_io <= target else 'NOT met'}); "
-        f"switchover, expected {switch:.2f}x ({'met' if switch <= target else 'NOT met'}).",
+        f"switchover, expected {switch:.2f}x ({'met' if switch <= target else 'NOT met'})."
+        + between,
     ]
 
 
@@ -499,9 +513,20 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="the largest count whose reactions are measured (default: the largest count)",
     )
+    parser.add_argument(
+        "--reaction-counts",
+        default="",
+        help="the counts whose reactions are measured, e.g. 1,20,50,200 (default: the "
+        "first count and --reaction-max); the first is the one the others are compared to",
+    )
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
+    reaction_counts = (
+        [int(c) for c in args.reaction_counts.split(",")]
+        if args.reaction_counts
+        else sorted({counts[0], args.reaction_max or counts[-1]})
+    )
     results: dict[str, Any] = {
         "counts": counts,
         "window": args.window,
@@ -530,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  {row}")
                 results["load"][side].append(row)
         if args.reactions:
-            for n in sorted({counts[0], args.reaction_max or counts[-1]}):
+            for n in reaction_counts:
                 log(f"reactions: {n} processes")
                 r = measure_reactions(sb, n, None, args.reactions)
                 log(f"  {r}")
