@@ -70,6 +70,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import secrets
 import stat as stat_mode
 import time
@@ -116,6 +117,14 @@ MAX_FILE_BYTES: Final = 1 << 20
 #: slow is common, and a herd of processes probing alone would load it more.
 LOCK_TIMEOUT: Final = 0.2
 LOCK_GIVE_UP_INTERVALS: Final = 10.0
+#: The files of another definition of a service (another key: the registry changed, an
+#: older version of sqlrouter) unwritten for this long are removed by a new publisher:
+#: a definition in use is written every interval (one hour at most), and its followers
+#: take over within two when its publisher stops.
+STALE_AFTER: Final = 86400.0
+#: What a shared snapshot file's name looks like without its extension (see
+#: :func:`service_key`): only such files, next to their ``.lock``, are ever removed.
+_KEY_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,40}-[0-9a-f]{20}")
 #: One thread of a process at a time holds a file's lock (``lockf`` locks belong to
 #: the process, not the thread, and are dropped when the process closes any
 #: descriptor of the file); a forked child holds none of its parent's.
@@ -629,13 +638,53 @@ class Share:
 
     def _remove_orphans(self) -> None:
         """Remove this file's temporary copies left by writers killed before their
-        ``rename()`` (``.KEY.PID.HEX.tmp`` of a pid that no longer runs)."""
+        ``rename()`` (``.KEY.PID.HEX.tmp`` of a pid that no longer runs), and the rounds
+        and wake-up files of other keys unwritten for :data:`STALE_AFTER` seconds."""
         prefix = f".{self._key}."
         with contextlib.suppress(OSError, ShareError), self._dir() as d:
             for name in os.listdir(d):
+                stem, _, extension = name.rpartition(".")
+                if stem != self._key and extension == "lock" and _KEY_NAME.fullmatch(stem):
+                    with contextlib.suppress(OSError):
+                        self._remove_stale(d, stem)
                 if not (name.startswith(prefix) and name.endswith(".tmp")):
                     continue
                 pid = name[len(prefix) :].split(".", 1)[0]
                 if pid.isdigit() and not _pid.exists(int(pid)):
                     with contextlib.suppress(OSError):
                         os.unlink(name, dir_fd=d)
+
+    def _remove_stale(self, directory: int, key: str) -> None:
+        """Remove ``key``'s round and wake-up files if neither was written for
+        :data:`STALE_AFTER` seconds, under its lock (skipped when another process holds
+        it).  Its lock file stays: a process may hold it open, and one that locked the
+        removed file and one that created a new one would both think they hold it."""
+        names = (f"{key}.json", f"{key}.wake")
+        fd = os.open(f"{key}.lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return  # in use
+            found = []
+            for name in names:
+                try:
+                    st = os.stat(name, dir_fd=directory, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat_mode.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                    return
+                if time.time() - st.st_mtime < STALE_AFTER:
+                    return
+                found.append(name)
+            for name in found:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=directory)
+            if found:
+                logger.info(
+                    "shared snapshots in %s: removed %s (not written for a day)",
+                    self.directory,
+                    ", ".join(found),
+                )
+        finally:
+            os.close(fd)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 
 from sqlrouter import _pid
 from sqlrouter.gtid import CausalToken
-from sqlrouter.routing import _shareformat
+from sqlrouter.routing import _shareformat, shared
 from sqlrouter.routing.health import Health
 from sqlrouter.routing.lag import Observation
 from sqlrouter.routing.monitor import Monitor
@@ -766,3 +768,48 @@ def test_a_futex_that_fails_turns_the_wake_ups_off(
     monkeypatch.setattr(_wake, "_FUTEX", (enosys, 202))
     assert b.wait(0.05) is False
     assert not b.wakes
+
+
+def test_a_new_publisher_removes_the_files_of_definitions_unwritten_for_a_day(
+    directory: Path,
+) -> None:
+    """The registry changed (or sqlrouter was upgraded) long ago: the old definition's
+    round and wake-up files go when a publisher is elected; its lock file stays (a
+    process may hold it open).  A definition written within the day stays, as do files
+    that are not a shared snapshot's, and those of a definition whose lock is held."""
+    old_key, recent_key, held_key = (f"shop-{c * 20}" for c in "abc")
+    day_ago = time.time() - shared.STALE_AFTER - 60
+    for key in (old_key, recent_key, held_key):
+        for ext in ("json", "wake", "lock"):
+            (directory / f"{key}.{ext}").write_bytes(b"{}")
+    for key in (old_key, held_key):
+        for ext in ("json", "wake"):
+            os.utime(directory / f"{key}.{ext}", (day_ago, day_ago))
+    (directory / "notes.json").write_bytes(b"{}")  # not a shared snapshot's: no lock
+    os.utime(directory / "notes.json", (day_ago, day_ago))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - holds the lock of held_key until told
+        fd = os.open(directory / f"{held_key}.lock", os.O_RDWR)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        os.close(read)
+        os.write(write, b"x")
+        time.sleep(30)
+        os._exit(0)
+    os.close(write)
+    try:
+        os.read(read, 1)
+        a = Share(directory)
+        assert a.lead(SERVICE, NOW) is True
+        assert a.role == "publisher"
+    finally:
+        os.close(read)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    left = {p.name for p in directory.iterdir()}
+    assert f"{old_key}.json" not in left and f"{old_key}.wake" not in left
+    assert f"{old_key}.lock" in left
+    for key in (recent_key, held_key):
+        assert {f"{key}.json", f"{key}.wake", f"{key}.lock"} <= left
+    assert "notes.json" in left
+    assert a.path.name in left  # its own
