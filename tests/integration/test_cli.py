@@ -19,6 +19,7 @@ import pytest
 from sqlrouter.cli.demo import run_demo
 from sqlrouter.sandbox import Sandbox
 from sqlrouter.sandbox._process import _port_free
+from tests.fixtures.helpers import mariadbd_pids
 
 pytestmark = pytest.mark.sandbox
 
@@ -83,21 +84,6 @@ def test_demo_shows_routing_and_faults(tmp_path: object) -> None:
     assert "cleaning up" in text
 
 
-def _servers_under(directory: Path) -> list[int]:
-    """The pids of the processes whose command line names ``directory``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if str(directory).encode() in cmdline and b"mariadbd" in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
 def test_a_killed_demo_leaves_no_server_running() -> None:
     """The demo's own sandbox dies with it: a demo killed while it runs (a cancelled CI
     job, a test run interrupted) leaves no ``mariadbd`` behind."""
@@ -127,14 +113,14 @@ def _kill_a_demo_in(tmp_path: Path) -> None:
             if line.startswith("== 2.") or time.monotonic() > deadline:
                 break
         assert any(line.startswith("== 2.") for line in seen), "".join(seen)
-        assert _servers_under(tmp_path), "the demo's servers were not found"
+        assert mariadbd_pids(tmp_path), "the demo's servers were not found"
     finally:
         proc.kill()
         proc.wait(30)
         if proc.stdout is not None:
             proc.stdout.close()
     deadline = time.monotonic() + 30
-    while (left := _servers_under(tmp_path)) and time.monotonic() < deadline:
+    while (left := mariadbd_pids(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in left:  # without the fix: do not leave them running either
         with contextlib.suppress(ProcessLookupError):

@@ -16,25 +16,9 @@ import pytest
 import sqlrouter.sandbox._process as sandbox_mod
 from sqlrouter.cli import main
 from sqlrouter.sandbox import Sandbox, SandboxError
-from tests.fixtures.helpers import returns_before
+from tests.fixtures.helpers import mariadbd_pids, returns_before
 
 pytestmark = pytest.mark.sandbox
-
-
-def mariadbd_pids(directory: Path) -> list[int]:
-    """Pids of mariadbd processes whose command line mentions ``directory``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if "mariadbd" in cmdline and str(directory) in cmdline and state != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 def write_row(sb: Sandbox, table: str, node: str | None = None) -> str:

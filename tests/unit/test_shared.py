@@ -254,10 +254,7 @@ def test_a_dead_publisher_is_replaced_at_once(directory: Path) -> None:
     a.publish(NOW, health(), NOW)
     path = a.path
     doc = json.loads(path.read_bytes())
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child only exits
-        os._exit(0)
-    os.waitpid(pid, 0)
+    pid = _reaped_pid()
     doc["pid"] = pid  # a process that no longer exists
     path.write_text(json.dumps(doc))
     b = Share(directory)
@@ -413,6 +410,15 @@ def _rewrite(path: Path, **fields: object) -> None:
     path.write_text(json.dumps(doc))
 
 
+def _reaped_pid() -> int:
+    """The pid of a process that no longer exists (a child that exited, reaped)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only exits
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
 def _start_time(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
 
@@ -424,10 +430,7 @@ def test_a_publisher_in_another_pid_namespace_is_judged_by_its_lease(directory: 
     a = Share(directory)
     a.lead(SERVICE, NOW)
     a.publish(NOW, health(), NOW)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child only exits
-        os._exit(0)
-    os.waitpid(pid, 0)  # no such process here
+    pid = _reaped_pid()  # no such process here
     pidns = os.stat("/proc/self/ns/pid").st_ino
     _rewrite(a.path, pid=pid, pidns=pidns + 1, started=12345)
     b = Share(directory)
@@ -484,10 +487,7 @@ def test_a_new_publisher_removes_the_temporary_files_of_dead_writers(directory: 
     # A publisher killed between writing its temporary file and renaming it leaves it.
     a = Share(directory)
     a.lead(SERVICE, NOW)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child only exits
-        os._exit(0)
-    os.waitpid(pid, 0)
+    pid = _reaped_pid()
     key = a.path.stem
     dead = directory / f".{key}.{pid}.0123abcd.tmp"
     live = directory / f".{key}.{os.getpid()}.4567cdef.tmp"  # being written right now
@@ -600,10 +600,7 @@ def test_a_write_after_the_followers_look_began_does_not_vouch_for_a_dead_publis
     a = Share(directory)
     a.lead(SERVICE, NOW)
     a.publish(NOW, health(), NOW)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child only exits
-        os._exit(0)
-    os.waitpid(pid, 0)
+    pid = _reaped_pid()
     _rewrite(a.path, pid=pid, started=0, publisher="dead", lease_at=NOW + 0.5)
     assert Share(directory).lead(SERVICE, NOW) is True
 
